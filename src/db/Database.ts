@@ -1,0 +1,61 @@
+import { FileSystem, Path } from "@effect/platform"
+import { NodeContext } from "@effect/platform-node"
+import { Migrator } from "@effect/sql"
+import { PgClient } from "@effect/sql-pg"
+import { Config, Effect, Layer, Option, Redacted } from "effect"
+import { startEmbeddedPostgres } from "../dev/EmbeddedPostgres.ts"
+
+/**
+ * Reads `database/NNNN_name.sql` files. The stock `fromFileSystem` loader imports .js/.ts
+ * modules; ours are plain SQL, applied as one simple-protocol query each.
+ */
+export const sqlFileLoader = (directory: string): Migrator.Loader<FileSystem.FileSystem | Path.Path> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const files = yield* fs.readDirectory(directory)
+    const migrations: Array<Migrator.ResolvedMigration> = []
+    for (const file of files.sort()) {
+      const match = /^(\d+)_(.+)\.sql$/.exec(file)
+      if (!match) continue
+      const text = yield* fs.readFileString(path.join(directory, file))
+      migrations.push([
+        Number(match[1]),
+        match[2]!,
+        Effect.flatMap(PgClient.PgClient, (sql) => sql.unsafe(text))
+      ])
+    }
+    return migrations
+  }).pipe(
+    Effect.mapError((cause) =>
+      new Migrator.MigrationError({ reason: "import-error", message: `cannot read migrations in ${directory}`, cause })
+    )
+  )
+
+const migrationsDirectory = new URL("../../database/", import.meta.url).pathname
+
+/** Applies `database/*.sql` (once each, under the Migrator's lock, so replicas can start together). */
+export const MigrationsLive = Layer.effectDiscard(
+  Migrator.make({})({ loader: sqlFileLoader(migrationsDirectory), table: "gateway_allocator_migrations" })
+).pipe(Layer.provide(NodeContext.layer))
+
+/**
+ * Postgres from `DATABASE_URL`, or an embedded PostgreSQL under `DATA_DIR` when it is unset.
+ * Migrations are applied before the layer is ready.
+ */
+export const DatabaseLive = Layer.unwrapScoped(
+  Effect.gen(function*() {
+    const url = yield* Config.option(Config.redacted("DATABASE_URL"))
+    const resolvedUrl = Option.isSome(url)
+      ? url.value
+      : (yield* startEmbeddedPostgres({ dataDir: yield* Config.string("DATA_DIR").pipe(Config.withDefault("./.data")) })).url
+    const client = PgClient.layer({
+      url: resolvedUrl,
+      maxConnections: 20,
+      applicationName: "gateway-allocator"
+    })
+    return MigrationsLive.pipe(Layer.provideMerge(client))
+  })
+)
+
+export const redactedUrl = (url: Redacted.Redacted<string>) => Redacted.value(url).replace(/:[^:@/]*@/, ":***@")

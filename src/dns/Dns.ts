@@ -1,0 +1,122 @@
+import { HttpClient, HttpClientRequest } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Config, Context, Data, Duration, Effect, Layer, Redacted, Schema } from "effect"
+import { type OrganizationId, orgHostname, parseOrgLabel } from "../domain/ids.ts"
+
+export class DnsError extends Data.TaggedError("DnsError")<{
+  readonly operation: "upsert" | "remove" | "list"
+  readonly reason: string
+  readonly cause?: unknown
+}> {
+  override get message() {
+    return `PowerDNS ${this.operation}: ${this.reason}`
+  }
+}
+
+/**
+ * The org's DNS name. `upsert` and `remove` are keyed by the org and idempotent, so an undo can
+ * run whether or not a timed-out call took effect.
+ */
+export class Dns extends Context.Tag("Dns")<Dns, {
+  /** `none` means wildcard DNS: the `dns` step is journaled as skipped. */
+  readonly provider: "powerdns" | "none"
+  readonly upsert: (organizationId: OrganizationId) => Effect.Effect<void, DnsError>
+  readonly remove: (organizationId: OrganizationId) => Effect.Effect<void, DnsError>
+  /** Orgs that have an `org-{uuid}` A record in the zone (foreign records are not listed). */
+  readonly listOrgRecords: Effect.Effect<ReadonlyArray<OrganizationId>, DnsError>
+}>() {}
+
+const ZoneRrsets = Schema.Struct({
+  rrsets: Schema.Array(Schema.Struct({ name: Schema.String, type: Schema.String }))
+})
+
+const PowerDnsConfig = Config.all({
+  apiUrl: Config.url("PDNS_API_URL").pipe(Config.map((url) => url.toString().replace(/\/$/, ""))),
+  apiKey: Config.redacted("PDNS_API_KEY"),
+  serverId: Config.string("PDNS_SERVER_ID").pipe(Config.withDefault("localhost")),
+  domain: Config.string("DOMAIN").pipe(Config.withDefault("domain.local")),
+  zone: Config.option(Config.string("PDNS_ZONE")),
+  recordIp: Config.string("DNS_RECORD_IP").pipe(Config.withDefault("127.0.0.1")),
+  ttl: Config.integer("DNS_TTL").pipe(Config.withDefault(60))
+})
+
+/** PowerDNS's HTTP API: one A rrset per org, REPLACEd on upsert and DELETEd on remove (204 both). */
+export const DnsPowerDns = Layer.effect(
+  Dns,
+  Effect.gen(function*() {
+    const config = yield* PowerDnsConfig
+    const zone = config.zone._tag === "Some" ? config.zone.value : `${config.domain}.`
+    const zoneUrl = `${config.apiUrl}/api/v1/servers/${encodeURIComponent(config.serverId)}/zones/${
+      encodeURIComponent(zone)
+    }`
+    const client = (yield* HttpClient.HttpClient).pipe(
+      HttpClient.mapRequest(HttpClientRequest.setHeader("X-API-Key", Redacted.value(config.apiKey))),
+      HttpClient.filterStatusOk
+    )
+    const fqdn = (organizationId: OrganizationId) => `${orgHostname(organizationId, config.domain)}.`
+
+    const patch = (operation: "upsert" | "remove", rrset: Record<string, unknown>) =>
+      client.execute(HttpClientRequest.patch(zoneUrl).pipe(HttpClientRequest.bodyUnsafeJson({ rrsets: [rrset] }))).pipe(
+        Effect.asVoid,
+        Effect.catchAll((cause) =>
+          Effect.fail(
+            new DnsError({
+              operation,
+              reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
+              cause
+            })
+          )
+        )
+      )
+
+    return Dns.of({
+      provider: "powerdns",
+      upsert: Effect.fn("Dns.upsert")(function*(organizationId: OrganizationId) {
+        yield* patch("upsert", {
+          name: fqdn(organizationId),
+          type: "A",
+          ttl: config.ttl,
+          changetype: "REPLACE",
+          records: [{ content: config.recordIp, disabled: false }]
+        })
+      }),
+      remove: Effect.fn("Dns.remove")(function*(organizationId: OrganizationId) {
+        yield* patch("remove", { name: fqdn(organizationId), type: "A", changetype: "DELETE" })
+      }),
+      listOrgRecords: client.get(zoneUrl).pipe(
+        Effect.flatMap((response) => response.json),
+        Effect.flatMap(Schema.decodeUnknown(ZoneRrsets)),
+        Effect.map(({ rrsets }) =>
+          rrsets.flatMap((rrset) => {
+            const suffix = `.${config.domain}.`
+            if (rrset.type !== "A" || !rrset.name.endsWith(suffix)) return []
+            const org = parseOrgLabel(rrset.name.slice(0, -suffix.length))
+            return org === undefined ? [] : [org]
+          })
+        ),
+        Effect.timeout(Duration.seconds(30)),
+        Effect.mapError((cause) => new DnsError({ operation: "list", reason: cause.message, cause })),
+        Effect.withSpan("Dns.listOrgRecords")
+      )
+    })
+  })
+).pipe(Layer.provide(NodeHttpClient.layerUndici))
+
+/** Wildcard DNS: nothing to create or delete per org. */
+export const DnsNone = Layer.succeed(
+  Dns,
+  Dns.of({
+    provider: "none",
+    upsert: () => Effect.void,
+    remove: () => Effect.void,
+    listOrgRecords: Effect.succeed([])
+  })
+)
+
+/** Picks the provider from `DNS_PROVIDER` (`powerdns`, the default, or `none`). */
+export const DnsLive = Layer.unwrapEffect(
+  Config.literal("powerdns", "none")("DNS_PROVIDER").pipe(
+    Config.withDefault("powerdns" as const),
+    Effect.map((provider) => (provider === "none" ? DnsNone : DnsPowerDns))
+  )
+)

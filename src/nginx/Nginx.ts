@@ -1,0 +1,197 @@
+import { Command, FileSystem, HttpClient, HttpClientRequest, Path } from "@effect/platform"
+import type { ResponseError } from "@effect/platform/HttpClientError"
+import { NodeContext, NodeHttpClient } from "@effect/platform-node"
+import { Chunk, Config, Context, Data, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
+import { type AllocationId, type OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
+import { PROBE_PATH, renderMainConfig, renderRoute, routeFileName } from "./config.ts"
+
+export class NginxError extends Data.TaggedError("NginxError")<{
+  readonly operation: "install" | "write" | "remove" | "reload" | "probe" | "list"
+  readonly reason: string
+  readonly cause?: unknown
+}> {
+  override get message() {
+    return `nginx ${this.operation}: ${this.reason}`
+  }
+}
+
+/**
+ * The service's corner of nginx: its http-context file, one route file per org, reloads, and the
+ * probe that proves what nginx serves. Files it does not own are never touched.
+ */
+export class Nginx extends Context.Tag("Nginx")<Nginx, {
+  /** Writes `gateway-allocator.conf`, creates `routes/` and reloads. Run once at start-up. */
+  readonly install: Effect.Effect<void, NginxError>
+  /** Writes the org's route file atomically (temp file + rename). */
+  readonly writeRoute: (route: {
+    readonly organizationId: OrganizationId
+    readonly allocationId: AllocationId
+    readonly upstream: Upstream
+  }) => Effect.Effect<void, NginxError>
+  /** Removes the org's route file; a missing file is not an error. */
+  readonly removeRoute: (organizationId: OrganizationId) => Effect.Effect<void, NginxError>
+  /** `nginx -s reload`: parses the whole configuration and signals the master, or fails. */
+  readonly reload: Effect.Effect<void, NginxError>
+  /**
+   * Polls nginx until it serves `allocationId` for the org's hostname (or, with null, no route),
+   * so a reload counts only once the new workers answer. Unbounded: callers set the timeout.
+   */
+  readonly awaitRoute: (
+    organizationId: OrganizationId,
+    allocationId: AllocationId | null
+  ) => Effect.Effect<void, NginxError>
+  /** One probe: the allocation nginx serves for the org's hostname right now, or null. */
+  readonly probeRoute: (organizationId: OrganizationId) => Effect.Effect<AllocationId | null, NginxError>
+  /** Orgs with a route file in `routes/`. */
+  readonly listRoutes: Effect.Effect<ReadonlyArray<OrganizationId>, NginxError>
+}>() {}
+
+const hostnamePattern = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/
+const listenPattern = /^((\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|[a-z0-9.-]+):)?\d{1,5}$/i
+
+export const NginxConfig = Config.all({
+  confDir: Config.string("NGINX_CONF_DIR"),
+  bin: Config.string("NGINX_BIN").pipe(Config.withDefault("nginx")),
+  mainConf: Config.option(Config.string("NGINX_MAIN_CONF")),
+  listen: Config.string("NGINX_LISTEN").pipe(
+    Config.withDefault("80"),
+    Config.validate({ message: "NGINX_LISTEN must be PORT or HOST:PORT", validation: (s) => listenPattern.test(s) })
+  ),
+  probeUrl: Config.option(Config.url("NGINX_PROBE_URL")),
+  domain: Config.string("DOMAIN").pipe(
+    Config.withDefault("domain.local"),
+    Config.map((s) => s.toLowerCase()),
+    Config.validate({ message: "DOMAIN must be a DNS name", validation: (s) => hostnamePattern.test(s) })
+  )
+})
+
+/** Where the probe goes by default: loopback, on the port of NGINX_LISTEN. */
+const defaultProbeUrl = (listen: string) => {
+  const port = listen.slice(listen.lastIndexOf(":") + 1)
+  return `http://127.0.0.1:${port}`
+}
+
+export const NginxLive = Layer.effect(
+  Nginx,
+  Effect.gen(function*() {
+    const config = yield* NginxConfig
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const executor = yield* Effect.context<NodeContext.NodeContext>()
+    const http = yield* HttpClient.HttpClient
+    const confDir = path.resolve(config.confDir)
+    const routesDir = path.join(confDir, "routes")
+    const probeUrl = Option.match(config.probeUrl, {
+      onNone: () => defaultProbeUrl(config.listen),
+      onSome: (url) => url.toString().replace(/\/$/, "")
+    }) + PROBE_PATH
+
+    const fail = (operation: NginxError["operation"]) => (cause: { readonly message: string }) =>
+      new NginxError({ operation, reason: cause.message, cause })
+
+    const writeAtomically = (file: string, content: string) =>
+      Effect.gen(function*() {
+        // The temp name does not end in .conf, so a concurrent reload never includes it.
+        const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`)
+        yield* fs.writeFileString(temp, content, { mode: 0o644 })
+        yield* fs.rename(temp, file).pipe(Effect.tapError(() => fs.remove(temp).pipe(Effect.ignore)))
+      })
+
+    const reload = Effect.gen(function*() {
+      const args = ["-s", "reload", ...Option.match(config.mainConf, { onNone: () => [], onSome: (c) => ["-c", c] })]
+      const result = yield* Effect.scoped(
+        Effect.gen(function*() {
+          const process = yield* Command.start(Command.make(config.bin, ...args))
+          const [exitCode, stderr] = yield* Effect.all(
+            [process.exitCode, process.stderr.pipe(Stream.decodeText(), Stream.runCollect)],
+            { concurrency: 2 }
+          )
+          return { exitCode, stderr: Chunk.join(stderr, "").trim() }
+        })
+      ).pipe(Effect.provide(executor), Effect.mapError(fail("reload")))
+      if (result.exitCode !== 0) {
+        return yield* new NginxError({
+          operation: "reload",
+          reason: `exit ${result.exitCode}: ${lastLines(result.stderr)}`
+        })
+      }
+    }).pipe(Effect.withSpan("Nginx.reload"))
+
+    const probe = (organizationId: OrganizationId): Effect.Effect<string, NginxError> =>
+      http.execute(
+        HttpClientRequest.get(probeUrl).pipe(
+          HttpClientRequest.setHeaders({ host: orgHostname(organizationId, config.domain), connection: "close" })
+        )
+      ).pipe(
+        Effect.flatMap((response): Effect.Effect<string, ResponseError | string> =>
+          response.status === 200 ? response.text : Effect.fail(`HTTP ${response.status}`)
+        ),
+        Effect.timeoutFail({ duration: Duration.seconds(2), onTimeout: () => "no answer within 2 s" }),
+        Effect.mapError((cause) =>
+          new NginxError({ operation: "probe", reason: typeof cause === "string" ? cause : cause.message, cause })
+        )
+      )
+
+    // New workers take a few milliseconds to answer after the signal: poll fast, then back off.
+    const probeSchedule = Schedule.exponential(Duration.millis(2)).pipe(
+      Schedule.either(Schedule.spaced(Duration.millis(50)))
+    )
+
+    return Nginx.of({
+      install: Effect.gen(function*() {
+        yield* fs.makeDirectory(routesDir, { recursive: true })
+        yield* writeAtomically(
+          path.join(confDir, "gateway-allocator.conf"),
+          renderMainConfig({ confDir, domain: config.domain, listen: config.listen })
+        )
+      }).pipe(
+        Effect.mapError(fail("install")),
+        Effect.zipRight(reload),
+        Effect.withSpan("Nginx.install")
+      ),
+      writeRoute: Effect.fn("Nginx.writeRoute")(function*(route) {
+        yield* writeAtomically(
+          path.join(routesDir, routeFileName(route.organizationId)),
+          renderRoute({ ...route, domain: config.domain })
+        ).pipe(Effect.mapError(fail("write")))
+      }),
+      removeRoute: Effect.fn("Nginx.removeRoute")(function*(organizationId) {
+        yield* fs.remove(path.join(routesDir, routeFileName(organizationId))).pipe(
+          Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "NotFound", () => Effect.void),
+          Effect.mapError(fail("remove"))
+        )
+      }),
+      reload,
+      awaitRoute: Effect.fn("Nginx.awaitRoute")(function*(organizationId, allocationId) {
+        const expected = allocationId ?? ""
+        yield* probe(organizationId).pipe(
+          Effect.filterOrFail(
+            (body) => body.trim() === expected,
+            (body) =>
+              new NginxError({
+                operation: "probe",
+                reason: `nginx serves ${body.trim() === "" ? "no route" : `allocation ${body.trim()}`}`
+              })
+          ),
+          Effect.retry(probeSchedule)
+        )
+      }),
+      probeRoute: (organizationId) =>
+        probe(organizationId).pipe(
+          Effect.map((body) => (body.trim() === "" ? null : (body.trim() as AllocationId))),
+          Effect.withSpan("Nginx.probeRoute")
+        ),
+      listRoutes: fs.readDirectory(routesDir).pipe(
+        Effect.map((files) =>
+          files.flatMap((file) => {
+            const org = file.endsWith(".conf") ? parseOrgLabel(file.slice(0, -".conf".length)) : undefined
+            return org === undefined ? [] : [org]
+          })
+        ),
+        Effect.mapError(fail("list"))
+      )
+    })
+  })
+).pipe(Layer.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layer)))
+
+const lastLines = (text: string) => text.split("\n").slice(-3).join(" | ") || "no output"
