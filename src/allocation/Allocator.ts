@@ -292,4 +292,3 @@ const attachReport = (error: Exclude<StartError, NoGatewayAvailable>, rollback: 
   error._tag === "StepFailed"
     ? new StepFailed({ ...error, rollback })
     : new StepTimedOut({ ...error, rollback })
-}
