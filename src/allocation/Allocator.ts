@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto"
-import { Cause, Config, Data, Duration, Effect, Exit, Fiber, FiberMap, Option, Ref, Schedule } from "effect"
+import { Config, Data, Duration, Effect, Fiber, FiberMap, Option, Ref, Schedule } from "effect"
 import { AllocationNotFound, NoGatewayAvailable, type StartError, StepFailed, StepTimedOut } from "../domain/errors.ts"
 import {
   type AllocationId,
@@ -101,12 +101,8 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           run: claim(organizationId, allocationId),
           journalForward: false,
           // A claim that timed out or was interrupted may have committed: releasing by our own
-          // allocation id is a no-op when it did not. "No gateway" claimed nothing at all.
-          undo: (outcome) =>
-            Option.isSome(outcome) && Exit.isFailure(outcome.value) &&
-              Option.getOrUndefined(Cause.failureOption(outcome.value.cause)) instanceof NoGatewayAvailable
-              ? undefined
-              : undos.release(allocationId, "rolled_back", context.report)
+          // allocation id is a no-op when it did not.
+          undo: undos.release(allocationId, "rolled_back", context.report)
         })
         if (claimed.reused) {
           return {
@@ -124,18 +120,18 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         } else {
           yield* step(context, "dns", {
             run: dns.upsert(organizationId),
-            undo: () => undos.removeRecord(organizationId)
+            undo: undos.removeRecord(organizationId)
           })
         }
 
         yield* step(context, "nginx-config", {
           run: nginx.writeRoute({ organizationId, allocationId, upstream }),
-          undo: () => undos.removeRouteFile(organizationId)
+          undo: undos.removeRouteFile(organizationId)
         })
 
         yield* step(context, "nginx-reload", {
           run: nginx.reload.pipe(Effect.zipRight(nginx.awaitRoute(organizationId, allocationId))),
-          undo: () => undos.unroute(organizationId)
+          undo: undos.unroute(organizationId)
         })
 
         yield* step(context, "handshake", {
@@ -147,7 +143,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
               gateway_hostname: hostname
             }))
           ),
-          undo: () => Effect.succeed(new UndoSkipped({ reason: "nothing to undo: the gateway was never initialised" }))
+          undo: Effect.succeed(new UndoSkipped({ reason: "nothing to undo: the gateway was never initialised" }))
         })
 
         // The commit point: only now does the allocation count as active.

@@ -18,24 +18,16 @@ export interface StepContext {
 /** An undo that deliberately did nothing, with the reason (journaled and reported as skipped). */
 export class UndoSkipped extends Data.TaggedClass("UndoSkipped")<{ readonly reason: string }> {}
 
-/** How a step ended, as its undo sees it: None when it never finished (interrupted). */
-export type StepOutcome<A> = Option.Option<Exit.Exit<A, unknown>>
-
-/**
- * What to undo for a step, decided when the rollback reaches it. `undefined`: nothing happened
- * that could need undoing (not even reported). An effect: run it under the undo timeout; it may
- * answer `UndoSkipped`.
- */
-export type Undo<A, R> = (outcome: StepOutcome<A>) => Effect.Effect<void | UndoSkipped, unknown, R> | undefined
-
 export interface StepOptions<A, E, R, R2> {
   readonly run: Effect.Effect<A, E, R>
   /**
-   * Registered as a scope finalizer *before* the step runs: a step that timed out or was
-   * interrupted may still have taken effect, so undos are idempotent and keyed by the org or
-   * the allocation. It runs only when the scope closes with a failure or an interruption.
+   * Registered as a scope finalizer *before* the step runs, and run when the scope closes with a
+   * failure or an interruption if the step completed or *may* have taken effect: it timed out,
+   * was interrupted or died. A step that failed with its own typed error said "no", and its undo
+   * is not run. Undos are idempotent and keyed by the org or the allocation. An undo may answer
+   * `UndoSkipped` to say it deliberately did nothing.
    */
-  readonly undo: Undo<A, R2>
+  readonly undo: Effect.Effect<void | UndoSkipped, unknown, R2>
   /**
    * False for the claim: it journals its own completion in the same transaction, and before it
    * there is no allocation row to journal against.
@@ -123,6 +115,13 @@ export const runUndo = <R>(
 
 const undoTimedOut = Symbol("undoTimedOut")
 
+/** The step's own typed error (not a timeout, defect or interruption): it did not take effect. */
+const isDefiniteFailure = (exit: Exit.Exit<unknown, unknown>) =>
+  Exit.isFailure(exit) && Option.match(Cause.failureOption(exit.cause), {
+    onNone: () => false,
+    onSome: (error) => !(error instanceof StepTimedOut)
+  }) && Option.isNone(Cause.dieOption(exit.cause)) && !Cause.isInterrupted(exit.cause)
+
 const toStepError = (
   context: StepContext,
   step: StepName,
@@ -164,14 +163,12 @@ export const step = <A, E, R, R2>(
   options: StepOptions<A, E, R, R2>
 ): Effect.Effect<A, StepError, R | R2 | Journal | Scope.Scope> =>
   Effect.gen(function*() {
-    const outcome = yield* Ref.make<StepOutcome<A>>(Option.none())
+    // None until the step ends: an interrupted step may have taken effect.
+    const definitelyFailed = yield* Ref.make(false)
     yield* Effect.addFinalizer((scopeExit) =>
       Exit.isSuccess(scopeExit)
         ? Effect.void
-        : Effect.flatMap(Ref.get(outcome), (stepOutcome) => {
-          const undo = options.undo(stepOutcome)
-          return undo === undefined ? Effect.void : runUndo(context, name, undo)
-        })
+        : Effect.flatMap(Ref.get(definitelyFailed), (failed) => failed ? Effect.void : runUndo(context, name, options.undo))
     )
 
     const journalForward = options.journalForward ?? true
@@ -191,7 +188,7 @@ export const step = <A, E, R, R2>(
       Effect.withSpan(name, { attributes: { ...annotations(context, name), "step.name": name } }),
       Effect.exit
     )
-    yield* Ref.set(outcome, Option.some(exit))
+    yield* Ref.set(definitelyFailed, isDefiniteFailure(exit))
     const durationMs = (yield* Clock.currentTimeMillis) - startedAt
 
     if (Exit.isSuccess(exit)) {

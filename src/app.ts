@@ -1,0 +1,40 @@
+import { Effect, Layer } from "effect"
+import { Allocator } from "./allocation/Allocator.ts"
+import { Runner } from "./allocation/Runner.ts"
+import { Undos } from "./allocation/undos.ts"
+import { DatabaseLive } from "./db/Database.ts"
+import { Dns, DnsLive } from "./dns/Dns.ts"
+import { Handshake, HandshakeLive } from "./handshake/Handshake.ts"
+import { HttpServerLive } from "./http/server.ts"
+import { Journal } from "./journal/Journal.ts"
+import { Nginx, NginxLive } from "./nginx/Nginx.ts"
+import { GatewayPool } from "./pool/GatewayPool.ts"
+import { LoggingLive } from "./telemetry/Logging.ts"
+
+/** Writes the service's nginx file and reloads nginx before the first request is served. */
+export const NginxInstalled = Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) => nginx.install)).pipe(
+  Layer.provideMerge(NginxLive)
+)
+
+/**
+ * The allocator and the pool, given the outside systems. Tests pass their own `outside` layer
+ * (test doubles or the real stack) and the same wiring runs.
+ */
+export const makeServices = <E, R>(outside: Layer.Layer<Dns | Nginx | Handshake | Journal | GatewayPool, E, R>) =>
+  Allocator.Default.pipe(
+    Layer.provide(Undos.Default),
+    Layer.provideMerge(Layer.mergeAll(outside, Runner.Default))
+  )
+
+/** Postgres-backed pool and journal. */
+export const PostgresLive = Layer.mergeAll(GatewayPool.Default, Journal.Default).pipe(Layer.provideMerge(DatabaseLive))
+
+/** The outside systems as configured: Postgres, PowerDNS (or none), nginx, HTTP to gateways. */
+export const OutsideLive = Layer.mergeAll(PostgresLive, DnsLive, NginxLive, HandshakeLive)
+
+/** The whole service: HTTP API on top of the allocator, with nginx installed first. */
+export const AppLive = HttpServerLive.pipe(
+  Layer.provide(makeServices(OutsideLive)),
+  Layer.provide(NginxInstalled),
+  Layer.provide(LoggingLive)
+)

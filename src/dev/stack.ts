@@ -1,0 +1,71 @@
+import { FileSystem } from "@effect/platform"
+import { Effect, Redacted } from "effect"
+import { randomBytes } from "node:crypto"
+import path from "node:path"
+import { startEmbeddedPostgres } from "./EmbeddedPostgres.ts"
+import { type NginxHandle, startNginx } from "./NginxProcess.ts"
+import { ensureDebianPackages } from "./packages.ts"
+import { type PowerDnsHandle, startPowerDns } from "./PowerDnsProcess.ts"
+import { type SampleGatewayHandle, startSampleGateway } from "./SampleGateway.ts"
+
+export interface LocalStack {
+  /** The service's configuration (DESIGN section 3) pointing at this stack. */
+  readonly env: Readonly<Record<string, string>>
+  readonly databaseUrl: Redacted.Redacted<string>
+  readonly nginx: NginxHandle
+  readonly powerDns: PowerDnsHandle
+  readonly gateways: ReadonlyArray<SampleGatewayHandle>
+  readonly apiToken: string
+}
+
+/**
+ * Postgres (embedded), nginx and PowerDNS on loopback under `dataDir`, plus sample gateways:
+ * what `npm run dev` runs and what the integration tests start. Everything stops with the Scope.
+ */
+export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: {
+  readonly dataDir: string
+  readonly domain?: string
+  readonly gateways?: number
+  readonly apiToken?: string
+  /** Start Postgres here; false when the caller brings DATABASE_URL. */
+  readonly databaseUrl?: Redacted.Redacted<string>
+}) {
+  const fs = yield* FileSystem.FileSystem
+  yield* ensureDebianPackages
+  const dataDir = path.resolve(options.dataDir)
+  yield* fs.makeDirectory(dataDir, { recursive: true, mode: 0o755 })
+  const domain = options.domain ?? "domain.local"
+  const apiToken = options.apiToken ?? randomBytes(24).toString("base64url")
+  const pdnsKey = Redacted.make(randomBytes(16).toString("hex"))
+
+  const [databaseUrl, nginx, powerDns] = yield* Effect.all([
+    options.databaseUrl === undefined
+      ? Effect.map(startEmbeddedPostgres({ dataDir }), (pg) => pg.url)
+      : Effect.succeed(options.databaseUrl),
+    startNginx({ dir: path.join(dataDir, "nginx") }),
+    startPowerDns({ dir: path.join(dataDir, "powerdns"), zone: `${domain}.`, apiKey: pdnsKey })
+  ], { concurrency: "unbounded" })
+
+  const gateways = yield* Effect.forEach(
+    Array.from({ length: options.gateways ?? 3 }, (_, i) => `gateway-${i + 1}`),
+    (name) => startSampleGateway({ name }),
+    { concurrency: "unbounded" }
+  )
+
+  const env: Record<string, string> = {
+    API_TOKEN: apiToken,
+    DATABASE_URL: Redacted.value(databaseUrl),
+    DATA_DIR: dataDir,
+    DOMAIN: domain,
+    DNS_PROVIDER: "powerdns",
+    PDNS_API_URL: powerDns.apiUrl,
+    PDNS_API_KEY: Redacted.value(pdnsKey),
+    PDNS_SERVER_ID: powerDns.serverId,
+    PDNS_ZONE: powerDns.zone,
+    NGINX_CONF_DIR: nginx.confDir,
+    NGINX_MAIN_CONF: nginx.mainConf,
+    NGINX_BIN: nginx.bin,
+    NGINX_LISTEN: `127.0.0.1:${nginx.listenPort}`
+  }
+  return { env, databaseUrl, nginx, powerDns, gateways, apiToken } satisfies LocalStack
+})

@@ -1,0 +1,70 @@
+import { HttpApiSchema } from "@effect/platform"
+import { Schema } from "effect"
+import { StepName, UndoOutcome } from "../domain/steps.ts"
+
+// The API's error bodies. Each carries its HTTP status, so the handlers only map domain errors
+// to these and the OpenAPI document lists every status.
+
+export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
+  "Unauthorized",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 401, description: "Missing or wrong bearer token" })
+) {}
+
+export class NotFound extends Schema.TaggedError<NotFound>()(
+  "NotFound",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 404 })
+) {}
+
+export class Conflict extends Schema.TaggedError<Conflict>()(
+  "Conflict",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 409 })
+) {}
+
+export class NoGatewayAvailable extends Schema.TaggedError<NoGatewayAvailable>()(
+  "NoGatewayAvailable",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 503, description: "No gateway is free in the pool; nothing was changed" })
+) {}
+
+const failedStepFields = {
+  step: StepName,
+  message: Schema.String,
+  allocation_id: Schema.optional(Schema.String),
+  rollback: Schema.Array(UndoOutcome)
+}
+
+export class StepFailed extends Schema.TaggedError<StepFailed>()(
+  "StepFailed",
+  failedStepFields,
+  HttpApiSchema.annotations({
+    status: 502,
+    description: "A step failed; every completed step was undone (see rollback)"
+  })
+) {}
+
+export class StepTimedOut extends Schema.TaggedError<StepTimedOut>()(
+  "StepTimedOut",
+  { ...failedStepFields, timeout_ms: Schema.Number },
+  HttpApiSchema.annotations({
+    status: 504,
+    description: "A step did not finish in time; every completed step was undone (see rollback)"
+  })
+) {}
+
+export class StopFailed extends Schema.TaggedError<StopFailed>()(
+  "StopFailed",
+  { step: StepName, message: Schema.String, allocation_id: Schema.String },
+  HttpApiSchema.annotations({
+    status: 502,
+    description: "Routing could not be removed; the allocation stays stopping and is retried"
+  })
+) {}
+
+export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()(
+  "ServiceUnavailable",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 503, description: "The database did not answer" })
+) {}

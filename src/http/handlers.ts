@@ -1,0 +1,187 @@
+import { HttpApiBuilder } from "@effect/platform"
+import { createHash, timingSafeEqual } from "node:crypto"
+import { Config, Effect, Layer, Redacted } from "effect"
+import { Allocator } from "../allocation/Allocator.ts"
+import type { AllocationNotFound, StartError } from "../domain/errors.ts"
+import type { UndoOutcome } from "../domain/steps.ts"
+import type { JournalEntry } from "../journal/Journal.ts"
+import { GatewayPool, type PoolError } from "../pool/GatewayPool.ts"
+import { Api, Authorization } from "./Api.ts"
+import * as ApiError from "./errors.ts"
+
+const digest = (value: string) => createHash("sha256").update(value).digest()
+
+/** Bearer auth against API_TOKEN, compared in constant time (digests hide the length too). */
+export const AuthorizationLive = Layer.effect(
+  Authorization,
+  Effect.gen(function*() {
+    const expected = digest(Redacted.value(yield* Config.redacted("API_TOKEN")))
+    const unauthorized = new ApiError.Unauthorized({ message: "missing or wrong bearer token" })
+    return Authorization.of({
+      bearer: (token) =>
+        timingSafeEqual(digest(Redacted.value(token)), expected) ? Effect.void : Effect.fail(unauthorized)
+    })
+  })
+)
+
+const unavailable = (error: PoolError) => new ApiError.ServiceUnavailable({ message: error.message })
+const notFound = (error: AllocationNotFound) => new ApiError.NotFound({ message: error.message })
+
+const startError = (error: StartError) => {
+  switch (error._tag) {
+    case "NoGatewayAvailable":
+      return new ApiError.NoGatewayAvailable({ message: error.message })
+    case "StepFailed":
+      return new ApiError.StepFailed({
+        step: error.step,
+        message: error.reason,
+        ...(error.allocationId === undefined ? {} : { allocation_id: error.allocationId }),
+        rollback: error.rollback
+      })
+    case "StepTimedOut":
+      return new ApiError.StepTimedOut({
+        step: error.step,
+        message: error.message,
+        timeout_ms: error.timeoutMs,
+        ...(error.allocationId === undefined ? {} : { allocation_id: error.allocationId }),
+        rollback: error.rollback
+      })
+  }
+}
+
+/** The outcome of each undo of the allocation's last rollback or stop, from the journal. */
+const rollbackFromJournal = (entries: ReadonlyArray<JournalEntry>): ReadonlyArray<UndoOutcome> => {
+  const statusOf = { undone: "done", undo_failed: "failed", undo_timed_out: "timed_out", undo_skipped: "skipped" } as const
+  return entries.flatMap((entry) => {
+    if (!(entry.event in statusOf)) return []
+    const outcome: UndoOutcome = {
+      step: entry.step,
+      status: statusOf[entry.event as keyof typeof statusOf],
+      duration_ms: entry.durationMs ?? 0
+    }
+    return [entry.detail === null ? outcome : { ...outcome, message: entry.detail }]
+  })
+}
+
+export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =>
+  Effect.gen(function*() {
+    const allocator = yield* Allocator
+    return handlers
+      .handle("start", ({ payload }) =>
+        allocator.start(payload.organization_id).pipe(
+          Effect.map((started) => ({
+            organization_id: started.organizationId,
+            gateway_id: started.gatewayId,
+            gateway_hostname: started.hostname,
+            allocation_id: started.allocationId,
+            reused: started.reused
+          })),
+          Effect.mapError(startError)
+        ))
+      .handle("stop", ({ payload }) =>
+        allocator.stop(payload.organization_id).pipe(
+          Effect.map((stopped) => ({
+            organization_id: stopped.organizationId,
+            gateway_id: stopped.gatewayId,
+            released: true as const
+          })),
+          Effect.catchTags({
+            AllocationNotFound: (error) => Effect.fail(notFound(error)),
+            PoolError: (error) => Effect.fail(unavailable(error)),
+            StopFailed: (error) =>
+              Effect.fail(
+                new ApiError.StopFailed({ step: error.step, message: error.reason, allocation_id: error.allocationId })
+              )
+          })
+        ))
+      .handle("status", ({ path }) =>
+        allocator.status(path.organization_id).pipe(
+          Effect.map((allocation) => ({
+            organization_id: allocation.organizationId,
+            gateway_id: allocation.gatewayId!,
+            gateway_hostname: allocation.hostname,
+            allocation_id: allocation.allocationId,
+            upstream: allocation.upstream,
+            state: allocation.state
+          })),
+          Effect.catchTags({
+            AllocationNotFound: (error) => Effect.fail(notFound(error)),
+            PoolError: (error) => Effect.fail(unavailable(error))
+          })
+        ))
+  }))
+
+export const AllocationsHandlers = HttpApiBuilder.group(Api, "allocations", (handlers) =>
+  Effect.gen(function*() {
+    const allocator = yield* Allocator
+    return handlers.handle("get", ({ path }) =>
+      allocator.describe(path.allocation_id).pipe(
+        Effect.map((allocation) => ({
+          allocation_id: allocation.allocationId,
+          organization_id: allocation.organizationId,
+          gateway_id: allocation.gatewayId,
+          gateway_hostname: allocation.hostname,
+          upstream: allocation.upstream,
+          state: allocation.state,
+          runner: allocation.runner,
+          created_at: allocation.createdAt.toISOString(),
+          updated_at: allocation.updatedAt.toISOString(),
+          finished_at: allocation.finishedAt?.toISOString() ?? null,
+          error: allocation.error ?? null,
+          steps: allocation.steps.map((entry) => ({
+            step: entry.step,
+            event: entry.event,
+            actor: entry.actor,
+            detail: entry.detail,
+            duration_ms: entry.durationMs,
+            at: entry.at.toISOString()
+          })),
+          rollback: rollbackFromJournal(allocation.steps)
+        })),
+        Effect.catchTags({
+          AllocationNotFound: (error) => Effect.fail(notFound(error)),
+          PoolError: (error) => Effect.fail(unavailable(error))
+        })
+      ))
+  }))
+
+export const PoolHandlers = HttpApiBuilder.group(Api, "pool", (handlers) =>
+  Effect.gen(function*() {
+    const pool = yield* GatewayPool
+    return handlers
+      .handle("get", () =>
+        Effect.all([pool.stats(), pool.listGateways()]).pipe(
+          Effect.map(([stats, gateways]) => ({
+            ...stats,
+            gateways: gateways.map((gateway) => ({
+              gateway_id: gateway.gatewayId,
+              name: gateway.name,
+              upstream: gateway.upstream,
+              allocation_id: gateway.allocationId
+            }))
+          })),
+          Effect.mapError(unavailable)
+        ))
+      .handle("addGateway", ({ payload }) =>
+        pool.addGateway(payload.name, payload.upstream).pipe(
+          Effect.map((gateway) => ({ gateway_id: gateway.gatewayId, name: gateway.name, upstream: gateway.upstream })),
+          Effect.catchTags({
+            GatewayNameTaken: (error) =>
+              Effect.fail(new ApiError.Conflict({ message: `a gateway named ${error.name} exists` })),
+            PoolError: (error) => Effect.fail(unavailable(error))
+          })
+        ))
+      .handle("removeGateway", ({ path }) =>
+        pool.removeGateway(path.gateway_id).pipe(
+          Effect.as({ gateway_id: path.gateway_id, removed: true as const }),
+          Effect.catchTags({
+            GatewayNotFound: (error) => Effect.fail(new ApiError.NotFound({ message: `gateway ${error.gatewayId} not found` })),
+            GatewayAllocated: (error) =>
+              Effect.fail(new ApiError.Conflict({ message: `gateway ${error.gatewayId} is allocated: stop its org first` })),
+            PoolError: (error) => Effect.fail(unavailable(error))
+          })
+        ))
+  }))
+
+export const HealthHandlers = HttpApiBuilder.group(Api, "health", (handlers) =>
+  handlers.handle("healthz", () => Effect.succeed({ status: "ok" as const })))

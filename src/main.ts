@@ -1,0 +1,5 @@
+import { NodeRuntime } from "@effect/platform-node"
+import { Layer } from "effect"
+import { AppLive } from "./app.ts"
+
+Layer.launch(AppLive).pipe(NodeRuntime.runMain)

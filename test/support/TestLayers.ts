@@ -1,0 +1,229 @@
+import { SqlError } from "@effect/sql"
+import { Context, Effect, Layer, Option, Ref } from "effect"
+import { NoGatewayAvailable } from "../../src/domain/errors.ts"
+import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import { Dns, DnsError } from "../../src/dns/Dns.ts"
+import { Handshake, HandshakeError } from "../../src/handshake/Handshake.ts"
+import { Journal, type JournalEntry, type JournalRecord } from "../../src/journal/Journal.ts"
+import { Nginx, NginxError } from "../../src/nginx/Nginx.ts"
+import {
+  type Allocation,
+  type AllocationState,
+  type Gateway,
+  GatewayAllocated,
+  GatewayNameTaken,
+  GatewayNotFound,
+  GatewayPool,
+  PoolError
+} from "../../src/pool/GatewayPool.ts"
+
+/**
+ * In-memory stand-ins for the outside systems, for the ordering logic. Every call is recorded
+ * by name ("dns.upsert", "nginx.reload", ...) and any call can be made to fail, hang or die.
+ */
+export type Fault = "fail" | "hang" | "die"
+
+export interface World {
+  readonly calls: Ref.Ref<ReadonlyArray<string>>
+  readonly faults: Ref.Ref<ReadonlyMap<string, Fault>>
+  readonly dnsRecords: Ref.Ref<ReadonlySet<OrganizationId>>
+  readonly routeFiles: Ref.Ref<ReadonlyMap<OrganizationId, AllocationId>>
+  /** What nginx serves: the route files as of the last successful reload. */
+  readonly served: Ref.Ref<ReadonlyMap<OrganizationId, AllocationId>>
+  readonly gateways: Ref.Ref<ReadonlyArray<Gateway>>
+  readonly allocations: Ref.Ref<ReadonlyMap<AllocationId, Allocation>>
+  readonly journal: Ref.Ref<ReadonlyArray<JournalRecord>>
+}
+
+export class TestWorld extends Context.Tag("test/TestWorld")<TestWorld, World>() {}
+
+export const setFault = (operation: string, fault: Fault) =>
+  Effect.flatMap(TestWorld, (world) => Ref.update(world.faults, (faults) => new Map(faults).set(operation, fault)))
+
+export const clearFaults = Effect.flatMap(TestWorld, (world) => Ref.set(world.faults, new Map()))
+
+export const calls = Effect.flatMap(TestWorld, (world) => Ref.get(world.calls))
+
+/** Records the call, then applies its fault if one is set. */
+const operation = <A, E>(world: World, name: string, error: () => E, effect: Effect.Effect<A, E>) =>
+  Effect.gen(function*() {
+    yield* Ref.update(world.calls, (calls) => [...calls, name])
+    const fault = (yield* Ref.get(world.faults)).get(name)
+    if (fault === "fail") return yield* Effect.fail(error())
+    if (fault === "hang") return yield* Effect.never
+    if (fault === "die") return yield* Effect.die(new Error(`injected defect in ${name}`))
+    return yield* effect
+  })
+
+const sqlError = (name: string) => new PoolError({ cause: new SqlError.SqlError({ message: `injected failure in ${name}` }) })
+const live: ReadonlyArray<AllocationState> = ["starting", "active", "stopping", "rolling_back"]
+
+const makeWorld = Effect.gen(function*() {
+  return {
+    calls: yield* Ref.make<ReadonlyArray<string>>([]),
+    faults: yield* Ref.make<ReadonlyMap<string, Fault>>(new Map()),
+    dnsRecords: yield* Ref.make<ReadonlySet<OrganizationId>>(new Set()),
+    routeFiles: yield* Ref.make<ReadonlyMap<OrganizationId, AllocationId>>(new Map()),
+    served: yield* Ref.make<ReadonlyMap<OrganizationId, AllocationId>>(new Map()),
+    gateways: yield* Ref.make<ReadonlyArray<Gateway>>([]),
+    allocations: yield* Ref.make<ReadonlyMap<AllocationId, Allocation>>(new Map()),
+    journal: yield* Ref.make<ReadonlyArray<JournalRecord>>([])
+  } satisfies World
+})
+
+const poolOf = (world: World) => {
+  let counter = 0
+  const op = <A, E>(name: string, effect: Effect.Effect<A, E>) =>
+    operation<A, E | PoolError>(world, name, () => sqlError(name), effect)
+  const findLive = (organizationId: OrganizationId) =>
+    Effect.map(Ref.get(world.allocations), (all) =>
+      Option.fromNullable([...all.values()].find((a) => a.organizationId === organizationId && live.includes(a.state))))
+  const setState = (allocationId: AllocationId, state: AllocationState) =>
+    Ref.update(world.allocations, (all) => {
+      const current = all.get(allocationId)
+      return current === undefined ? all : new Map(all).set(allocationId, { ...current, state, updatedAt: new Date() })
+    })
+
+  return GatewayPool.make({
+    claim: (allocationId, organizationId, runner) =>
+      op("pool.claim", Effect.gen(function*() {
+        const existing = yield* findLive(organizationId)
+        if (Option.isSome(existing)) {
+          const a = existing.value
+          return { allocationId: a.allocationId, gatewayId: a.gatewayId!, upstream: a.upstream, state: a.state, reused: true }
+        }
+        const free = (yield* Ref.get(world.gateways)).find((g) => g.allocationId === null)
+        if (free === undefined) return yield* new NoGatewayAvailable()
+        yield* Ref.update(world.gateways, (gs) => gs.map((g) => g.gatewayId === free.gatewayId ? { ...g, allocationId } : g))
+        const now = new Date()
+        yield* Ref.update(world.allocations, (all) =>
+          new Map(all).set(allocationId, {
+            allocationId, organizationId, gatewayId: free.gatewayId, upstream: free.upstream, state: "starting",
+            runner, error: null, createdAt: now, updatedAt: now, finishedAt: null
+          }))
+        return { allocationId, gatewayId: free.gatewayId, upstream: free.upstream, state: "starting" as const, reused: false }
+      })),
+    release: (allocationId, finalState) =>
+      op("pool.release", Effect.gen(function*() {
+        const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
+        if (allocation === undefined || !live.includes(allocation.state)) return false
+        yield* setState(allocationId, finalState)
+        yield* Ref.update(world.gateways, (gs) =>
+          gs.map((g) => g.allocationId === allocationId ? { ...g, allocationId: null } : g))
+        return true
+      })),
+    transition: (allocationId, from, to) =>
+      op("pool.transition", Effect.gen(function*() {
+        const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
+        if (allocation === undefined || !from.includes(allocation.state as never)) return false
+        yield* setState(allocationId, to)
+        return true
+      })),
+    findLive: (organizationId) => op("pool.findLive", findLive(organizationId)),
+    getAllocation: (allocationId) =>
+      Effect.map(Ref.get(world.allocations), (all) => Option.fromNullable(all.get(allocationId))),
+    stats: () =>
+      Effect.map(Ref.get(world.gateways), (gs) => {
+        const free = gs.filter((g) => g.allocationId === null).length
+        return { total: gs.length, free, allocated: gs.length - free }
+      }),
+    addGateway: (name: GatewayName, upstream: Upstream) =>
+      Effect.gen(function*() {
+        const gateways = yield* Ref.get(world.gateways)
+        if (gateways.some((g) => g.name === name)) return yield* new GatewayNameTaken({ name })
+        counter += 1
+        const gateway = {
+          gatewayId: `00000000-0000-4000-8000-${String(counter).padStart(12, "0")}` as GatewayId,
+          name,
+          upstream,
+          allocationId: null
+        }
+        yield* Ref.set(world.gateways, [...gateways, gateway])
+        return gateway
+      }),
+    removeGateway: (gatewayId) =>
+      Effect.gen(function*() {
+        const gateway = (yield* Ref.get(world.gateways)).find((g) => g.gatewayId === gatewayId)
+        if (gateway === undefined) return yield* new GatewayNotFound({ gatewayId })
+        if (gateway.allocationId !== null) return yield* new GatewayAllocated({ gatewayId })
+        yield* Ref.update(world.gateways, (gs) => gs.filter((g) => g.gatewayId !== gatewayId))
+      }),
+    listGateways: () => Effect.map(Ref.get(world.gateways), (gs) => [...gs])
+  })
+}
+
+const journalOf = (world: World) =>
+  Journal.make({
+    record: (entry) => Ref.update(world.journal, (all) => [...all, entry]),
+    entries: (allocationId) =>
+      Effect.map(Ref.get(world.journal), (all) =>
+        all.filter((e) => e.allocationId === allocationId).map((e): JournalEntry => ({
+          step: e.step,
+          event: e.event,
+          actor: e.actor,
+          detail: e.detail ?? null,
+          durationMs: e.durationMs ?? null,
+          at: new Date(0)
+        })))
+  })
+
+const dnsOf = (world: World) => {
+  const op = <A>(name: "upsert" | "remove", effect: Effect.Effect<A>) =>
+    operation(world, `dns.${name}`, () => new DnsError({ operation: name, reason: "injected failure" }), effect)
+  return Dns.of({
+    provider: "powerdns",
+    upsert: (org) => op("upsert", Ref.update(world.dnsRecords, (s) => new Set(s).add(org))),
+    remove: (org) =>
+      op("remove", Ref.update(world.dnsRecords, (s) => {
+        const next = new Set(s)
+        next.delete(org)
+        return next
+      })),
+    listOrgRecords: Effect.map(Ref.get(world.dnsRecords), (s) => [...s])
+  })
+}
+
+const nginxOf = (world: World) => {
+  const op = <A>(name: string, nginxOperation: NginxError["operation"], effect: Effect.Effect<A, NginxError>) =>
+    operation(world, `nginx.${name}`, () => new NginxError({ operation: nginxOperation, reason: "injected failure" }), effect)
+  return Nginx.of({
+    install: Effect.void,
+    writeRoute: (route) =>
+      op("writeRoute", "write", Ref.update(world.routeFiles, (m) => new Map(m).set(route.organizationId, route.allocationId))),
+    removeRoute: (org) =>
+      op("removeRoute", "remove", Ref.update(world.routeFiles, (m) => {
+        const next = new Map(m)
+        next.delete(org)
+        return next
+      })),
+    reload: op("reload", "reload", Effect.flatMap(Ref.get(world.routeFiles), (files) => Ref.set(world.served, files))),
+    awaitRoute: (org, allocationId) =>
+      op("awaitRoute", "probe", Effect.flatMap(Ref.get(world.served), (served) =>
+        (served.get(org) ?? null) === allocationId
+          ? Effect.void
+          : Effect.never)),
+    probeRoute: (org) => op("probeRoute", "probe", Effect.map(Ref.get(world.served), (served) => served.get(org) ?? null)),
+    listRoutes: Effect.map(Ref.get(world.routeFiles), (m) => [...m.keys()])
+  })
+}
+
+const handshakeOf = (world: World) =>
+  Handshake.of({
+    awaitHealthy: () =>
+      operation(world, "handshake.awaitHealthy", () => new HandshakeError({ operation: "health", reason: "injected" }), Effect.void),
+    handshake: () =>
+      operation(world, "handshake.handshake", () => new HandshakeError({ operation: "handshake", reason: "HTTP 500" }), Effect.void)
+  })
+
+/** All five outside systems in memory, sharing one TestWorld. */
+export const OutsideTest = Layer.effectContext(
+  Effect.map(makeWorld, (world) =>
+    Context.empty().pipe(
+      Context.add(TestWorld, world),
+      Context.add(GatewayPool, poolOf(world)),
+      Context.add(Journal, journalOf(world)),
+      Context.add(Dns, dnsOf(world)),
+      Context.add(Nginx, nginxOf(world)),
+      Context.add(Handshake, handshakeOf(world))
+    ))
+)

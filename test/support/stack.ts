@@ -1,0 +1,42 @@
+import { NodeContext } from "@effect/platform-node"
+import { ConfigProvider, Context, Effect, Layer } from "effect"
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import path from "node:path"
+import { makeServices, NginxInstalled, OutsideLive } from "../../src/app.ts"
+import { type LocalStack, startLocalStack } from "../../src/dev/stack.ts"
+import type { GatewayName, Upstream } from "../../src/domain/ids.ts"
+import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+
+/** A real Postgres, nginx, PowerDNS and sample gateways, started for one test file. */
+export class Stack extends Context.Tag("test/Stack")<Stack, LocalStack>() {}
+
+export const StackLive = (options: { readonly gateways?: number } = {}) =>
+  Layer.scoped(
+    Stack,
+    Effect.suspend(() => {
+      const dataDir = mkdtempSync(path.join(tmpdir(), "gateway-allocator-"))
+      return startLocalStack({ dataDir, gateways: options.gateways ?? 3 })
+    })
+  ).pipe(Layer.provide(NodeContext.layer))
+
+export const configFrom = (env: Readonly<Record<string, string>>) =>
+  Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+/**
+ * The service's own layers (allocator, pool, journal, PowerDNS, nginx, handshake) configured for
+ * the stack, nginx installed, the sample gateways registered in the pool.
+ */
+export const ServicesLive = (overrides: Readonly<Record<string, string>> = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(Stack, (stack) =>
+      Layer.effectDiscard(
+        Effect.flatMap(GatewayPool, (pool) =>
+          Effect.forEach(stack.gateways, (gateway) =>
+            pool.addGateway(gateway.name as GatewayName, gateway.upstream as Upstream)))
+      ).pipe(
+        Layer.provideMerge(makeServices(OutsideLive)),
+        Layer.provideMerge(NginxInstalled),
+        Layer.provide(configFrom({ STEP_TIMEOUT_MS: "3000", UNDO_TIMEOUT_MS: "3000", ...stack.env, ...overrides }))
+      ))
+  )

@@ -1,0 +1,286 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Fiber, Layer, Ref, Scope, TestClock } from "effect"
+import { randomUUID } from "node:crypto"
+import { Allocator } from "../../src/allocation/Allocator.ts"
+import { makeServices } from "../../src/app.ts"
+import type { StartError } from "../../src/domain/errors.ts"
+import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import type { StepName } from "../../src/domain/steps.ts"
+import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { configFrom } from "../support/stack.ts"
+import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+
+const STEP_TIMEOUT_MS = 1000
+const UNDO_TIMEOUT_MS = 500
+
+/** The allocator over in-memory outside systems with two gateways in the pool. */
+const TestServices = Layer.effectDiscard(
+  Effect.flatMap(GatewayPool, (pool) =>
+    Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
+).pipe(
+  Layer.provideMerge(makeServices(OutsideTest)),
+  Layer.provide(configFrom({ STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS), UNDO_TIMEOUT_MS: String(UNDO_TIMEOUT_MS) }))
+)
+
+const newOrg = () => randomUUID() as OrganizationId
+
+const startFailure = (org: OrganizationId) =>
+  Effect.flatMap(Allocator, (allocator) => allocator.start(org)).pipe(Effect.flip)
+
+/** Moves the TestClock in small increments so timeouts that start during a rollback fire too. */
+const advance = (totalMs: number) =>
+  Effect.forEach(Array.from({ length: Math.ceil(totalMs / 100) }), () =>
+    TestClock.adjust(Duration.millis(100)).pipe(Effect.zipRight(Effect.yieldNow())), { discard: true })
+
+/** Waits (in fiber yields, not time) until the outside call was made. */
+const untilCalled = (operation: string) =>
+  calls.pipe(
+    Effect.repeat({ until: (made) => made.includes(operation) }),
+    Effect.zipLeft(Effect.yieldNow())
+  )
+
+/** Nothing of the org is left anywhere, and the whole pool is free. */
+const expectNothingLeft = (org: OrganizationId) =>
+  Effect.gen(function*() {
+    const world = yield* TestWorld
+    expect([...(yield* Ref.get(world.dnsRecords))]).not.toContain(org)
+    expect([...(yield* Ref.get(world.routeFiles)).keys()]).not.toContain(org)
+    expect([...(yield* Ref.get(world.served)).keys()]).not.toContain(org)
+    const stats = yield* Effect.flatMap(GatewayPool, (pool) => pool.stats())
+    expect(stats).toEqual({ total: 2, free: 2, allocated: 0 })
+  })
+
+const reportSteps = (error: StartError) =>
+  error._tag === "NoGatewayAvailable" ? [] : error.rollback.map((outcome) => [outcome.step, outcome.status])
+
+describe("allocation pipeline (test layers)", () => {
+  it.effect("success: all five steps run in order and no undo runs", () =>
+    Effect.gen(function*() {
+      const allocator = yield* Allocator
+      const org = newOrg()
+      const started = yield* allocator.start(org)
+      expect(started.reused).toBe(false)
+      expect(started.hostname).toBe(`org-${org}.domain.local`)
+      expect(yield* calls).toEqual([
+        "pool.claim",
+        "dns.upsert",
+        "nginx.writeRoute",
+        "nginx.reload",
+        "nginx.awaitRoute",
+        "handshake.awaitHealthy",
+        "handshake.handshake",
+        "pool.transition"
+      ])
+      const world = yield* TestWorld
+      expect((yield* Ref.get(world.served)).get(org)).toBe(started.allocationId)
+      expect((yield* Ref.get(world.allocations)).get(started.allocationId)?.state).toBe("active")
+      const events = (yield* Ref.get(world.journal)).map((e) => e.event)
+      expect(events.filter((e) => e.startsWith("undo"))).toEqual([])
+      // A second start of the same org reuses the allocation.
+      const again = yield* allocator.start(org)
+      expect(again).toEqual({ ...started, reused: true })
+    }).pipe(Effect.provide(TestServices)))
+
+  const failures: ReadonlyArray<{
+    readonly step: StepName
+    readonly fault: string
+    readonly undone: ReadonlyArray<StepName>
+  }> = [
+    { step: "allocate", fault: "pool.claim", undone: [] },
+    { step: "dns", fault: "dns.upsert", undone: ["allocate"] },
+    { step: "nginx-config", fault: "nginx.writeRoute", undone: ["dns", "allocate"] },
+    { step: "nginx-reload", fault: "nginx.reload", undone: ["nginx-config", "dns", "allocate"] },
+    { step: "handshake", fault: "handshake.handshake", undone: ["nginx-reload", "nginx-config", "dns", "allocate"] }
+  ]
+
+  for (const { fault, step, undone } of failures) {
+    it.effect(`failure at ${step}: exactly the completed steps are undone, in reverse order`, () =>
+      Effect.gen(function*() {
+        yield* setFault(fault, "fail")
+        const org = newOrg()
+        const error = yield* startFailure(org)
+        expect(error._tag).toBe("StepFailed")
+        if (error._tag !== "StepFailed") return
+        expect(error.step).toBe(step)
+        expect(error.reason).toMatch(/injected|HTTP 500/)
+        expect(error.allocationId === undefined).toBe(step === "allocate")
+        expect(reportSteps(error)).toEqual(undone.map((s) => [s, "done"]))
+        yield* expectNothingLeft(org)
+        const world = yield* TestWorld
+        const journal = yield* Ref.get(world.journal)
+        expect(journal.filter((e) => e.event === "undone").map((e) => e.step)).toEqual(undone)
+        if (step !== "allocate") {
+          expect((yield* Ref.get(world.allocations)).get(error.allocationId!)?.state).toBe("rolled_back")
+          expect(journal.find((e) => e.step === step)?.event).toBe("started")
+          expect(journal.filter((e) => e.step === step && e.event === "failed")).toHaveLength(1)
+        }
+      }).pipe(Effect.provide(TestServices)))
+  }
+
+  it.effect("no gateway free: NoGatewayAvailable and nothing is undone", () =>
+    Effect.gen(function*() {
+      const allocator = yield* Allocator
+      yield* allocator.start(newOrg())
+      yield* allocator.start(newOrg())
+      const before = (yield* calls).length
+      const error = yield* startFailure(newOrg())
+      expect(error._tag).toBe("NoGatewayAvailable")
+      expect(reportSteps(error)).toEqual([])
+      expect((yield* calls).slice(before)).toEqual(["pool.claim", "pool.transition"])
+    }).pipe(Effect.provide(TestServices)))
+
+  it.effect("an undo that fails and one that hangs: the others still run, the original error comes back", () =>
+    Effect.gen(function*() {
+      yield* setFault("handshake.handshake", "fail")
+      yield* setFault("dns.remove", "fail")
+      yield* setFault("pool.release", "hang")
+      const org = newOrg()
+      const fiber = yield* Effect.fork(startFailure(org))
+      yield* advance(UNDO_TIMEOUT_MS * 3)
+      const error = yield* Fiber.join(fiber)
+      expect(error._tag).toBe("StepFailed")
+      if (error._tag !== "StepFailed") return
+      expect(error.step).toBe("handshake")
+      expect(reportSteps(error)).toEqual([
+        ["nginx-reload", "done"],
+        ["nginx-config", "done"],
+        ["dns", "failed"],
+        ["allocate", "timed_out"]
+      ])
+      const world = yield* TestWorld
+      expect([...(yield* Ref.get(world.served)).keys()]).not.toContain(org)
+      const journal = yield* Ref.get(world.journal)
+      expect(journal.filter((e) => e.step === "dns" && e.event === "undo_failed")).toHaveLength(1)
+      expect(journal.filter((e) => e.step === "allocate" && e.event === "undo_timed_out")).toHaveLength(1)
+    }).pipe(Effect.provide(TestServices)))
+
+  it.effect("a forward step that hangs: StepTimedOut, and everything before it is rolled back", () =>
+    Effect.gen(function*() {
+      yield* setFault("handshake.handshake", "hang")
+      const org = newOrg()
+      const fiber = yield* Effect.fork(startFailure(org))
+      yield* advance(STEP_TIMEOUT_MS + 200)
+      const error = yield* Fiber.join(fiber)
+      expect(error._tag).toBe("StepTimedOut")
+      if (error._tag !== "StepTimedOut") return
+      expect(error.step).toBe("handshake")
+      expect(error.timeoutMs).toBe(STEP_TIMEOUT_MS)
+      // A timed-out step may have taken effect, so its own undo runs too (here: nothing to do).
+      expect(reportSteps(error)).toEqual([
+        ["handshake", "skipped"],
+        ["nginx-reload", "done"],
+        ["nginx-config", "done"],
+        ["dns", "done"],
+        ["allocate", "done"]
+      ])
+      yield* expectNothingLeft(org)
+    }).pipe(Effect.provide(TestServices)))
+
+  it.effect("a step that dies is that step's failure, and is rolled back", () =>
+    Effect.gen(function*() {
+      yield* setFault("nginx.writeRoute", "die")
+      const org = newOrg()
+      const error = yield* startFailure(org)
+      expect(error._tag).toBe("StepFailed")
+      if (error._tag !== "StepFailed") return
+      expect(error.step).toBe("nginx-config")
+      expect(error.reason).toMatch(/defect: injected defect/)
+      expect(reportSteps(error)).toEqual([["nginx-config", "done"], ["dns", "done"], ["allocate", "done"]])
+      yield* expectNothingLeft(org)
+    }).pipe(Effect.provide(TestServices)))
+
+  it.effect("a routing undo that fails keeps the gateway: it must not be handed to another org", () =>
+    Effect.gen(function*() {
+      yield* setFault("handshake.handshake", "hang")
+      const org = newOrg()
+      const fiber = yield* Effect.fork(startFailure(org))
+      yield* untilCalled("handshake.handshake")
+      // nginx now serves the route; from here on it refuses every reload.
+      yield* setFault("nginx.reload", "fail")
+      yield* advance(STEP_TIMEOUT_MS + 200)
+      const error = yield* Fiber.join(fiber)
+      expect(reportSteps(error)).toEqual([
+        ["handshake", "skipped"],
+        ["nginx-reload", "failed"],
+        ["nginx-config", "done"],
+        ["dns", "done"],
+        ["allocate", "failed"]
+      ])
+      const stats = yield* Effect.flatMap(GatewayPool, (pool) => pool.stats())
+      expect(stats.allocated).toBe(1)
+      const world = yield* TestWorld
+      if (error._tag === "NoGatewayAvailable") return
+      expect((yield* Ref.get(world.allocations)).get(error.allocationId!)?.state).toBe("rolling_back")
+    }).pipe(Effect.provide(TestServices)))
+
+  it.effect("shutdown in the middle of a step rolls the start back", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(TestServices, scope)
+      const world = yield* TestWorld.pipe(Effect.provide(context))
+      const allocator = yield* Allocator.pipe(Effect.provide(context))
+      yield* setFault("handshake.awaitHealthy", "hang").pipe(Effect.provide(context))
+      const org = newOrg()
+      const caller = yield* Effect.fork(allocator.start(org))
+      yield* untilCalled("handshake.awaitHealthy").pipe(Effect.provide(context))
+      yield* Scope.close(scope, Exit.void)
+      const exit = yield* Fiber.await(caller)
+      expect(Exit.isInterrupted(exit)).toBe(true)
+      expect([...(yield* Ref.get(world.served)).keys()]).toEqual([])
+      expect([...(yield* Ref.get(world.dnsRecords))]).toEqual([])
+      expect((yield* Ref.get(world.gateways)).every((g) => g.allocationId === null)).toBe(true)
+      const undone = (yield* Ref.get(world.journal)).filter((e) => e.event === "undone").map((e) => e.step)
+      expect(undone).toEqual(["nginx-reload", "nginx-config", "dns", "allocate"])
+    }))
+
+  it.effect("a caller that goes away does not abort the start; a retry finds it", () =>
+    Effect.gen(function*() {
+      const allocator = yield* Allocator
+      yield* setFault("handshake.awaitHealthy", "hang")
+      const org = newOrg()
+      const caller = yield* Effect.fork(allocator.start(org))
+      yield* untilCalled("handshake.awaitHealthy")
+      yield* Fiber.interrupt(caller)
+      const world = yield* TestWorld
+      yield* Ref.set(world.faults, new Map())
+      // The detached start is still waiting on the gateway; it times out and rolls back alone.
+      const retry = yield* Effect.fork(allocator.start(org).pipe(Effect.either))
+      yield* advance(STEP_TIMEOUT_MS + 200)
+      const result = yield* Fiber.join(retry)
+      expect(result._tag).toBe("Left")
+      expect((yield* calls).filter((c) => c === "pool.claim")).toHaveLength(1)
+      yield* expectNothingLeft(org)
+    }).pipe(Effect.provide(TestServices)))
+
+  it.effect("concurrent starts for one org share one pipeline and get one answer", () =>
+    Effect.gen(function*() {
+      const allocator = yield* Allocator
+      const org = newOrg()
+      const answers = yield* Effect.all(Array.from({ length: 8 }, () => allocator.start(org)), { concurrency: "unbounded" })
+      expect(new Set(answers.map((a) => a.allocationId)).size).toBe(1)
+      expect((yield* calls).filter((c) => c === "pool.claim")).toHaveLength(1)
+    }).pipe(Effect.provide(TestServices)))
+
+  it.effect("stop removes routing first and releases the gateway last", () =>
+    Effect.gen(function*() {
+      const allocator = yield* Allocator
+      const org = newOrg()
+      const started = yield* allocator.start(org)
+      const before = (yield* calls).length
+      const stopped = yield* allocator.stop(org)
+      expect(stopped.allocationId).toBe(started.allocationId)
+      const stopCalls = (yield* calls).slice(before).filter((c) => !c.startsWith("pool.findLive"))
+      expect(stopCalls).toEqual([
+        "pool.transition",
+        "nginx.removeRoute",
+        "nginx.reload",
+        "nginx.awaitRoute",
+        "nginx.removeRoute",
+        "dns.remove",
+        "pool.release"
+      ])
+      yield* expectNothingLeft(org)
+      const error = yield* allocator.stop(org).pipe(Effect.flip)
+      expect(error._tag).toBe("AllocationNotFound")
+    }).pipe(Effect.provide(TestServices)))
+})
