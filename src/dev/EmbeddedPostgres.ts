@@ -140,7 +140,9 @@ export const startEmbeddedPostgres = Effect.fn("EmbeddedPostgres.start")(functio
     password,
     authMethod: "scram-sha-256",
     persistent: true,
-    createPostgresUser: true,
+    // Only as root: otherwise the server simply runs as the current user (and
+    // the package would try `groupadd` without the rights to).
+    createPostgresUser: asRoot,
     initdbFlags: ["--encoding=UTF8"],
     // TCP on loopback only; no Unix socket, whose default directory may not
     // exist or be writable, and whose path length is limited.

@@ -3,6 +3,7 @@ import { PgClient } from "@effect/sql-pg"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Redacted } from "effect"
 import * as fs from "node:fs/promises"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { startEmbeddedPostgres } from "../../src/dev/EmbeddedPostgres.ts"
@@ -71,5 +72,21 @@ describe("EmbeddedPostgres", () => {
       expect(replacement.port).not.toBe(leftover.port)
       const old = yield* selectOne(leftover.url).pipe(Effect.timeout("3 seconds"), Effect.either)
       expect(old._tag).toBe("Left")
+    }))
+
+  it.scopedLive("a busy port fails with postgres's own message", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const blocker = yield* Effect.acquireRelease(
+        Effect.async<net.Server>((resume) => {
+          const server = net.createServer().listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+        }),
+        (server) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
+      )
+      const address = blocker.address()
+      const port = typeof address === "object" && address !== null ? address.port : 0
+      const error = yield* Effect.flip(startEmbeddedPostgres({ dataDir: dir, port }))
+      expect(error._tag).toBe("EmbeddedPostgresError")
+      expect(error.message).toMatch(/Address already in use|could not create any TCP\/IP sockets/)
     }))
 })
