@@ -28,11 +28,17 @@ const describeExit = (exit: ChildExit): string =>
       ? `killed by ${exit.signal}`
       : `exit code ${String(exit.code)}`
 
+const SETPRIV = "/usr/bin/setpriv"
+
 /**
  * Spawns a long-running process in its own process group (`detached`), so a
  * Ctrl-C in the terminal reaches only Node and the Scope decides the stop
  * order. stdout/stderr go to `logFile` (or nowhere), never to a pipe: a daemon
  * holding an inherited pipe hangs whoever reads it.
+ *
+ * Where util-linux's setpriv exists, the child also gets SIGTERM if Node dies
+ * without closing the Scope (kill -9, a vitest worker killed on timeout), so
+ * it cannot linger holding ports; setpriv execs the command, keeping the pid.
  */
 export const spawnChild = Effect.fn("processes.spawnChild")(function*(
   command: string,
@@ -40,6 +46,8 @@ export const spawnChild = Effect.fn("processes.spawnChild")(function*(
   options: { readonly logFile?: string } = {}
 ) {
   const fs = yield* FileSystem.FileSystem
+  const dieWithParent = yield* fs.exists(SETPRIV).pipe(Effect.orElseSucceed(() => false))
+  const argv = dieWithParent ? [SETPRIV, "--pdeathsig", "SIGTERM", "--", command, ...args] : [command, ...args]
   return yield* Effect.scoped(
     Effect.gen(function*() {
       // The child keeps its own copy of the descriptor; ours closes with this scope.
@@ -50,7 +58,7 @@ export const spawnChild = Effect.fn("processes.spawnChild")(function*(
         )).fd
       const exited = yield* Deferred.make<ChildExit>()
       const child = yield* Effect.try({
-        try: () => childProcess.spawn(command, [...args], { detached: true, stdio: ["ignore", out, out] }),
+        try: () => childProcess.spawn(argv[0] ?? command, argv.slice(1), { detached: true, stdio: ["ignore", out, out] }),
         catch: (cause) => new ProcessError({ message: `cannot spawn ${command}`, cause })
       })
       child.once("error", (error) => Deferred.unsafeDone(exited, Exit.succeed({ code: null, signal: null, error })))
