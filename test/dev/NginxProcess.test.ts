@@ -2,10 +2,13 @@ import { Command } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Schedule } from "effect"
+import * as childProcess from "node:child_process"
+import { createRequire } from "node:module"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
+import { isAlive, readPidFile } from "../../src/dev/processes.ts"
 
 const tempDir = Effect.acquireRelease(
   Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "nginx-"))),
@@ -83,5 +86,43 @@ describe("NginxProcess", () => {
       const replacement = yield* startNginx({ dir, listenPort: leftover.listenPort })
       expect(yield* leftover.isRunning).toBe(false)
       expect(yield* replacement.isRunning).toBe(true)
+    }))
+
+  it.scopedLive("nginx does not outlive a Node process killed with SIGKILL", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const script = path.join(dir, "owner.ts")
+      const module = new URL("../../src/dev/NginxProcess.ts", import.meta.url).pathname
+      // The script lives in the temp dir, outside node_modules' reach.
+      const effect = createRequire(import.meta.url).resolve("effect")
+      yield* Effect.promise(() =>
+        fs.writeFile(
+          script,
+          `import { Effect } from ${JSON.stringify(effect)}\nimport { startNginx } from ${JSON.stringify(module)}\n` +
+            `Effect.runFork(Effect.scoped(Effect.andThen(startNginx({ dir: ${JSON.stringify(path.join(dir, "nginx"))} }), ` +
+            `() => Effect.andThen(Effect.sync(() => console.log("ready")), Effect.never))))\n`
+        )
+      )
+      const owner = yield* Effect.acquireRelease(
+        Effect.sync(() => childProcess.spawn(process.execPath, ["--import", "tsx", script], { cwd: process.cwd() })),
+        (owner) => Effect.sync(() => owner.kill("SIGKILL"))
+      )
+      yield* Effect.async<void, Error>((resume) => {
+        owner.stdout.on("data", (chunk: Buffer) => chunk.toString().includes("ready") && resume(Effect.void))
+        let stderr = ""
+        owner.stderr.on("data", (chunk: Buffer) => stderr += chunk.toString())
+        owner.once("exit", (code) => resume(Effect.fail(new Error(`owner exited ${code}: ${stderr}`))))
+      })
+      const pid = yield* readPidFile(path.join(dir, "nginx", "nginx.pid")).pipe(Effect.flatMap((pid) => pid), Effect.provide(NodeContext.layer))
+      expect(yield* isAlive(pid).pipe(Effect.provide(NodeContext.layer))).toBe(true)
+      owner.kill("SIGKILL")
+      // setpriv's parent-death signal: nginx gets SIGTERM when its owner dies.
+      yield* isAlive(pid).pipe(
+        Effect.provide(NodeContext.layer),
+        Effect.repeat({ schedule: Schedule.spaced("50 millis"), while: (alive) => alive }),
+        Effect.timeout("3 seconds")
+      )
+      const gone = !(yield* isAlive(pid).pipe(Effect.provide(NodeContext.layer)))
+      expect(gone).toBe(true)
     }))
 })
