@@ -3,8 +3,8 @@ import { Allocator } from "./allocation/Allocator.ts"
 import { Runner } from "./allocation/Runner.ts"
 import { Undos } from "./allocation/undos.ts"
 import { DatabaseLive } from "./db/Database.ts"
-import { Dns, DnsLive } from "./dns/Dns.ts"
-import { Handshake, HandshakeLive } from "./handshake/Handshake.ts"
+import { DnsLive } from "./dns/Dns.ts"
+import { HandshakeLive } from "./handshake/Handshake.ts"
 import { HttpServerLive } from "./http/server.ts"
 import { Journal } from "./journal/Journal.ts"
 import { Nginx, NginxLive } from "./nginx/Nginx.ts"
@@ -20,7 +20,7 @@ export const NginxInstalled = Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) 
  * The allocator and the pool, given the outside systems. Tests pass their own `outside` layer
  * (test doubles or the real stack) and the same wiring runs.
  */
-export const makeServices = <E, R>(outside: Layer.Layer<Dns | Nginx | Handshake | Journal | GatewayPool, E, R>) =>
+export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
   Allocator.Default.pipe(
     Layer.provide(Undos.Default),
     Layer.provideMerge(Layer.mergeAll(outside, Runner.Default))

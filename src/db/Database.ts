@@ -19,11 +19,9 @@ export const sqlFileLoader = (directory: string): Migrator.Loader<FileSystem.Fil
       const match = /^(\d+)_(.+)\.sql$/.exec(file)
       if (!match) continue
       const text = yield* fs.readFileString(path.join(directory, file))
-      migrations.push([
-        Number(match[1]),
-        match[2]!,
-        Effect.flatMap(PgClient.PgClient, (sql) => sql.unsafe(text))
-      ])
+      // The Migrator loads a migration, then runs the effect it loaded.
+      const migration = Effect.flatMap(PgClient.PgClient, (sql) => sql.unsafe(text))
+      migrations.push([Number(match[1]), match[2]!, Effect.succeed(migration)])
     }
     return migrations
   }).pipe(

