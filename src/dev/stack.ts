@@ -27,8 +27,15 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
   readonly domain?: string
   readonly gateways?: number
   readonly apiToken?: string
-  /** Start Postgres here; false when the caller brings DATABASE_URL. */
+  /** A Postgres the caller brings (DATABASE_URL); an embedded one is started otherwise. */
   readonly databaseUrl?: Redacted.Redacted<string>
+  /** Fixed ports (stable across `npm run dev` runs); free ports are picked when absent. */
+  readonly ports?: {
+    readonly nginx?: number
+    readonly powerDnsApi?: number
+    readonly powerDnsDns?: number
+    readonly firstGateway?: number
+  }
 }) {
   const fs = yield* FileSystem.FileSystem
   yield* ensureDebianPackages
@@ -42,13 +49,23 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
     options.databaseUrl === undefined
       ? Effect.map(startEmbeddedPostgres({ dataDir }), (pg) => pg.url)
       : Effect.succeed(options.databaseUrl),
-    startNginx({ dir: path.join(dataDir, "nginx") }),
-    startPowerDns({ dir: path.join(dataDir, "powerdns"), zone: `${domain}.`, apiKey: pdnsKey })
+    startNginx({ dir: path.join(dataDir, "nginx"), ...optional("listenPort", options.ports?.nginx) }),
+    startPowerDns({
+      dir: path.join(dataDir, "powerdns"),
+      zone: `${domain}.`,
+      apiKey: pdnsKey,
+      ...optional("apiPort", options.ports?.powerDnsApi),
+      ...optional("dnsPort", options.ports?.powerDnsDns)
+    })
   ], { concurrency: "unbounded" })
 
   const gateways = yield* Effect.forEach(
     Array.from({ length: options.gateways ?? 3 }, (_, i) => `gateway-${i + 1}`),
-    (name) => startSampleGateway({ name }),
+    (name, i) =>
+      startSampleGateway({
+        name,
+        ...optional("port", options.ports?.firstGateway === undefined ? undefined : options.ports.firstGateway + i)
+      }),
     { concurrency: "unbounded" }
   )
 
@@ -69,3 +86,6 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
   }
   return { env, databaseUrl, nginx, powerDns, gateways, apiToken } satisfies LocalStack
 })
+
+const optional = <K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } =>
+  (value === undefined ? {} : { [key]: value }) as { [P in K]?: V }

@@ -1,0 +1,93 @@
+import { FileSystem } from "@effect/platform"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Config, ConfigProvider, Console, Effect, Layer, Option } from "effect"
+import { randomBytes } from "node:crypto"
+import path from "node:path"
+import { AppLive, ServicesLive } from "../app.ts"
+import type { GatewayName, Upstream } from "../domain/ids.ts"
+import { GatewayPool } from "../pool/GatewayPool.ts"
+import { type LocalStack, startLocalStack } from "./stack.ts"
+
+/** A token kept under DATA_DIR, so curl lines keep working across restarts of the dev stack. */
+const devToken = (dataDir: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    yield* fs.makeDirectory(dataDir, { recursive: true, mode: 0o755 })
+    const file = path.join(dataDir, "dev-api-token")
+    if (yield* fs.exists(file)) return (yield* fs.readFileString(file)).trim()
+    const token = randomBytes(24).toString("base64url")
+    yield* fs.writeFileString(file, `${token}\n`, { mode: 0o600 })
+    return token
+  })
+
+/** The sample gateways join the pool once; later runs find them by name. */
+const registerSampleGateways = (stack: LocalStack) =>
+  Layer.effectDiscard(
+    Effect.gen(function*() {
+      const pool = yield* GatewayPool
+      const known = new Set((yield* pool.listGateways()).map((gateway) => gateway.name))
+      for (const gateway of stack.gateways) {
+        if (!known.has(gateway.name as GatewayName)) {
+          yield* pool.addGateway(gateway.name as GatewayName, gateway.upstream as Upstream)
+        }
+      }
+    })
+  )
+
+const welcome = (stack: LocalStack, port: number) => {
+  const api = `http://127.0.0.1:${port}`
+  const auth = `-H 'authorization: Bearer ${stack.apiToken}'`
+  const org = "3f1e2d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"
+  return [
+    "",
+    "gateway-allocator dev stack is up",
+    `  API          ${api}   (token: ${stack.apiToken})`,
+    `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in ${stack.nginx.confDir}/routes)`,
+    `  PowerDNS     ${stack.powerDns.apiUrl}   (DNS on 127.0.0.1:${stack.powerDns.dnsPort}, zone ${stack.powerDns.zone})`,
+    `  gateways     ${stack.gateways.map((g) => `${g.name}=${g.upstream}`).join("  ")}`,
+    "",
+    "Try:",
+    `  curl -s ${auth} ${api}/pool`,
+    `  curl -s ${auth} -H 'content-type: application/json' -d '{"organization_id":"${org}"}' ${api}/gateway/start`,
+    `  curl -s -H 'host: org-${org}.domain.local' http://127.0.0.1:${stack.nginx.listenPort}/hello`,
+    `  dig +short @127.0.0.1 -p ${stack.powerDns.dnsPort} org-${org}.domain.local`,
+    `  curl -s ${auth} -H 'content-type: application/json' -d '{"organization_id":"${org}"}' ${api}/gateway/stop`,
+    "Force a failure (every sample gateway refuses the handshake), start, and watch the rollback:",
+    ...stack.gateways.map((g) =>
+      `  curl -s -d '{"handshake":"fail"}' http://${g.upstream}/__control`
+    ),
+    `  curl -s ${auth} -H 'content-type: application/json' -d '{"organization_id":"${org}"}' ${api}/gateway/start`,
+    ""
+  ].join("\n")
+}
+
+/**
+ * `npm run dev`: embedded Postgres, a private nginx and PowerDNS, three sample gateways, and the
+ * service itself on PORT (8080), all on loopback under DATA_DIR (./.data).
+ */
+const DevLive = Layer.unwrapScoped(
+  Effect.gen(function*() {
+    const dataDir = path.resolve(yield* Config.string("DATA_DIR").pipe(Config.withDefault("./.data")))
+    const port = yield* Config.integer("PORT").pipe(Config.withDefault(8080))
+    const databaseUrl = yield* Config.option(Config.redacted("DATABASE_URL"))
+    const apiToken = yield* Config.string("API_TOKEN").pipe(Config.orElse(() => Config.succeed("")))
+    yield* Effect.logInfo(`starting the dev stack under ${dataDir}`)
+    const stack = yield* startLocalStack({
+      dataDir,
+      apiToken: apiToken === "" ? yield* devToken(dataDir) : apiToken,
+      ports: { nginx: 8081, powerDnsApi: 8082, powerDnsDns: 8053, firstGateway: 9001 },
+      ...(Option.isSome(databaseUrl) ? { databaseUrl: databaseUrl.value } : {})
+    })
+    // What the stack manages wins; the rest (PORT, LOG_FORMAT, timeouts...) comes from the env.
+    const config = ConfigProvider.fromMap(new Map(Object.entries(stack.env))).pipe(
+      ConfigProvider.orElse(() => ConfigProvider.fromEnv()),
+      ConfigProvider.orElse(() => ConfigProvider.fromMap(new Map([["LOG_FORMAT", "pretty"], ["HOST", "127.0.0.1"]])))
+    )
+    return Layer.effectDiscard(Console.log(welcome(stack, port))).pipe(
+      Layer.provide(Layer.mergeAll(AppLive, registerSampleGateways(stack).pipe(Layer.provide(ServicesLive)))),
+      Layer.provide(Layer.setConfigProvider(config))
+    )
+  })
+)
+
+DevLive.pipe(Layer.provide(NodeContext.layer), Layer.launch, NodeRuntime.runMain({ disablePrettyLogger: true }))
