@@ -3,7 +3,7 @@ import { ConfigProvider, Context, Effect, Layer } from "effect"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
-import { makeServices, NginxInstalled, OutsideLive } from "../../src/app.ts"
+import { ServicesLive as AppServicesLive } from "../../src/app.ts"
 import { type LocalStack, startLocalStack } from "../../src/dev/stack.ts"
 import type { GatewayName, Upstream } from "../../src/domain/ids.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
@@ -35,8 +35,7 @@ export const ServicesLive = (overrides: Readonly<Record<string, string>> = {}) =
           Effect.forEach(stack.gateways, (gateway) =>
             pool.addGateway(gateway.name as GatewayName, gateway.upstream as Upstream)))
       ).pipe(
-        Layer.provideMerge(makeServices(OutsideLive)),
-        Layer.provideMerge(NginxInstalled),
+        Layer.provideMerge(AppServicesLive),
         Layer.provide(configFrom({ STEP_TIMEOUT_MS: "3000", UNDO_TIMEOUT_MS: "3000", ...stack.env, ...overrides }))
       ))
   )
