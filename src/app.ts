@@ -10,6 +10,7 @@ import { Journal } from "./journal/Journal.ts"
 import { Nginx, NginxLive } from "./nginx/Nginx.ts"
 import { GatewayPool } from "./pool/GatewayPool.ts"
 import { LoggingLive } from "./telemetry/Logging.ts"
+import { NotifierLogOnly } from "./telemetry/Notifier.ts"
 
 /** Writes the service's nginx file and reloads nginx before the first request is served. */
 export const NginxInstalled = Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) => nginx.install)).pipe(
@@ -30,7 +31,7 @@ export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
 export const PostgresLive = Layer.mergeAll(GatewayPool.Default, Journal.Default).pipe(Layer.provideMerge(DatabaseLive))
 
 /** The outside systems as configured: Postgres, PowerDNS (or none), nginx, HTTP to gateways. */
-export const OutsideLive = Layer.mergeAll(PostgresLive, DnsLive, NginxInstalled, HandshakeLive)
+export const OutsideLive = Layer.mergeAll(PostgresLive, DnsLive, NginxInstalled, HandshakeLive, NotifierLogOnly)
 
 /** Allocator, pool and journal over the configured outside systems, nginx installed. */
 export const ServicesLive = makeServices(OutsideLive)

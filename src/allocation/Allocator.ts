@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto"
-import { Config, Data, Duration, Effect, Fiber, FiberMap, Option, Ref, Schedule } from "effect"
+import { Cause, Config, Data, Duration, Effect, Fiber, FiberMap, Metric, Option, Ref, Schedule } from "effect"
 import { AllocationNotFound, NoGatewayAvailable, type StartError, StepFailed, StepTimedOut } from "../domain/errors.ts"
 import {
   type AllocationId,
@@ -13,6 +13,8 @@ import { Handshake } from "../handshake/Handshake.ts"
 import { Journal } from "../journal/Journal.ts"
 import { Nginx } from "../nginx/Nginx.ts"
 import { type Allocation, GatewayPool } from "../pool/GatewayPool.ts"
+import { recordStart, rollbacksIncompleteTotal } from "../telemetry/Metrics.ts"
+import { Notifier } from "../telemetry/Notifier.ts"
 import { Runner } from "./Runner.ts"
 import { runUndo, skipStep, step, type StepContext, UndoSkipped } from "./step.ts"
 import { Undos } from "./undos.ts"
@@ -69,6 +71,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const handshake = yield* Handshake
     const undos = yield* Undos
     const runner = yield* Runner
+    const notifier = yield* Notifier
     const inFlight = yield* FiberMap.make<OrganizationId, Started, StartError>()
     const inFlightLock = yield* Effect.makeSemaphore(1)
 
@@ -184,14 +187,43 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
             const report = yield* Ref.get(context.report)
             if (report.length === 0) return
             const left = report.filter((outcome) => outcome.status === "failed" || outcome.status === "timed_out")
-            yield* Effect.annotateCurrentSpan({ "rollback.status": left.length === 0 ? "complete" : "incomplete" })
+            const complete = left.length === 0
+            yield* Effect.annotateCurrentSpan({ "rollback.status": complete ? "complete" : "incomplete" })
             const summary = report.map((outcome) => `${outcome.step}=${outcome.status}`).join(" ")
-            const log = left.length === 0 ? Effect.logWarning : Effect.logError
-            yield* log(`rollback ${left.length === 0 ? "complete" : "incomplete"}: ${summary}`, cause).pipe(
-              Effect.annotateLogs({ rollback: report })
-            )
+            const failure = Cause.failureOption(cause)
+            const error = Option.isSome(failure) ? failure.value : undefined
+            yield* (complete ? Effect.logWarning : Effect.logError)(
+              `rollback ${complete ? "complete" : "incomplete, left to the reconciler"}: ${summary}`
+            ).pipe(Effect.annotateLogs({ rollback: report }))
+            if (complete) return
+            yield* Metric.increment(rollbacksIncompleteTotal)
+            const allocation = yield* pool.getAllocation(allocationId).pipe(Effect.option, Effect.map(Option.flatten))
+            yield* notifier.notify({
+              kind: "rollback_incomplete",
+              organization_id: organizationId,
+              allocation_id: allocationId,
+              gateway_id: Option.match(allocation, { onNone: () => null, onSome: (a) => a.gatewayId }),
+              step: error !== undefined && error._tag !== "NoGatewayAvailable" ? error.step : undefined,
+              message: error?.message ?? (Cause.isInterruptedOnly(cause) ? "interrupted (shutdown)" : Cause.pretty(cause)),
+              undos: report
+            })
           })
         ),
+        Effect.tapErrorCause((cause) => {
+          const failure = Cause.failureOption(cause)
+          return recordStart(
+            Option.match(failure, {
+              onNone: () => "interrupted" as const,
+              onSome: (error) =>
+                error._tag === "NoGatewayAvailable"
+                  ? "no_gateway" as const
+                  : error._tag === "StepTimedOut"
+                  ? "step_timed_out" as const
+                  : "step_failed" as const
+            })
+          )
+        }),
+        Effect.tap((started) => recordStart(started.reused ? "reused" : "success")),
         // The caller gets the original error, with the rollback report attached (never substituted).
         Effect.catchAll((error) =>
           Effect.flatMap(Ref.get(context.report), (rollback) =>

@@ -3,6 +3,7 @@ import { NoGatewayAvailable, StepFailed, StepTimedOut } from "../domain/errors.t
 import type { AllocationId, OrganizationId } from "../domain/ids.ts"
 import type { Actor, RollbackReport, StepName, UndoOutcome, UndoStatus } from "../domain/steps.ts"
 import { Journal, type StepEvent } from "../journal/Journal.ts"
+import { recordStep, recordUndo } from "../telemetry/Metrics.ts"
 
 /** Everything a step of one allocation needs to run, journal and report. */
 export interface StepContext {
@@ -101,6 +102,7 @@ export const runUndo = <R>(
       : "undo_failed"
     yield* recordBestEffort(context, step, event, { detail: message, durationMs })
     yield* Ref.update(context.report, (report) => [...report, outcome])
+    yield* recordUndo(step, status, context.actor)
     yield* Effect.annotateCurrentSpan({ "undo.status": status })
     if (status === "failed" || status === "timed_out") {
       yield* Effect.logError(`undo of ${step} ${status === "failed" ? "failed" : "timed out"}: ${message}`)
@@ -193,6 +195,7 @@ export const step = <A, E, R, R2>(
 
     if (Exit.isSuccess(exit)) {
       if (journalForward) yield* recordBestEffort(context, name, "completed", { durationMs })
+      yield* recordStep(name, "completed", durationMs)
       yield* Effect.logDebug(`step ${name} completed`)
       return exit.value
     }
@@ -204,6 +207,7 @@ export const step = <A, E, R, R2>(
         durationMs
       })
     }
+    yield* recordStep(name, error.value._tag === "StepTimedOut" ? "timed_out" : "failed", durationMs)
     yield* Effect.logWarning(error.value.message)
     return yield* Effect.fail(error.value)
   }).pipe(Effect.annotateLogs(annotations(context, name)))

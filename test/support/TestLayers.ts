@@ -6,6 +6,7 @@ import { Dns, DnsError } from "../../src/dns/Dns.ts"
 import { Handshake, HandshakeError } from "../../src/handshake/Handshake.ts"
 import { Journal, type JournalEntry, type JournalRecord } from "../../src/journal/Journal.ts"
 import { Nginx, NginxError } from "../../src/nginx/Nginx.ts"
+import { type Notice, Notifier } from "../../src/telemetry/Notifier.ts"
 import {
   type Allocation,
   type AllocationState,
@@ -33,6 +34,7 @@ export interface World {
   readonly gateways: Ref.Ref<ReadonlyArray<Gateway>>
   readonly allocations: Ref.Ref<ReadonlyMap<AllocationId, Allocation>>
   readonly journal: Ref.Ref<ReadonlyArray<JournalRecord>>
+  readonly notices: Ref.Ref<ReadonlyArray<Notice>>
 }
 
 export class TestWorld extends Context.Tag("test/TestWorld")<TestWorld, World>() {}
@@ -67,7 +69,8 @@ const makeWorld = Effect.gen(function*() {
     served: yield* Ref.make<ReadonlyMap<OrganizationId, AllocationId>>(new Map()),
     gateways: yield* Ref.make<ReadonlyArray<Gateway>>([]),
     allocations: yield* Ref.make<ReadonlyMap<AllocationId, Allocation>>(new Map()),
-    journal: yield* Ref.make<ReadonlyArray<JournalRecord>>([])
+    journal: yield* Ref.make<ReadonlyArray<JournalRecord>>([]),
+    notices: yield* Ref.make<ReadonlyArray<Notice>>([])
   } satisfies World
 })
 
@@ -215,7 +218,7 @@ const handshakeOf = (world: World) =>
       operation(world, "handshake.handshake", () => new HandshakeError({ operation: "handshake", reason: "HTTP 500" }), Effect.void)
   })
 
-/** All five outside systems in memory, sharing one TestWorld. */
+/** All outside systems in memory, sharing one TestWorld. */
 export const OutsideTest = Layer.effectContext(
   Effect.map(makeWorld, (world) =>
     Context.empty().pipe(
@@ -224,6 +227,7 @@ export const OutsideTest = Layer.effectContext(
       Context.add(Journal, journalOf(world)),
       Context.add(Dns, dnsOf(world)),
       Context.add(Nginx, nginxOf(world)),
-      Context.add(Handshake, handshakeOf(world))
+      Context.add(Handshake, handshakeOf(world)),
+      Context.add(Notifier, Notifier.of({ notify: (notice) => Ref.update(world.notices, (all) => [...all, notice]) }))
     ))
 )

@@ -151,6 +151,9 @@ describe("allocation pipeline (test layers)", () => {
       expect([...(yield* Ref.get(world.served)).keys()]).not.toContain(org)
       const journal = yield* Ref.get(world.journal)
       expect(journal.filter((e) => e.step === "dns" && e.event === "undo_failed")).toHaveLength(1)
+      const notices = yield* Ref.get(world.notices)
+      expect(notices).toHaveLength(1)
+      expect(notices[0]).toMatchObject({ kind: "rollback_incomplete", organization_id: org, step: "handshake" })
       expect(journal.filter((e) => e.step === "allocate" && e.event === "undo_timed_out")).toHaveLength(1)
     }).pipe(Effect.provide(TestServices)))
 
