@@ -1,7 +1,8 @@
 import { Command, FileSystem, HttpClient, HttpClientRequest, Path } from "@effect/platform"
 import type { ResponseError } from "@effect/platform/HttpClientError"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
-import { Chunk, Config, Context, Data, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
+import { Chunk, Config, Context, Data, Deferred, Duration, Effect, FiberId, Layer, Metric, Option, Schedule, Stream } from "effect"
+import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { type AllocationId, type OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
 import { PROBE_PATH, renderMainConfig, renderRoute, routeFileName } from "./config.ts"
 
@@ -30,7 +31,11 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
   }) => Effect.Effect<void, NginxError>
   /** Removes the org's route file; a missing file is not an error. */
   readonly removeRoute: (organizationId: OrganizationId) => Effect.Effect<void, NginxError>
-  /** `nginx -s reload`: parses the whole configuration and signals the master, or fails. */
+  /**
+   * `nginx -s reload`: parses the whole configuration and signals the master, or fails. With
+   * NGINX_RELOAD_MODE=coalesce (the default) concurrent callers share reloads (group commit);
+   * `each` runs one reload per call.
+   */
   readonly reload: Effect.Effect<void, NginxError>
   /**
    * Polls nginx until it serves `allocationId` for the org's hostname (or, with null, no route),
@@ -58,6 +63,7 @@ export const NginxConfig = Config.all({
     Config.validate({ message: "NGINX_LISTEN must be PORT or HOST:PORT", validation: (s) => listenPattern.test(s) })
   ),
   probeUrl: Config.option(Config.url("NGINX_PROBE_URL")),
+  reloadMode: Config.literal("coalesce", "each")("NGINX_RELOAD_MODE").pipe(Config.withDefault("coalesce" as const)),
   domain: Config.string("DOMAIN").pipe(
     Config.withDefault("domain.local"),
     Config.map((s) => s.toLowerCase()),
@@ -71,7 +77,7 @@ const defaultProbeUrl = (listen: string) => {
   return `http://127.0.0.1:${port}`
 }
 
-export const NginxLive = Layer.effect(
+export const NginxLive = Layer.scoped(
   Nginx,
   Effect.gen(function*() {
     const config = yield* NginxConfig
@@ -97,7 +103,7 @@ export const NginxLive = Layer.effect(
         yield* fs.rename(temp, file).pipe(Effect.tapError(() => fs.remove(temp).pipe(Effect.ignore)))
       })
 
-    const reload = Effect.gen(function*() {
+    const reloadOnce = Effect.gen(function*() {
       const args = ["-s", "reload", ...Option.match(config.mainConf, { onNone: () => [], onSome: (c) => ["-c", c] })]
       const result = yield* Effect.scoped(
         Effect.gen(function*() {
@@ -115,7 +121,57 @@ export const NginxLive = Layer.effect(
           reason: `exit ${result.exitCode}: ${lastLines(result.stderr)}`
         })
       }
-    }).pipe(Effect.withSpan("Nginx.reload"))
+    }).pipe(
+      Effect.tapBoth({
+        onFailure: () => Metric.update(nginxReloadsTotal.pipe(Metric.tagged("outcome", "failed")), 1),
+        onSuccess: () => Metric.update(nginxReloadsTotal.pipe(Metric.tagged("outcome", "ok")), 1)
+      })
+    )
+
+    // One reload at a time: nginx re-parses everything on each, so overlapping ones only add work.
+    const reloadLock = yield* Effect.makeSemaphore(1)
+    const scope = yield* Effect.scope
+
+    /**
+     * Group commit. A request joins the pending batch, or opens one whose reload starts as soon
+     * as the running reload (if any) ends. Every file written before a request joined is on disk
+     * when its batch's reload parses the configuration, and every member gets the batch's result.
+     */
+    interface Batch {
+      readonly done: Deferred.Deferred<void, NginxError>
+      size: number
+    }
+    let pending: Batch | undefined
+    const runBatch = (batch: Batch) =>
+      reloadLock.withPermits(1)(
+        Effect.suspend(() => {
+          // From here on, new requests open the next batch: this reload may miss their files.
+          if (pending === batch) pending = undefined
+          return reloadOnce.pipe(
+            Effect.exit,
+            Effect.tap(() => Metric.update(nginxReloadBatchSize, batch.size)),
+            Effect.flatMap((exit) => Deferred.done(batch.done, exit)),
+            Effect.withSpan("Nginx.reloadBatch", { attributes: { "nginx.batch_size": batch.size } })
+          )
+        })
+      ).pipe(
+        Effect.onInterrupt(() =>
+          Deferred.fail(batch.done, new NginxError({ operation: "reload", reason: "interrupted: shutting down" }))
+        )
+      )
+    const reloadCoalesced = Effect.suspend(() => {
+      if (pending !== undefined) {
+        pending.size += 1
+        return Deferred.await(pending.done)
+      }
+      const batch: Batch = { done: Deferred.unsafeMake<void, NginxError>(FiberId.none), size: 1 }
+      pending = batch
+      return Effect.forkIn(runBatch(batch), scope).pipe(Effect.zipRight(Deferred.await(batch.done)))
+    })
+
+    const reload = (config.reloadMode === "each" ? reloadLock.withPermits(1)(reloadOnce) : reloadCoalesced).pipe(
+      Effect.withSpan("Nginx.reload", { attributes: { "nginx.reload_mode": config.reloadMode } })
+    )
 
     const probe = (organizationId: OrganizationId): Effect.Effect<string, NginxError> =>
       http.execute(

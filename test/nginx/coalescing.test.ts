@@ -1,0 +1,97 @@
+import { NodeContext } from "@effect/platform-node"
+import { expect, layer } from "@effect/vitest"
+import { Context, Effect, Layer, Metric } from "effect"
+import { randomUUID } from "node:crypto"
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import path from "node:path"
+import type { AllocationId, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
+import { Nginx, NginxLive } from "../../src/nginx/Nginx.ts"
+import { nginxReloadBatchSize, nginxReloadsTotal } from "../../src/telemetry/Metrics.ts"
+import { configFrom } from "../support/stack.ts"
+
+class RealNginx extends Context.Tag("test/RealNginx")<RealNginx, NginxHandle>() {}
+
+const RealNginxLive = Layer.scoped(
+  RealNginx,
+  Effect.suspend(() => startNginx({ dir: mkdtempSync(path.join(tmpdir(), "ga-nginx-")) }))
+).pipe(Layer.provide(NodeContext.layer))
+
+const NginxFor = (mode: "coalesce" | "each") =>
+  Layer.unwrapEffect(
+    Effect.map(RealNginx, (handle) =>
+      Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) => nginx.install)).pipe(
+        Layer.provideMerge(NginxLive),
+        Layer.provide(configFrom({
+          NGINX_CONF_DIR: handle.confDir,
+          NGINX_MAIN_CONF: handle.mainConf,
+          NGINX_LISTEN: `127.0.0.1:${handle.listenPort}`,
+          NGINX_RELOAD_MODE: mode
+        }))
+      ))
+  )
+
+const route = () => ({
+  organizationId: randomUUID() as OrganizationId,
+  allocationId: randomUUID() as AllocationId,
+  upstream: "127.0.0.1:9" as Upstream
+})
+
+/** What a start does at nginx: write its route, reload, and wait until nginx serves it. */
+const publish = (r: ReturnType<typeof route>) =>
+  Effect.flatMap(Nginx, (nginx) =>
+    nginx.writeRoute(r).pipe(
+      Effect.zipRight(nginx.reload),
+      Effect.zipRight(nginx.awaitRoute(r.organizationId, r.allocationId))
+    ))
+
+const batchCount = Effect.map(Metric.value(nginxReloadBatchSize), (state) => state.count)
+const reloadCount = Effect.map(
+  Metric.value(nginxReloadsTotal.pipe(Metric.tagged("outcome", "ok"))),
+  (state) => Number(state.count)
+)
+
+layer(RealNginxLive, { excludeTestServices: true, timeout: 60_000 })("nginx reloads (real nginx)", (it) => {
+  it.effect("coalesce: 24 concurrent publishes share a few reloads, and every route is live", () =>
+    Effect.gen(function*() {
+      const routes = Array.from({ length: 24 }, route)
+      const before = yield* batchCount
+      yield* Effect.all(routes.map(publish), { concurrency: "unbounded" })
+      const reloads = (yield* batchCount) - before
+      expect(reloads).toBeGreaterThanOrEqual(1)
+      expect(reloads).toBeLessThan(routes.length / 2)
+      const nginx = yield* Nginx
+      for (const r of routes) expect(yield* nginx.probeRoute(r.organizationId)).toBe(r.allocationId)
+    }).pipe(Effect.provide(NginxFor("coalesce"))))
+
+  it.effect("coalesce: a reload nginx refuses fails every member of its batch, and nginx keeps its config", () =>
+    Effect.gen(function*() {
+      const handle = yield* RealNginx
+      const nginx = yield* Nginx
+      const live = route()
+      yield* publish(live)
+      const broken = path.join(handle.confDir, "broken.conf")
+      writeFileSync(broken, "this is not nginx syntax\n")
+      const results = yield* Effect.all(Array.from({ length: 6 }, route).map((r) => publish(r).pipe(Effect.either)), {
+        concurrency: "unbounded"
+      })
+      rmSync(broken)
+      for (const result of results) {
+        expect(result._tag).toBe("Left")
+        if (result._tag === "Left") expect(result.left.operation).toBe("reload")
+      }
+      // The last good configuration still serves the earlier route.
+      expect(yield* nginx.probeRoute(live.organizationId)).toBe(live.allocationId)
+    }).pipe(Effect.provide(NginxFor("coalesce"))))
+
+  it.effect("each: one reload per publish", () =>
+    Effect.gen(function*() {
+      const routes = Array.from({ length: 6 }, route)
+      const before = yield* reloadCount
+      yield* Effect.all(routes.map(publish), { concurrency: "unbounded" })
+      expect((yield* reloadCount) - before).toBe(routes.length)
+      const nginx = yield* Nginx
+      for (const r of routes) expect(yield* nginx.probeRoute(r.organizationId)).toBe(r.allocationId)
+    }).pipe(Effect.provide(NginxFor("each"))))
+})
