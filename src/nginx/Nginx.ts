@@ -188,6 +188,7 @@ export const NginxLive = Layer.scoped(
         )
       )
 
+    const confirmations = 3
     // New workers take a few milliseconds to answer after the signal: poll fast, then back off.
     const probeSchedule = Schedule.exponential(Duration.millis(2)).pipe(
       Schedule.either(Schedule.spaced(Duration.millis(50)))
@@ -220,7 +221,7 @@ export const NginxLive = Layer.scoped(
       reload,
       awaitRoute: Effect.fn("Nginx.awaitRoute")(function*(organizationId, allocationId) {
         const expected = allocationId ?? ""
-        yield* probe(organizationId).pipe(
+        const once = probe(organizationId).pipe(
           Effect.filterOrFail(
             (body) => body.trim() === expected,
             (body) =>
@@ -228,9 +229,11 @@ export const NginxLive = Layer.scoped(
                 operation: "probe",
                 reason: `nginx serves ${body.trim() === "" ? "no route" : `allocation ${body.trim()}`}`
               })
-          ),
-          Effect.retry(probeSchedule)
+          )
         )
+        // Right after a reload, a worker of the previous generation may still accept a connection
+        // or two before it handles its QUIT: the answer counts once it holds on fresh connections.
+        yield* once.pipe(Effect.repeatN(confirmations - 1), Effect.retry(probeSchedule))
       }),
       probeRoute: (organizationId) =>
         probe(organizationId).pipe(
