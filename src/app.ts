@@ -1,5 +1,6 @@
 import { Effect, Layer } from "effect"
 import { Allocator } from "./allocation/Allocator.ts"
+import { Reconciler } from "./allocation/Reconciler.ts"
 import { Runner } from "./allocation/Runner.ts"
 import { Undos } from "./allocation/undos.ts"
 import { DatabaseLive } from "./db/Database.ts"
@@ -9,8 +10,10 @@ import { HttpServerLive } from "./http/server.ts"
 import { Journal } from "./journal/Journal.ts"
 import { Nginx, NginxLive } from "./nginx/Nginx.ts"
 import { GatewayPool } from "./pool/GatewayPool.ts"
+import { RunnerLeaseLive } from "./pool/RunnerLease.ts"
 import { LoggingLive } from "./telemetry/Logging.ts"
-import { NotifierLogOnly } from "./telemetry/Notifier.ts"
+import { NotifierLive } from "./telemetry/Notifier.ts"
+import { TracingLive } from "./telemetry/Tracing.ts"
 
 /** Writes the service's nginx file and reloads nginx before the first request is served. */
 export const NginxInstalled = Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) => nginx.install)).pipe(
@@ -22,19 +25,26 @@ export const NginxInstalled = Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) 
  * (test doubles or the real stack) and the same wiring runs.
  */
 export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
-  Allocator.Default.pipe(
-    Layer.provide(Undos.Default),
+  Reconciler.Default.pipe(
+    Layer.provideMerge(Allocator.Default),
+    Layer.provideMerge(Undos.Default),
     Layer.provideMerge(Layer.mergeAll(outside, Runner.Default))
   )
 
-/** Postgres-backed pool and journal. */
-export const PostgresLive = Layer.mergeAll(GatewayPool.Default, Journal.Default).pipe(Layer.provideMerge(DatabaseLive))
+/** Postgres-backed pool and journal, and this process's runner lease. */
+export const PostgresLive = Layer.mergeAll(GatewayPool.Default, Journal.Default, RunnerLeaseLive).pipe(
+  Layer.provideMerge(Layer.merge(DatabaseLive, Runner.Default))
+)
 
 /** The outside systems as configured: Postgres, PowerDNS (or none), nginx, HTTP to gateways. */
-export const OutsideLive = Layer.mergeAll(PostgresLive, DnsLive, NginxInstalled, HandshakeLive, NotifierLogOnly)
+export const OutsideLive = Layer.mergeAll(PostgresLive, DnsLive, NginxInstalled, HandshakeLive, NotifierLive)
 
 /** Allocator, pool and journal over the configured outside systems, nginx installed. */
 export const ServicesLive = makeServices(OutsideLive)
 
-/** The whole service: the HTTP API on top of the services, with logging as configured. */
-export const AppLive = HttpServerLive.pipe(Layer.provide(ServicesLive), Layer.provide(LoggingLive))
+/** The whole service: the HTTP API on top of the services, with logging and tracing as configured. */
+export const AppLive = HttpServerLive.pipe(
+  Layer.provide(ServicesLive),
+  Layer.provide(TracingLive),
+  Layer.provide(LoggingLive)
+)

@@ -50,6 +50,7 @@ class InTransition extends Data.TaggedError("InTransition")<{ readonly state: st
 export const AllocationConfig = Config.all({
   stepTimeoutMs: Config.integer("STEP_TIMEOUT_MS").pipe(Config.withDefault(10_000)),
   undoTimeoutMs: Config.integer("UNDO_TIMEOUT_MS").pipe(Config.withDefault(10_000)),
+  shutdownGraceMs: Config.integer("SHUTDOWN_GRACE_MS").pipe(Config.withDefault(10_000)),
   domain: Config.string("DOMAIN").pipe(Config.withDefault("domain.local"), Config.map((s) => s.toLowerCase()))
 })
 
@@ -74,6 +75,25 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const notifier = yield* Notifier
     const inFlight = yield* FiberMap.make<OrganizationId, Started, StartError>()
     const inFlightLock = yield* Effect.makeSemaphore(1)
+    const stopsInFlight = new Set<OrganizationId>()
+
+    // Shutdown (the HTTP server has already stopped taking requests): in-flight starts get a
+    // grace period to finish; then the FiberMap's own finalizer interrupts them, and each one
+    // rolls back through its Scope.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        const running = yield* FiberMap.size(inFlight)
+        if (running === 0) return
+        yield* Effect.logInfo(`shutdown: waiting up to ${config.shutdownGraceMs} ms for ${running} start(s)`)
+        // Finalizers are uninterruptible: without `interruptible` the timeout could never fire.
+        const drained = yield* FiberMap.awaitEmpty(inFlight).pipe(
+          Effect.interruptible,
+          Effect.timeout(Duration.millis(config.shutdownGraceMs)),
+          Effect.isSuccess
+        )
+        if (!drained) yield* Effect.logWarning("shutdown: interrupting the starts still running; they roll back")
+      })
+    )
 
     const newContext = (organizationId: OrganizationId, allocationId: AllocationId, actor: StepContext["actor"]) =>
       Effect.map(Ref.make<RollbackReport>([]), (report): StepContext => ({
@@ -273,7 +293,14 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
      * hostname never points at a gateway another org may already hold. Stops at the first undo
      * that fails; the allocation stays `stopping` and a retry (or the reconciler) finishes it.
      */
-    const stop = Effect.fn("Allocation.stop")(function*(organizationId: OrganizationId) {
+    const stop = (organizationId: OrganizationId) =>
+      Effect.acquireUseRelease(
+        Effect.sync(() => stopsInFlight.add(organizationId)),
+        () => runStop(organizationId),
+        () => Effect.sync(() => stopsInFlight.delete(organizationId))
+      )
+
+    const runStop = Effect.fn("Allocation.stop")(function*(organizationId: OrganizationId) {
       const allocation = yield* settled(organizationId)
       const { allocationId } = allocation
       yield* Effect.annotateCurrentSpan({ organization_id: organizationId, allocation_id: allocationId })
@@ -312,7 +339,11 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       return { ...allocation.value, hostname: orgHostname(allocation.value.organizationId, config.domain), steps }
     })
 
-    return { start, stop, status, describe: describeAllocation }
+    /** Whether this process is starting or stopping the org right now (recovery leaves it alone). */
+    const busy = (organizationId: OrganizationId) =>
+      Effect.map(FiberMap.has(inFlight, organizationId), (starting) => starting || stopsInFlight.has(organizationId))
+
+    return { start, stop, status, describe: describeAllocation, busy }
   })
 }) {}
 

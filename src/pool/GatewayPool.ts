@@ -212,6 +212,86 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       }))
     })
 
-    return { claim, release, transition, findLive, getAllocation, stats, addGateway, removeGateway, listGateways }
+    /**
+     * Allocations left mid-pipeline: in a transitional state and run by a dead runner (its
+     * advisory lock is gone), by this runner (the caller skips those it is still working on), or
+     * untouched past the deadline, whoever runs them.
+     */
+    const recoverable = Effect.fn("GatewayPool.recoverable")(function*(runner: string, deadlineMs: number) {
+      const rows = yield* sql<AllocationRow>`
+        select * from allocations a
+         where a.state in ('starting', 'stopping', 'rolling_back')
+           and (a.runner = ${runner}
+                or not gateway_allocator_runner_alive(a.runner)
+                or a.updated_at < now() - make_interval(secs => ${deadlineMs / 1000}))
+         order by a.updated_at`.pipe(Effect.mapError(poolError))
+      return rows.map(toAllocation)
+    })
+
+    /**
+     * Takes over an allocation from its previous runner (compare-and-set on the runner), so one
+     * recovery works on it at a time. A start becomes `rolling_back`; a stop stays `stopping`.
+     */
+    const adopt = Effect.fn("GatewayPool.adopt")(function*(allocation: Allocation, runner: string) {
+      const rows = yield* sql<AllocationRow>`
+        update allocations
+           set runner = ${runner}, updated_at = now(),
+               state = case when state = 'starting' then 'rolling_back' else state end
+         where id = ${allocation.allocationId} and runner = ${allocation.runner}
+           and state in ('starting', 'stopping', 'rolling_back')
+        returning *`.pipe(Effect.mapError(poolError))
+      return Option.map(Option.fromNullable(rows[0]), toAllocation)
+    })
+
+    /** Every allocation that holds its org and gateway. */
+    const liveAllocations = Effect.fn("GatewayPool.liveAllocations")(function*() {
+      const rows = yield* sql<AllocationRow>`
+        select * from allocations where state in ('starting', 'active', 'stopping', 'rolling_back')`.pipe(
+        Effect.mapError(poolError)
+      )
+      return rows.map(toAllocation)
+    })
+
+    /**
+     * Runs `effect` only if no other process runs the same named job (a session advisory lock on
+     * a reserved connection, released before the connection goes back to the pool).
+     */
+    const exclusively = <A, E, R>(job: string, effect: Effect.Effect<A, E, R>) =>
+      Effect.scoped(
+        Effect.gen(function*() {
+          const key = `gateway-allocator:job:${job}`
+          const connection = yield* sql.reserve.pipe(Effect.mapError(poolError))
+          const [row] = yield* connection.execute(
+            "select pg_try_advisory_lock(hashtextextended($1, 0)) as locked",
+            [key],
+            undefined
+          ).pipe(Effect.mapError(poolError))
+          if (row?.locked !== true) return Option.none<A>()
+          return yield* effect.pipe(
+            Effect.map(Option.some),
+            Effect.ensuring(
+              connection.execute("select pg_advisory_unlock(hashtextextended($1, 0))", [key], undefined).pipe(
+                Effect.ignore
+              )
+            )
+          )
+        })
+      )
+
+    return {
+      claim,
+      release,
+      transition,
+      findLive,
+      getAllocation,
+      stats,
+      addGateway,
+      removeGateway,
+      listGateways,
+      recoverable,
+      adopt,
+      liveAllocations,
+      exclusively
+    }
   })
 }) {}

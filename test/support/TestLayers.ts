@@ -35,6 +35,8 @@ export interface World {
   readonly allocations: Ref.Ref<ReadonlyMap<AllocationId, Allocation>>
   readonly journal: Ref.Ref<ReadonlyArray<JournalRecord>>
   readonly notices: Ref.Ref<ReadonlyArray<Notice>>
+  /** Runners whose advisory lock is gone (crashed processes). */
+  readonly deadRunners: Ref.Ref<ReadonlySet<string>>
 }
 
 export class TestWorld extends Context.Tag("test/TestWorld")<TestWorld, World>() {}
@@ -70,7 +72,8 @@ const makeWorld = Effect.gen(function*() {
     gateways: yield* Ref.make<ReadonlyArray<Gateway>>([]),
     allocations: yield* Ref.make<ReadonlyMap<AllocationId, Allocation>>(new Map()),
     journal: yield* Ref.make<ReadonlyArray<JournalRecord>>([]),
-    notices: yield* Ref.make<ReadonlyArray<Notice>>([])
+    notices: yield* Ref.make<ReadonlyArray<Notice>>([]),
+    deadRunners: yield* Ref.make<ReadonlySet<string>>(new Set())
   } satisfies World
 })
 
@@ -151,7 +154,32 @@ const poolOf = (world: World) => {
         if (gateway.allocationId !== null) return yield* new GatewayAllocated({ gatewayId })
         yield* Ref.update(world.gateways, (gs) => gs.filter((g) => g.gatewayId !== gatewayId))
       }),
-    listGateways: () => Effect.map(Ref.get(world.gateways), (gs) => [...gs])
+    listGateways: () => Effect.map(Ref.get(world.gateways), (gs) => [...gs]),
+    recoverable: (runner) =>
+      Effect.gen(function*() {
+        const dead = yield* Ref.get(world.deadRunners)
+        return [...(yield* Ref.get(world.allocations)).values()].filter((a) =>
+          (a.state === "starting" || a.state === "stopping" || a.state === "rolling_back") &&
+          (a.runner === runner || dead.has(a.runner))
+        )
+      }),
+    adopt: (allocation, runner) =>
+      Effect.gen(function*() {
+        const current = (yield* Ref.get(world.allocations)).get(allocation.allocationId)
+        if (current === undefined || current.runner !== allocation.runner || !live.includes(current.state)) {
+          return Option.none()
+        }
+        const adopted: Allocation = {
+          ...current,
+          runner,
+          state: current.state === "starting" ? "rolling_back" : current.state
+        }
+        yield* Ref.update(world.allocations, (all) => new Map(all).set(adopted.allocationId, adopted))
+        return Option.some(adopted)
+      }),
+    liveAllocations: () =>
+      Effect.map(Ref.get(world.allocations), (all) => [...all.values()].filter((a) => live.includes(a.state))),
+    exclusively: (_job, effect) => Effect.scoped(Effect.map(effect, Option.some))
   })
 }
 

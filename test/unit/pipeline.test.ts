@@ -12,6 +12,7 @@ import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.t
 
 const STEP_TIMEOUT_MS = 1000
 const UNDO_TIMEOUT_MS = 500
+const SHUTDOWN_GRACE_MS = 300
 
 /** The allocator over in-memory outside systems with two gateways in the pool. */
 const TestServices = Layer.effectDiscard(
@@ -19,7 +20,11 @@ const TestServices = Layer.effectDiscard(
     Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
 ).pipe(
   Layer.provideMerge(makeServices(OutsideTest)),
-  Layer.provide(configFrom({ STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS), UNDO_TIMEOUT_MS: String(UNDO_TIMEOUT_MS) }))
+  Layer.provide(configFrom({
+    STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
+    UNDO_TIMEOUT_MS: String(UNDO_TIMEOUT_MS),
+    SHUTDOWN_GRACE_MS: String(SHUTDOWN_GRACE_MS)
+  }))
 )
 
 const newOrg = () => randomUUID() as OrganizationId
@@ -216,7 +221,7 @@ describe("allocation pipeline (test layers)", () => {
       expect((yield* Ref.get(world.allocations)).get(error.allocationId!)?.state).toBe("rolling_back")
     }).pipe(Effect.provide(TestServices)))
 
-  it.effect("shutdown in the middle of a step rolls the start back", () =>
+  it.effect("shutdown waits out the grace period, then interrupts a hung start, which rolls back", () =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
       const context = yield* Layer.buildWithScope(TestServices, scope)
@@ -226,7 +231,13 @@ describe("allocation pipeline (test layers)", () => {
       const org = newOrg()
       const caller = yield* Effect.fork(allocator.start(org))
       yield* untilCalled("handshake.awaitHealthy").pipe(Effect.provide(context))
-      yield* Scope.close(scope, Exit.void)
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      yield* advance(SHUTDOWN_GRACE_MS - 100)
+      // Still within the grace period: nothing was undone yet.
+      expect((yield* Ref.get(world.journal)).filter((e) => e.event === "undone")).toEqual([])
+      // Past the grace period, well before the step's own timeout.
+      yield* advance(400)
+      yield* Fiber.join(closing)
       const exit = yield* Fiber.await(caller)
       expect(Exit.isInterrupted(exit)).toBe(true)
       expect([...(yield* Ref.get(world.served)).keys()]).toEqual([])

@@ -1,0 +1,203 @@
+import { Config, Duration, Effect, Metric, Option, Ref, Schedule } from "effect"
+import type { OrganizationId } from "../domain/ids.ts"
+import type { RollbackReport, StepName } from "../domain/steps.ts"
+import { Dns } from "../dns/Dns.ts"
+import { Journal } from "../journal/Journal.ts"
+import { Nginx } from "../nginx/Nginx.ts"
+import { type Allocation, GatewayPool } from "../pool/GatewayPool.ts"
+import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
+import { Notifier } from "../telemetry/Notifier.ts"
+import { AllocationConfig, Allocator } from "./Allocator.ts"
+import { Runner } from "./Runner.ts"
+import { runUndo, type StepContext, UndoSkipped } from "./step.ts"
+import { Undos } from "./undos.ts"
+
+export interface ReconcileSummary {
+  /** Starts and stops whose runner died (or that outlived their deadline), undone or finished. */
+  readonly recovered: number
+  /** Of those, how many still have an undo that did not finish (retried next pass). */
+  readonly incomplete: number
+  readonly orphanRoutesRemoved: number
+  readonly orphanRecordsRemoved: number
+  readonly routesRepaired: number
+  readonly recordsRepaired: number
+}
+
+const repaired = (kind: string, count = 1) =>
+  count === 0 ? Effect.void : Metric.update(reconcilerRepairsTotal.pipe(Metric.tagged("kind", kind)), count)
+
+/**
+ * Crash recovery and drift repair, at start-up and every RECONCILE_INTERVAL_MS, in one replica at
+ * a time (a Postgres advisory lock). It touches only `org-{uuid}` route files and DNS records;
+ * foreign files and records are never listed, so never changed.
+ */
+export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
+  scoped: Effect.gen(function*() {
+    const config = yield* AllocationConfig
+    const intervalMs = yield* Config.integer("RECONCILE_INTERVAL_MS").pipe(Config.withDefault(30_000))
+    const pool = yield* GatewayPool
+    const journal = yield* Journal
+    const dns = yield* Dns
+    const nginx = yield* Nginx
+    const undos = yield* Undos
+    const allocator = yield* Allocator
+    const runner = yield* Runner
+    const notifier = yield* Notifier
+    // No live pipeline can be older: every step, undo and journal write has its own bound.
+    const deadlineMs = 6 * config.stepTimeoutMs + 16 * config.undoTimeoutMs
+
+    /** Undoes an orphaned start, or finishes an orphaned stop, from its row: undos are idempotent. */
+    const recover = (found: Allocation) =>
+      Effect.gen(function*() {
+        const adopted = yield* pool.adopt(found, runner.id)
+        if (Option.isNone(adopted)) return Option.none()
+        const allocation = adopted.value
+        const finishingStop = allocation.state === "stopping"
+        const context: StepContext = {
+          allocationId: allocation.allocationId,
+          organizationId: allocation.organizationId,
+          actor: "reconciler",
+          stepTimeoutMs: config.stepTimeoutMs,
+          undoTimeoutMs: config.undoTimeoutMs,
+          report: yield* Ref.make<RollbackReport>([])
+        }
+        yield* Effect.logWarning(
+          `recovering ${finishingStop ? "an interrupted stop" : "an orphaned start"} of runner ${found.runner}`
+        )
+        const steps: ReadonlyArray<readonly [StepName, Effect.Effect<void | UndoSkipped, unknown>]> = [
+          ["nginx-reload", undos.unroute(allocation.organizationId)],
+          ["nginx-config", undos.removeRouteFile(allocation.organizationId)],
+          [
+            "dns",
+            dns.provider === "none"
+              ? Effect.succeed(new UndoSkipped({ reason: "DNS_PROVIDER=none" }))
+              : undos.removeRecord(allocation.organizationId)
+          ],
+          ["allocate", undos.release(allocation.allocationId, finishingStop ? "released" : "rolled_back", context.report)]
+        ]
+        for (const [step, undo] of steps) yield* runUndo(context, step, undo)
+        const report = yield* Ref.get(context.report)
+        const left = report.filter((outcome) => outcome.status === "failed" || outcome.status === "timed_out")
+        yield* repaired(finishingStop ? "stop_finished" : "start_rolled_back")
+        yield* notifier.notify({
+          kind: "reconciler_repair",
+          organization_id: allocation.organizationId,
+          allocation_id: allocation.allocationId,
+          gateway_id: allocation.gatewayId,
+          message: `${finishingStop ? "finished an interrupted stop" : "rolled back an orphaned start"} of runner ${
+            found.runner
+          }${left.length === 0 ? "" : `; ${left.length} undo(s) still to retry`}`,
+          undos: report
+        })
+        return Option.some(left.length === 0)
+      }).pipe(
+        Effect.provideService(Journal, journal),
+        Effect.annotateLogs({ organization_id: found.organizationId, allocation_id: found.allocationId }),
+        Effect.withSpan("Reconciler.recover", {
+          attributes: { organization_id: found.organizationId, allocation_id: found.allocationId }
+        })
+      )
+
+    /** Files and records nobody owns are removed; active allocations missing theirs get them back. */
+    const repairDrift = Effect.gen(function*() {
+      // Listed before the allocations are read: anything created after the listing belongs to
+      // an allocation that is already live when it is read.
+      const routes = yield* nginx.listRoutes
+      const records = yield* dns.listOrgRecords
+      const live = new Map((yield* pool.liveAllocations()).map((a) => [a.organizationId, a]))
+      const stillOrphaned = (organizationId: OrganizationId) => Effect.map(pool.findLive(organizationId), Option.isNone)
+
+      let orphanRoutesRemoved = 0
+      for (const organizationId of routes.filter((org) => !live.has(org))) {
+        if (!(yield* stillOrphaned(organizationId))) continue
+        yield* nginx.removeRoute(organizationId)
+        orphanRoutesRemoved += 1
+      }
+      if (orphanRoutesRemoved > 0) yield* nginx.reload
+
+      let orphanRecordsRemoved = 0
+      for (const organizationId of records.filter((org) => !live.has(org))) {
+        if (!(yield* stillOrphaned(organizationId))) continue
+        yield* dns.remove(organizationId)
+        orphanRecordsRemoved += 1
+      }
+
+      const active = [...live.values()].filter((a) => a.state === "active")
+      const routeSet = new Set(routes)
+      const recordSet = new Set(records)
+      const missingRoutes = active.filter((a) => !routeSet.has(a.organizationId))
+      for (const allocation of missingRoutes) {
+        yield* nginx.writeRoute(allocation)
+      }
+      if (missingRoutes.length > 0) {
+        yield* nginx.reload
+        yield* Effect.forEach(missingRoutes, (a) => nginx.awaitRoute(a.organizationId, a.allocationId).pipe(
+          Effect.timeout(Duration.millis(config.stepTimeoutMs))
+        ), { concurrency: 8, discard: true })
+      }
+      const missingRecords = dns.provider === "none" ? [] : active.filter((a) => !recordSet.has(a.organizationId))
+      yield* Effect.forEach(missingRecords, (a) => dns.upsert(a.organizationId), { concurrency: 8, discard: true })
+
+      yield* repaired("orphan_route_removed", orphanRoutesRemoved)
+      yield* repaired("orphan_record_removed", orphanRecordsRemoved)
+      yield* repaired("route_restored", missingRoutes.length)
+      yield* repaired("record_restored", missingRecords.length)
+      const changes = orphanRoutesRemoved + orphanRecordsRemoved + missingRoutes.length + missingRecords.length
+      if (changes > 0) {
+        yield* Effect.logWarning(
+          `drift repaired: ${orphanRoutesRemoved} orphan route(s) and ${orphanRecordsRemoved} orphan record(s) removed, ${missingRoutes.length} route(s) and ${missingRecords.length} record(s) restored`
+        )
+        yield* notifier.notify({
+          kind: "reconciler_repair",
+          organization_id: [
+            ...routes.filter((org) => !live.has(org)),
+            ...records.filter((org) => !live.has(org)),
+            ...missingRoutes.map((a) => a.organizationId),
+            ...missingRecords.map((a) => a.organizationId)
+          ].join(","),
+          allocation_id: null,
+          gateway_id: null,
+          message: `drift repaired: orphan routes ${orphanRoutesRemoved}, orphan records ${orphanRecordsRemoved}, routes restored ${missingRoutes.length}, records restored ${missingRecords.length}`,
+          undos: []
+        })
+      }
+      return { orphanRoutesRemoved, orphanRecordsRemoved, routesRepaired: missingRoutes.length, recordsRepaired: missingRecords.length }
+    }).pipe(Effect.withSpan("Reconciler.repairDrift"))
+
+    const pass = Effect.gen(function*() {
+      const candidates = yield* pool.recoverable(runner.id, deadlineMs)
+      const orphans: Array<Allocation> = []
+      for (const allocation of candidates) {
+        // This process's own allocations are left alone while it is still working on them.
+        if (allocation.runner === runner.id && (yield* allocator.busy(allocation.organizationId))) continue
+        orphans.push(allocation)
+      }
+      const outcomes = yield* Effect.forEach(orphans, recover, { concurrency: 4 })
+      const finished = outcomes.filter(Option.isSome)
+      // Drift is judged once the orphans are gone, or their files and records would look owned.
+      const drift = yield* repairDrift
+      return {
+        recovered: finished.length,
+        incomplete: finished.filter((complete) => !complete.value).length,
+        ...drift
+      } satisfies ReconcileSummary
+    })
+
+    /** One reconcile pass, unless another replica is running one (then None). */
+    const runOnce = pool.exclusively("reconciler", pass).pipe(
+      Effect.withSpan("Reconciler.run", { attributes: { runner: runner.id } })
+    )
+
+    yield* runOnce.pipe(
+      Effect.tap(Option.match({
+        onNone: () => Effect.logDebug("reconcile skipped: another replica is reconciling"),
+        onSome: (summary) => Effect.logDebug("reconcile pass done").pipe(Effect.annotateLogs({ summary }))
+      })),
+      Effect.catchAllCause((cause) => Effect.logError("reconcile pass failed", cause)),
+      Effect.repeat(Schedule.spaced(Duration.millis(intervalMs))),
+      Effect.forkScoped
+    )
+
+    return { runOnce }
+  })
+}) {}
