@@ -1,4 +1,12 @@
-import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiMiddleware, HttpApiSecurity, OpenApi } from "@effect/platform"
+import {
+  HttpApi,
+  HttpApiEndpoint,
+  HttpApiGroup,
+  HttpApiMiddleware,
+  HttpApiSchema,
+  HttpApiSecurity,
+  OpenApi
+} from "@effect/platform"
 import { Schema } from "effect"
 import { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../domain/ids.ts"
 import { StepName, UndoOutcome } from "../domain/steps.ts"
@@ -20,6 +28,10 @@ export class Authorization extends HttpApiMiddleware.Tag<Authorization>()("Autho
 }) {}
 
 const OrganizationPayload = Schema.Struct({ organization_id: OrganizationId })
+
+/** The same error class, described for what it means on one endpoint (OpenAPI). */
+const described = <S extends Schema.Schema.Any>(schema: S, description: string): S =>
+  schema.annotations({ description }) as S
 
 export const StartedResponse = Schema.Struct({
   organization_id: OrganizationId,
@@ -90,23 +102,38 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
       .addError(StepTimedOut)
       .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Start the org's gateway (or return the one it has)")
+      .annotate(
+        OpenApi.Description,
+        "Runs the five steps (allocate, dns, nginx-config, nginx-reload, handshake). When a step fails or " +
+          "times out, every completed step is undone in reverse order and the answer names the failed `step`, " +
+          "the original error and the rollback report. `reused: true` when the org already had an active gateway. " +
+          "Concurrent starts for one org share one run; a client that disconnects does not abort it."
+      )
   )
   .add(
     HttpApiEndpoint.post("stop", "/gateway/stop")
       .setPayload(OrganizationPayload)
       .addSuccess(Schema.Struct({ organization_id: OrganizationId, gateway_id: GatewayId, released: Schema.Literal(true) }))
-      .addError(NotFound)
+      .addError(described(NotFound, "The organization has no active allocation"))
       .addError(StopFailed)
       .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "Stop the org's gateway and return it to the pool")
+      .annotate(
+        OpenApi.Description,
+        "Removes the org's route (nginx) and DNS record, then releases the gateway. When removing the routing " +
+          "fails, the allocation stays `stopping` and a retry (or the reconciler) finishes it."
+      )
   )
   .add(
     HttpApiEndpoint.get("status", "/gateway/:organization_id")
       .setPath(Schema.Struct({ organization_id: OrganizationId }))
       .addSuccess(GatewayStatusResponse)
-      .addError(NotFound)
+      .addError(described(NotFound, "The organization has no live allocation"))
       .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "The org's gateway, hostname and allocation state")
   )
   .middleware(Authorization)
+  .annotate(OpenApi.Description, "Gateways of organizations")
 {}
 
 export class AllocationsGroup extends HttpApiGroup.make("allocations")
@@ -114,10 +141,12 @@ export class AllocationsGroup extends HttpApiGroup.make("allocations")
     HttpApiEndpoint.get("get", "/allocations/:allocation_id")
       .setPath(Schema.Struct({ allocation_id: AllocationId }))
       .addSuccess(AllocationResponse)
-      .addError(NotFound)
+      .addError(described(NotFound, "No allocation with this id"))
       .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "An allocation with its step journal and rollback outcomes")
   )
   .middleware(Authorization)
+  .annotate(OpenApi.Description, "Allocations and their step journal")
 {}
 
 export class PoolGroup extends HttpApiGroup.make("pool")
@@ -125,27 +154,46 @@ export class PoolGroup extends HttpApiGroup.make("pool")
     HttpApiEndpoint.get("get", "/pool")
       .addSuccess(PoolResponse)
       .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "Pool counts (total, free, allocated) and every gateway")
   )
   .add(
     HttpApiEndpoint.post("addGateway", "/pool/gateways")
       .setPayload(NewGateway)
       .addSuccess(GatewayResponse, { status: 201 })
-      .addError(Conflict)
+      .addError(described(Conflict, "A gateway with this name exists"))
       .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "Add a gateway (`upstream` is host:port) to the pool")
   )
   .add(
     HttpApiEndpoint.del("removeGateway", "/pool/gateways/:gateway_id")
       .setPath(Schema.Struct({ gateway_id: GatewayId }))
       .addSuccess(Schema.Struct({ gateway_id: GatewayId, removed: Schema.Literal(true) }))
-      .addError(NotFound)
-      .addError(Conflict)
+      .addError(described(NotFound, "No gateway with this id"))
+      .addError(described(Conflict, "The gateway is allocated: stop its organization first"))
       .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "Remove a free gateway from the pool")
   )
   .middleware(Authorization)
+  .annotate(OpenApi.Description, "The gateway pool")
 {}
 
 export class HealthGroup extends HttpApiGroup.make("health")
-  .add(HttpApiEndpoint.get("healthz", "/healthz").addSuccess(Schema.Struct({ status: Schema.Literal("ok") })))
+  .add(
+    HttpApiEndpoint.get("healthz", "/healthz")
+      .addSuccess(Schema.Struct({ status: Schema.Literal("ok") }))
+      .annotate(OpenApi.Summary, "Liveness (no auth)")
+  )
+  .add(
+    HttpApiEndpoint.get("metrics", "/metrics")
+      .addSuccess(HttpApiSchema.Text({ contentType: "text/plain; version=0.0.4; charset=utf-8" }))
+      .annotate(OpenApi.Summary, "Prometheus metrics (no auth)")
+      .annotate(
+        OpenApi.Description,
+        "Prometheus text exposition: starts by outcome, step durations and failures, undos by step and outcome, " +
+          "incomplete rollbacks, reconciler repairs, nginx reloads, and the pool gauges (refreshed on each scrape)."
+      )
+  )
+  .annotate(OpenApi.Description, "Operations: liveness, metrics. The reference page is GET /docs, the document GET /openapi.json")
 {}
 
 export class Api extends HttpApi.make("gateway-allocator")

@@ -14,13 +14,13 @@ export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
 export class NotFound extends Schema.TaggedError<NotFound>()(
   "NotFound",
   { message: Schema.String },
-  HttpApiSchema.annotations({ status: 404 })
+  HttpApiSchema.annotations({ status: 404, description: "No such organization allocation, allocation or gateway" })
 ) {}
 
 export class Conflict extends Schema.TaggedError<Conflict>()(
   "Conflict",
   { message: Schema.String },
-  HttpApiSchema.annotations({ status: 409 })
+  HttpApiSchema.annotations({ status: 409, description: "The pool's state forbids the change" })
 ) {}
 
 export class NoGatewayAvailable extends Schema.TaggedError<NoGatewayAvailable>()(

@@ -1,4 +1,4 @@
-import { HttpApiBuilder } from "@effect/platform"
+import { HttpApiBuilder, HttpMiddleware } from "@effect/platform"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { Config, Effect, Layer, Redacted } from "effect"
 import { Allocator } from "../allocation/Allocator.ts"
@@ -6,6 +6,8 @@ import type { AllocationNotFound, StartError } from "../domain/errors.ts"
 import type { UndoOutcome } from "../domain/steps.ts"
 import type { JournalEntry } from "../journal/Journal.ts"
 import { GatewayPool, type PoolError } from "../pool/GatewayPool.ts"
+import { recordPool } from "../telemetry/Metrics.ts"
+import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api, Authorization } from "./Api.ts"
 import * as ApiError from "./errors.ts"
 
@@ -184,4 +186,18 @@ export const PoolHandlers = HttpApiBuilder.group(Api, "pool", (handlers) =>
   }))
 
 export const HealthHandlers = HttpApiBuilder.group(Api, "health", (handlers) =>
-  handlers.handle("healthz", () => Effect.succeed({ status: "ok" as const })))
+  Effect.gen(function*() {
+    const pool = yield* GatewayPool
+    const prometheus = yield* PrometheusMetrics
+    return handlers
+      .handle("healthz", () => HttpMiddleware.withLoggerDisabled(Effect.succeed({ status: "ok" as const })))
+      .handle("metrics", () =>
+        // The pool gauges are read from the database on each scrape; without it the rest still answers.
+        pool.stats().pipe(
+          Effect.flatMap(recordPool),
+          Effect.catchAll((error) => Effect.logWarning(`metrics: pool gauges not refreshed: ${error.message}`)),
+          Effect.zipRight(prometheus.scrape),
+          Effect.orDie,
+          HttpMiddleware.withLoggerDisabled
+        ))
+  }))

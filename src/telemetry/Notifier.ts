@@ -1,5 +1,7 @@
-import { Context, Effect, Layer } from "effect"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted } from "effect"
 import type { StepName, UndoOutcome } from "../domain/steps.ts"
+import { makeWebhook, type WebhookOptions } from "./Webhook.ts"
 
 /** What an operator is told when a rollback could not finish, or the reconciler repaired drift. */
 export interface Notice {
@@ -22,10 +24,54 @@ export class Notifier extends Context.Tag("Notifier")<Notifier, {
   readonly notify: (notice: Notice) => Effect.Effect<void>
 }>() {}
 
+const noticeAnnotations = (notice: Notice) => ({
+  notice_kind: notice.kind,
+  organization_id: notice.organization_id,
+  ...(notice.allocation_id === null ? {} : { allocation_id: notice.allocation_id })
+})
+
 /** No webhook configured: notices are only logged. */
 export const NotifierLogOnly = Layer.succeed(
   Notifier,
   Notifier.of({
     notify: (notice) => Effect.logDebug("notice (no ROLLBACK_WEBHOOK_URL)").pipe(Effect.annotateLogs({ notice }))
   })
+)
+
+/**
+ * Each notice is POSTed as JSON (the `Notice` object; header `idempotency-key` is the same on
+ * every attempt) to the webhook, from a bounded queue and a background fiber owned by this
+ * layer's scope. `notify` never waits for the webhook.
+ */
+export const NotifierWebhook = (options: WebhookOptions) =>
+  Layer.scoped(
+    Notifier,
+    Effect.map(makeWebhook(options), (webhook) =>
+      Notifier.of({
+        notify: (notice) =>
+          Effect.logDebug(`notice ${notice.kind}: queued for the webhook`).pipe(
+            Effect.zipRight(webhook.send(notice, noticeAnnotations(notice)))
+          )
+      }))
+  ).pipe(Layer.provide(NodeHttpClient.layerUndici))
+
+/** ROLLBACK_WEBHOOK_URL, checked at start-up: an absolute http(s) URL. */
+export const WebhookUrl = Config.option(
+  Config.redacted("ROLLBACK_WEBHOOK_URL").pipe(
+    Config.mapOrFail((url: Redacted.Redacted<string>) => {
+      const parsed = Either.try(() => new URL(Redacted.value(url)))
+      return Either.isRight(parsed) && (parsed.right.protocol === "http:" || parsed.right.protocol === "https:")
+        ? Either.right(url)
+        : Either.left(ConfigError.InvalidData([], "ROLLBACK_WEBHOOK_URL must be an absolute http(s) URL"))
+    })
+  )
+)
+
+/** ROLLBACK_WEBHOOK_URL set: notices go to the webhook; unset: they are only logged. */
+export const NotifierLive = Layer.unwrapEffect(
+  Effect.map(WebhookUrl, (url) =>
+    Option.match(url, {
+      onNone: () => NotifierLogOnly,
+      onSome: (url) => NotifierWebhook({ url })
+    }))
 )
