@@ -188,7 +188,9 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         // Runs before the Scope's finalizers: the row says `rolling_back` while undos run, so a
         // crash in the middle of a rollback is finished by the reconciler.
         Effect.onError((cause) =>
-          pool.transition(context.allocationId, ["starting"], "rolling_back", { cause: String(cause) }).pipe(
+          pool.transition(context.allocationId, ["starting"], "rolling_back", {
+            error: Cause.pretty(cause).slice(0, 2000)
+          }).pipe(
             Effect.interruptible,
             Effect.timeout(Duration.millis(config.undoTimeoutMs)),
             Effect.catchAllCause((failure) => Effect.logWarning("could not mark the allocation rolling back", failure))
