@@ -308,12 +308,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       yield* Effect.annotateCurrentSpan({ organization_id: organizationId, allocation_id: allocationId })
       yield* pool.transition(allocationId, ["active", "stopping"], "stopping")
       const context = yield* newContext(organizationId, allocationId, "stop")
-      const undoSteps: ReadonlyArray<readonly [StepName, Effect.Effect<void | UndoSkipped, unknown>]> = [
-        ["nginx-reload", undos.unroute(organizationId)],
-        ["nginx-config", undos.removeRouteFile(organizationId)],
-        ["dns", dns.provider === "none" ? Effect.succeed(new UndoSkipped({ reason: "DNS_PROVIDER=none" })) : undos.removeRecord(organizationId)],
-        ["allocate", undos.release(allocationId, "released", context.report)]
-      ]
+      const undoSteps = undos.teardown(allocation, "released", context.report)
       for (const [stepName, undo] of undoSteps) {
         const outcome = yield* runUndo(context, stepName, undo).pipe(Effect.provideService(Journal, journal))
         if (outcome.status === "failed" || outcome.status === "timed_out") {

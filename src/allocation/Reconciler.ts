@@ -1,6 +1,6 @@
 import { Config, Duration, Effect, Metric, Option, Ref, Schedule } from "effect"
 import type { OrganizationId } from "../domain/ids.ts"
-import type { RollbackReport, StepName } from "../domain/steps.ts"
+import type { RollbackReport } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
 import { Journal } from "../journal/Journal.ts"
 import { Nginx } from "../nginx/Nginx.ts"
@@ -9,7 +9,7 @@ import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { AllocationConfig, Allocator } from "./Allocator.ts"
 import { Runner } from "./Runner.ts"
-import { runUndo, type StepContext, UndoSkipped } from "./step.ts"
+import { runUndo, type StepContext } from "./step.ts"
 import { Undos } from "./undos.ts"
 
 export interface ReconcileSummary {
@@ -64,17 +64,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         yield* Effect.logWarning(
           `recovering ${finishingStop ? "an interrupted stop" : "an orphaned start"} of runner ${found.runner}`
         )
-        const steps: ReadonlyArray<readonly [StepName, Effect.Effect<void | UndoSkipped, unknown>]> = [
-          ["nginx-reload", undos.unroute(allocation.organizationId)],
-          ["nginx-config", undos.removeRouteFile(allocation.organizationId)],
-          [
-            "dns",
-            dns.provider === "none"
-              ? Effect.succeed(new UndoSkipped({ reason: "DNS_PROVIDER=none" }))
-              : undos.removeRecord(allocation.organizationId)
-          ],
-          ["allocate", undos.release(allocation.allocationId, finishingStop ? "released" : "rolled_back", context.report)]
-        ]
+        const steps = undos.teardown(allocation, finishingStop ? "released" : "rolled_back", context.report)
         for (const [step, undo] of steps) yield* runUndo(context, step, undo)
         const report = yield* Ref.get(context.report)
         const left = report.filter((outcome) => outcome.status === "failed" || outcome.status === "timed_out")

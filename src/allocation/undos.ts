@@ -1,6 +1,6 @@
 import { Effect, Ref } from "effect"
 import type { AllocationId, OrganizationId } from "../domain/ids.ts"
-import type { RollbackReport } from "../domain/steps.ts"
+import type { RollbackReport, StepName } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
 import { Nginx } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
@@ -60,11 +60,28 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
         return released ? undefined : new UndoSkipped({ reason: "the gateway was already released" })
       })
 
-    return {
-      release,
-      removeRecord: (organizationId: OrganizationId) => dns.remove(organizationId),
-      removeRouteFile: (organizationId: OrganizationId) => nginx.removeRoute(organizationId),
-      unroute
-    }
+    const removeRecord = (organizationId: OrganizationId) =>
+      dns.provider === "none"
+        ? Effect.succeed(new UndoSkipped({ reason: "DNS_PROVIDER=none: wildcard DNS" }))
+        : dns.remove(organizationId)
+
+    const removeRouteFile = (organizationId: OrganizationId) => nginx.removeRoute(organizationId)
+
+    /**
+     * Takes a live allocation down, as a stop and crash recovery do: every step's undo in reverse
+     * order, routing first, the gateway last.
+     */
+    const teardown = (
+      allocation: { readonly organizationId: OrganizationId; readonly allocationId: AllocationId },
+      finalState: "released" | "rolled_back",
+      report: Ref.Ref<RollbackReport>
+    ): ReadonlyArray<readonly [StepName, Effect.Effect<void | UndoSkipped, unknown>]> => [
+      ["nginx-reload", unroute(allocation.organizationId)],
+      ["nginx-config", removeRouteFile(allocation.organizationId)],
+      ["dns", removeRecord(allocation.organizationId)],
+      ["allocate", release(allocation.allocationId, finalState, report)]
+    ]
+
+    return { release, removeRecord, removeRouteFile, unroute, teardown }
   })
 }) {}
