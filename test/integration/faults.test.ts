@@ -1,0 +1,422 @@
+// The five-step start against the real parts (embedded Postgres, nginx, PowerDNS, sample
+// gateways) with real faults: no test layers, no mocks. After every failed start the real systems
+// are asked, not the service: the gateway is free again, PowerDNS has no record, routes/ has no
+// file, nginx does not route the hostname, and the journal shows what ran and what was undone.
+import { describe, expect, layer } from "@effect/vitest"
+import { Effect, Either, Fiber, Layer, Option } from "effect"
+import { randomUUID } from "node:crypto"
+import { mkdir, readdir, rm, writeFile } from "node:fs/promises"
+import path from "node:path"
+import { Allocator } from "../../src/allocation/Allocator.ts"
+import { Reconciler } from "../../src/allocation/Reconciler.ts"
+import type { LocalStack } from "../../src/dev/stack.ts"
+import type { StartError } from "../../src/domain/errors.ts"
+import type { AllocationId, OrganizationId } from "../../src/domain/ids.ts"
+import type { Behaviour } from "../../src/dev/SampleGateway.ts"
+import {
+  awaitNginxRoutes,
+  dnsRecordExists,
+  expectConsistent,
+  gatewayName,
+  nginxRoutesSteadily,
+  poolStats,
+  routeFileExists,
+  routeFilePath
+} from "../support/probes.ts"
+import { ServicesLive, Stack, StackLive } from "../support/stack.ts"
+
+const STEP_TIMEOUT_MS = 2500
+
+const newOrg = () => randomUUID() as OrganizationId
+
+const setAllGateways = (stack: LocalStack, behaviour: Partial<Behaviour>) =>
+  Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(behaviour), { discard: true })
+
+/** Runs a test body with the stack, and puts every sample gateway back to "ok" afterwards. */
+const withStack = <A, E, R>(body: (stack: LocalStack) => Effect.Effect<A, E, R>) =>
+  Effect.flatMap(Stack, (stack) =>
+    body(stack).pipe(
+      Effect.ensuring(Effect.forEach(stack.gateways, (gateway) => gateway.reset, { discard: true }))
+    ))
+
+/** Stops the org if a test left it running (a failed assertion must not leak a gateway). */
+const stopQuietly = (org: OrganizationId) =>
+  Effect.flatMap(Allocator, (allocator) => allocator.stop(org)).pipe(Effect.ignore)
+
+/** The allocation's journal as `step:event`, in the order the rows were written. */
+const journalOf = (allocationId: AllocationId) =>
+  Effect.flatMap(Allocator, (allocator) => allocator.describe(allocationId)).pipe(
+    Effect.map((allocation) => ({
+      state: allocation.state,
+      events: allocation.steps.map((entry) => `${entry.step}:${entry.event}`),
+      actors: [...new Set(allocation.steps.map((entry) => entry.actor))]
+    }))
+  )
+
+/** Starts the org and expects it to fail; returns the error. */
+const failingStart = (org: OrganizationId) =>
+  Effect.flatMap(Allocator, (allocator) => allocator.start(org)).pipe(
+    Effect.either,
+    Effect.flatMap(Either.match({
+      onLeft: (error) => Effect.succeed(error),
+      onRight: (started) => Effect.dieMessage(`the start was expected to fail, it succeeded: ${JSON.stringify(started)}`)
+    }))
+  )
+
+const stepAndReport = (error: StartError) =>
+  error._tag === "NoGatewayAvailable"
+    ? { tag: error._tag }
+    : {
+      tag: error._tag,
+      step: error.step,
+      rollback: error.rollback.map((outcome) => `${outcome.step}:${outcome.status}`)
+    }
+
+const allocationIdOf = (error: StartError): AllocationId => {
+  if (error._tag === "NoGatewayAvailable" || error.allocationId === undefined) {
+    throw new Error(`no allocation id on ${error._tag}`)
+  }
+  return error.allocationId
+}
+
+const undone = (...steps: ReadonlyArray<string>) => steps.flatMap((step) => [`${step}:undo_started`, `${step}:undone`])
+
+layer(
+  ServicesLive({ STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS), RECONCILE_INTERVAL_MS: "3600000" }).pipe(
+    Layer.provideMerge(StackLive())
+  ),
+  { timeout: 120_000, excludeTestServices: true }
+)("five-step start against the real stack", (it) => {
+  it.effect("success: nginx routes the hostname to the claimed gateway, DNS resolves, journal complete; stop undoes it all", () => {
+    const org = newOrg()
+    return withStack((stack) =>
+      Effect.gen(function*() {
+        const allocator = yield* Allocator
+        const before = yield* poolStats
+        yield* expectConsistent(stack, org, "absent")
+
+        const started = yield* allocator.start(org)
+        expect(started.reused).toBe(false)
+        expect(started.hostname).toBe(`org-${org}.domain.local`)
+        expect(yield* poolStats).toEqual({ total: before.total, free: before.free - 1, allocated: before.allocated + 1 })
+
+        const observation = yield* expectConsistent(stack, org, "active")
+        const name = yield* gatewayName(started.gatewayId)
+        expect(observation.nginx).toBe(name)
+
+        // The claimed gateway was initialised for this org (DESIGN section 5).
+        const gateway = stack.gateways.find((g) => g.name === name)
+        expect(gateway).toBeDefined()
+        expect(yield* gateway!.handshakes).toEqual([{
+          organization_id: org,
+          gateway_id: started.gatewayId,
+          allocation_id: started.allocationId,
+          gateway_hostname: `org-${org}.domain.local`
+        }])
+
+        expect(yield* journalOf(started.allocationId)).toEqual({
+          state: "active",
+          events: [
+            "allocate:completed",
+            "dns:started",
+            "dns:completed",
+            "nginx-config:started",
+            "nginx-config:completed",
+            "nginx-reload:started",
+            "nginx-reload:completed",
+            "handshake:started",
+            "handshake:completed"
+          ],
+          actors: ["request"]
+        })
+
+        // A second start for the org reuses the allocation and changes nothing.
+        const again = yield* allocator.start(org)
+        expect(again).toEqual({ ...started, reused: true })
+        expect((yield* poolStats).free).toBe(before.free - 1)
+
+        const stopped = yield* allocator.stop(org)
+        expect(stopped).toEqual({ organizationId: org, gatewayId: started.gatewayId, allocationId: started.allocationId })
+        yield* expectConsistent(stack, org, "absent")
+        expect(yield* poolStats).toEqual(before)
+        const journal = yield* journalOf(started.allocationId)
+        expect(journal.state).toBe("released")
+        expect(journal.events.slice(9)).toEqual(undone("nginx-reload", "nginx-config", "dns", "allocate"))
+      }).pipe(Effect.ensuring(stopQuietly(org)))
+    )
+  })
+
+  it.effect("dns: PowerDNS down -> StepFailed at dns, gateway released, nothing left anywhere", () =>
+    withStack((stack) =>
+      Effect.gen(function*() {
+        const org = newOrg()
+        const before = yield* poolStats
+        const error = yield* Effect.zipRight(stack.powerDns.stop, failingStart(org)).pipe(
+          Effect.ensuring(stack.powerDns.start.pipe(Effect.orDie))
+        )
+        expect(stepAndReport(error)).toEqual({ tag: "StepFailed", step: "dns", rollback: ["allocate:done"] })
+        expect(error.message).toContain("PowerDNS upsert")
+
+        expect(yield* poolStats).toEqual(before)
+        yield* expectConsistent(stack, org, "absent")
+        expect(yield* journalOf(allocationIdOf(error))).toEqual({
+          state: "rolled_back",
+          events: ["allocate:completed", "dns:started", "dns:failed", ...undone("allocate")],
+          actors: ["request"]
+        })
+      })
+    ))
+
+  it.effect("nginx-config: the route file path is a directory -> StepFailed at nginx-config, DNS record removed", () =>
+    withStack((stack) =>
+      Effect.gen(function*() {
+        const org = newOrg()
+        const before = yield* poolStats
+        const blocker = routeFilePath(stack, org)
+        const routesDir = path.dirname(blocker)
+        // rename(temp, blocker) fails with EISDIR, even for root (chmod would not stop root).
+        const error = yield* Effect.promise(() => mkdir(blocker)).pipe(
+          Effect.zipRight(failingStart(org)),
+          Effect.tap(() =>
+            Effect.gen(function*() {
+              // Checked while the blocker is still there: no temp file was left behind either.
+              const leftovers = (yield* Effect.promise(() => readdir(routesDir))).filter((file) => file.includes(org))
+              expect(leftovers).toEqual([`org-${org}.conf`])
+              expect(yield* routeFileExists(stack, org)).toBe(false)
+              expect(yield* nginxRoutesSteadily(stack, org)).toBeNull()
+            })
+          ),
+          Effect.ensuring(Effect.promise(() => rm(blocker, { recursive: true, force: true })))
+        )
+        expect(stepAndReport(error)).toEqual({
+          tag: "StepFailed",
+          step: "nginx-config",
+          rollback: ["dns:done", "allocate:done"]
+        })
+        expect(error.message).toContain("nginx write")
+
+        expect(yield* poolStats).toEqual(before)
+        yield* expectConsistent(stack, org, "absent")
+        expect(yield* journalOf(allocationIdOf(error))).toEqual({
+          state: "rolled_back",
+          events: [
+            "allocate:completed",
+            "dns:started",
+            "dns:completed",
+            "nginx-config:started",
+            "nginx-config:failed",
+            ...undone("dns", "allocate")
+          ],
+          actors: ["request"]
+        })
+      })
+    ))
+
+  it.effect("nginx-reload: a broken foreign file -> StepFailed at nginx-reload, the first org still routed", () => {
+    const first = newOrg()
+    return withStack((stack) =>
+      Effect.gen(function*() {
+        const allocator = yield* Allocator
+        const second = newOrg()
+        const initial = yield* poolStats
+        const started = yield* allocator.start(first)
+        const firstGateway = yield* gatewayName(started.gatewayId)
+        yield* expectConsistent(stack, first, "active")
+
+        const before = yield* poolStats
+        const broken = path.join(stack.nginx.confDir, "broken.conf")
+        const error = yield* Effect.promise(() => writeFile(broken, "this is { not nginx syntax\n")).pipe(
+          Effect.zipRight(failingStart(second)),
+          Effect.tap(() =>
+            Effect.gen(function*() {
+              // nginx keeps serving its last good configuration: the first org, not the second.
+              expect(yield* nginxRoutesSteadily(stack, first)).toBe(firstGateway)
+              yield* expectConsistent(stack, second, "absent")
+            })
+          ),
+          Effect.ensuring(Effect.promise(() => rm(broken, { force: true })))
+        )
+        expect(stepAndReport(error)).toEqual({
+          tag: "StepFailed",
+          step: "nginx-reload",
+          rollback: ["nginx-config:done", "dns:done", "allocate:done"]
+        })
+        expect(error.message).toContain("nginx reload")
+
+        expect(yield* poolStats).toEqual(before)
+        yield* expectConsistent(stack, second, "absent")
+        yield* expectConsistent(stack, first, "active")
+        expect(yield* journalOf(allocationIdOf(error))).toEqual({
+          state: "rolled_back",
+          events: [
+            "allocate:completed",
+            "dns:started",
+            "dns:completed",
+            "nginx-config:started",
+            "nginx-config:completed",
+            "nginx-reload:started",
+            "nginx-reload:failed",
+            ...undone("nginx-config", "dns", "allocate")
+          ],
+          actors: ["request"]
+        })
+
+        // With the foreign file gone, nginx reloads again: the first org stops cleanly.
+        yield* allocator.stop(first)
+        yield* expectConsistent(stack, first, "absent")
+        expect(yield* poolStats).toEqual(initial)
+      }).pipe(Effect.ensuring(stopQuietly(first)))
+    )
+  })
+
+  it.effect("handshake: the gateway answers 500 -> StepFailed at handshake, every earlier step undone", () =>
+    withStack((stack) =>
+      Effect.gen(function*() {
+        const org = newOrg()
+        const before = yield* poolStats
+        yield* setAllGateways(stack, { handshake: "fail" })
+        const error = yield* failingStart(org)
+        expect(stepAndReport(error)).toEqual({
+          tag: "StepFailed",
+          step: "handshake",
+          rollback: ["nginx-reload:done", "nginx-config:done", "dns:done", "allocate:done"]
+        })
+        expect(error.message).toContain("HTTP 500")
+
+        expect(yield* poolStats).toEqual(before)
+        yield* expectConsistent(stack, org, "absent")
+        // The handshake really reached a gateway (it answered 500).
+        const received = yield* Effect.forEach(stack.gateways, (gateway) => gateway.handshakes)
+        expect(received.flat().filter((body) => (body as { organization_id?: string }).organization_id === org))
+          .toHaveLength(1)
+        expect(yield* journalOf(allocationIdOf(error))).toEqual({
+          state: "rolled_back",
+          events: [
+            "allocate:completed",
+            "dns:started",
+            "dns:completed",
+            "nginx-config:started",
+            "nginx-config:completed",
+            "nginx-reload:started",
+            "nginx-reload:completed",
+            "handshake:started",
+            "handshake:failed",
+            ...undone("nginx-reload", "nginx-config", "dns", "allocate")
+          ],
+          actors: ["request"]
+        })
+      })
+    ))
+
+  it.effect("handshake: the gateway never answers -> StepTimedOut at handshake, rolled back", () =>
+    withStack((stack) =>
+      Effect.gen(function*() {
+        const org = newOrg()
+        const before = yield* poolStats
+        yield* setAllGateways(stack, { handshake: "hang" })
+        const error = yield* failingStart(org)
+        expect(stepAndReport(error)).toEqual({
+          tag: "StepTimedOut",
+          step: "handshake",
+          rollback: ["handshake:skipped", "nginx-reload:done", "nginx-config:done", "dns:done", "allocate:done"]
+        })
+        expect(error._tag === "StepTimedOut" && error.timeoutMs).toBe(STEP_TIMEOUT_MS)
+
+        expect(yield* poolStats).toEqual(before)
+        yield* expectConsistent(stack, org, "absent")
+        expect(yield* journalOf(allocationIdOf(error))).toEqual({
+          state: "rolled_back",
+          events: [
+            "allocate:completed",
+            "dns:started",
+            "dns:completed",
+            "nginx-config:started",
+            "nginx-config:completed",
+            "nginx-reload:started",
+            "nginx-reload:completed",
+            "handshake:started",
+            "handshake:timed_out",
+            "handshake:undo_started",
+            "handshake:undo_skipped",
+            ...undone("nginx-reload", "nginx-config", "dns", "allocate")
+          ],
+          actors: ["request"]
+        })
+      })
+    ))
+
+  describe("an undo that fails", () => {
+    it.effect("PowerDNS down during the rollback: the caller gets the handshake timeout, dns undo failed, gateway freed", () =>
+      withStack((stack) =>
+        Effect.gen(function*() {
+          const allocator = yield* Allocator
+          const reconciler = yield* Reconciler
+          const org = newOrg()
+          const before = yield* poolStats
+          yield* setAllGateways(stack, { handshake: "hang", handshakeDelayMs: 60_000 })
+
+          const error = yield* Effect.gen(function*() {
+            const start = yield* Effect.fork(failingStart(org))
+            // The route is live through nginx: dns, nginx-config and nginx-reload completed and
+            // the handshake is waiting on the gateway. Now PowerDNS goes away.
+            yield* awaitNginxRoutes(stack, org)
+            expect(yield* dnsRecordExists(stack, org)).toBe(true)
+            yield* stack.powerDns.stop
+            const error = yield* Fiber.join(start)
+
+            // Checked while PowerDNS is still down.
+            expect(stepAndReport(error)).toEqual({
+              tag: "StepTimedOut",
+              step: "handshake",
+              rollback: ["handshake:skipped", "nginx-reload:done", "nginx-config:done", "dns:failed", "allocate:done"]
+            })
+            const dnsUndo = error._tag === "NoGatewayAvailable" ? undefined : error.rollback.find((o) => o.step === "dns")
+            expect(dnsUndo?.message).toContain("PowerDNS remove")
+            // DNS points at nginx, not at the gateway: with the route gone, releasing is safe.
+            expect(yield* poolStats).toEqual(before)
+            expect(yield* routeFileExists(stack, org)).toBe(false)
+            expect(yield* nginxRoutesSteadily(stack, org)).toBeNull()
+            expect((yield* allocator.status(org).pipe(Effect.either))._tag).toBe("Left")
+            return error
+          }).pipe(Effect.ensuring(stack.powerDns.start.pipe(Effect.orDie)))
+
+          expect(yield* journalOf(allocationIdOf(error))).toEqual({
+            state: "rolled_back",
+            events: [
+              "allocate:completed",
+              "dns:started",
+              "dns:completed",
+              "nginx-config:started",
+              "nginx-config:completed",
+              "nginx-reload:started",
+              "nginx-reload:completed",
+              "handshake:started",
+              "handshake:timed_out",
+              "handshake:undo_started",
+              "handshake:undo_skipped",
+              ...undone("nginx-reload", "nginx-config"),
+              "dns:undo_started",
+              "dns:undo_failed",
+              ...undone("allocate")
+            ],
+            actors: ["request"]
+          })
+
+          // The record the failed undo left behind is still in PowerDNS; one reconcile pass
+          // removes it (it belongs to no live allocation), and the org is absent everywhere.
+          expect(yield* dnsRecordExists(stack, org)).toBe(true)
+          const summary = yield* reconciler.runOnce
+          expect(Option.map(summary, (s) => s.orphanRecordsRemoved >= 1)).toEqual(Option.some(true))
+          yield* expectConsistent(stack, org, "absent")
+          expect(yield* poolStats).toEqual(before)
+        })
+      ), { timeout: 60_000 })
+  })
+
+  it.effect("the pool is whole after the faults: free + allocated = total, nothing allocated", () =>
+    Effect.gen(function*() {
+      const stats = yield* poolStats
+      const stack = yield* Stack
+      expect(stats).toEqual({ total: stack.gateways.length, free: stack.gateways.length, allocated: 0 })
+    }))
+})

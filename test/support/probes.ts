@@ -1,0 +1,251 @@
+// Effects that ask the real systems (PowerDNS, the file system, nginx, Postgres through the pool)
+// what they hold for an org, independently of what the service believes. DESIGN section 7,
+// invariant 1: an org is active in the API <=> its DNS record exists <=> its route file exists
+// <=> nginx routes its hostname.
+import { expect } from "@effect/vitest"
+import { Data, Duration, Effect, Either, Schedule } from "effect"
+import { Resolver } from "node:dns/promises"
+import { stat } from "node:fs/promises"
+import * as http from "node:http"
+import path from "node:path"
+import { Allocator } from "../../src/allocation/Allocator.ts"
+import { listRecords } from "../../src/dev/PowerDnsProcess.ts"
+import type { LocalStack } from "../../src/dev/stack.ts"
+import type { OrganizationId } from "../../src/domain/ids.ts"
+import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+
+/** A probe could not get an answer from the system it asks (that is not a "no"). */
+export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly message: string; readonly cause?: unknown }> {}
+
+const domainOf = (stack: LocalStack) => stack.env["DOMAIN"] ?? "domain.local"
+
+export const hostnameOf = (stack: LocalStack, org: OrganizationId) => `org-${org}.${domainOf(stack)}`
+
+export const routeFilePath = (stack: LocalStack, org: OrganizationId) =>
+  path.join(stack.nginx.confDir, "routes", `org-${org}.conf`)
+
+/** The org's A record contents as PowerDNS's HTTP API lists them (empty when there is none). */
+export const dnsApiRecord = (stack: LocalStack, org: OrganizationId) =>
+  listRecords(stack.powerDns).pipe(
+    Effect.map((rrsets) =>
+      rrsets
+        .filter((rrset) => rrset.type === "A" && rrset.name === `${hostnameOf(stack, org)}.`)
+        .flatMap((rrset) => rrset.content)
+    ),
+    Effect.mapError((cause) => new ProbeError({ message: `PowerDNS API: ${cause.message}`, cause }))
+  )
+
+/**
+ * The org's A record as a real DNS query to PowerDNS answers it (empty on NXDOMAIN / NODATA).
+ * Any other outcome (refused, timeout) is a ProbeError: PowerDNS did not answer.
+ */
+export const dnsResolve = (stack: LocalStack, org: OrganizationId) =>
+  Effect.tryPromise({
+    try: async () => {
+      const resolver = new Resolver({ timeout: 1000, tries: 2 })
+      resolver.setServers([`127.0.0.1:${stack.powerDns.dnsPort}`])
+      try {
+        return await resolver.resolve4(hostnameOf(stack, org))
+      } catch (error) {
+        const code = (error as { code?: string }).code
+        if (code === "ENOTFOUND" || code === "ENODATA") return [] as Array<string>
+        throw error
+      }
+    },
+    catch: (cause) => new ProbeError({ message: `DNS query to PowerDNS: ${String(cause)}`, cause })
+  })
+
+export interface DnsView {
+  /** What the HTTP API lists for the org's name (A record contents). */
+  readonly api: ReadonlyArray<string>
+  /** What a DNS query on PowerDNS's port answers. */
+  readonly resolved: ReadonlyArray<string>
+}
+
+export const dnsView = (stack: LocalStack, org: OrganizationId): Effect.Effect<DnsView, ProbeError> =>
+  Effect.all({ api: dnsApiRecord(stack, org), resolved: dnsResolve(stack, org) }, { concurrency: 2 })
+
+/** Whether PowerDNS holds the org's A record; the API and a real DNS query must agree. */
+export const dnsRecordExists = (stack: LocalStack, org: OrganizationId) =>
+  Effect.flatMap(dnsView(stack, org), (view) =>
+    (view.api.length > 0) === (view.resolved.length > 0)
+      ? Effect.succeed(view.api.length > 0)
+      : Effect.fail(
+        new ProbeError({
+          message: `PowerDNS disagrees with itself about ${hostnameOf(stack, org)}: API ${
+            JSON.stringify(view.api)
+          }, DNS ${JSON.stringify(view.resolved)}`
+        })
+      ))
+
+/** Whether `{confDir}/routes/org-{uuid}.conf` exists as a regular file (a directory is not a route). */
+export const routeFileExists = (stack: LocalStack, org: OrganizationId) =>
+  Effect.tryPromise({
+    try: async () => {
+      try {
+        return (await stat(routeFilePath(stack, org))).isFile()
+      } catch (error) {
+        if ((error as { code?: string }).code === "ENOENT") return false
+        throw error
+      }
+    },
+    catch: (cause) => new ProbeError({ message: `stat ${routeFilePath(stack, org)}: ${String(cause)}`, cause })
+  })
+
+export interface RawResponse {
+  readonly status: number
+  readonly body: string
+}
+
+/** A plain HTTP/1.1 GET on a fresh connection (`connection: close`), with any Host header. */
+export const rawGet = (options: {
+  readonly port: number
+  readonly path: string
+  readonly headers?: Readonly<Record<string, string>>
+  readonly timeoutMs?: number
+}) =>
+  Effect.async<RawResponse, ProbeError>((resume, signal) => {
+    const request = http.request(
+      {
+        host: "127.0.0.1",
+        port: options.port,
+        path: options.path,
+        method: "GET",
+        headers: { connection: "close", ...options.headers },
+        agent: false,
+        signal
+      },
+      (response) => {
+        const chunks: Array<Buffer> = []
+        response.on("data", (chunk: Buffer) => chunks.push(chunk))
+        response.on("error", (cause) => resume(Effect.fail(new ProbeError({ message: String(cause), cause }))))
+        response.on("end", () =>
+          resume(Effect.succeed({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") })))
+      }
+    )
+    request.setTimeout(options.timeoutMs ?? 5000, () => request.destroy(new Error("no answer in time")))
+    request.on("error", (cause) =>
+      resume(Effect.fail(new ProbeError({ message: `GET 127.0.0.1:${options.port}${options.path}: ${cause.message}`, cause }))))
+    request.end()
+  })
+
+/**
+ * What nginx does with a request for the org's hostname: the name of the gateway that answered
+ * (the sample gateway echoes it), or null when nginx answers 404 itself (no route).
+ */
+export const nginxRoutes = (stack: LocalStack, org: OrganizationId) =>
+  Effect.flatMap(
+    rawGet({ port: stack.nginx.listenPort, path: "/anything", headers: { host: hostnameOf(stack, org) } }),
+    (response): Effect.Effect<string | null, ProbeError> => {
+      if (response.status === 404) return Effect.succeed(null)
+      if (response.status === 200) {
+        const parsed = Either.try(() => JSON.parse(response.body) as { gateway?: unknown })
+        if (Either.isRight(parsed) && typeof parsed.right.gateway === "string") {
+          return Effect.succeed(parsed.right.gateway)
+        }
+      }
+      return Effect.fail(
+        new ProbeError({ message: `nginx answered ${response.status} for ${hostnameOf(stack, org)}: ${response.body}` })
+      )
+    }
+  )
+
+/**
+ * What nginx answers for the org's hostname on `samples` fresh connections, `spacingMs` apart:
+ * one value when every connection got the same answer, else every answer in order. One request
+ * is not enough: after a reload nginx keeps the previous workers accepting for about 100 ms
+ * (the master starts the new workers, sleeps 100 ms, then tells the old ones to stop), so an
+ * answer only holds once it holds across that window.
+ */
+export const nginxRoutesSteadily = (
+  stack: LocalStack,
+  org: OrganizationId,
+  options: { readonly samples?: number; readonly spacingMs?: number } = {}
+) =>
+  Effect.gen(function*() {
+    const answers: Array<string | null> = []
+    const samples = options.samples ?? 10
+    for (let i = 0; i < samples; i++) {
+      if (i > 0) yield* Effect.sleep(Duration.millis(options.spacingMs ?? 20))
+      answers.push(yield* nginxRoutes(stack, org))
+    }
+    return answers.every((answer) => answer === answers[0]) ? answers[0] ?? null : answers
+  })
+
+/** Polls nginx until it routes the org's hostname to some gateway; returns that gateway's name. */
+export const awaitNginxRoutes = (stack: LocalStack, org: OrganizationId, timeoutMs = 15_000) =>
+  nginxRoutes(stack, org).pipe(
+    Effect.filterOrFail(
+      (gateway): gateway is string => gateway !== null,
+      () => new ProbeError({ message: `nginx does not route ${hostnameOf(stack, org)} yet` })
+    ),
+    Effect.retry(Schedule.spaced(Duration.millis(10))),
+    Effect.timeoutFail({
+      duration: Duration.millis(timeoutMs),
+      onTimeout: () => new ProbeError({ message: `nginx did not route ${hostnameOf(stack, org)} within ${timeoutMs} ms` })
+    })
+  )
+
+/** The pool's numbers, from Postgres through the service's GatewayPool. */
+export const poolStats = Effect.flatMap(GatewayPool, (pool) => pool.stats())
+
+/** The name of the gateway row with this id (to compare with what nginx reaches). */
+export const gatewayName = (gatewayId: string) =>
+  Effect.flatMap(GatewayPool, (pool) => pool.listGateways()).pipe(
+    Effect.map((gateways) => gateways.find((gateway) => gateway.gatewayId === gatewayId)?.name ?? null)
+  )
+
+export interface Observation {
+  /** The allocation's state as the service reports it (`allocator.status`), or "absent". */
+  readonly api: string
+  readonly dnsRecord: boolean
+  readonly routeFile: boolean
+  /**
+   * The gateway nginx reaches for the org's hostname, or null; every answer when fresh
+   * connections over ~200 ms did not all get the same one.
+   */
+  readonly nginx: string | null | ReadonlyArray<string | null>
+}
+
+/** Everything the real systems say about the org, side by side. */
+export const observe = (stack: LocalStack, org: OrganizationId) =>
+  Effect.gen(function*() {
+    const allocator = yield* Allocator
+    const status = yield* allocator.status(org).pipe(Effect.either)
+    const [dnsRecord, routeFile, nginx] = yield* Effect.all(
+      [dnsRecordExists(stack, org), routeFileExists(stack, org), nginxRoutesSteadily(stack, org)],
+      { concurrency: 3 }
+    )
+    const api = Either.match(status, {
+      onLeft: (error) => (error._tag === "AllocationNotFound" ? "absent" : `error: ${error.message}`),
+      onRight: (allocation) => allocation.state
+    })
+    return {
+      observation: { api, dnsRecord, routeFile, nginx } satisfies Observation,
+      allocation: Either.getRight(status)
+    }
+  })
+
+/**
+ * DESIGN section 7, invariant 1: the API, PowerDNS (API and DNS query), the route file and nginx
+ * agree that the org is active (and nginx reaches the allocation's gateway, which serves only
+ * this allocation) or that it is absent everywhere.
+ */
+export const expectConsistent = (stack: LocalStack, org: OrganizationId, expected: "active" | "absent") =>
+  Effect.gen(function*() {
+    const { allocation, observation } = yield* observe(stack, org)
+    if (expected === "absent") {
+      expect(observation).toEqual({ api: "absent", dnsRecord: false, routeFile: false, nginx: null })
+      return observation
+    }
+    expect(allocation._tag).toBe("Some")
+    const live = allocation._tag === "Some" ? allocation.value : undefined
+    const name = live?.gatewayId == null ? null : yield* gatewayName(live.gatewayId)
+    expect(observation).toEqual({ api: "active", dnsRecord: true, routeFile: true, nginx: name })
+    expect(yield* dnsView(stack, org)).toEqual({ api: ["127.0.0.1"], resolved: ["127.0.0.1"] })
+    // A gateway serves at most one org: its row points at this allocation.
+    const gateways = yield* Effect.flatMap(GatewayPool, (pool) => pool.listGateways())
+    expect(gateways.filter((gateway) => gateway.allocationId === live?.allocationId).map((g) => g.gatewayId))
+      .toEqual([live?.gatewayId])
+    return observation
+  })
