@@ -1,0 +1,325 @@
+// kill -9 of the real service (a child process) in the middle of a start, at each point of the
+// pipeline, then a restart: within two reconcile periods the reconciler has undone the orphaned
+// start (actor "reconciler" in the journal) and nothing is left in PowerDNS, routes/ or nginx,
+// and the gateway is free again. The real systems are asked, not the service.
+import { expect, layer } from "@effect/vitest"
+import { Context, Duration, Effect, Fiber, Layer } from "effect"
+import { randomUUID } from "node:crypto"
+import { existsSync } from "node:fs"
+import type { LocalStack } from "../../src/dev/stack.ts"
+import {
+  awaitInvariants,
+  type Db,
+  describeReport,
+  dnsRecordOf,
+  journalOf,
+  nginxRoutes,
+  openDb,
+  routeFileOf
+} from "../support/invariants.ts"
+import {
+  nginxMasterPid,
+  powerDnsPid,
+  registerGateways,
+  type ServiceProcess,
+  signalPid,
+  startGateway,
+  startServer
+} from "../support/server.ts"
+import { Stack, StackLive } from "../support/stack.ts"
+
+const RECONCILE_INTERVAL_MS = 1000
+
+interface Crash {
+  readonly stack: LocalStack
+  readonly server: ServiceProcess
+  readonly db: Db
+}
+class CrashContext extends Context.Tag("test/CrashContext")<CrashContext, Crash>() {}
+
+const CrashLive = Layer.scoped(
+  CrashContext,
+  Effect.gen(function*() {
+    const stack = yield* Stack
+    const server = yield* startServer(stack, {
+      name: "kill",
+      // Long step timeouts: the held step must still be held when the process is killed.
+      env: { RECONCILE_INTERVAL_MS: String(RECONCILE_INTERVAL_MS), STEP_TIMEOUT_MS: "30000", UNDO_TIMEOUT_MS: "5000" }
+    })
+    yield* registerGateways(server, stack)
+    const db = yield* openDb(stack.env["DATABASE_URL"]!)
+    return { stack, server, db }
+  })
+).pipe(Layer.provideMerge(StackLive({ gateways: 2 })))
+
+const FORWARD = [
+  "allocate:completed",
+  "dns:started",
+  "dns:completed",
+  "nginx-config:started",
+  "nginx-config:completed",
+  "nginx-reload:started",
+  "nginx-reload:completed",
+  "handshake:started"
+]
+const RECONCILER_UNDOS = ["nginx-reload", "nginx-config", "dns", "allocate"].flatMap((step) => [
+  `${step}:undo_started`,
+  `${step}:undone`
+])
+
+/** Polls the journal (every `pollMs`) until the org's allocation has `step:event`; returns its id. */
+const awaitJournal = (db: Db, org: string, step: string, event: string, options: { pollMs?: number; timeoutMs?: number } = {}) =>
+  Effect.promise(async () => {
+    const deadline = Date.now() + (options.timeoutMs ?? 20_000)
+    while (Date.now() < deadline) {
+      const rows = await db.queryPromise<{ id: string }>(
+        `select a.id from allocations a join allocation_steps s on s.allocation_id = a.id
+          where a.organization_id = $1 and s.step = $2 and s.event = $3 limit 1`,
+        [org, step, event]
+      )
+      if (rows.length > 0) return rows[0]!.id
+      await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 20))
+    }
+    throw new Error(`the journal of org ${org} never showed ${step} ${event}`)
+  })
+
+const allocationOf = (db: Db, org: string) =>
+  Effect.flatMap(
+    db.query<{ id: string; state: string; gateway_id: string; runner: string }>(
+      "select id, state, gateway_id, runner from allocations where organization_id = $1",
+      [org]
+    ),
+    (rows) => {
+      expect(rows).toHaveLength(1)
+      return Effect.succeed(rows[0]!)
+    }
+  )
+
+const gatewayHolder = (db: Db, gatewayId: string) =>
+  Effect.map(
+    db.query<{ allocation_id: string | null }>("select allocation_id from gateways where id = $1", [gatewayId]),
+    (rows) => rows[0]?.allocation_id ?? null
+  )
+
+/** What the real systems hold for the org right now. */
+const leftBehind = (crash: Crash, org: string, gatewayId: string): Effect.Effect<LeftBehind, unknown> =>
+  Effect.gen(function*() {
+    const [dns, nginx, holder] = yield* Effect.all([
+      dnsRecordOf(crash.stack, org),
+      nginxRoutes(crash.stack, org).pipe(Effect.orElseSucceed(() => "error")),
+      gatewayHolder(crash.db, gatewayId)
+    ], { concurrency: 3 })
+    return { dns: dns.length > 0, routeFile: existsSync(routeFileOf(crash.stack, org)), nginx, gatewayHeld: holder !== null }
+  })
+
+interface LeftBehind {
+  readonly dns: boolean
+  readonly routeFile: boolean
+  /** The gateway nginx reaches for the org's hostname, null for 404. */
+  readonly nginx: string | null
+  readonly gatewayHeld: boolean
+}
+
+const clean: LeftBehind = { dns: false, routeFile: false, nginx: null, gatewayHeld: false }
+
+/** `step:event` rows of one actor. */
+const rowsOf = (rows: ReadonlyArray<{ step: string; event: string; actor: string }>, actor: string) =>
+  rows.filter((row) => row.actor === actor).map((row) => `${row.step}:${row.event}`)
+
+/**
+ * The common second half: the process is dead; `afterKill` runs (SIGCONT a daemon...), then the
+ * test looks at what was left behind, restarts the service and waits (at most two reconcile
+ * periods from the moment it answers /healthz) until nothing is left.
+ */
+const restartAndRecover = (
+  crash: Crash,
+  org: string,
+  start: Fiber.RuntimeFiber<unknown, unknown>,
+  options: { readonly afterKill?: Effect.Effect<void>; readonly inspect?: (left: LeftBehind) => Effect.Effect<void, unknown> } = {}
+) =>
+  Effect.gen(function*() {
+    // The caller of the killed start gets no answer (the connection dies), never a success.
+    const answer = yield* Fiber.join(start).pipe(Effect.either)
+    expect(answer._tag).toBe("Left")
+    if (options.afterKill !== undefined) yield* options.afterKill
+    const allocation = yield* allocationOf(crash.db, org)
+    expect(allocation.state).toBe("starting")
+    const journalAtKill = yield* journalOf(crash.db, allocation.id)
+    const left = yield* leftBehind(crash, org, allocation.gateway_id)
+    // Nothing cleans up while the service is down: the gateway is still held.
+    expect(left.gatewayHeld).toBe(true)
+    if (options.inspect !== undefined) yield* options.inspect(left)
+
+    yield* crash.server.restart
+    const restartedAt = Date.now()
+    let now = yield* leftBehind(crash, org, allocation.gateway_id)
+    while (JSON.stringify(now) !== JSON.stringify(clean) && Date.now() - restartedAt < 2 * RECONCILE_INTERVAL_MS) {
+      yield* Effect.sleep(Duration.millis(25))
+      now = yield* leftBehind(crash, org, allocation.gateway_id)
+    }
+    const recoveryMs = Date.now() - restartedAt
+    expect(now, `${crash.server.tail(30)}`).toEqual(clean)
+    expect(recoveryMs).toBeLessThanOrEqual(2 * RECONCILE_INTERVAL_MS)
+
+    const after = yield* allocationOf(crash.db, org)
+    expect(after.state).toBe("rolled_back")
+    const journal = yield* journalOf(crash.db, allocation.id)
+    // The dead process wrote nothing more; the reconciler undid every step, in reverse order.
+    expect(rowsOf(journal, "request")).toEqual(rowsOf(journalAtKill, "request"))
+    expect(rowsOf(journal, "reconciler")).toEqual(RECONCILER_UNDOS)
+    expect(journal.filter((row) => row.actor !== "request" && row.actor !== "reconciler")).toEqual([])
+
+    const report = yield* awaitInvariants({ stack: crash.stack, endpoint: crash.server, db: crash.db, orgs: [org] }, {
+      timeoutMs: 2 * RECONCILE_INTERVAL_MS
+    })
+    expect(report.violations, describeReport(report)).toEqual([])
+    expect(report.pool).toEqual({ total: crash.stack.gateways.length, free: crash.stack.gateways.length, allocated: 0 })
+    console.log(
+      `left behind by the kill: ${JSON.stringify(left)}; clean ${recoveryMs} ms after the restarted service answered`
+    )
+    return { allocationId: allocation.id, requestRows: rowsOf(journal, "request"), left, recoveryMs }
+  })
+
+const resetGateways = (stack: LocalStack) => Effect.forEach(stack.gateways, (gateway) => gateway.reset, { discard: true })
+
+const setGateways = (stack: LocalStack, behaviour: Parameters<LocalStack["gateways"][number]["setBehaviour"]>[0]) =>
+  Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(behaviour), { discard: true })
+
+/** Runs a scenario with the context, gateways back to normal afterwards whatever happened. */
+const scenario = <A, E>(body: (crash: Crash) => Effect.Effect<A, E>) =>
+  Effect.flatMap(CrashContext, (crash) =>
+    body(crash).pipe(
+      Effect.ensuring(resetGateways(crash.stack)),
+      // A failed test must not leave the next one without a server.
+      Effect.ensuring(crash.server.running() ? Effect.void : crash.server.restart.pipe(Effect.ignore))
+    ))
+
+const beginStart = (server: ServiceProcess, org: string) =>
+  Effect.fork(startGateway(server, org, { timeoutMs: 60_000 }))
+
+layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-start, restart, reconciler undoes it", (it) => {
+  it.effect("during handshake (the gateway's health hangs): route live, DNS written, all undone by the reconciler", () =>
+    scenario((crash) =>
+      Effect.gen(function*() {
+        const org = randomUUID()
+        yield* setGateways(crash.stack, { health: "hang" })
+        const start = yield* beginStart(crash.server, org)
+        yield* awaitJournal(crash.db, org, "handshake", "started")
+        yield* Effect.sleep(Duration.millis(500))
+        yield* crash.server.kill("SIGKILL")
+        const outcome = yield* restartAndRecover(crash, org, start, {
+          inspect: (left) =>
+            Effect.sync(() => {
+              expect(left.dns).toBe(true)
+              expect(left.routeFile).toBe(true)
+              expect(left.nginx).toMatch(/^gateway-/)
+            })
+        })
+        expect(outcome.requestRows).toEqual(FORWARD)
+      })), { timeout: 90_000 })
+
+  it.effect("right after nginx-reload completed (the handshake hangs): the live route is removed", () =>
+    scenario((crash) =>
+      Effect.gen(function*() {
+        const org = randomUUID()
+        yield* setGateways(crash.stack, { handshake: "hang" })
+        const start = yield* beginStart(crash.server, org)
+        yield* awaitJournal(crash.db, org, "nginx-reload", "completed", { pollMs: 2 })
+        yield* crash.server.kill("SIGKILL")
+        const outcome = yield* restartAndRecover(crash, org, start, {
+          inspect: (left) =>
+            Effect.sync(() => {
+              expect(left.dns).toBe(true)
+              expect(left.routeFile).toBe(true)
+              expect(left.nginx).toMatch(/^gateway-/)
+            })
+        })
+        // Killed right at nginx-reload's completion: the handshake had at most started.
+        expect([FORWARD.slice(0, 7), FORWARD]).toContainEqual(outcome.requestRows)
+      })), { timeout: 90_000 })
+
+  it.effect("during nginx-reload (nginx master stopped: the reload is signalled, never served)", () =>
+    scenario((crash) =>
+      Effect.gen(function*() {
+        const org = randomUUID()
+        const master = nginxMasterPid(crash.stack)
+        // A stopped master: `nginx -s reload` parses the config, signals it and returns 0, and the
+        // old workers keep serving the old configuration, so the route probe never succeeds.
+        yield* signalPid(master, "SIGSTOP")
+        const start = yield* Effect.gen(function*() {
+          const start = yield* beginStart(crash.server, org)
+          yield* awaitJournal(crash.db, org, "nginx-reload", "started")
+          yield* Effect.sleep(Duration.millis(700))
+          expect(existsSync(routeFileOf(crash.stack, org))).toBe(true)
+          expect(yield* nginxRoutes(crash.stack, org)).toBeNull()
+          yield* crash.server.kill("SIGKILL")
+          return start
+        }).pipe(Effect.ensuring(signalPid(master, "SIGCONT")))
+        const outcome = yield* restartAndRecover(crash, org, start, {
+          inspect: () =>
+            Effect.gen(function*() {
+              // The master, resumed, acts on the reload it was sent: the dead start's route goes
+              // live with nobody left to own it. Only the reconciler can take it back.
+              let routed: string | null = null
+              const deadline = Date.now() + 5000
+              while (routed === null && Date.now() < deadline) {
+                routed = yield* nginxRoutes(crash.stack, org).pipe(Effect.orElseSucceed(() => null))
+                if (routed === null) yield* Effect.sleep(Duration.millis(50))
+              }
+              expect(routed).toMatch(/^gateway-/)
+            })
+        })
+        expect(outcome.requestRows).toEqual(FORWARD.slice(0, 6))
+      })), { timeout: 90_000 })
+
+  it.effect("during dns (pdns_server stopped: the PATCH hangs), PowerDNS resumed after the kill", () =>
+    scenario((crash) =>
+      Effect.gen(function*() {
+        const org = randomUUID()
+        const pdns = powerDnsPid(crash.stack)
+        yield* signalPid(pdns, "SIGSTOP")
+        const start = yield* Effect.gen(function*() {
+          const start = yield* beginStart(crash.server, org)
+          yield* awaitJournal(crash.db, org, "dns", "started")
+          yield* Effect.sleep(Duration.millis(500))
+          yield* crash.server.kill("SIGKILL")
+          return start
+        }).pipe(Effect.ensuring(signalPid(pdns, "SIGCONT")))
+        const outcome = yield* restartAndRecover(crash, org, start, {
+          inspect: (left) =>
+            Effect.sync(() => {
+              // The hung PATCH may or may not land once PowerDNS resumes; either way it must go.
+              expect(left.routeFile).toBe(false)
+              expect(left.nginx).toBeNull()
+            })
+        })
+        expect(outcome.requestRows).toEqual(FORWARD.slice(0, 2))
+      })), { timeout: 90_000 })
+
+  it.effect("right after dns completed (service SIGSTOPped, then SIGKILLed): whatever had started is undone", () =>
+    scenario((crash) =>
+      Effect.gen(function*() {
+        const org = randomUUID()
+        const start = yield* beginStart(crash.server, org)
+        yield* awaitJournal(crash.db, org, "dns", "completed", { pollMs: 2 })
+        yield* crash.server.signal("SIGSTOP")
+        yield* crash.server.kill("SIGKILL")
+        const outcome = yield* restartAndRecover(crash, org, start, {
+          inspect: (left) =>
+            Effect.gen(function*() {
+              const allocation = yield* allocationOf(crash.db, org)
+              const rows = rowsOf(yield* journalOf(crash.db, allocation.id), "request")
+              // The journal is a prefix of the pipeline that reaches at least dns:completed.
+              expect(FORWARD.slice(0, rows.length)).toEqual(rows)
+              expect(rows.length).toBeGreaterThanOrEqual(3)
+              expect(left.dns).toBe(true)
+              // A completed nginx-config step left its file; no nginx-config start, no file.
+              if (rows.includes("nginx-config:completed")) expect(left.routeFile).toBe(true)
+              if (!rows.includes("nginx-config:started")) expect(left.routeFile).toBe(false)
+              // The route cannot serve before a reload completed.
+              if (!rows.includes("nginx-reload:started")) expect(left.nginx).toBeNull()
+            })
+        })
+        console.log(`killed right after dns completed; the journal had: ${outcome.requestRows.join(" ")}`)
+      })), { timeout: 90_000 })
+})
