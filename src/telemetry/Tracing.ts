@@ -147,12 +147,23 @@ const originOf = (url: string) => {
   }
 }
 
+/** The SDK's error handler logs errors as JSON (message, stack...): keep the message. */
+const readable = (message: string) => {
+  if (!message.startsWith("{")) return message
+  try {
+    const parsed: unknown = JSON.parse(message)
+    return Predicate.hasProperty(parsed, "message") && typeof parsed.message === "string" ? parsed.message : message
+  } catch {
+    return message
+  }
+}
+
 /** The OpenTelemetry SDK's own diagnostics (e.g. "export failed") as log lines of this service. */
 const DiagnosticsToLogs = Layer.scopedDiscard(
   Effect.gen(function*() {
     const runtime = yield* Effect.runtime<never>()
     const log = (level: "warning" | "error") => (message: string, ...args: Array<unknown>) => {
-      const text = [message, ...args.map((arg) => (arg instanceof Error ? arg.message : String(arg)))].join(" ")
+      const text = [readable(message), ...args.map((arg) => (arg instanceof Error ? arg.message : String(arg)))].join(" ")
       Runtime.runFork(runtime)(
         (level === "error" ? Effect.logError : Effect.logWarning)(`opentelemetry: ${text}`)
       )
