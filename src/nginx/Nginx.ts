@@ -5,6 +5,7 @@ import { Chunk, Config, Context, Data, Deferred, Duration, Effect, FiberId, Laye
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { type AllocationId, type OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
 import { PROBE_PATH, renderMainConfig, renderRoute, routeFileName } from "./config.ts"
+import { awaitOldWorkersClosed } from "./workers.ts"
 
 export class NginxError extends Data.TaggedError("NginxError")<{
   readonly operation: "install" | "write" | "remove" | "reload" | "probe" | "list"
@@ -188,7 +189,6 @@ export const NginxLive = Layer.scoped(
         )
       )
 
-    const confirmations = 3
     // New workers take a few milliseconds to answer after the signal: poll fast, then back off.
     const probeSchedule = Schedule.exponential(Duration.millis(2)).pipe(
       Schedule.either(Schedule.spaced(Duration.millis(50)))
@@ -221,23 +221,27 @@ export const NginxLive = Layer.scoped(
       reload,
       awaitRoute: Effect.fn("Nginx.awaitRoute")(function*(organizationId, allocationId) {
         const expected = allocationId ?? ""
-        const once = probe(organizationId).pipe(
+        const answeredBy = yield* probe(organizationId).pipe(
+          Effect.map(parseProbe),
           Effect.filterOrFail(
-            (body) => body.trim() === expected,
-            (body) =>
+            (answer) => answer.allocation === expected,
+            (answer) =>
               new NginxError({
                 operation: "probe",
-                reason: `nginx serves ${body.trim() === "" ? "no route" : `allocation ${body.trim()}`}`
+                reason: `nginx serves ${answer.allocation === "" ? "no route" : `allocation ${answer.allocation}`}`
               })
-          )
+          ),
+          Effect.retry(probeSchedule)
         )
-        // Right after a reload, a worker of the previous generation may still accept a connection
-        // or two before it handles its QUIT: the answer counts once it holds on fresh connections.
-        yield* once.pipe(Effect.repeatN(confirmations - 1), Effect.retry(probeSchedule))
+        // A worker of the new generation answered; the old one may still accept for a moment.
+        yield* awaitOldWorkersClosed(answeredBy.pid).pipe(Effect.provideService(FileSystem.FileSystem, fs))
       }),
       probeRoute: (organizationId) =>
         probe(organizationId).pipe(
-          Effect.map((body) => (body.trim() === "" ? null : (body.trim() as AllocationId))),
+          Effect.map((body) => {
+            const { allocation } = parseProbe(body)
+            return allocation === "" ? null : (allocation as AllocationId)
+          }),
           Effect.withSpan("Nginx.probeRoute")
         ),
       listRoutes: fs.readDirectory(routesDir).pipe(
@@ -252,5 +256,11 @@ export const NginxLive = Layer.scoped(
     })
   })
 ).pipe(Layer.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layer)))
+
+/** The probe answers "{allocation id} {worker pid}"; the id is empty when no route matches. */
+const parseProbe = (body: string) => {
+  const [allocation = "", pid = "0"] = body.split(" ")
+  return { allocation: allocation.trim(), pid: Number(pid) }
+}
 
 const lastLines = (text: string) => text.split("\n").slice(-3).join(" | ") || "no output"

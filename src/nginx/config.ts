@@ -48,15 +48,16 @@ server {
     listen ${options.listen};
     server_name "~^([a-z0-9-]+\\.)*org-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\\.${domain}$";
 
-    # Route probe: nginx itself answers with the allocation its map holds for this Host, so a
-    # start completes only once nginx really serves its route. Loopback only.
+    # Route probe: nginx itself answers with the allocation its map holds for this Host (and the
+    # answering worker's pid), so a start completes only once nginx really serves its route.
+    # Loopback only.
     location = ${PROBE_PATH} {
         allow 127.0.0.0/8;
         allow ::1;
         deny all;
         default_type text/plain;
         add_header Cache-Control no-store;
-        return 200 "$gateway_allocator_allocation";
+        return 200 "$gateway_allocator_allocation $pid";
     }
 
     location / {

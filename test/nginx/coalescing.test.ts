@@ -85,6 +85,23 @@ layer(RealNginxLive, { excludeTestServices: true, timeout: 60_000 })("nginx relo
       expect(yield* nginx.probeRoute(live.organizationId)).toBe(live.allocationId)
     }).pipe(Effect.provide(NginxFor("coalesce"))))
 
+  it.effect("once a route is confirmed added or removed, no fresh connection sees the old configuration", () =>
+    Effect.gen(function*() {
+      const nginx = yield* Nginx
+      for (let round = 0; round < 3; round++) {
+        const r = route()
+        yield* publish(r)
+        // Workers of the previous generation accept for ~100 ms after a reload; by now none may.
+        const afterAdd = yield* Effect.forEach(Array.from({ length: 40 }), () => nginx.probeRoute(r.organizationId))
+        expect(afterAdd.every((served) => served === r.allocationId)).toBe(true)
+        yield* nginx.removeRoute(r.organizationId)
+        yield* nginx.reload
+        yield* nginx.awaitRoute(r.organizationId, null)
+        const afterRemove = yield* Effect.forEach(Array.from({ length: 40 }), () => nginx.probeRoute(r.organizationId))
+        expect(afterRemove.every((served) => served === null)).toBe(true)
+      }
+    }).pipe(Effect.provide(NginxFor("coalesce"))))
+
   it.effect("each: one reload per publish", () =>
     Effect.gen(function*() {
       const routes = Array.from({ length: 6 }, route)
