@@ -341,6 +341,14 @@ layer(
           ])
           expect(yield* poolNumbers).toEqual(before)
           yield* expectConsistent(stack, org, "absent")
+
+          const allocation = yield* get(`/allocations/${response.json.allocation_id}`)
+          expect(allocation.status).toBe(200)
+          expect(allocation.json.state).toBe("rolled_back")
+          expect(allocation.json.steps.map((s: { step: string; event: string }) => `${s.step}:${s.event}`))
+            .toContain("handshake:timed_out")
+          expect(allocation.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`))
+            .toEqual(response.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`))
         })
       ))
 
