@@ -1,0 +1,193 @@
+// Two ways a start can be left half done without a crash, against the real service (a child
+// process): the client goes away mid-start (the start must finish anyway, once), and an undo fails
+// during a rollback (the caller still gets the original error; the reconciler removes what the
+// failed undo left once the system is back).
+import { expect, layer } from "@effect/vitest"
+import { Context, Duration, Effect, Fiber, Layer } from "effect"
+import { randomUUID } from "node:crypto"
+import { existsSync } from "node:fs"
+import type { LocalStack } from "../../src/dev/stack.ts"
+import {
+  awaitInvariants,
+  type Db,
+  describeReport,
+  dnsRecordOf,
+  journalOf,
+  nginxRoutes,
+  openDb,
+  routeFileOf
+} from "../support/invariants.ts"
+import {
+  gatewayStatus,
+  registerGateways,
+  type ServiceProcess,
+  startGateway,
+  startServer,
+  stopGateway
+} from "../support/server.ts"
+import { Stack, StackLive } from "../support/stack.ts"
+
+const RECONCILE_INTERVAL_MS = 1000
+const STEP_TIMEOUT_MS = 3000
+
+interface Faults {
+  readonly stack: LocalStack
+  readonly server: ServiceProcess
+  readonly db: Db
+}
+class FaultsContext extends Context.Tag("test/FaultsContext")<FaultsContext, Faults>() {}
+
+const FaultsLive = Layer.scoped(
+  FaultsContext,
+  Effect.gen(function*() {
+    const stack = yield* Stack
+    const server = yield* startServer(stack, {
+      name: "faults",
+      env: {
+        RECONCILE_INTERVAL_MS: String(RECONCILE_INTERVAL_MS),
+        STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
+        UNDO_TIMEOUT_MS: "2000"
+      }
+    })
+    yield* registerGateways(server, stack)
+    const db = yield* openDb(stack.env["DATABASE_URL"]!)
+    return { stack, server, db }
+  })
+).pipe(Layer.provideMerge(StackLive({ gateways: 2 })))
+
+const withFaults = <A, E>(body: (faults: Faults) => Effect.Effect<A, E>) =>
+  Effect.flatMap(FaultsContext, (faults) =>
+    body(faults).pipe(
+      Effect.ensuring(Effect.forEach(faults.stack.gateways, (gateway) => gateway.reset, { discard: true }))
+    ))
+
+const expectInvariants = (faults: Faults, orgs: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const report = yield* awaitInvariants({ stack: faults.stack, endpoint: faults.server, db: faults.db, orgs }, {
+      timeoutMs: 2 * RECONCILE_INTERVAL_MS
+    })
+    expect(report.violations, describeReport(report)).toEqual([])
+    return report
+  })
+
+layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults without a crash", (it) => {
+  it.effect("a client that disconnects after 300 ms of a 1.5 s handshake: the start completes, once, and a retry reuses it", () =>
+    withFaults((faults) =>
+      Effect.gen(function*() {
+        const org = randomUUID()
+        yield* Effect.forEach(faults.stack.gateways, (gateway) => gateway.setBehaviour({ handshakeDelayMs: 1500 }), {
+          discard: true
+        })
+        const controller = new AbortController()
+        const sentAt = Date.now()
+        const timer = setTimeout(() => controller.abort(), 300)
+        const answer = yield* startGateway(faults.server, org, { signal: controller.signal }).pipe(Effect.either)
+        clearTimeout(timer)
+        expect(answer._tag).toBe("Left")
+        expect(Date.now() - sentAt).toBeLessThan(1500)
+
+        // The allocation runs on without the client: starting now, active once the handshake answers.
+        let state = "absent"
+        const seen = new Set<string>()
+        while (state !== "active" && Date.now() - sentAt < 15_000) {
+          const status = yield* gatewayStatus(faults.server, org)
+          state = status.status === 200 ? status.json.state : `HTTP ${status.status}`
+          seen.add(state)
+          if (state !== "active") yield* Effect.sleep(Duration.millis(50))
+        }
+        expect(state).toBe("active")
+        expect([...seen].filter((s) => s !== "starting" && s !== "active")).toEqual([])
+        const activeAfterMs = Date.now() - sentAt
+        expect(activeAfterMs).toBeGreaterThanOrEqual(1500)
+        yield* expectInvariants(faults, [org])
+
+        // Never rolled back, never run twice: one journal, no undo, one handshake received.
+        const rows = yield* faults.db.query<{ id: string }>("select id from allocations where organization_id = $1", [org])
+        expect(rows).toHaveLength(1)
+        const journal = yield* journalOf(faults.db, rows[0]!.id)
+        expect(journal.map((row) => `${row.step}:${row.event}`)).toEqual([
+          "allocate:completed",
+          "dns:started",
+          "dns:completed",
+          "nginx-config:started",
+          "nginx-config:completed",
+          "nginx-reload:started",
+          "nginx-reload:completed",
+          "handshake:started",
+          "handshake:completed"
+        ])
+        const handshakes = yield* Effect.forEach(faults.stack.gateways, (gateway) => gateway.handshakes)
+        expect(handshakes.flat().filter((body) => (body as { organization_id?: string }).organization_id === org))
+          .toHaveLength(1)
+
+        const retry = yield* startGateway(faults.server, org)
+        expect(retry.status).toBe(200)
+        expect(retry.json).toMatchObject({ organization_id: org, allocation_id: rows[0]!.id, reused: true })
+        console.log(`client gone after 300 ms; the allocation was active ${activeAfterMs} ms after the request`)
+
+        expect((yield* stopGateway(faults.server, org)).status).toBe(200)
+        yield* expectInvariants(faults, [org])
+      })), { timeout: 60_000 })
+
+  it.effect("PowerDNS stopped while a start rolls back: the caller gets the handshake timeout, the reconciler removes the orphan record later", () =>
+    withFaults((faults) =>
+      Effect.gen(function*() {
+        const { db, server, stack } = faults
+        const org = randomUUID()
+        yield* Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour({ handshake: "hang" }), { discard: true })
+        const start = yield* Effect.fork(startGateway(server, org))
+
+        const answer = yield* Effect.gen(function*() {
+          // The route is live through nginx: dns, nginx-config and nginx-reload completed, the
+          // handshake waits on the gateway. Now PowerDNS goes away.
+          let routed: string | null = null
+          while (routed === null) {
+            routed = yield* nginxRoutes(stack, org).pipe(Effect.orElseSucceed(() => null))
+            if (routed === null) yield* Effect.sleep(Duration.millis(20))
+          }
+          expect((yield* dnsRecordOf(stack, org)).length).toBe(1)
+          yield* stack.powerDns.stop
+          const answer = yield* Fiber.join(start)
+
+          // While PowerDNS is still down: routing and the gateway are back, the record is not.
+          expect(answer.status, answer.text).toBe(504)
+          expect(answer.json).toMatchObject({ _tag: "StepTimedOut", step: "handshake", timeout_ms: STEP_TIMEOUT_MS })
+          expect(answer.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
+            "handshake:skipped",
+            "nginx-reload:done",
+            "nginx-config:done",
+            "dns:failed",
+            "allocate:done"
+          ])
+          expect(existsSync(routeFileOf(stack, org))).toBe(false)
+          expect(yield* nginxRoutes(stack, org)).toBeNull()
+          expect((yield* gatewayStatus(server, org)).status).toBe(404)
+          const pool = yield* db.query<{ free: number }>(
+            "select count(*) filter (where allocation_id is null)::int as free from gateways"
+          )
+          expect(pool[0]!.free).toBe(stack.gateways.length)
+          return answer
+        }).pipe(Effect.ensuring(stack.powerDns.start.pipe(Effect.orDie)))
+
+        // PowerDNS is back with the record the failed undo left; the reconciler deletes it.
+        const backAt = Date.now()
+        let record = yield* dnsRecordOf(stack, org)
+        while (record.length > 0 && Date.now() - backAt < 10_000) {
+          yield* Effect.sleep(Duration.millis(50))
+          record = yield* dnsRecordOf(stack, org)
+        }
+        const removedAfterMs = Date.now() - backAt
+        expect(record).toEqual([])
+        expect(removedAfterMs).toBeLessThanOrEqual(2 * RECONCILE_INTERVAL_MS)
+        console.log(`orphan record removed ${removedAfterMs} ms after PowerDNS was back`)
+
+        const journal = yield* journalOf(db, answer.json.allocation_id)
+        expect(journal.filter((row) => row.step === "dns" && row.event.startsWith("undo")).map((row) => row.event))
+          .toEqual(["undo_started", "undo_failed"])
+        const [allocation] = yield* db.query<{ state: string }>("select state from allocations where id = $1", [
+          answer.json.allocation_id
+        ])
+        expect(allocation?.state).toBe("rolled_back")
+        yield* expectInvariants(faults, [org])
+      })), { timeout: 60_000 })
+})
