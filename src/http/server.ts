@@ -1,7 +1,16 @@
-import { HttpApiBuilder, HttpApiSwagger, HttpMiddleware, HttpServer, HttpServerRequest } from "@effect/platform"
+import {
+  HttpApiBuilder,
+  HttpApiSwagger,
+  type HttpApp,
+  HttpMiddleware,
+  HttpServer,
+  HttpServerError,
+  HttpServerRequest,
+  HttpServerResponse
+} from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { createServer } from "node:http"
-import { Config, Layer, Option } from "effect"
+import { Cause, Config, Effect, Layer, Option } from "effect"
 import { PrometheusLive } from "../telemetry/Prometheus.ts"
 import { ResourceLive } from "../telemetry/Tracing.ts"
 import { Api } from "./Api.ts"
@@ -25,14 +34,45 @@ export const DocsLive = Layer.mergeAll(
 /** Scrapes and health probes are neither traced nor logged per request. */
 const quietPaths: ReadonlySet<string> = new Set(["/metrics", "/healthz"])
 
+const maxBodyBytes = 64 * 1024
+
+const badRequest = (message: string, headers: Record<string, string> = {}) =>
+  HttpServerResponse.json({ _tag: "BadRequest", message }, { status: 400, headers }).pipe(Effect.orDie)
+
 /**
- * The API served on whatever HttpServer is provided. Bodies are small JSON: anything over
- * 64 KiB is refused unread.
+ * Bodies are small JSON: one that announces more than 64 KiB is refused unread (the platform
+ * would otherwise destroy the socket once the limit is passed, and answer nothing).
  */
-export const HttpAppLive = HttpApiBuilder.serve((app) =>
-  HttpMiddleware.logger(HttpServerRequest.withMaxBodySize(app, Option.some(64 * 1024)))
-).pipe(
-  Layer.provide(DocsLive),
+const limitBodies = <E, R>(app: HttpApp.Default<E, R>) =>
+  Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    if (Number(request.headers["content-length"] ?? "0") > maxBodyBytes) {
+      return yield* badRequest(`request body over ${maxBodyBytes / 1024} KiB`, { connection: "close" })
+    }
+    return yield* HttpServerRequest.withMaxBodySize(app, Option.some(maxBodyBytes))
+  })
+
+/**
+ * A body that is not JSON (or cannot be read) makes the platform die with a RequestError, which
+ * it answers with an empty 400 and logs with the whole request, bearer token included. At the API
+ * level it becomes a 400 with a JSON body, like every other bad input, and nothing is logged.
+ */
+const JsonBodyErrorsLive = HttpApiBuilder.middleware((app) =>
+  Effect.catchAllCause(app, (cause) => {
+    const error = Cause.squash(cause)
+    return HttpServerError.isServerError(error) && error._tag === "RequestError"
+      ? badRequest(
+        error.reason === "Decode"
+          ? `request body is not valid JSON (or over ${maxBodyBytes / 1024} KiB)`
+          : "request body could not be read"
+      )
+      : Effect.failCause(cause)
+  })
+)
+
+/** The API served on whatever HttpServer is provided. */
+export const HttpAppLive = HttpApiBuilder.serve((app) => HttpMiddleware.logger(limitBodies(app))).pipe(
+  Layer.provide([DocsLive, JsonBodyErrorsLive]),
   Layer.provide(ApiLive),
   HttpMiddleware.withTracerDisabledWhen((request) => quietPaths.has(request.url.split("?")[0]!)),
   HttpServer.withLogAddress
