@@ -1,6 +1,7 @@
-import { HttpClient, HttpClientRequest } from "@effect/platform"
+import { HttpClient, type HttpClientError, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { Config, Context, Data, Duration, Effect, Layer, Redacted, Schema } from "effect"
+import { Config, Context, Data, Duration, Effect, Layer, Redacted, Schedule, Schema } from "effect"
+import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { type OrganizationId, orgHostname, parseOrgLabel } from "../domain/ids.ts"
 
 export class DnsError extends Data.TaggedError("DnsError")<{
@@ -41,7 +42,7 @@ const PowerDnsConfig = Config.all({
 })
 
 /** PowerDNS's HTTP API: one A rrset per org, REPLACEd on upsert and DELETEd on remove (204 both). */
-export const DnsPowerDns = Layer.effect(
+export const DnsPowerDns = Layer.scoped(
   Dns,
   Effect.gen(function*() {
     const config = yield* PowerDnsConfig
@@ -55,24 +56,51 @@ export const DnsPowerDns = Layer.effect(
     )
     const fqdn = (organizationId: OrganizationId) => `${orgHostname(organizationId, config.domain)}.`
 
-    const patch = (operation: "upsert" | "remove", rrset: Record<string, unknown>) =>
-      client.execute(HttpClientRequest.patch(zoneUrl).pipe(HttpClientRequest.bodyUnsafeJson({ rrsets: [rrset] }))).pipe(
-        Effect.asVoid,
-        Effect.catchAll((cause) =>
-          Effect.fail(
-            new DnsError({
-              operation,
-              reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
-              cause
-            })
-          )
+    interface RrsetChange {
+      readonly operation: "upsert" | "remove"
+      readonly rrset: { readonly name: string } & Record<string, unknown>
+    }
+
+    // 5xx (e.g. SQLite's "database is locked") and transport errors are worth a quick retry.
+    const transient = (error: HttpClientError.HttpClientError) =>
+      error._tag === "RequestError" || error.response.status >= 500
+
+    const patch = (changes: ReadonlyArray<RrsetChange>) =>
+      client.execute(
+        HttpClientRequest.patch(zoneUrl).pipe(
+          HttpClientRequest.bodyUnsafeJson({ rrsets: changes.map((change) => change.rrset) })
         )
+      ).pipe(
+        Effect.retry({ while: transient, schedule: Schedule.exponential(Duration.millis(25)), times: 3 }),
+        Effect.asVoid,
+        Effect.mapError((cause) =>
+          new DnsError({
+            operation: changes[0]!.operation,
+            reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
+            cause
+          })
+        ),
+        Effect.withSpan("Dns.patch", { attributes: { "dns.rrsets": changes.length } })
+      )
+
+    /**
+     * Concurrent changes share one PATCH (it takes a list of rrsets, applied atomically): one
+     * request instead of many, and no writers racing each other in PowerDNS's backend.
+     */
+    const submit = yield* makeGroupCommit<RrsetChange, DnsError>({
+      flush: patch,
+      onInterrupt: () => new DnsError({ operation: "upsert", reason: "interrupted: shutting down" }),
+      canJoin: (batch, change) => !batch.some((other) => other.rrset.name === change.rrset.name)
+    })
+    const change = (operation: RrsetChange["operation"], rrset: RrsetChange["rrset"]) =>
+      submit({ operation, rrset }).pipe(
+        Effect.mapError((error) => (error.operation === operation ? error : new DnsError({ ...error, operation })))
       )
 
     return Dns.of({
       provider: "powerdns",
       upsert: Effect.fn("Dns.upsert")(function*(organizationId: OrganizationId) {
-        yield* patch("upsert", {
+        yield* change("upsert", {
           name: fqdn(organizationId),
           type: "A",
           ttl: config.ttl,
@@ -81,7 +109,7 @@ export const DnsPowerDns = Layer.effect(
         })
       }),
       remove: Effect.fn("Dns.remove")(function*(organizationId: OrganizationId) {
-        yield* patch("remove", { name: fqdn(organizationId), type: "A", changetype: "DELETE" })
+        yield* change("remove", { name: fqdn(organizationId), type: "A", changetype: "DELETE" })
       }),
       listOrgRecords: client.get(zoneUrl).pipe(
         Effect.flatMap((response) => response.json),

@@ -1,7 +1,8 @@
 import { Command, FileSystem, HttpClient, HttpClientRequest, Path } from "@effect/platform"
 import type { ResponseError } from "@effect/platform/HttpClientError"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
-import { Chunk, Config, Context, Data, Deferred, Duration, Effect, FiberId, Layer, Metric, Option, Schedule, Stream } from "effect"
+import { Chunk, Config, Context, Data, Duration, Effect, Layer, Metric, Option, Schedule, Stream } from "effect"
+import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { type AllocationId, type OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
 import { PROBE_PATH, renderMainConfig, renderRoute, routeFileName } from "./config.ts"
@@ -131,46 +132,22 @@ export const NginxLive = Layer.scoped(
 
     // One reload at a time: nginx re-parses everything on each, so overlapping ones only add work.
     const reloadLock = yield* Effect.makeSemaphore(1)
-    const scope = yield* Effect.scope
 
     /**
-     * Group commit. A request joins the pending batch, or opens one whose reload starts as soon
+     * Group commit: a request joins the pending batch, or opens one whose reload starts as soon
      * as the running reload (if any) ends. Every file written before a request joined is on disk
      * when its batch's reload parses the configuration, and every member gets the batch's result.
      */
-    interface Batch {
-      readonly done: Deferred.Deferred<void, NginxError>
-      size: number
-    }
-    let pending: Batch | undefined
-    const runBatch = (batch: Batch) =>
-      reloadLock.withPermits(1)(
-        Effect.suspend(() => {
-          // From here on, new requests open the next batch: this reload may miss their files.
-          if (pending === batch) pending = undefined
-          return reloadOnce.pipe(
-            Effect.exit,
-            Effect.tap(() => Metric.update(nginxReloadBatchSize, batch.size)),
-            Effect.flatMap((exit) => Deferred.done(batch.done, exit)),
-            Effect.withSpan("Nginx.reloadBatch", { attributes: { "nginx.batch_size": batch.size } })
-          )
-        })
-      ).pipe(
-        Effect.onInterrupt(() =>
-          Deferred.fail(batch.done, new NginxError({ operation: "reload", reason: "interrupted: shutting down" }))
-        )
-      )
-    const reloadCoalesced = Effect.suspend(() => {
-      if (pending !== undefined) {
-        pending.size += 1
-        return Deferred.await(pending.done)
-      }
-      const batch: Batch = { done: Deferred.unsafeMake<void, NginxError>(FiberId.none), size: 1 }
-      pending = batch
-      return Effect.forkIn(runBatch(batch), scope).pipe(Effect.zipRight(Deferred.await(batch.done)))
+    const reloadCoalesced = yield* makeGroupCommit<void, NginxError>({
+      flush: (requests) =>
+        reloadOnce.pipe(
+          Effect.ensuring(Metric.update(nginxReloadBatchSize, requests.length)),
+          Effect.withSpan("Nginx.reloadBatch", { attributes: { "nginx.batch_size": requests.length } })
+        ),
+      onInterrupt: () => new NginxError({ operation: "reload", reason: "interrupted: shutting down" })
     })
 
-    const reload = (config.reloadMode === "each" ? reloadLock.withPermits(1)(reloadOnce) : reloadCoalesced).pipe(
+    const reload = (config.reloadMode === "each" ? reloadLock.withPermits(1)(reloadOnce) : reloadCoalesced(undefined)).pipe(
       Effect.withSpan("Nginx.reload", { attributes: { "nginx.reload_mode": config.reloadMode } })
     )
 
