@@ -1,0 +1,493 @@
+// Chaos run: many starts and stops over a small pool, from concurrent clients, against two
+// replicas of the real service (child processes) on one stack, while faults come and go: a
+// gateway's handshake answers 500 or hangs, its health check hangs, PowerDNS stops, a broken
+// foreign file sits in nginx's directory, a replica is killed with SIGKILL and restarted. Then
+// the faults stop, the system gets two reconcile periods, and every invariant of DESIGN
+// section 7 is checked against the real systems.
+//
+//   npm run chaos -- --ops 2000 --seed 42 [--gateways 6] [--orgs 12] [--workers 6] [--time-limit-s 600]
+//
+// Randomness is seeded (one stream per actor: clients, faults, kills); the interleaving still
+// depends on timing, but a failing seed replays the same choices.
+import { NodeContext } from "@effect/platform-node"
+import { Duration, Effect, Exit, Fiber, Scope } from "effect"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import path from "node:path"
+import { pathToFileURL } from "node:url"
+import { type LocalStack, startLocalStack } from "../../src/dev/stack.ts"
+import {
+  checkInvariants,
+  type Db,
+  describeReport,
+  type InvariantReport,
+  openDb
+} from "../support/invariants.ts"
+import {
+  type ApiAnswer,
+  registerGateways,
+  type RequestError,
+  type ServiceProcess,
+  startGateway,
+  startServer,
+  stopGateway
+} from "../support/server.ts"
+
+export interface ChaosOptions {
+  /** Start and stop requests to issue (the run also ends at `timeLimitMs`). */
+  readonly operations: number
+  readonly seed: number
+  /** Sample gateways in the pool (default 6; a stack passed in brings its own). */
+  readonly gateways?: number
+  /** Distinct organizations the clients pick from (default 10). */
+  readonly orgs?: number
+  /** Service replicas on the one stack (default 2). */
+  readonly replicas?: number
+  /** Concurrent clients (default 4). */
+  readonly workers?: number
+  /** A client's pause between two requests, drawn in [min, max] ms (default [100, 700]). */
+  readonly thinkMs?: readonly [number, number]
+  /** Bound on the operations phase (default 120 s). */
+  readonly timeLimitMs?: number
+  /** Pause between two faults, drawn in [min, max] ms (default [700, 2500]). */
+  readonly faultEveryMs?: readonly [number, number]
+  /** Pause between two kills, drawn in [min, max] ms (default [8000, 16000]); null: no kills. */
+  readonly killEveryMs?: readonly [number, number] | null
+  readonly reconcileIntervalMs?: number
+  readonly stepTimeoutMs?: number
+  readonly undoTimeoutMs?: number
+  /** Run on this stack instead of starting one. */
+  readonly stack?: LocalStack
+  readonly log?: (line: string) => void
+}
+
+export interface ChaosSummary {
+  readonly seed: number
+  readonly settings: Record<string, number>
+  /** Requests issued and how each ended ("start 200 new", "start 504 handshake", "stop 404"...). */
+  readonly operations: number
+  readonly outcomes: Readonly<Record<string, number>>
+  /** Answers that break the API contract (DESIGN section 4 / invariant 3), with a sample body each. */
+  readonly contractBreaks: ReadonlyArray<string>
+  readonly faults: Readonly<Record<string, number>>
+  readonly kills: number
+  /** Restarts that failed (e.g. nginx refused the service's install reload) and were retried. */
+  readonly refusedRestarts: number
+  readonly operationsMs: number
+  readonly slowestOpMs: number
+  /** The check made two reconcile periods after the last fault. */
+  readonly report: InvariantReport
+  /** When that check found violations: how long until they were gone (null: not within 30 s). */
+  readonly convergedAfterMs: number | null
+  readonly durationMs: number
+  /** The stack's directory (logs of every replica under servers/), when the run started its own. */
+  readonly dataDir: string | undefined
+}
+
+/** mulberry32: small, fast, good enough to replay choices from a seed. */
+export const rng = (seed: number) => {
+  let state = seed >>> 0
+  const next = () => {
+    state = (state + 0x6d2b79f5) >>> 0
+    let t = state
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+  return {
+    next,
+    between: (min: number, max: number) => Math.round(min + next() * (max - min)),
+    pick: <A>(items: ReadonlyArray<A>): A => items[Math.floor(next() * items.length)]!,
+    weighted: <A extends string>(weights: Readonly<Record<A, number>>): A => {
+      const entries = Object.entries(weights) as Array<[A, number]>
+      let roll = next() * entries.reduce((sum, [, weight]) => sum + weight, 0)
+      for (const [key, weight] of entries) {
+        roll -= weight
+        if (roll < 0) return key
+      }
+      return entries[entries.length - 1]![0]
+    }
+  }
+}
+
+const STEPS = new Set(["allocate", "dns", "nginx-config", "nginx-reload", "handshake"])
+
+const deterministicUuid = (random: ReturnType<typeof rng>) => {
+  const hex = Array.from({ length: 32 }, () => Math.floor(random.next() * 16).toString(16)).join("")
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-${"89ab"[Math.floor(random.next() * 4)]}${
+    hex.slice(17, 20)
+  }-${hex.slice(20, 32)}`
+}
+
+/** What one answer means, as a tally key; and whether it breaks the contract. */
+const classify = (
+  op: "start" | "stop",
+  answer: { _tag: "Left"; left: RequestError } | { _tag: "Right"; right: ApiAnswer }
+): { key: string; contractBreak?: string } => {
+  if (answer._tag === "Left") {
+    return { key: `${op} no answer (${/abort|timeout/i.test(answer.left.message) ? "timeout" : "connection"})` }
+  }
+  const { json, status, text } = answer.right
+  if (op === "start") {
+    if (status === 200) {
+      const ok = typeof json?.allocation_id === "string" && typeof json?.gateway_id === "string"
+      return ok
+        ? { key: `start 200 ${json.reused ? "reused" : "new"}` }
+        : { key: "start 200 malformed", contractBreak: `start 200 without ids: ${text}` }
+    }
+    if (status === 503 && json?._tag === "NoGatewayAvailable") return { key: "start 503 no gateway" }
+    if ((status === 502 || status === 504) && STEPS.has(json?.step)) {
+      // A claim that lost a race with another replica for the same org (see the concurrency test).
+      const message = String(json.message ?? "")
+      const detail = json.step === "allocate" && /duplicate key/.test(message)
+        ? " (duplicate key)"
+        : json.step === "dns" && /HTTP 5\d\d/.test(message)
+        ? " (PowerDNS 5xx)"
+        : ""
+      return { key: `start ${status} ${json.step}${detail}` }
+    }
+    return { key: `start ${status} other`, contractBreak: `start ${status}: ${text.slice(0, 300)}` }
+  }
+  if (status === 200 && json?.released === true) return { key: "stop 200" }
+  if (status === 404) return { key: "stop 404" }
+  if (status === 502 && STEPS.has(json?.step)) {
+    return { key: `stop 502 ${json.step}${json.step === "dns" && /HTTP 5\d\d/.test(String(json.message)) ? " (PowerDNS 5xx)" : ""}` }
+  }
+  return { key: `stop ${status} other`, contractBreak: `stop ${status}: ${text.slice(0, 300)}` }
+}
+
+const sleep = (ms: number) => Effect.sleep(Duration.millis(ms))
+
+/**
+ * Runs the chaos and returns its summary; the caller decides what fails (a test asserts no
+ * violation and no contract break). Servers, and the stack when none is given, stop with the Scope.
+ */
+export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unknown, Scope.Scope> =>
+  Effect.gen(function*() {
+    const startedAt = Date.now()
+    const log = options.log ?? ((line: string) => console.log(line))
+    const settings = {
+      operations: options.operations,
+      gateways: options.stack?.gateways.length ?? options.gateways ?? 6,
+      orgs: options.orgs ?? 10,
+      replicas: options.replicas ?? 2,
+      workers: options.workers ?? 4,
+      timeLimitMs: options.timeLimitMs ?? 120_000,
+      reconcileIntervalMs: options.reconcileIntervalMs ?? 1000,
+      stepTimeoutMs: options.stepTimeoutMs ?? 2500,
+      undoTimeoutMs: options.undoTimeoutMs ?? 2000
+    }
+    const faultEveryMs = options.faultEveryMs ?? [700, 2500]
+    const thinkMs = options.thinkMs ?? [100, 700]
+    const killEveryMs = options.killEveryMs === undefined ? [8000, 16000] as const : options.killEveryMs
+    log(`chaos: seed ${options.seed} ${JSON.stringify(settings)}`)
+
+    const dataDir = options.stack === undefined ? mkdtempSync(path.join(tmpdir(), "gateway-allocator-chaos-")) : undefined
+    const stack = options.stack ??
+      (yield* startLocalStack({ dataDir: dataDir!, gateways: settings.gateways }).pipe(Effect.provide(NodeContext.layer)))
+    const env = {
+      RECONCILE_INTERVAL_MS: String(settings.reconcileIntervalMs),
+      STEP_TIMEOUT_MS: String(settings.stepTimeoutMs),
+      UNDO_TIMEOUT_MS: String(settings.undoTimeoutMs),
+      SHUTDOWN_GRACE_MS: "2000"
+    }
+    const servers: Array<ServiceProcess> = yield* Effect.forEach(
+      Array.from({ length: settings.replicas }, (_, i) => `chaos-${String.fromCharCode(97 + i)}`),
+      (name) => startServer(stack, { name, env }),
+      { concurrency: "unbounded" }
+    )
+    yield* registerGateways(servers[0]!, stack)
+    const db: Db = yield* openDb(stack.env["DATABASE_URL"]!)
+
+    const clients = rng(options.seed)
+    const faultRng = rng(options.seed ^ 0x5bd1e995)
+    const killRng = rng(options.seed ^ 0x27d4eb2f)
+    const orgs = Array.from({ length: settings.orgs }, () => deterministicUuid(clients))
+    const outcomes: Record<string, number> = {}
+    const faults: Record<string, number> = {}
+    const contractBreaks: Array<string> = []
+    const count = (table: Record<string, number>, key: string) => {
+      table[key] = (table[key] ?? 0) + 1
+    }
+    let issued = 0
+    let slowestOpMs = 0
+    let kills = 0
+    let refusedRestarts = 0
+    const down = new Set<ServiceProcess>()
+    const deadline = startedAt + settings.timeLimitMs
+
+    // --- faults, each undone by itself after a while (and all of them at the end) ---
+    const brokenFile = path.join(stack.nginx.confDir, "chaos-broken.conf")
+    const faulted = new Set<string>()
+    const restoreAll = Effect.gen(function*() {
+      yield* Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour({ health: "ok", handshake: "ok", handshakeDelayMs: 0 }), {
+        discard: true
+      })
+      rmSync(brokenFile, { force: true })
+      yield* stack.powerDns.start
+      faulted.clear()
+    })
+    const injectFault = Effect.gen(function*() {
+      const kind = faultRng.weighted({
+        "gateway handshake 500": 3,
+        "gateway handshake hang": 2,
+        "gateway health hang": 2,
+        "gateway slow handshake": 1,
+        "PowerDNS stopped": 1.5,
+        "nginx broken foreign file": 1.5
+      })
+      const lasting = faultRng.between(400, 2500)
+      if (kind.startsWith("gateway")) {
+        const gateway = faultRng.pick(stack.gateways)
+        if (faulted.has(gateway.name)) return
+        faulted.add(gateway.name)
+        count(faults, kind)
+        yield* gateway.setBehaviour(
+          kind === "gateway handshake 500"
+            ? { handshake: "fail" }
+            : kind === "gateway handshake hang"
+            ? { handshake: "hang" }
+            : kind === "gateway health hang"
+            ? { health: "hang" }
+            : { handshakeDelayMs: faultRng.between(500, 2000) }
+        )
+        yield* sleep(lasting)
+        yield* gateway.setBehaviour({ health: "ok", handshake: "ok", handshakeDelayMs: 0 })
+        faulted.delete(gateway.name)
+      } else if (kind === "PowerDNS stopped") {
+        if (faulted.has("pdns")) return
+        faulted.add("pdns")
+        count(faults, kind)
+        yield* stack.powerDns.stop
+        yield* sleep(Math.min(lasting, 2000))
+        yield* stack.powerDns.start
+        faulted.delete("pdns")
+      } else {
+        if (faulted.has("nginx")) return
+        faulted.add("nginx")
+        count(faults, kind)
+        writeFileSync(brokenFile, "this is { not nginx syntax\n")
+        yield* sleep(Math.min(lasting, 1500))
+        rmSync(brokenFile, { force: true })
+        faulted.delete("nginx")
+      }
+    })
+
+    /** Restarts a killed replica; while nginx's configuration is broken its start-up fails: retried. */
+    const revive = (server: ServiceProcess) =>
+      Effect.gen(function*() {
+        for (let attempt = 1;; attempt++) {
+          const restarted = yield* server.restart.pipe(Effect.either)
+          if (restarted._tag === "Right") break
+          refusedRestarts += 1
+          log(`chaos: restart of ${server.name} failed (attempt ${attempt}): ${restarted.left.message.split("\n")[0]}`)
+          if (attempt >= 20) return yield* Effect.fail(restarted.left)
+          yield* sleep(1000)
+        }
+        down.delete(server)
+      })
+
+    const killOne = Effect.gen(function*() {
+      const alive = servers.filter((server) => !down.has(server))
+      // One replica always serves: the other is the one being killed.
+      if (alive.length < 2) return
+      const victim = killRng.pick(alive)
+      down.add(victim)
+      kills += 1
+      log(`chaos: kill -9 ${victim.name} (pid ${victim.pid()}) after ${issued} ops`)
+      yield* victim.kill("SIGKILL")
+      yield* sleep(killRng.between(0, 1000))
+      yield* revive(victim)
+    })
+
+    const operationsOver = () => issued >= options.operations || Date.now() >= deadline
+
+    const worker = (id: number) =>
+      Effect.gen(function*() {
+        while (!operationsOver()) {
+          const alive = servers.filter((server) => !down.has(server))
+          if (alive.length === 0) {
+            yield* sleep(100)
+            continue
+          }
+          issued += 1
+          const n = issued
+          const org = clients.pick(orgs)
+          const op = clients.next() < 0.55 ? "start" as const : "stop" as const
+          const server = clients.pick(alive)
+          const opStarted = Date.now()
+          const answer = yield* (op === "start" ? startGateway(server, org, { timeoutMs: 60_000 }) : stopGateway(server, org, { timeoutMs: 60_000 }))
+            .pipe(Effect.either)
+          slowestOpMs = Math.max(slowestOpMs, Date.now() - opStarted)
+          const outcome = classify(op, answer)
+          count(outcomes, outcome.key)
+          if (outcome.contractBreak !== undefined) contractBreaks.push(`${server.name} ${org}: ${outcome.contractBreak}`)
+          if (n % 50 === 0) log(`chaos: ${n} ops issued (${Math.round((Date.now() - startedAt) / 1000)} s)`)
+          yield* sleep(clients.between(thinkMs[0], thinkMs[1]))
+        }
+      }).pipe(Effect.annotateLogs({ worker: id }))
+
+    const faultLoop = Effect.gen(function*() {
+      const running = new Set<Fiber.RuntimeFiber<void, unknown>>()
+      yield* Effect.gen(function*() {
+        while (true) {
+          yield* sleep(faultRng.between(faultEveryMs[0], faultEveryMs[1]))
+          const fiber = yield* Effect.fork(injectFault)
+          running.add(fiber)
+          fiber.addObserver(() => running.delete(fiber))
+        }
+      }).pipe(Effect.onInterrupt(() => Effect.forEach([...running], Fiber.interrupt, { discard: true })))
+    })
+
+    const killLoop = killEveryMs === null || settings.replicas < 2
+      ? Effect.never
+      : Effect.gen(function*() {
+        while (true) {
+          yield* sleep(killRng.between(killEveryMs[0], killEveryMs[1]))
+          yield* killOne
+        }
+      })
+
+    // --- the run ---
+    const faultFiber = yield* Effect.fork(faultLoop)
+    const killFiber = yield* Effect.fork(killLoop)
+    yield* Effect.forEach(Array.from({ length: settings.workers }, (_, i) => i), worker, {
+      concurrency: "unbounded",
+      discard: true
+    })
+    const operationsMs = Date.now() - startedAt
+    log(`chaos: ${issued} ops in ${operationsMs} ms; stopping the faults`)
+
+    // --- quiescence: no fault left, every replica up, then two reconcile periods ---
+    // A kill in progress finishes with its restart (never leave a replica down).
+    const killExit = yield* Fiber.interrupt(killFiber)
+    if (Exit.isFailure(killExit) && !Exit.isInterrupted(killExit)) log(`chaos: kill loop failed: ${String(killExit.cause)}`)
+    yield* Fiber.interrupt(faultFiber)
+    yield* restoreAll
+    for (const server of servers) {
+      if (!server.running() || down.has(server)) yield* revive(server)
+    }
+    const quietAt = Date.now()
+    yield* sleep(2 * settings.reconcileIntervalMs)
+    const target = { stack, endpoint: servers[0]!, db, orgs }
+    const report = yield* checkInvariants(target)
+    let convergedAfterMs: number | null = null
+    if (report.violations.length > 0) {
+      log(`chaos: violations ${2 * settings.reconcileIntervalMs} ms after the last fault:\n${describeReport(report)}`)
+      while (Date.now() - quietAt < 30_000) {
+        yield* sleep(500)
+        const later = yield* checkInvariants(target)
+        if (later.violations.length === 0) {
+          convergedAfterMs = Date.now() - quietAt
+          break
+        }
+      }
+    }
+    return {
+      seed: options.seed,
+      settings,
+      operations: issued,
+      outcomes,
+      contractBreaks,
+      faults,
+      kills,
+      refusedRestarts,
+      operationsMs,
+      slowestOpMs,
+      report,
+      convergedAfterMs,
+      durationMs: Date.now() - startedAt,
+      dataDir
+    } satisfies ChaosSummary
+  })
+
+/** The summary as text: ops by outcome, faults, kills, the invariants' verdict. */
+export const formatSummary = (summary: ChaosSummary): string => {
+  const table = (record: Readonly<Record<string, number>>) =>
+    Object.entries(record)
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([key, n]) => `    ${key.padEnd(34, " ")} ${String(n).padStart(6, " ")}`)
+  return [
+    `chaos summary (seed ${summary.seed}; replay with --seed ${summary.seed})`,
+    `  settings: ${JSON.stringify(summary.settings)}`,
+    `  operations: ${summary.operations} in ${(summary.operationsMs / 1000).toFixed(1)} s (slowest ${summary.slowestOpMs} ms), by outcome:`,
+    ...table(summary.outcomes),
+    `  faults injected: ${Object.values(summary.faults).reduce((a, b) => a + b, 0)}`,
+    ...table(summary.faults),
+    `  kill -9 + restart: ${summary.kills} (restarts refused and retried: ${summary.refusedRestarts})`,
+    `  contract breaks (5xx without a step, malformed bodies): ${summary.contractBreaks.length}`,
+    ...summary.contractBreaks.slice(0, 10).map((line) => `    ${line}`),
+    `  invariants, two reconcile periods after the last fault:`,
+    ...describeReport(summary.report).split("\n").map((line) => `    ${line}`),
+    ...(summary.report.violations.length === 0
+      ? []
+      : [
+        summary.convergedAfterMs === null
+          ? "    still violated 30 s after the last fault"
+          : `    they held ${summary.convergedAfterMs} ms after the last fault`
+      ]),
+    `  total ${(summary.durationMs / 1000).toFixed(1)} s`
+  ].join("\n")
+}
+
+// --- CLI: npm run chaos -- --ops 2000 --seed 42 ---------------------------------------------
+
+const parseArgs = (argv: ReadonlyArray<string>) => {
+  const flags = new Map<string, string>()
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i]!
+    if (!flag.startsWith("--")) throw new Error(`unexpected argument ${flag}`)
+    const value = argv[i + 1]
+    if (value === undefined || value.startsWith("--")) throw new Error(`${flag} needs a value`)
+    flags.set(flag.slice(2), value)
+    i++
+  }
+  const number = (name: string, fallback: number) => {
+    const raw = flags.get(name)
+    flags.delete(name)
+    if (raw === undefined) return fallback
+    const value = Number(raw)
+    if (!Number.isInteger(value) || value < 0) throw new Error(`--${name} must be a non-negative integer, got ${raw}`)
+    return value
+  }
+  const options = {
+    operations: number("ops", 2000),
+    seed: number("seed", Math.floor(Math.random() * 2 ** 31)),
+    gateways: number("gateways", 6),
+    orgs: number("orgs", 12),
+    replicas: number("replicas", 2),
+    workers: number("workers", 4),
+    timeLimitMs: number("time-limit-s", 900) * 1000
+  }
+  if (flags.size > 0) throw new Error(`unknown flags: ${[...flags.keys()].map((f) => `--${f}`).join(", ")}`)
+  return options
+}
+
+const isMain = process.argv[1] !== undefined && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href
+
+if (isMain) {
+  let options: ReturnType<typeof parseArgs>
+  try {
+    options = parseArgs(process.argv.slice(2))
+  } catch (error) {
+    console.error(`chaos: ${(error as Error).message}`)
+    console.error("usage: npm run chaos -- [--ops N] [--seed N] [--gateways N] [--orgs N] [--replicas N] [--workers N] [--time-limit-s N]")
+    process.exit(2)
+  }
+  Effect.runPromise(Effect.scoped(runChaos(options))).then(
+    (summary) => {
+      console.log(formatSummary(summary))
+      const failed = summary.report.violations.length > 0 || summary.contractBreaks.length > 0
+      // A clean run's files are of no use; a failed run's logs are (servers/*.log, nginx/, powerdns/).
+      if (summary.dataDir !== undefined) {
+        if (failed) console.log(`chaos: the stack's files and the replicas' logs are kept in ${summary.dataDir}`)
+        else rmSync(summary.dataDir, { recursive: true, force: true })
+      }
+      process.exit(failed ? 1 : 0)
+    },
+    (error) => {
+      console.error(`chaos: the run failed (seed ${options.seed}):`, error)
+      process.exit(1)
+    }
+  )
+}
