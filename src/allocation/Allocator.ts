@@ -216,7 +216,12 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
             const error = Option.isSome(failure) ? failure.value : undefined
             yield* (complete ? Effect.logWarning : Effect.logError)(
               `rollback ${complete ? "complete" : "incomplete, left to the reconciler"}: ${summary}`
-            ).pipe(Effect.annotateLogs({ rollback: report }))
+            ).pipe(
+              Effect.annotateLogs({
+                rollback: report,
+                ...(error !== undefined && error._tag !== "NoGatewayAvailable" ? { step: error.step } : {})
+              })
+            )
             if (complete) return
             yield* Metric.increment(rollbacksIncompleteTotal)
             const allocation = yield* pool.getAllocation(allocationId).pipe(Effect.option, Effect.map(Option.flatten))

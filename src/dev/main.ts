@@ -6,6 +6,8 @@ import path from "node:path"
 import { AppLive, ServicesLive } from "../app.ts"
 import type { GatewayName, Upstream } from "../domain/ids.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
+import { LoggingLive } from "../telemetry/Logging.ts"
+import { TracingLive } from "../telemetry/Tracing.ts"
 import { type LocalStack, startLocalStack } from "./stack.ts"
 
 /** A token kept under DATA_DIR, so curl lines keep working across restarts of the dev stack. */
@@ -83,8 +85,10 @@ const DevLive = Layer.unwrapScoped(
       ConfigProvider.orElse(() => ConfigProvider.fromEnv()),
       ConfigProvider.orElse(() => ConfigProvider.fromMap(new Map([["LOG_FORMAT", "pretty"], ["HOST", "127.0.0.1"]])))
     )
+    // Logging and tracing wrap everything, so services built for the registration log alike.
     return Layer.effectDiscard(Console.log(welcome(stack, port))).pipe(
       Layer.provide(Layer.mergeAll(AppLive, registerSampleGateways(stack).pipe(Layer.provide(ServicesLive)))),
+      Layer.provide(Layer.merge(LoggingLive, TracingLive)),
       Layer.provide(Layer.setConfigProvider(config))
     )
   })
