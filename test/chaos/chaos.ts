@@ -5,7 +5,8 @@
 // the faults stop, the system gets two reconcile periods, and every invariant of DESIGN
 // section 7 is checked against the real systems.
 //
-//   npm run chaos -- --ops 2000 --seed 42 [--gateways 6] [--orgs 12] [--workers 6] [--time-limit-s 600]
+//   npm run chaos -- --ops 2000 --seed 42 [--gateways 6] [--orgs 12] [--workers 4] [--time-limit-s 900]
+//                    [--think-ms 100-700] [--fault-every-ms 700-2500] [--kill-every-ms 8000-16000]
 //
 // Randomness is seeded (one stream per actor: clients, faults, kills); the interleaving still
 // depends on timing, but a failing seed replays the same choices.
@@ -191,11 +192,14 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       UNDO_TIMEOUT_MS: String(settings.undoTimeoutMs),
       SHUTDOWN_GRACE_MS: "2000"
     }
-    const servers: Array<ServiceProcess> = yield* Effect.forEach(
-      Array.from({ length: settings.replicas }, (_, i) => `chaos-${String.fromCharCode(97 + i)}`),
-      (name) => startServer(stack, { name, env }),
-      { concurrency: "unbounded" }
-    )
+    // The first replica comes up alone: on a fresh database, replicas migrating at the same moment
+    // is test/crash/replicas.test.ts's subject, not this run's.
+    const names = Array.from({ length: settings.replicas }, (_, i) => `chaos-${String.fromCharCode(97 + i)}`)
+    const first = yield* startServer(stack, { name: names[0]!, env })
+    const servers: Array<ServiceProcess> = [
+      first,
+      ...(yield* Effect.forEach(names.slice(1), (name) => startServer(stack, { name, env }), { concurrency: "unbounded" }))
+    ]
     yield* registerGateways(servers[0]!, stack)
     const db: Db = yield* openDb(stack.env["DATABASE_URL"]!)
 
@@ -450,7 +454,22 @@ const parseArgs = (argv: ReadonlyArray<string>) => {
     if (!Number.isInteger(value) || value < 0) throw new Error(`--${name} must be a non-negative integer, got ${raw}`)
     return value
   }
+  const range = (name: string): readonly [number, number] | undefined => {
+    const raw = flags.get(name)
+    flags.delete(name)
+    if (raw === undefined) return undefined
+    const match = /^(\d+)-(\d+)$/.exec(raw)
+    if (match === null || Number(match[1]) > Number(match[2])) throw new Error(`--${name} must be MIN-MAX (ms), got ${raw}`)
+    return [Number(match[1]), Number(match[2])]
+  }
+  const optionalRange = (name: string) => {
+    const value = range(name)
+    return value === undefined ? {} : { [name === "think-ms" ? "thinkMs" : name === "fault-every-ms" ? "faultEveryMs" : "killEveryMs"]: value }
+  }
   const options = {
+    ...optionalRange("think-ms"),
+    ...optionalRange("fault-every-ms"),
+    ...optionalRange("kill-every-ms"),
     operations: number("ops", 2000),
     seed: number("seed", Math.floor(Math.random() * 2 ** 31)),
     gateways: number("gateways", 6),
@@ -471,7 +490,10 @@ if (isMain) {
     options = parseArgs(process.argv.slice(2))
   } catch (error) {
     console.error(`chaos: ${(error as Error).message}`)
-    console.error("usage: npm run chaos -- [--ops N] [--seed N] [--gateways N] [--orgs N] [--replicas N] [--workers N] [--time-limit-s N]")
+    console.error(
+      "usage: npm run chaos -- [--ops N] [--seed N] [--gateways N] [--orgs N] [--replicas N] [--workers N] [--time-limit-s N]" +
+        " [--think-ms MIN-MAX] [--fault-every-ms MIN-MAX] [--kill-every-ms MIN-MAX]"
+    )
     process.exit(2)
   }
   Effect.runPromise(Effect.scoped(runChaos(options))).then(
