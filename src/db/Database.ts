@@ -1,6 +1,6 @@
 import { FileSystem, Path } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
-import { Migrator } from "@effect/sql"
+import { Migrator, SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Config, Effect, Layer, Option, Redacted } from "effect"
 import { startEmbeddedPostgres } from "../dev/EmbeddedPostgres.ts"
@@ -32,9 +32,24 @@ export const sqlFileLoader = (directory: string): Migrator.Loader<FileSystem.Fil
 
 const migrationsDirectory = new URL("../../database/", import.meta.url).pathname
 
-/** Applies `database/*.sql` (once each, under the Migrator's lock, so replicas can start together). */
+/**
+ * Applies `database/*.sql`, once each. Replicas starting together on a fresh database would race
+ * to create the Migrator's own table, so the whole run holds a session advisory lock: the second
+ * replica waits, then finds everything applied.
+ */
 export const MigrationsLive = Layer.effectDiscard(
-  Migrator.make({})({ loader: sqlFileLoader(migrationsDirectory), table: "gateway_allocator_migrations" })
+  Effect.scoped(
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const connection = yield* sql.reserve
+      const key = "gateway-allocator:migrations"
+      yield* connection.execute("select pg_advisory_lock(hashtextextended($1, 0))", [key], undefined)
+      yield* Effect.addFinalizer(() =>
+        connection.execute("select pg_advisory_unlock(hashtextextended($1, 0))", [key], undefined).pipe(Effect.ignore)
+      )
+      yield* Migrator.make({})({ loader: sqlFileLoader(migrationsDirectory), table: "gateway_allocator_migrations" })
+    })
+  )
 ).pipe(Layer.provide(NodeContext.layer))
 
 /**
