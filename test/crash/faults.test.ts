@@ -5,7 +5,8 @@
 import { expect, layer } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer } from "effect"
 import { randomUUID } from "node:crypto"
-import { existsSync } from "node:fs"
+import { existsSync, rmSync, writeFileSync } from "node:fs"
+import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import {
   awaitInvariants,
@@ -188,6 +189,65 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
           answer.json.allocation_id
         ])
         expect(allocation?.state).toBe("rolled_back")
+        yield* expectInvariants(faults, [org])
+      })), { timeout: 60_000 })
+
+  it.effect("a stop that failed (broken nginx file) is finished by the reconciler even while clients keep starting the org", () =>
+    withFaults((faults) =>
+      Effect.gen(function*() {
+        const { db, server, stack } = faults
+        const org = randomUUID()
+        const first = yield* startGateway(server, org)
+        expect(first.status, first.text).toBe(200)
+        const allocationId: string = first.json.allocation_id
+
+        // nginx refuses every reload while a broken foreign file sits in its directory: the stop
+        // cannot take the route down, so the allocation stays `stopping` (DESIGN: "a retry, or
+        // the reconciler, finishes it").
+        const broken = path.join(stack.nginx.confDir, "broken-by-test.conf")
+        const stop = yield* Effect.sync(() => writeFileSync(broken, "this is { not nginx syntax\n")).pipe(
+          Effect.zipRight(stopGateway(server, org)),
+          Effect.ensuring(Effect.sync(() => rmSync(broken, { force: true })))
+        )
+        expect(stop.status, stop.text).toBe(502)
+        expect(stop.json).toMatchObject({ _tag: "StopFailed", step: "nginx-reload" })
+        expect((yield* gatewayStatus(server, org)).json?.state).toBe("stopping")
+
+        // nginx is fine again. A client keeps asking for the org meanwhile (its start waits for
+        // the stop to settle, up to the step timeout, and it asks again).
+        const fixedAt = Date.now()
+        const answers: Array<string> = []
+        const client = yield* Effect.fork(
+          Effect.gen(function*() {
+            while (true) {
+              const answer = yield* startGateway(server, org).pipe(Effect.either)
+              answers.push(answer._tag === "Left" ? "no answer" : `${answer.right.status} ${answer.right.json?.step ?? ""}`)
+              if (answer._tag === "Right" && answer.right.status === 200) return
+            }
+          })
+        )
+        let state = "stopping"
+        while (state !== "released" && Date.now() - fixedAt < 8000) {
+          yield* Effect.sleep(Duration.millis(50))
+          const [row] = yield* db.query<{ state: string }>("select state from allocations where id = $1", [allocationId])
+          state = row?.state ?? "missing"
+        }
+        const finishedAfterMs = Date.now() - fixedAt
+        yield* Fiber.interrupt(client)
+        console.log(`stopping allocation ${state} ${finishedAfterMs} ms after nginx was fixed; the client's starts: ${answers.join(", ")}`)
+        // The reconciler's next pass finishes it: a start that only waits for the org to settle
+        // is not working on that allocation.
+        expect(state).toBe("released")
+        expect(finishedAfterMs).toBeLessThanOrEqual(2 * RECONCILE_INTERVAL_MS)
+
+        const journal = yield* journalOf(db, allocationId)
+        expect(journal.filter((row) => row.actor === "reconciler").map((row) => `${row.step}:${row.event}`)).toEqual(
+          ["nginx-reload", "nginx-config", "dns", "allocate"].flatMap((step) => [`${step}:undo_started`, `${step}:undone`])
+        )
+        // Whatever the client got meanwhile, the org is consistent once it is done.
+        const settled = yield* startGateway(server, org)
+        expect(settled.status, settled.text).toBe(200)
+        expect((yield* stopGateway(server, org)).status).toBe(200)
         yield* expectInvariants(faults, [org])
       })), { timeout: 60_000 })
 })
