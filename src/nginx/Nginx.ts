@@ -167,8 +167,10 @@ export const NginxLive = Layer.scoped(
       )
 
     // New workers take a few milliseconds to answer after the signal: poll fast, then back off.
-    const probeSchedule = Schedule.exponential(Duration.millis(2)).pipe(
-      Schedule.either(Schedule.spaced(Duration.millis(50)))
+    // (2, 3, 4.5, ... ms, then every 10 ms: the route goes live ~15-50 ms after the signal, and a
+    // coarse schedule would add most of a step to every start.)
+    const probeSchedule = Schedule.exponential(Duration.millis(2), 1.5).pipe(
+      Schedule.either(Schedule.spaced(Duration.millis(10)))
     )
 
     return Nginx.of({
