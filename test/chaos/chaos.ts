@@ -298,7 +298,7 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       const victim = killRng.pick(alive)
       down.add(victim)
       kills += 1
-      log(`chaos: kill -9 ${victim.name} (pid ${victim.pid()}) after ${issued} ops`)
+      log(`chaos: kill -9 ${victim.name} (pid ${victim.pid}) after ${issued} ops`)
       yield* victim.kill("SIGKILL")
       yield* sleep(killRng.between(0, 1000))
       yield* revive(victim)

@@ -13,6 +13,7 @@ import {
   describeReport,
   dnsRecordOf,
   journalOf,
+  type JournalRow,
   nginxRoutes,
   openDb,
   routeFileOf
@@ -21,6 +22,7 @@ import {
   nginxMasterPid,
   powerDnsPid,
   registerGateways,
+  request,
   type ServiceProcess,
   signalPid,
   startGateway,
@@ -168,6 +170,15 @@ const restartAndRecover = (
     expect(rowsOf(journal, "request")).toEqual(rowsOf(journalAtKill, "request"))
     expect(rowsOf(journal, "reconciler")).toEqual(RECONCILER_UNDOS)
     expect(journal.filter((row) => row.actor !== "request" && row.actor !== "reconciler")).toEqual([])
+
+    // The API shows the same journal (GET /allocations/{id}), the reconciler's undos as the rollback.
+    const described = yield* request(crash.server, "GET", `/allocations/${allocation.id}`)
+    expect(described.status).toBe(200)
+    expect(described.json.state).toBe("rolled_back")
+    expect(described.json.steps.map((entry: JournalRow) => `${entry.actor}:${entry.step}:${entry.event}`)).toEqual(
+      journal.map((entry) => `${entry.actor}:${entry.step}:${entry.event}`)
+    )
+    expect(described.json.rollback.filter((outcome: { status: string }) => outcome.status !== "done")).toEqual([])
 
     const report = yield* awaitInvariants({ stack: crash.stack, endpoint: crash.server, db: crash.db, orgs: [org] }, {
       timeoutMs: 2 * RECONCILE_INTERVAL_MS

@@ -342,7 +342,16 @@ export const checkInvariants = (target: InvariantTarget): Effect.Effect<Invarian
         } else if (!api.startsWith("error")) {
           problems.push(`API state ${api}`)
         }
-        for (const problem of problems) violations.push(`org ${org}: ${problem} ${JSON.stringify(view)}`)
+        if (problems.length > 0) {
+          // The systems are asked one after the other, so an org that was still moving can look
+          // torn: what Postgres says at the end of the check tells that apart from a real mismatch.
+          const now = yield* db.query<{ id: string; state: string }>(
+            "select id, state from allocations where organization_id = $1 and state = any($2)",
+            [org, LIVE]
+          ).pipe(Effect.orElseSucceed(() => []))
+          const postgres = now.length === 0 ? "nothing live" : now.map((a) => `${a.state} ${a.id}`).join(", ")
+          for (const problem of problems) violations.push(`org ${org}: ${problem} ${JSON.stringify(view)}; Postgres now: ${postgres}`)
+        }
         return view
       }), { concurrency: 8 })
 

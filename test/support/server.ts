@@ -46,8 +46,8 @@ export interface ServiceProcess {
   readonly logFile: string
   /** The env the child runs with (stack env + defaults + overrides). */
   readonly env: Readonly<Record<string, string>>
-  /** The current run's pid. */
-  readonly pid: () => number
+  /** The current run's pid (changes with each restart). */
+  readonly pid: number
   /** Whether the current run has not exited. */
   readonly running: () => boolean
   /** How many times the process was (re)spawned. */
@@ -181,7 +181,9 @@ export const startServer = (
       token: stack.apiToken,
       logFile,
       env,
-      pid: () => child?.pid ?? -1,
+      get pid() {
+        return child?.pid ?? -1
+      },
       running: () => child !== undefined && !exited(child),
       runs: () => runs,
       kill: (signal = "SIGKILL") =>
