@@ -1,0 +1,198 @@
+// `npm run bench`: the benchmark of issue 4. Starts the local stack (embedded Postgres, private
+// nginx, PowerDNS, sample gateways; installs the Debian packages if needed), runs the service as
+// a child process against it, measures, and writes bench/results/latest.{json,md,svg}.
+// Everything it starts stops with the Scope, on success, failure or Ctrl-C. See bench/README.md.
+import * as Reactivity from "@effect/experimental/Reactivity"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { PgClient } from "@effect/sql-pg"
+import { Effect } from "effect"
+import { execFileSync, spawnSync } from "node:child_process"
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
+import os from "node:os"
+import path from "node:path"
+import { type LocalStack, startLocalStack } from "../src/dev/stack.ts"
+import { type Results, runBench } from "./lib/bench.ts"
+import { computeTargets, renderMarkdown, renderSvg } from "./lib/report.ts"
+import { stopAllChildren } from "./lib/server.ts"
+import { round } from "./lib/stats.ts"
+
+const projectRoot = path.resolve(import.meta.dirname, "..")
+const resultsDir = path.join(projectRoot, "bench", "results")
+
+const quick = process.env.BENCH_QUICK === "1"
+const options = {
+  maxRoutes: Number(process.env.BENCH_MAX_ROUTES ?? (quick ? 1000 : 10_000)),
+  scale: Number(process.env.BENCH_SCALE ?? (quick ? 0.2 : 1)),
+  budgetMs: Number(process.env.BENCH_BUDGET_S ?? 540) * 1000,
+  // A scaled-down run must not replace the real figures.
+  outputName: process.env.BENCH_OUTPUT ?? (quick ? "quick" : "latest"),
+  pdnsProxy: (["off", "serialize"].includes(process.env.BENCH_PDNS_PROXY ?? "") ? process.env.BENCH_PDNS_PROXY : "pass") as
+    | "pass"
+    | "serialize"
+    | "off",
+  // Run the server from a commit (git archive) instead of the working tree, e.g. BENCH_REF=HEAD.
+  ref: process.env.BENCH_REF,
+  serverNodeOptions: process.env.BENCH_SERVER_NODE_OPTIONS
+}
+
+const t0 = performance.now()
+const log = (line: string) => process.stderr.write(`[bench ${((performance.now() - t0) / 1000).toFixed(1).padStart(6)} s] ${line}\n`)
+
+const commandOutput = (command: string, args: ReadonlyArray<string>): string => {
+  try {
+    return execFileSync(command, [...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 10_000 })
+  } catch (error) {
+    // nginx -v prints to stderr and exits 0; pdns_server --version exits 99 after printing.
+    const e = error as { stdout?: string; stderr?: string }
+    return `${e.stdout ?? ""}${e.stderr ?? ""}`
+  }
+}
+const commandStderr = (command: string, args: ReadonlyArray<string>): string => {
+  try {
+    const result = spawnSync(command, [...args], { encoding: "utf8", timeout: 10_000 })
+    return `${result.stdout ?? ""}${result.stderr ?? ""}`
+  } catch {
+    return ""
+  }
+}
+
+const machineInfo = (postgres: string) => {
+  const cpuinfo = (() => {
+    try {
+      return readFileSync("/proc/cpuinfo", "utf8")
+    } catch {
+      return ""
+    }
+  })()
+  const cpuModel = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? os.cpus()[0]?.model ?? "unknown"
+  return {
+    cpuModel,
+    cores: os.cpus().length,
+    memoryGiB: round(os.totalmem() / 1024 ** 3, 1),
+    kernel: `${os.type()} ${os.release()}`,
+    node: process.version,
+    nginx: /nginx\/(\S+)/.exec(commandStderr("nginx", ["-v"]))?.[1] ?? "unknown",
+    pdns: /Server (\d+\.\d+\.\d+)/.exec(commandStderr("pdns_server", ["--version"]))?.[1] ?? "unknown",
+    postgres
+  }
+}
+
+const git = (...args: Array<string>) => commandOutput("git", ["-C", projectRoot, ...args]).trim()
+
+const projectInfo = (serverRoot: string, commit: string) => {
+  const dirty = options.ref === undefined ? git("status", "--porcelain", "--", "src", "database") : ""
+  return {
+    source: options.ref === undefined ? "working tree" : `git archive ${options.ref}`,
+    commit,
+    branch: git("rev-parse", "--abbrev-ref", "HEAD"),
+    srcDirty: dirty !== "",
+    srcChanges: dirty === "" ? [] : dirty.split("\n"),
+    reloadModes: /"coalesce",\s*"each"/.test(readFileSync(path.join(serverRoot, "src/nginx/Nginx.ts"), "utf8"))
+      ? ["coalesce", "each"]
+      : ["(NGINX_RELOAD_MODE not found in src/nginx/Nginx.ts)"]
+  }
+}
+
+/** The server's files at `ref` (git archive), with the project's node_modules linked in. */
+const snapshot = (ref: string, dir: string): string => {
+  mkdirSync(dir, { recursive: true })
+  const archive = spawnSync("git", ["-C", projectRoot, "archive", "--format=tar", ref, "--", "src", "database", "package.json", "tsconfig.json"], {
+    maxBuffer: 256 * 1024 * 1024,
+    timeout: 60_000
+  })
+  if (archive.status !== 0) throw new Error(`git archive ${ref} failed: ${String(archive.stderr)}`)
+  const untar = spawnSync("tar", ["-x", "-C", dir], { input: archive.stdout, timeout: 60_000 })
+  if (untar.status !== 0) throw new Error(`tar failed: ${String(untar.stderr)}`)
+  symlinkSync(path.join(projectRoot, "node_modules"), path.join(dir, "node_modules"))
+  return dir
+}
+
+const postgresVersion = (stack: LocalStack) =>
+  Effect.scoped(
+    Effect.gen(function*() {
+      const sql = yield* PgClient.make({ url: stack.databaseUrl, maxConnections: 1 })
+      const rows = yield* sql<{ server_version: string }>`show server_version`
+      return rows[0]?.server_version ?? "unknown"
+    })
+  ).pipe(Effect.provide(Reactivity.layer), Effect.orElseSucceed(() => "unknown"))
+
+const writeOutputs = (results: Results) => {
+  mkdirSync(resultsDir, { recursive: true })
+  const base = path.join(resultsDir, results.complete ? options.outputName : `${options.outputName}.failed`)
+  const markdown = renderMarkdown(results)
+  writeFileSync(`${base}.json`, `${JSON.stringify(results, null, 2)}\n`)
+  writeFileSync(`${base}.md`, `<!-- generated by \`npm run bench\` (bench/run.ts); do not edit -->\n\n${markdown}`)
+  writeFileSync(`${base}.svg`, renderSvg(results))
+  process.stdout.write(`\n${markdown}\n`)
+  log(`wrote ${path.relative(projectRoot, base)}.{json,md,svg}`)
+}
+
+const program = Effect.gen(function*() {
+  const results: Results = {
+    complete: false,
+    startedAt: new Date().toISOString(),
+    machine: {},
+    project: {},
+    settings: {},
+    setup: {},
+    rawByRoutes: [],
+    throughput: [],
+    throughputRatio: {},
+    latencyByRoutes: [],
+    fills: [],
+    rollback: [],
+    targets: []
+  }
+  // Postgres runs as the `postgres` OS user when we are root: its directory must be reachable.
+  const workDir = yield* Effect.acquireRelease(
+    Effect.sync(() => {
+      const dir = mkdtempSync(path.join(os.tmpdir(), "ga-bench-"))
+      chmodSync(dir, 0o755)
+      return dir
+    }),
+    (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+  )
+  // The ref is resolved once, so the archive and the recorded commit are the same even if HEAD moves.
+  const commit = git("rev-parse", `${options.ref ?? "HEAD"}^{commit}`)
+  const serverRoot = options.ref === undefined ? projectRoot : snapshot(commit, path.join(workDir, "source"))
+  results.project = projectInfo(serverRoot, commit)
+  log(`server source: ${results.project.source} (${String(results.project.commit).slice(0, 10)})`)
+  log(`starting the local stack under ${workDir}`)
+  const stackStart = performance.now()
+  const stack = yield* startLocalStack({ dataDir: path.join(workDir, "data"), gateways: 8 })
+  results.setup.stackStartMs = round(performance.now() - stackStart)
+  // Registered after the stack: runs before it stops, so no server outlives its nginx/Postgres.
+  yield* Effect.addFinalizer(() => Effect.promise(() => stopAllChildren()))
+  results.machine = machineInfo(yield* postgresVersion(stack))
+  log(`stack up in ${Math.round(results.setup.stackStartMs as number)} ms: nginx :${stack.nginx.listenPort}, ` +
+    `PowerDNS ${stack.powerDns.apiUrl}, ${stack.gateways.length} sample gateways`)
+
+  const outcome = yield* Effect.tryPromise({
+    try: (signal) => runBench(stack, results, {
+      projectRoot,
+      serverRoot,
+      workDir,
+      ...options,
+      logsPrefix: path.join(resultsDir, options.outputName),
+      signal,
+      log
+    }),
+    catch: (error) => (error instanceof Error ? error : new Error(String(error)))
+  }).pipe(Effect.either)
+
+  results.finishedAt = new Date().toISOString()
+  results.durationSeconds = round((performance.now() - t0) / 1000, 1)
+  if (outcome._tag === "Left") {
+    results.error = outcome.left.message
+    writeOutputs(results)
+    return yield* Effect.fail(outcome.left)
+  }
+  results.complete = true
+  results.targets = computeTargets(results)
+  writeOutputs(results)
+  for (const target of results.targets) {
+    process.stdout.write(`${target.pass ? "PASS" : "FAIL"}  ${target.description}: ${target.value} ${target.unit}\n`)
+  }
+})
+
+program.pipe(Effect.scoped, Effect.provide(NodeContext.layer), NodeRuntime.runMain)
