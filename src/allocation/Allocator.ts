@@ -75,7 +75,16 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const notifier = yield* Notifier
     const inFlight = yield* FiberMap.make<OrganizationId, Started, StartError>()
     const inFlightLock = yield* Effect.makeSemaphore(1)
-    const stopsInFlight = new Set<OrganizationId>()
+    // The allocations this process is working on right now (a start's own, a stop's target).
+    // Crash recovery leaves exactly these alone: a start that merely waits for another
+    // allocation of its org to settle is not working on that one.
+    const workingOn = new Set<AllocationId>()
+    const working = <A, E, R>(allocationId: AllocationId, effect: Effect.Effect<A, E, R>) =>
+      Effect.acquireUseRelease(
+        Effect.sync(() => workingOn.add(allocationId)),
+        () => effect,
+        () => Effect.sync(() => workingOn.delete(allocationId))
+      )
 
     // Shutdown (the HTTP server has already stopped taking requests): in-flight starts get a
     // grace period to finish; then the FiberMap's own finalizer interrupts them, and each one
@@ -202,7 +211,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       const allocationId = randomUUID() as AllocationId
       const context = yield* newContext(organizationId, allocationId, "request")
       yield* Effect.annotateCurrentSpan({ organization_id: organizationId, allocation_id: allocationId })
-      return yield* Effect.scoped(pipeline(context)).pipe(
+      return yield* working(allocationId, Effect.scoped(pipeline(context))).pipe(
         Effect.provideService(Journal, journal),
         Effect.tapErrorCause((cause) =>
           Effect.gen(function*() {
@@ -300,31 +309,29 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
      * hostname never points at a gateway another org may already hold. Stops at the first undo
      * that fails; the allocation stays `stopping` and a retry (or the reconciler) finishes it.
      */
-    const stop = (organizationId: OrganizationId) =>
-      Effect.acquireUseRelease(
-        Effect.sync(() => stopsInFlight.add(organizationId)),
-        () => runStop(organizationId),
-        () => Effect.sync(() => stopsInFlight.delete(organizationId))
-      )
-
-    const runStop = Effect.fn("Allocation.stop")(function*(organizationId: OrganizationId) {
+    const stop = Effect.fn("Allocation.stop")(function*(organizationId: OrganizationId) {
       const allocation = yield* settled(organizationId)
-      const { allocationId } = allocation
-      yield* Effect.annotateCurrentSpan({ organization_id: organizationId, allocation_id: allocationId })
-      yield* pool.transition(allocationId, ["active", "stopping"], "stopping")
-      const context = yield* newContext(organizationId, allocationId, "stop")
-      const undoSteps = undos.teardown(allocation, "released", context.report)
-      for (const [stepName, undo] of undoSteps) {
-        const outcome = yield* runUndo(context, stepName, undo).pipe(Effect.provideService(Journal, journal))
-        if (outcome.status === "failed" || outcome.status === "timed_out") {
-          return yield* new StopFailed({ step: stepName, reason: outcome.message ?? outcome.status, allocationId })
-        }
-      }
-      yield* Effect.logInfo("allocation stopped").pipe(
-        Effect.annotateLogs({ organization_id: organizationId, allocation_id: allocationId })
-      )
-      return { organizationId, gatewayId: allocation.gatewayId!, allocationId } satisfies Stopped
+      return yield* working(allocation.allocationId, teardown(allocation))
     })
+
+    const teardown = (allocation: Allocation) =>
+      Effect.gen(function*() {
+        const { allocationId, organizationId } = allocation
+        yield* Effect.annotateCurrentSpan({ organization_id: organizationId, allocation_id: allocationId })
+        yield* pool.transition(allocationId, ["active", "stopping"], "stopping")
+        const context = yield* newContext(organizationId, allocationId, "stop")
+        const undoSteps = undos.teardown(allocation, "released", context.report)
+        for (const [stepName, undo] of undoSteps) {
+          const outcome = yield* runUndo(context, stepName, undo).pipe(Effect.provideService(Journal, journal))
+          if (outcome.status === "failed" || outcome.status === "timed_out") {
+            return yield* new StopFailed({ step: stepName, reason: outcome.message ?? outcome.status, allocationId })
+          }
+        }
+        yield* Effect.logInfo("allocation stopped").pipe(
+          Effect.annotateLogs({ organization_id: organizationId, allocation_id: allocationId })
+        )
+        return { organizationId, gatewayId: allocation.gatewayId!, allocationId } satisfies Stopped
+      })
 
     const status = Effect.fn("Allocation.status")(function*(organizationId: OrganizationId) {
       const allocation = yield* pool.findLive(organizationId)
@@ -341,9 +348,8 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       return { ...allocation.value, hostname: orgHostname(allocation.value.organizationId, config.domain), steps }
     })
 
-    /** Whether this process is starting or stopping the org right now (recovery leaves it alone). */
-    const busy = (organizationId: OrganizationId) =>
-      Effect.map(FiberMap.has(inFlight, organizationId), (starting) => starting || stopsInFlight.has(organizationId))
+    /** Whether this process is working on the allocation right now (recovery leaves it alone). */
+    const busy = (allocationId: AllocationId) => Effect.sync(() => workingOn.has(allocationId))
 
     return { start, stop, status, describe: describeAllocation, busy }
   })

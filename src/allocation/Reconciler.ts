@@ -159,7 +159,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       const orphans: Array<Allocation> = []
       for (const allocation of candidates) {
         // This process's own allocations are left alone while it is still working on them.
-        if (allocation.runner === runner.id && (yield* allocator.busy(allocation.organizationId))) continue
+        if (allocation.runner === runner.id && (yield* allocator.busy(allocation.allocationId))) continue
         orphans.push(allocation)
       }
       const outcomes = yield* Effect.forEach(orphans, recover, { concurrency: 4 })
