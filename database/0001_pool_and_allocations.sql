@@ -62,6 +62,10 @@ create index allocation_steps_by_allocation on allocation_steps (allocation_id, 
 
 -- Claims a free gateway for an org. Returns the org's live allocation instead when it has one
 -- (reused = true). Raises 'no_gateway_available' (SQLSTATE GA001) when the pool is empty.
+-- Two runners starting the same org at once both find no live allocation and both claim a
+-- gateway; the second insert hits allocations_one_live_per_org (after waiting for the first to
+-- commit). That is not an error: the loser returns the winner's allocation (reused = true), and
+-- its subtransaction's rollback gives its gateway back.
 create function proc_organizations_start_gateway(
   p_allocation_id uuid, p_organization_id uuid, p_runner text
 ) returns table (allocation_id uuid, gateway_id uuid, upstream text, state text, reused boolean)
@@ -88,11 +92,22 @@ begin
     raise exception 'no_gateway_available' using errcode = 'GA001';
   end if;
 
-  insert into allocations (id, organization_id, gateway_id, upstream, state, runner)
-    values (p_allocation_id, p_organization_id, v_gateway.id, v_gateway.upstream, 'starting', p_runner);
-  update gateways g set allocation_id = p_allocation_id where g.id = v_gateway.id;
-  insert into allocation_steps (allocation_id, step, event, actor, detail)
-    values (p_allocation_id, 'allocate', 'completed', 'request', 'gateway ' || v_gateway.name);
+  begin
+    insert into allocations (id, organization_id, gateway_id, upstream, state, runner)
+      values (p_allocation_id, p_organization_id, v_gateway.id, v_gateway.upstream, 'starting', p_runner);
+    update gateways g set allocation_id = p_allocation_id where g.id = v_gateway.id;
+    insert into allocation_steps (allocation_id, step, event, actor, detail)
+      values (p_allocation_id, 'allocate', 'completed', 'request', 'gateway ' || v_gateway.name);
+  exception when unique_violation then
+    select * into v_existing from allocations a
+      where a.organization_id = p_organization_id
+        and a.state in ('starting', 'active', 'stopping', 'rolling_back');
+    if not found then
+      raise;
+    end if;
+    return query select v_existing.id, v_existing.gateway_id, v_existing.upstream, v_existing.state, true;
+    return;
+  end;
 
   return query select p_allocation_id, v_gateway.id, v_gateway.upstream, 'starting'::text, false;
 end;
