@@ -1,7 +1,8 @@
 // Chaos run: many starts and stops over a small pool, from concurrent clients, against two
 // replicas of the real service (child processes) on one stack, while faults come and go: a
-// gateway's handshake answers 500 or hangs, its health check hangs, PowerDNS stops, a broken
-// foreign file sits in nginx's directory, a replica is killed with SIGKILL and restarted. Then
+// gateway's handshake answers 500 or hangs, its health check hangs, PowerDNS stops or freezes,
+// a broken foreign file sits in nginx's directory, nginx's master freezes, a replica freezes for
+// a moment or is killed with SIGKILL and restarted. Then
 // the faults stop, the system gets two reconcile periods, and every invariant of DESIGN
 // section 7 is checked against the real systems.
 //
@@ -26,9 +27,12 @@ import {
 } from "../support/invariants.ts"
 import {
   type ApiAnswer,
+  nginxMasterPid,
+  powerDnsPid,
   registerGateways,
   type RequestError,
   type ServiceProcess,
+  signalPid,
   startGateway,
   startServer,
   stopGateway
@@ -228,7 +232,10 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         discard: true
       })
       rmSync(brokenFile, { force: true })
+      yield* signalPid(nginxMasterPid(stack), "SIGCONT")
+      if (yield* stack.powerDns.isRunning) yield* signalPid(powerDnsPid(stack), "SIGCONT")
       yield* stack.powerDns.start
+      for (const server of servers) yield* server.signal("SIGCONT")
       faulted.clear()
     })
     const injectFault = Effect.gen(function*() {
@@ -238,7 +245,10 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         "gateway health hang": 2,
         "gateway slow handshake": 1,
         "PowerDNS stopped": 1.5,
-        "nginx broken foreign file": 1.5
+        "PowerDNS frozen (SIGSTOP)": 0.7,
+        "nginx broken foreign file": 1.5,
+        "nginx master frozen (SIGSTOP)": 0.7,
+        "replica frozen (SIGSTOP)": 0.7
       })
       const lasting = faultRng.between(400, 2500)
       if (kind.startsWith("gateway")) {
@@ -258,6 +268,34 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         yield* sleep(lasting)
         yield* gateway.setBehaviour({ health: "ok", handshake: "ok", handshakeDelayMs: 0 })
         faulted.delete(gateway.name)
+      } else if (kind === "replica frozen (SIGSTOP)") {
+        // A stalled process (GC pause, a VM stopped for a moment): alive, holding its locks, silent.
+        const alive = servers.filter((server) => !down.has(server) && !faulted.has(server.name))
+        if (alive.length === 0) return
+        const server = faultRng.pick(alive)
+        faulted.add(server.name)
+        count(faults, kind)
+        yield* server.signal("SIGSTOP")
+        yield* sleep(Math.min(lasting, 2000)).pipe(Effect.ensuring(server.signal("SIGCONT")))
+        faulted.delete(server.name)
+      } else if (kind === "PowerDNS frozen (SIGSTOP)") {
+        // Connections are accepted, nothing is answered: PATCHes and listings hang.
+        if (faulted.has("pdns")) return
+        faulted.add("pdns")
+        count(faults, kind)
+        const pid = powerDnsPid(stack)
+        yield* signalPid(pid, "SIGSTOP")
+        yield* sleep(Math.min(lasting, 1500)).pipe(Effect.ensuring(signalPid(pid, "SIGCONT")))
+        faulted.delete("pdns")
+      } else if (kind === "nginx master frozen (SIGSTOP)") {
+        // `nginx -s reload` still succeeds; the old workers keep serving the old configuration.
+        if (faulted.has("nginx")) return
+        faulted.add("nginx")
+        count(faults, kind)
+        const pid = nginxMasterPid(stack)
+        yield* signalPid(pid, "SIGSTOP")
+        yield* sleep(Math.min(lasting, 1500)).pipe(Effect.ensuring(signalPid(pid, "SIGCONT")))
+        faulted.delete("nginx")
       } else if (kind === "PowerDNS stopped") {
         if (faulted.has("pdns")) return
         faulted.add("pdns")
