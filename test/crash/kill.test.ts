@@ -5,7 +5,7 @@
 import { expect, layer } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer } from "effect"
 import { randomUUID } from "node:crypto"
-import { existsSync } from "node:fs"
+import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import {
   awaitInvariants,
@@ -333,4 +333,94 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
         })
         console.log(`killed right after dns completed; the journal had: ${outcome.requestRows.join(" ")}`)
       })), { timeout: 90_000 })
+
+  // A replica that stalls in the middle of its reconcile pass (SIGSTOP here; a VM paused, a
+  // process stuck) keeps its Postgres session, and with it the reconciler's lock. The crash of
+  // another replica must still be recovered: the allocations of dead runners are claimed one by
+  // one (compare-and-set on the runner), so nothing needs one replica to reconcile for all.
+  it.effect("another replica frozen in the middle of its reconcile pass: the crash is still recovered", () =>
+    scenario((crash) =>
+      Effect.gen(function*() {
+        const peer = yield* startServer(crash.stack, {
+          name: "kill-peer",
+          env: { RECONCILE_INTERVAL_MS: String(RECONCILE_INTERVAL_MS), STEP_TIMEOUT_MS: "30000", UNDO_TIMEOUT_MS: "5000" }
+        })
+        const caught = yield* freezeHoldingReconcilerLock(crash.db, peer)
+        console.log(`peer frozen while holding the reconciler lock after ${caught.attempts} attempt(s)`)
+        yield* Effect.gen(function*() {
+          const org = randomUUID()
+          yield* setGateways(crash.stack, { health: "hang" })
+          const start = yield* beginStart(crash.server, org)
+          yield* awaitJournal(crash.db, org, "handshake", "started")
+          yield* crash.server.kill("SIGKILL")
+          // The frozen peer still holds the lock: it is not dead, only silent.
+          expect(yield* reconcilerLockHolders(crash.db)).toHaveLength(1)
+          yield* restartAndRecover(crash, org, start)
+        }).pipe(Effect.ensuring(peer.signal("SIGCONT")))
+      }).pipe(Effect.scoped)), { timeout: 120_000 })
 })
+
+/** Backend pids of the sessions that hold the reconciler's job lock (GatewayPool.exclusively). */
+const reconcilerLockHolders = (db: Db) =>
+  db.query<{ pid: number; client_port: number | null }>(
+    `select l.pid, a.client_port from pg_locks l join pg_stat_activity a on a.pid = l.pid
+      where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+        and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('gateway-allocator:job:reconciler', 0)`
+  )
+
+/** The local TCP ports of a process's sockets (from /proc: its fds' socket inodes, /proc/net/tcp*). */
+const localPortsOf = (pid: number): Set<number> => {
+  const inodes = new Set<string>()
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const match = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))
+        if (match !== null) inodes.add(match[1]!)
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    return new Set()
+  }
+  const ports = new Set<number>()
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text = ""
+    try {
+      text = readFileSync(table, "utf8")
+    } catch {
+      continue
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/)
+      if (fields.length > 9 && inodes.has(fields[9]!)) ports.add(Number.parseInt(fields[1]!.split(":")[1]!, 16))
+    }
+  }
+  return ports
+}
+
+/**
+ * Waits for `server` to be in the middle of a reconcile pass (it holds the job lock) and freezes
+ * it there with SIGSTOP. A pass takes milliseconds: the lock is polled every millisecond or so,
+ * the server frozen as soon as anyone holds it, and thawed again when the holder was the other one.
+ */
+const freezeHoldingReconcilerLock = (db: Db, server: ServiceProcess) =>
+  Effect.promise(async () => {
+    const deadline = Date.now() + 60_000
+    const query = `select a.client_port from pg_locks l join pg_stat_activity a on a.pid = l.pid
+        where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+          and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('gateway-allocator:job:reconciler', 0)`
+    let attempts = 0
+    while (Date.now() < deadline) {
+      const holders = await db.queryPromise<{ client_port: number | null }>(query)
+      if (holders.length === 0) continue
+      process.kill(server.pid, "SIGSTOP")
+      attempts += 1
+      const still = await db.queryPromise<{ client_port: number | null }>(query)
+      const ports = localPortsOf(server.pid)
+      if (still.length === 1 && still[0]!.client_port !== null && ports.has(still[0]!.client_port)) return { attempts }
+      process.kill(server.pid, "SIGCONT")
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    throw new Error(`could not catch ${server.name} holding the reconciler lock within 60 s`)
+  })
