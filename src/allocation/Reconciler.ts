@@ -17,6 +17,8 @@ export interface ReconcileSummary {
   readonly recovered: number
   /** Of those, how many still have an undo that did not finish (retried next pass). */
   readonly incomplete: number
+  /** Another replica was repairing drift at the same time: this pass left it to that one. */
+  readonly driftSkipped: boolean
   readonly orphanRoutesRemoved: number
   readonly orphanRecordsRemoved: number
   readonly routesRepaired: number
@@ -26,9 +28,13 @@ export interface ReconcileSummary {
 const repaired = (kind: string, count = 1) =>
   count === 0 ? Effect.void : Metric.update(reconcilerRepairsTotal.pipe(Metric.tagged("kind", kind)), count)
 
+const noDrift = { orphanRoutesRemoved: 0, orphanRecordsRemoved: 0, routesRepaired: 0, recordsRepaired: 0 }
+
 /**
- * Crash recovery and drift repair, at start-up and every RECONCILE_INTERVAL_MS, in one replica at
- * a time (a Postgres advisory lock). It touches only `org-{uuid}` route files and DNS records;
+ * Crash recovery and drift repair, at start-up and every RECONCILE_INTERVAL_MS. Every replica
+ * recovers orphans (taking each over with a compare-and-set, so each is recovered once, and a
+ * frozen replica cannot hold up the others); drift is repaired by one replica at a time (a
+ * Postgres advisory lock). It touches only `org-{uuid}` route files and DNS records;
  * foreign files and records are never listed, so never changed.
  */
 export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
@@ -165,24 +171,20 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       const outcomes = yield* Effect.forEach(orphans, recover, { concurrency: 4 })
       const finished = outcomes.filter(Option.isSome)
       // Drift is judged once the orphans are gone, or their files and records would look owned.
-      const drift = yield* repairDrift
+      const drift = yield* pool.exclusively("reconciler-drift", repairDrift)
       return {
         recovered: finished.length,
         incomplete: finished.filter((complete) => !complete.value).length,
-        ...drift
+        driftSkipped: Option.isNone(drift),
+        ...Option.getOrElse(drift, () => noDrift)
       } satisfies ReconcileSummary
     })
 
-    /** One reconcile pass, unless another replica is running one (then None). */
-    const runOnce = pool.exclusively("reconciler", pass).pipe(
-      Effect.withSpan("Reconciler.run", { attributes: { runner: runner.id } })
-    )
+    /** One reconcile pass. */
+    const runOnce = pass.pipe(Effect.withSpan("Reconciler.run", { attributes: { runner: runner.id } }))
 
     yield* runOnce.pipe(
-      Effect.tap(Option.match({
-        onNone: () => Effect.logDebug("reconcile skipped: another replica is reconciling"),
-        onSome: (summary) => Effect.logDebug("reconcile pass done").pipe(Effect.annotateLogs({ summary }))
-      })),
+      Effect.tap((summary) => Effect.logDebug("reconcile pass done").pipe(Effect.annotateLogs({ summary }))),
       Effect.catchAllCause((cause) => Effect.logError("reconcile pass failed", cause)),
       Effect.repeat(Schedule.spaced(Duration.millis(intervalMs))),
       Effect.forkScoped

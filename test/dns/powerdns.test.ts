@@ -60,7 +60,7 @@ layer(Layer.provideMerge(DnsLive, RealPowerDnsLive), { excludeTestServices: true
         const dns = yield* Dns
         const pdns = yield* RealPowerDns
         yield* pdns.stop
-        const error = yield* dns.upsert(randomUUID() as OrganizationId).pipe(Effect.flip, Effect.ensuring(pdns.start))
+        const error = yield* dns.upsert(randomUUID() as OrganizationId).pipe(Effect.flip, Effect.ensuring(Effect.orDie(pdns.start)))
         expect(error._tag).toBe("DnsError")
         expect(error.operation).toBe("upsert")
       }))
