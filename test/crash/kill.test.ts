@@ -346,7 +346,7 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
           env: { RECONCILE_INTERVAL_MS: String(RECONCILE_INTERVAL_MS), STEP_TIMEOUT_MS: "30000", UNDO_TIMEOUT_MS: "5000" }
         })
         const caught = yield* freezeHoldingReconcilerLock(crash.db, peer)
-        console.log(`peer frozen while holding the reconciler lock after ${caught.attempts} attempt(s)`)
+        console.log(`peer frozen while holding the reconciler lock (${caught.attempts} freeze(s), ${caught.polls} polls)`)
         yield* Effect.gen(function*() {
           const org = randomUUID()
           yield* setGateways(crash.stack, { health: "hang" })
@@ -365,7 +365,7 @@ const reconcilerLockHolders = (db: Db) =>
   db.query<{ pid: number; client_port: number | null }>(
     `select l.pid, a.client_port from pg_locks l join pg_stat_activity a on a.pid = l.pid
       where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-        and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('gateway-allocator:job:reconciler', 0)`
+        and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('gateway-allocator:job:reconciler-drift', 0)`
   )
 
 /** The local TCP ports of a process's sockets (from /proc: its fds' socket inodes, /proc/net/tcp*). */
@@ -409,18 +409,29 @@ const freezeHoldingReconcilerLock = (db: Db, server: ServiceProcess) =>
     const deadline = Date.now() + 60_000
     const query = `select a.client_port from pg_locks l join pg_stat_activity a on a.pid = l.pid
         where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-          and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('gateway-allocator:job:reconciler', 0)`
+          and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('gateway-allocator:job:reconciler-drift', 0)`
     let attempts = 0
+    let polls = 0
+    let otherHolder = 0
     while (Date.now() < deadline) {
+      polls += 1
       const holders = await db.queryPromise<{ client_port: number | null }>(query)
       if (holders.length === 0) continue
+      // The holder's client port, checked against the server's sockets before freezing it: a
+      // freeze of the wrong process would only cost a retry, but spares a needless stall.
+      const ports = localPortsOf(server.pid)
+      if (holders[0]!.client_port === null || !ports.has(holders[0]!.client_port)) {
+        otherHolder += 1
+        continue
+      }
       process.kill(server.pid, "SIGSTOP")
       attempts += 1
       const still = await db.queryPromise<{ client_port: number | null }>(query)
-      const ports = localPortsOf(server.pid)
-      if (still.length === 1 && still[0]!.client_port !== null && ports.has(still[0]!.client_port)) return { attempts }
+      if (still.length === 1 && still[0]!.client_port === holders[0]!.client_port) return { attempts, polls }
       process.kill(server.pid, "SIGCONT")
-      await new Promise((resolve) => setTimeout(resolve, 5))
     }
-    throw new Error(`could not catch ${server.name} holding the reconciler lock within 60 s`)
+    throw new Error(
+      `could not catch ${server.name} holding the reconciler lock within 60 s ` +
+        `(${polls} polls, ${attempts} freezes too late, ${otherHolder} times another session held it)`
+    )
   })
