@@ -335,9 +335,9 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
       })), { timeout: 90_000 })
 
   // A replica that stalls in the middle of its reconcile pass (SIGSTOP here; a VM paused, a
-  // process stuck) keeps its Postgres session, and with it the reconciler's lock. The crash of
-  // another replica must still be recovered: the allocations of dead runners are claimed one by
-  // one (compare-and-set on the runner), so nothing needs one replica to reconcile for all.
+  // process stuck) keeps its Postgres session, and with it whatever lock its pass holds. The crash
+  // of another replica must still be recovered within two periods. The test does not know the
+  // lock's name: it freezes the peer while it holds any advisory lock besides its runner lease.
   it.effect("another replica frozen in the middle of its reconcile pass: the crash is still recovered", () =>
     scenario((crash) =>
       Effect.gen(function*() {
@@ -345,28 +345,31 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
           name: "kill-peer",
           env: { RECONCILE_INTERVAL_MS: String(RECONCILE_INTERVAL_MS), STEP_TIMEOUT_MS: "30000", UNDO_TIMEOUT_MS: "5000" }
         })
-        const caught = yield* freezeHoldingReconcilerLock(crash.db, peer)
-        console.log(`peer frozen while holding the reconciler lock (${caught.attempts} freeze(s), ${caught.polls} polls)`)
+        const caught = yield* freezeHoldingPassLock(crash.db, peer)
+        console.log(`peer frozen while holding a reconcile lock (${caught.attempts} freeze(s), ${caught.polls} polls)`)
         yield* Effect.gen(function*() {
           const org = randomUUID()
           yield* setGateways(crash.stack, { health: "hang" })
           const start = yield* beginStart(crash.server, org)
           yield* awaitJournal(crash.db, org, "handshake", "started")
           yield* crash.server.kill("SIGKILL")
-          // The frozen peer still holds the lock: it is not dead, only silent.
-          expect(yield* reconcilerLockHolders(crash.db)).toHaveLength(1)
+          // The frozen peer still holds its lock: it is not dead, only silent.
+          expect((yield* passLockHolders(crash.db)).map((holder) => holder.client_port)).toEqual([caught.clientPort])
           yield* restartAndRecover(crash, org, start)
         }).pipe(Effect.ensuring(peer.signal("SIGCONT")))
       }).pipe(Effect.scoped)), { timeout: 120_000 })
 })
 
-/** Backend pids of the sessions that hold the reconciler's job lock (GatewayPool.exclusively). */
-const reconcilerLockHolders = (db: Db) =>
-  db.query<{ pid: number; client_port: number | null }>(
-    `select l.pid, a.client_port from pg_locks l join pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-        and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('gateway-allocator:job:reconciler-drift', 0)`
-  )
+/**
+ * Sessions holding an advisory lock that is not a runner lease (migration 0002's
+ * `gateway_allocator_runner_key`): the job locks a reconcile pass takes, whatever their names.
+ */
+const PASS_LOCK_HOLDERS = `select a.client_port from pg_locks l join pg_stat_activity a on a.pid = l.pid
+   where l.locktype = 'advisory' and l.granted and a.application_name = 'gateway-allocator'
+     and not (l.objsubid = 1 and ((l.classid::bigint << 32) | l.objid::bigint) in
+              (select gateway_allocator_runner_key(r.id) from runners r))`
+
+const passLockHolders = (db: Db) => db.query<{ client_port: number | null }>(PASS_LOCK_HOLDERS)
 
 /** The local TCP ports of a process's sockets (from /proc: its fds' socket inodes, /proc/net/tcp*). */
 const localPortsOf = (pid: number): Set<number> => {
@@ -400,38 +403,34 @@ const localPortsOf = (pid: number): Set<number> => {
 }
 
 /**
- * Waits for `server` to be in the middle of a reconcile pass (it holds the job lock) and freezes
- * it there with SIGSTOP. A pass takes milliseconds: the lock is polled every millisecond or so,
- * the server frozen as soon as anyone holds it, and thawed again when the holder was the other one.
+ * Waits for `server` to be in the middle of a reconcile pass (it holds a pass lock) and freezes it
+ * there with SIGSTOP. A pass takes milliseconds: the locks are polled back to back, the holder's
+ * client port checked against the server's sockets, the server frozen, and the lock looked at
+ * again (the pass may have ended meanwhile: then it is thawed and the wait goes on).
  */
-const freezeHoldingReconcilerLock = (db: Db, server: ServiceProcess) =>
+const freezeHoldingPassLock = (db: Db, server: ServiceProcess) =>
   Effect.promise(async () => {
     const deadline = Date.now() + 60_000
-    const query = `select a.client_port from pg_locks l join pg_stat_activity a on a.pid = l.pid
-        where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-          and ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('gateway-allocator:job:reconciler-drift', 0)`
     let attempts = 0
     let polls = 0
     let otherHolder = 0
     while (Date.now() < deadline) {
       polls += 1
-      const holders = await db.queryPromise<{ client_port: number | null }>(query)
+      const holders = await db.queryPromise<{ client_port: number | null }>(PASS_LOCK_HOLDERS)
       if (holders.length === 0) continue
-      // The holder's client port, checked against the server's sockets before freezing it: a
-      // freeze of the wrong process would only cost a retry, but spares a needless stall.
-      const ports = localPortsOf(server.pid)
-      if (holders[0]!.client_port === null || !ports.has(holders[0]!.client_port)) {
+      const clientPort = holders[0]!.client_port
+      if (clientPort === null || !localPortsOf(server.pid).has(clientPort)) {
         otherHolder += 1
         continue
       }
       process.kill(server.pid, "SIGSTOP")
       attempts += 1
-      const still = await db.queryPromise<{ client_port: number | null }>(query)
-      if (still.length === 1 && still[0]!.client_port === holders[0]!.client_port) return { attempts, polls }
+      const still = await db.queryPromise<{ client_port: number | null }>(PASS_LOCK_HOLDERS)
+      if (still.some((holder) => holder.client_port === clientPort)) return { attempts, polls, clientPort }
       process.kill(server.pid, "SIGCONT")
     }
     throw new Error(
-      `could not catch ${server.name} holding the reconciler lock within 60 s ` +
-        `(${polls} polls, ${attempts} freezes too late, ${otherHolder} times another session held it)`
+      `could not catch ${server.name} holding a reconcile lock within 60 s ` +
+        `(${polls} polls, ${attempts} freezes too late, ${otherHolder} times another session held one)`
     )
   })
