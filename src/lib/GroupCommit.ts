@@ -12,9 +12,11 @@ export const makeGroupCommit = <I, E>(options: {
   readonly onInterrupt: () => E
   /** Whether `item` may join `batch` (e.g. not two changes to one name); default: always. */
   readonly canJoin?: (batch: ReadonlyArray<I>, item: I) => boolean
+  /** Held by each flush; pass one to keep other work from running during a flush. */
+  readonly lock?: Effect.Semaphore
 }): Effect.Effect<(item: I) => Effect.Effect<void, E>, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const lock = yield* Effect.makeSemaphore(1)
+    const lock = options.lock ?? (yield* Effect.makeSemaphore(1))
     const scope = yield* Effect.scope
 
     interface Batch {

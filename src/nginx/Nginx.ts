@@ -6,7 +6,7 @@ import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { type AllocationId, type OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
 import { PROBE_PATH, renderMainConfig, renderRoute, routeFileName } from "./config.ts"
-import { awaitOldWorkersClosed } from "./workers.ts"
+import { awaitOldWorkersClosed, siblingWorkers } from "./workers.ts"
 
 export class NginxError extends Data.TaggedError("NginxError")<{
   readonly operation: "install" | "write" | "remove" | "reload" | "probe" | "list"
@@ -105,7 +105,7 @@ export const NginxLive = Layer.scoped(
         yield* fs.rename(temp, file).pipe(Effect.tapError(() => fs.remove(temp).pipe(Effect.ignore)))
       })
 
-    const reloadOnce = Effect.gen(function*() {
+    const signalReload = Effect.gen(function*() {
       const args = ["-s", "reload", ...Option.match(config.mainConf, { onNone: () => [], onSome: (c) => ["-c", c] })]
       const result = yield* Effect.scoped(
         Effect.gen(function*() {
@@ -123,6 +123,46 @@ export const NginxLive = Layer.scoped(
           reason: `exit ${result.exitCode}: ${lastLines(result.stderr)}`
         })
       }
+    })
+
+    const masterRefused = new NginxError({
+      operation: "reload",
+      reason: "the nginx master did not start workers with the new configuration (see nginx's error log)"
+    })
+
+    /**
+     * `nginx -s reload` parses the configuration and signals the master, which then parses it
+     * again on its own. A route file removed during that second parse makes the master refuse the
+     * whole configuration (ENOENT on a file its glob had listed). So a reload counts as done only
+     * once a worker the master started after the signal answers, and route files are removed only
+     * between reloads (under `reloadLock`).
+     */
+    const reloadOnce = Effect.gen(function*() {
+      const answeredBy = probe(NOBODY).pipe(Effect.map((body) => parseProbe(body).pid))
+      // The workers before the signal: the master forks new ones only when it loads a config.
+      const before = yield* answeredBy.pipe(
+        Effect.flatMap(siblingWorkers),
+        Effect.either,
+        Effect.provideService(FileSystem.FileSystem, fs)
+      )
+      yield* signalReload
+      if (before._tag === "Left") {
+        // Nothing answered before (nginx had no server block of ours yet), or /proc cannot tell:
+        // wait for any answer, then out nginx's own hand-over time.
+        return yield* answeredBy.pipe(
+          Effect.retry(probeSchedule),
+          Effect.zipRight(Effect.sleep(Duration.millis(150))),
+          Effect.timeoutFail({ duration: Duration.seconds(10), onTimeout: () => masterRefused })
+        )
+      }
+      yield* answeredBy.pipe(
+        Effect.filterOrFail(
+          (pid) => !before.right.has(pid),
+          () => new NginxError({ operation: "reload", reason: "a worker of the previous configuration answered" })
+        ),
+        Effect.retry(probeSchedule),
+        Effect.timeoutFail({ duration: Duration.seconds(10), onTimeout: () => masterRefused })
+      )
     }).pipe(
       Effect.tapBoth({
         onFailure: () => Metric.update(nginxReloadsTotal.pipe(Metric.tagged("outcome", "failed")), 1),
@@ -130,7 +170,8 @@ export const NginxLive = Layer.scoped(
       })
     )
 
-    // One reload at a time: nginx re-parses everything on each, so overlapping ones only add work.
+    // One reload at a time (nginx re-parses everything on each, so overlapping ones only add
+    // work), and no route file removed while one runs.
     const reloadLock = yield* Effect.makeSemaphore(1)
 
     /**
@@ -144,7 +185,8 @@ export const NginxLive = Layer.scoped(
           Effect.ensuring(Metric.update(nginxReloadBatchSize, requests.length)),
           Effect.withSpan("Nginx.reloadBatch", { attributes: { "nginx.batch_size": requests.length } })
         ),
-      onInterrupt: () => new NginxError({ operation: "reload", reason: "interrupted: shutting down" })
+      onInterrupt: () => new NginxError({ operation: "reload", reason: "interrupted: shutting down" }),
+      lock: reloadLock
     })
 
     const reload = (config.reloadMode === "each" ? reloadLock.withPermits(1)(reloadOnce) : reloadCoalesced(undefined)).pipe(
@@ -192,7 +234,7 @@ export const NginxLive = Layer.scoped(
         ).pipe(Effect.mapError(fail("write")))
       }),
       removeRoute: Effect.fn("Nginx.removeRoute")(function*(organizationId) {
-        yield* fs.remove(path.join(routesDir, routeFileName(organizationId))).pipe(
+        yield* reloadLock.withPermits(1)(fs.remove(path.join(routesDir, routeFileName(organizationId)))).pipe(
           Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "NotFound", () => Effect.void),
           Effect.mapError(fail("remove"))
         )
@@ -235,6 +277,9 @@ export const NginxLive = Layer.scoped(
     })
   })
 ).pipe(Layer.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layer)))
+
+/** A hostname no org has: its probe only says which worker answered. */
+const NOBODY = "00000000-0000-0000-0000-000000000000" as OrganizationId
 
 /** The probe answers "{allocation id} {worker pid}"; the id is empty when no route matches. */
 const parseProbe = (body: string) => {

@@ -1,5 +1,5 @@
 import { FileSystem } from "@effect/platform"
-import { Duration, Effect, Schedule } from "effect"
+import { Data, Duration, Effect, Schedule } from "effect"
 
 // nginx reloads by starting a new generation of workers, sleeping 100 ms, and only then telling
 // the old generation to stop accepting. For those 100 ms both generations take new connections,
@@ -52,4 +52,16 @@ export const awaitOldWorkersClosed = (answeringPid: number) =>
       Effect.repeat({ until: (closed) => closed, schedule: Schedule.spaced(Duration.millis(5)) }),
       Effect.asVoid,
       Effect.catchAll(() => Effect.sleep(Duration.millis(150)))
+    ))
+
+/** /proc could not tell (not Linux, or nginx in another PID namespace). */
+export class NoProcInfo extends Data.TaggedError("NoProcInfo")<{}> {}
+
+/** The pids of every worker (of any generation) of the master that `answeringPid` belongs to. */
+export const siblingWorkers = (answeringPid: number) =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) =>
+    readStat(fs, answeringPid).pipe(
+      Effect.flatMap((stat) => fs.readFileString(`/proc/${stat.ppid}/task/${stat.ppid}/children`)),
+      Effect.map((text) => new Set(text.trim().split(/\s+/).filter((pid) => pid !== "").map(Number))),
+      Effect.mapError(() => new NoProcInfo())
     ))

@@ -102,6 +102,23 @@ layer(RealNginxLive, { excludeTestServices: true, timeout: 60_000 })("nginx relo
       }
     }).pipe(Effect.provide(NginxFor("coalesce"))))
 
+  it.effect("routes removed while others are published and reloaded: every reload succeeds", () =>
+    Effect.gen(function*() {
+      const nginx = yield* Nginx
+      const leaving = Array.from({ length: 16 }, route)
+      yield* Effect.all(leaving.map(publish), { concurrency: "unbounded" })
+      const unpublish = (r: ReturnType<typeof route>) =>
+        nginx.removeRoute(r.organizationId).pipe(
+          Effect.zipRight(nginx.reload),
+          Effect.zipRight(nginx.awaitRoute(r.organizationId, null))
+        )
+      const arriving = Array.from({ length: 16 }, route)
+      // A file removed while the master re-parses would make nginx refuse the whole configuration.
+      yield* Effect.all([...leaving.map(unpublish), ...arriving.map(publish)], { concurrency: "unbounded" })
+      for (const r of leaving) expect(yield* nginx.probeRoute(r.organizationId)).toBe(null)
+      for (const r of arriving) expect(yield* nginx.probeRoute(r.organizationId)).toBe(r.allocationId)
+    }).pipe(Effect.provide(NginxFor("coalesce"))))
+
   it.effect("each: one reload per publish", () =>
     Effect.gen(function*() {
       const routes = Array.from({ length: 6 }, route)
