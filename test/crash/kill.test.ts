@@ -165,7 +165,13 @@ const restartAndRecover = (
 
     const after = yield* allocationOf(crash.db, org)
     expect(after.state).toBe("rolled_back")
-    const journal = yield* journalOf(crash.db, allocation.id)
+    // Each undo's journal row is written once the undo is done: the last one may trail the release.
+    let journal = yield* journalOf(crash.db, allocation.id)
+    const journaledBy = Date.now() + 2000
+    while (rowsOf(journal, "reconciler").length < RECONCILER_UNDOS.length && Date.now() < journaledBy) {
+      yield* Effect.sleep(Duration.millis(20))
+      journal = yield* journalOf(crash.db, allocation.id)
+    }
     // The dead process wrote nothing more; the reconciler undid every step, in reverse order.
     expect(rowsOf(journal, "request")).toEqual(rowsOf(journalAtKill, "request"))
     expect(rowsOf(journal, "reconciler")).toEqual(RECONCILER_UNDOS)

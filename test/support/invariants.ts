@@ -215,20 +215,21 @@ export const checkInvariants = (target: InvariantTarget): Effect.Effect<Invarian
     const violations: Array<string> = []
     const recordIp = stack.env["DNS_RECORD_IP"] ?? "127.0.0.1"
 
-    const fromDb = yield* Effect.all([
-      db.query<{ id: string; organization_id: string; gateway_id: string | null; state: string; upstream: string }>(
-        "select id, organization_id, gateway_id, state, upstream from allocations where state = any($1)",
-        [LIVE]
-      ),
-      db.query<{ id: string; name: string; upstream: string; allocation_id: string | null }>(
-        "select id, name, upstream, allocation_id from gateways"
-      ),
-      db.query<{ organization_id: string }>("select distinct organization_id from allocations")
-    ]).pipe(Effect.either)
+    // One statement, so one snapshot: allocations and gateway rows are never read torn apart.
+    type LiveRow = { id: string; organization_id: string; gateway_id: string | null; state: string; upstream: string }
+    type GatewayRow = { id: string; name: string; upstream: string; allocation_id: string | null }
+    const fromDb = yield* db.query<{ allocations: Array<LiveRow>; gateways: Array<GatewayRow>; orgs: Array<string> }>(
+      `select
+         (select coalesce(json_agg(a), '[]') from (
+            select id, organization_id, gateway_id, state, upstream from allocations where state = any($1)) a) as allocations,
+         (select coalesce(json_agg(g), '[]') from (select id, name, upstream, allocation_id from gateways) g) as gateways,
+         (select coalesce(json_agg(distinct organization_id), '[]') from allocations) as orgs`,
+      [LIVE]
+    ).pipe(Effect.either)
     if (fromDb._tag === "Left") {
       return { violations: [`cannot read Postgres: ${fromDb.left.message}`], orgs: [], pool: undefined, active: 0, strayFiles: [] }
     }
-    const [allocations, gateways, everyOrg] = fromDb.right
+    const { allocations, gateways, orgs: everyOrg } = fromDb.right[0]!
     const [records, files, pool] = yield* Effect.all([
       dnsRecords(stack).pipe(Effect.either),
       routeFiles(stack),
@@ -292,7 +293,7 @@ export const checkInvariants = (target: InvariantTarget): Effect.Effect<Invarian
     // Every org anyone knows of: API <=> DNS <=> route file <=> nginx.
     const orgs = new Set<string>([
       ...(target.orgs ?? []),
-      ...everyOrg.map((row) => row.organization_id),
+      ...everyOrg,
       ...dns.keys(),
       ...files.routes.keys()
     ])
