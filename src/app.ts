@@ -15,10 +15,21 @@ import { LoggingLive } from "./telemetry/Logging.ts"
 import { NotifierLive } from "./telemetry/Notifier.ts"
 import { TracingLive } from "./telemetry/Tracing.ts"
 
-/** Writes the service's nginx file and reloads nginx before the first request is served. */
-export const NginxInstalled = Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) => nginx.install)).pipe(
-  Layer.provideMerge(NginxLive)
-)
+/**
+ * Writes the service's nginx file and reloads nginx before the first request is served. A reload
+ * nginx refuses (say a broken file of someone else's) does not keep the service down: stops,
+ * status and crash recovery still work, and starts fail at `nginx-reload` (and roll back) until
+ * nginx accepts its configuration again.
+ */
+export const NginxInstalled = Layer.effectDiscard(
+  Effect.flatMap(Nginx, (nginx) =>
+    nginx.install.pipe(
+      Effect.catchIf(
+        (error) => error.operation === "reload",
+        (error) => Effect.logError(`nginx refused the start-up reload: ${error.reason}`)
+      )
+    ))
+).pipe(Layer.provideMerge(NginxLive))
 
 /**
  * The allocator and the pool, given the outside systems. Tests pass their own `outside` layer
