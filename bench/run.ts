@@ -73,7 +73,9 @@ const machineInfo = (postgres: string) => {
     node: process.version,
     nginx: /nginx\/(\S+)/.exec(commandStderr("nginx", ["-v"]))?.[1] ?? "unknown",
     pdns: /Server (\d+\.\d+\.\d+)/.exec(commandStderr("pdns_server", ["--version"]))?.[1] ?? "unknown",
-    postgres
+    postgres,
+    // 1, 5 and 15 minute load averages when the run started: above ~0.5 something else is busy.
+    loadAverageAtStart: os.loadavg().map((load) => round(load, 2))
   }
 }
 
@@ -164,6 +166,8 @@ const program = Effect.gen(function*() {
   // Registered after the stack: runs before it stops, so no server outlives its nginx/Postgres.
   yield* Effect.addFinalizer(() => Effect.promise(() => stopAllChildren()))
   results.machine = machineInfo(yield* postgresVersion(stack))
+  const [load1] = os.loadavg()
+  if ((load1 ?? 0) > 1) log(`warning: load average ${load1?.toFixed(2)}: another job is using this machine; figures will be skewed`)
   log(`stack up in ${Math.round(results.setup.stackStartMs as number)} ms: nginx :${stack.nginx.listenPort}, ` +
     `PowerDNS ${stack.powerDns.apiUrl}, ${stack.gateways.length} sample gateways`)
 
@@ -181,6 +185,7 @@ const program = Effect.gen(function*() {
   }).pipe(Effect.either)
 
   results.finishedAt = new Date().toISOString()
+  results.machine.loadAverageAtEnd = os.loadavg().map((load) => round(load, 2))
   results.durationSeconds = round((performance.now() - t0) / 1000, 1)
   if (outcome._tag === "Left") {
     results.error = outcome.left.message

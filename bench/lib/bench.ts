@@ -100,8 +100,10 @@ export interface ThroughputFigures {
   readonly elapsedMs: number
   readonly startsPerSecond: number
   readonly latency: Summary
-  /** nginx reconfigurations during the case (the master's "reconfiguring" log lines), and starts per one. */
+  /** nginx reconfigurations during the case (the master's ": reconfiguring" log lines), and starts per one. */
   readonly reloads: number
+  /** SIGHUPs nginx received during the case: `nginx -s reload` runs. */
+  readonly reloadSignals: number
   readonly startsPerReload: number
   /** CPU seconds per component during the case, and the share of all cores it kept busy. */
   readonly cpuSeconds: Record<string, number>
@@ -518,7 +520,6 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     return figures
   }
 
-  /** Reloads nginx has run so far: its error log (notice level) has one "reconfiguring" line each. */
   /**
    * Creates `count` active allocations directly, as the service would leave them: rows in
    * Postgres (allocation + gateway claimed), the route files, the DNS records (one PATCH per 500),
@@ -587,11 +588,20 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     return { count: rows.length, ms: round(now() - start) }
   }
 
-  const reloadsSoFar = (): number => {
+  /**
+   * From nginx's error log (notice level): SIGHUPs received (one per `nginx -s reload`) and
+   * reconfigurations the master ran ("...: reconfiguring" on its own; the master merges SIGHUPs
+   * that arrive while it is busy, so there can be fewer of these).
+   */
+  const nginxReloadCounts = (): { signals: number; reconfigurations: number } => {
     try {
-      return readFileSync(stack.nginx.errorLog, "utf8").split("reconfiguring").length - 1
+      const lines = readFileSync(stack.nginx.errorLog, "utf8").split("\n")
+      return {
+        signals: lines.filter((line) => line.includes("(SIGHUP) received")).length,
+        reconfigurations: lines.filter((line) => line.endsWith(": reconfiguring")).length
+      }
     } catch {
-      return Number.NaN
+      return { signals: Number.NaN, reconfigurations: Number.NaN }
     }
   }
 
@@ -604,7 +614,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     log(`throughput: ${mode}, c=${concurrency}, ${active.size} active routes${dns === "stubbed" ? ", PowerDNS writes stubbed" : ""}`)
     proxy?.setStub(dns === "stubbed")
     const routes = active.size
-    const reloadsBefore = reloadsSoFar()
+    const reloadsBefore = nginxReloadCounts()
     const orgs: Array<string> = []
     const latencies: Array<number> = []
     let issued = 0
@@ -637,7 +647,9 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     const elapsedMs = now() - start
     proxy?.setStub(false)
     const cpuSeconds = cpuDelta(cpuBefore, cpuNow())
-    const reloads = reloadsSoFar() - reloadsBefore
+    const reloadsAfter = nginxReloadCounts()
+    const reloads = reloadsAfter.reconfigurations - reloadsBefore.reconfigurations
+    const signals = reloadsAfter.signals - reloadsBefore.signals
     const figures: ThroughputFigures = {
       mode,
       concurrency,
@@ -649,6 +661,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       startsPerSecond: round(orgs.length / (elapsedMs / 1000)),
       latency: summarize(latencies),
       reloads,
+      reloadSignals: signals,
       startsPerReload: round(reloads === 0 ? Number.NaN : orgs.length / reloads),
       cpuSeconds,
       cpuBusy: round(cpuSeconds.total! / ((elapsedMs / 1000) * cores)),
@@ -780,6 +793,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
 
   // ---- the run ---------------------------------------------------------------------------------
   results.setup.serverStartups = startups
+  const runCpuBefore = cpuNow()
   try {
     // Server A, coalesce: raw costs, c=1 latency, rollback, 100 and 1,000 routes, coalesce throughput.
     let { api } = await launch("coalesce")
@@ -916,10 +930,13 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       await proxy.close()
     }
     results.memoryTimeline = memoryTimeline
+    // Over the whole run; "other" is CPU used by processes that are not part of the benchmark.
+    results.setup.cpuSecondsWholeRun = { ...cpuDelta(runCpuBefore, cpuNow()), elapsedSeconds: round((now() - runStart) / 1000, 1) }
     results.errors = Object.fromEntries([...errorKinds].sort((a, b) => b[1] - a[1]))
     await shutdown().catch(() => undefined)
     await pdnsDelete(pdns, benchRecord).catch(() => undefined)
     await probeRoute.remove().catch(() => undefined)
+    if (existsSync(stack.nginx.errorLog)) copyFileSync(stack.nginx.errorLog, `${options.logsPrefix}.nginx-error.log`)
     for (let i = 1; i <= serverCount; i++) {
       for (const mode of ["coalesce", "each"]) {
         const file = path.join(options.workDir, `server-${i}-${mode}.log`)

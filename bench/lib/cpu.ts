@@ -54,23 +54,43 @@ const treeTicks = (root: number, stats: Map<number, ProcStat>): number => {
 
 export type CpuSnapshot = Record<string, number>
 
-/** Seconds of CPU used so far by each named process tree, and by this (benchmark) process. */
+/** Busy CPU seconds of the whole machine (all cores) since boot, from /proc/stat. */
+const machineBusySeconds = (): number => {
+  try {
+    const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? ""
+    const [, user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).map(Number)
+    return ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) / TICKS_PER_SECOND
+  } catch {
+    return Number.NaN
+  }
+}
+
+/**
+ * Seconds of CPU used so far by each named process tree, by this (benchmark) process and the
+ * children it reaped, and by the whole machine. A tree must be alive at both ends of a delta.
+ */
 export const cpuSnapshot = (roots: Readonly<Record<string, number | undefined>>): CpuSnapshot => {
   const stats = allStats()
   const snapshot: CpuSnapshot = {}
   for (const [name, pid] of Object.entries(roots)) {
     if (pid !== undefined) snapshot[name] = treeTicks(pid, stats) / TICKS_PER_SECOND
   }
-  const usage = process.cpuUsage()
-  snapshot.bench = (usage.user + usage.system) / 1e6
+  // This process with its reaped children: the nginx commands it ran, and servers that exited.
+  const self = readStat(process.pid)
+  snapshot.bench = self === undefined ? Number.NaN : (self.self + self.reaped) / TICKS_PER_SECOND
+  snapshot.machine = machineBusySeconds()
   return snapshot
 }
 
-/** CPU seconds used between two snapshots, per component, plus their total. */
+/**
+ * CPU seconds used between two snapshots, per component, their total, and "other": what the rest
+ * of the machine used meanwhile (another job on the box shows up there and skews every figure).
+ */
 export const cpuDelta = (before: CpuSnapshot, after: CpuSnapshot): Record<string, number> => {
   const delta: Record<string, number> = {}
   let total = 0
   for (const [name, value] of Object.entries(after)) {
+    if (name === "machine") continue
     const used = Math.round((value - (before[name] ?? 0)) * 100) / 100
     if (Number.isFinite(used)) {
       delta[name] = used
@@ -78,5 +98,7 @@ export const cpuDelta = (before: CpuSnapshot, after: CpuSnapshot): Record<string
     }
   }
   delta.total = Math.round(total * 100) / 100
+  const machine = (after.machine ?? Number.NaN) - (before.machine ?? Number.NaN)
+  if (Number.isFinite(machine)) delta.other = Math.max(0, Math.round((machine - total) * 100) / 100)
   return delta
 }

@@ -68,6 +68,15 @@ export const computeTargets = (results: Results): Results["targets"] => {
 const ms = (value: number) => (Number.isFinite(value) ? value.toFixed(value >= 100 ? 0 : 1) : "-")
 const pp = (s: Summary | undefined) => (s === undefined ? "- | -" : `${ms(s.p50)} | ${ms(s.p99)}`)
 
+/** A note when other processes used a noticeable share of the CPU during the run. */
+const foreignLoad = (results: Results): string => {
+  const cpu = results.setup.cpuSecondsWholeRun as Record<string, number> | undefined
+  if (cpu?.other === undefined || cpu.elapsedSeconds === undefined) return ""
+  const share = cpu.other / (cpu.elapsedSeconds * Number(results.machine.cores ?? 1))
+  return ` Processes outside the benchmark used ${Math.round(share * 100)}% of the machine's CPU during the run` +
+    (share > 0.05 ? " (**figures skewed where the \"other\" columns are not 0**)." : ".")
+}
+
 export const renderMarkdown = (results: Results): string => {
   const lines: Array<string> = []
   const m = results.machine
@@ -77,7 +86,7 @@ export const renderMarkdown = (results: Results): string => {
       `node ${m.node}, nginx ${m.nginx}, PowerDNS ${m.pdns}, PostgreSQL ${m.postgres}. ` +
       `Server from the ${results.project.source} at commit ${String(results.project.commit).slice(0, 10)}` +
       `${results.project.srcDirty ? " (+ uncommitted changes in src/)" : ""}.` +
-      ` PowerDNS proxy: ${results.settings.pdnsProxy}.`,
+      ` PowerDNS proxy: ${results.settings.pdnsProxy}.` + foreignLoad(results),
     ""
   )
 
@@ -125,28 +134,28 @@ export const renderMarkdown = (results: Results): string => {
     lines.push(
       "**Throughput** (bounded to 256 starts or 20 s per case, new orgs, with ~1,000 active routes):",
       "",
-      "| mode | concurrency | PowerDNS writes | routes | starts | errors | starts/s | p50 ms | p99 ms | nginx reconfigurations | starts per one | CPU busy (2 cores) |",
-      "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+      "| mode | concurrency | PowerDNS writes | routes | starts | errors | starts/s | p50 ms | p99 ms | `nginx -s reload` runs | nginx reconfigurations | starts per reconfiguration | CPU busy (2 cores) |",
+      "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for (const t of results.throughput) {
       lines.push(
         `| ${t.mode} | ${t.concurrency} | ${t.dns === "stubbed" ? "stubbed (nginx-only)" : "real"} | ${t.routes} | ${t.starts} | ${t.errors} | ${t.startsPerSecond} | ${pp(t.latency)} | ` +
-          `${t.reloads} | ${t.startsPerReload} | ${Math.round(t.cpuBusy * 100)}% |`
+          `${t.reloadSignals ?? "-"} | ${t.reloads} | ${t.startsPerReload} | ${Math.round(t.cpuBusy * 100)}% |`
       )
     }
     lines.push(
       "",
       "Where a start's time goes under load (journal medians, ms) and where the CPU went (CPU seconds during the case):",
       "",
-      "| mode | c | PowerDNS | dns | nginx-config | nginx-reload | handshake | rest | CPU s: server (+ its `nginx -s reload` children) | nginx | PowerDNS | Postgres | bench |",
-      "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+      "| mode | c | PowerDNS | dns | nginx-config | nginx-reload | handshake | rest | CPU s: server (+ its `nginx -s reload` children) | nginx | PowerDNS | Postgres | bench | other processes |",
+      "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for (const t of results.throughput) {
       const b = t.breakdown
       const c = t.cpuSeconds
       lines.push(
         `| ${t.mode} | ${t.concurrency} | ${t.dns === "stubbed" ? "stubbed" : "real"} | ${ms(b.dns)} | ${ms(b.nginxConfig)} | ${ms(b.nginxReload)} | ${ms(b.handshake)} | ${ms(b.rest)} | ` +
-          `${c.server ?? "-"} | ${c.nginx ?? "-"} | ${c.powerdns ?? "-"} | ${c.postgres ?? "-"} | ${c.bench ?? "-"} |`
+          `${c.server ?? "-"} | ${c.nginx ?? "-"} | ${c.powerdns ?? "-"} | ${c.postgres ?? "-"} | ${c.bench ?? "-"} | ${c.other ?? "-"} |`
       )
     }
     const ratios = Object.entries(results.throughputRatio).map(([k, v]) => `${k.replace(/^c/, "c=")}: ${v}x`).join(", ")
@@ -157,8 +166,8 @@ export const renderMarkdown = (results: Results): string => {
     lines.push(
       "**Latency against active routes** (c=1, coalesce; ms; raw costs measured at the same count):",
       "",
-      "| active routes | starts | start p50 | start p99 | nginx-reload step p50 | reload p50 | reload→served p50 | `nginx -t` p50 | PATCH p50 | probe p50 |",
-      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+      "| active routes | starts | start p50 | start p99 | nginx-reload step p50 | reload p50 | reload→served p50 | `nginx -t` p50 | PATCH p50 | probe p50 | other processes' CPU per start+stop |",
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     const rawAt = (routes: number): RawFigures | undefined => results.rawByRoutes.find((r) => r.routes === routes)
     const c1 = results.startC1
@@ -168,7 +177,8 @@ export const renderMarkdown = (results: Results): string => {
       lines.push(
         `| ${l.routes.toLocaleString("en")} | ${l.latency.n} | ${pp(l.latency)} | ${ms(l.breakdown.nginxReload)} | ` +
           `${ms(raw?.reload.p50 ?? Number.NaN)} | ${ms(raw?.reloadToLive.p50 ?? Number.NaN)} | ` +
-          `${ms(raw?.nginxTest.p50 ?? Number.NaN)} | ${ms(raw?.pdnsPatch.p50 ?? Number.NaN)} | ${ms(raw?.probe.p50 ?? Number.NaN)} |`
+          `${ms(raw?.nginxTest.p50 ?? Number.NaN)} | ${ms(raw?.pdnsPatch.p50 ?? Number.NaN)} | ${ms(raw?.probe.p50 ?? Number.NaN)} | ` +
+          `${l.cpuPerStartAndStopMs?.other ?? "-"} |`
       )
     }
     lines.push("")
