@@ -1,4 +1,4 @@
-import { Cause, Config, Context, Effect, FiberId, FiberRef, FiberRefs, HashMap, Inspectable, Layer, List, Logger, LogLevel, Option, Tracer } from "effect"
+import { Cause, Config, ConfigError, Context, Effect, Either, FiberId, FiberRef, FiberRefs, HashMap, Inspectable, Layer, List, Logger, LogLevel, Option, Tracer } from "effect"
 
 // Log lines carry the trace they belong to: `trace_id` and `span_id` of the current span of the
 // fiber that logs (the same ids the OTLP exporter sends, when tracing is on), next to the
@@ -73,11 +73,26 @@ export const loggerFor = (format: "json" | "pretty" | "logfmt"): Logger.Logger<u
     ? prettyLogger
     : Logger.withConsoleLog(format === "logfmt" ? logfmtLogger : jsonLogger)
 
+/**
+ * LOG_LEVEL: Effect's labels (`Info`, `Warn`, `Error`, `Debug`, ...), any case; `Warning` is
+ * accepted for `Warn`, as operators write it.
+ */
+export const LogLevelConfig = Config.string("LOG_LEVEL").pipe(
+  Config.withDefault("Info"),
+  Config.mapOrFail((text) => {
+    const wanted = text.trim().toUpperCase().replace(/^WARNING$/, "WARN").replace(/^NONE$/, "OFF")
+    const level = LogLevel.allLevels.find((candidate) => candidate.label === wanted)
+    return level === undefined
+      ? Either.left(ConfigError.InvalidData([], `LOG_LEVEL must be one of ${LogLevel.allLevels.map((l) => l.label).join(", ")}`))
+      : Either.right(level)
+  })
+)
+
 /** LOG_FORMAT (`json`, the default, `pretty` or `logfmt`) and LOG_LEVEL (`Info` by default). */
 export const LoggingLive = Layer.unwrapEffect(
   Effect.gen(function*() {
     const format = yield* LogFormat
-    const level = yield* Config.logLevel("LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info))
+    const level = yield* LogLevelConfig
     return Layer.merge(Logger.replace(Logger.defaultLogger, loggerFor(format)), Logger.minimumLogLevel(level))
   })
 )
