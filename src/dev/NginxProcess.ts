@@ -2,20 +2,19 @@
 // config, an empty conf.d the core service fills in, stopped with the Scope.
 import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
-import { Data, Deferred, Duration, Effect, Option, Schedule } from "effect"
+import { Data, Effect, Option } from "effect"
 import * as path from "node:path"
 import { freePort } from "./ports.ts"
 import {
+  awaitReady,
   type Child,
-  describeExit,
   hasExited,
   isAlive,
   readPidFile,
   spawnChild,
   stopStaleProcess,
   tailFile,
-  terminateChild,
-  within
+  terminateChild
 } from "./processes.ts"
 
 export class NginxProcessError extends Data.TaggedError("NginxProcessError")<{
@@ -108,19 +107,14 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
     const ready = readPidFile(pidFile).pipe(
       Effect.flatMap((pid) =>
         Option.isSome(pid) && pid.value === child.pid ? isAlive(child.pid) : Effect.succeed(false)
-      ),
-      Effect.repeat({ schedule: Schedule.spaced(Duration.millis(20)), until: (ok) => ok })
+      )
     )
-    const outcome = yield* Effect.raceFirst(
-      Effect.as(ready, Option.none()),
-      Effect.map(Deferred.await(child.exited), Option.some)
-    ).pipe((race) => within(race, Duration.seconds(10)))
-    const failure = Option.match(outcome, {
-      onNone: () => Option.some("did not write its pid file within 10 s"),
-      onSome: Option.map(describeExit)
+    const failure = yield* awaitReady(child, ready, {
+      pollMs: 20,
+      timeoutMs: 10_000,
+      notReady: "did not write its pid file within 10 s"
     })
     if (Option.isSome(failure)) {
-      yield* terminateChild(child)
       return yield* new NginxProcessError({
         message: `nginx failed to start (${failure.value}); ${errorLog}:\n${yield* tailFile(errorLog)}`
       })

@@ -2,12 +2,12 @@
 // loopback) for the dev stack and tests, stopped with the Scope.
 import { Command, FetchHttpClient, FileSystem, HttpClient, HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
-import { Data, Deferred, Duration, Effect, Option, Redacted, Schedule, Schema } from "effect"
+import { Data, Duration, Effect, Option, Redacted, Schema } from "effect"
 import * as path from "node:path"
 import { freePort } from "./ports.ts"
 import {
+  awaitReady,
   type Child,
-  describeExit,
   hasExited,
   spawnChild,
   stopStaleProcess,
@@ -135,17 +135,12 @@ export const startPowerDns = Effect.fn("PowerDnsProcess.start")(function*(option
       Effect.mapError((e) => new PowerDnsProcessError({ message: e.message, cause: e.cause }))
     )
     current = Option.some(child)
-    const ready = apiAnswers.pipe(Effect.repeat({ schedule: Schedule.spaced(Duration.millis(50)), until: (ok) => ok }))
-    const outcome = yield* Effect.raceFirst(
-      Effect.as(ready, Option.none()),
-      Effect.map(Deferred.await(child.exited), Option.some)
-    ).pipe((race) => within(race, Duration.seconds(15)))
-    const failure = Option.match(outcome, {
-      onNone: () => Option.some("its API did not answer within 15 s"),
-      onSome: Option.map(describeExit)
+    const failure = yield* awaitReady(child, apiAnswers, {
+      pollMs: 50,
+      timeoutMs: 15_000,
+      notReady: "its API did not answer within 15 s"
     })
     if (Option.isSome(failure)) {
-      yield* terminateChild(child)
       return yield* new PowerDnsProcessError({
         message: `pdns_server failed to start (${failure.value}); ${logFile}:\n${yield* tailFile(logFile)}`
       })

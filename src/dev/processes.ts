@@ -192,3 +192,25 @@ export const tailFile = (path: string, lines = 20): Effect.Effect<string, never,
     ))
 
 export { describeExit }
+
+/**
+ * Waits until `ready` holds (polled every `pollMs`) or the child exits, at most `timeoutMs`.
+ * None when ready; otherwise why not (the child is terminated then).
+ */
+export const awaitReady = <R>(
+  child: Child,
+  ready: Effect.Effect<boolean, never, R>,
+  options: { readonly pollMs: number; readonly timeoutMs: number; readonly notReady: string }
+): Effect.Effect<Option.Option<string>, never, R> =>
+  Effect.gen(function*() {
+    const outcome = yield* Effect.raceFirst(
+      Effect.as(ready.pipe(Effect.repeat({ schedule: Schedule.spaced(Duration.millis(options.pollMs)), until: (ok) => ok })), Option.none()),
+      Effect.map(Deferred.await(child.exited), Option.some)
+    ).pipe((race) => within(race, Duration.millis(options.timeoutMs)))
+    const failure = Option.match(outcome, {
+      onNone: () => Option.some(options.notReady),
+      onSome: Option.map(describeExit)
+    })
+    if (Option.isSome(failure)) yield* terminateChild(child)
+    return failure
+  })
