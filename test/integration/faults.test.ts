@@ -9,10 +9,8 @@ import { mkdir, readdir, rm, writeFile } from "node:fs/promises"
 import path from "node:path"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
-import type { LocalStack } from "../../src/dev/stack.ts"
 import type { StartError } from "../../src/domain/errors.ts"
 import type { AllocationId, OrganizationId } from "../../src/domain/ids.ts"
-import type { Behaviour } from "../../src/dev/SampleGateway.ts"
 import {
   awaitNginxRoutes,
   dnsRecordExists,
@@ -23,21 +21,11 @@ import {
   routeFileExists,
   routeFilePath
 } from "../support/probes.ts"
-import { ServicesLive, Stack, StackLive } from "../support/stack.ts"
+import { ServicesLive, setAllGateways, Stack, StackLive, withStack } from "../support/stack.ts"
 
 const STEP_TIMEOUT_MS = 2500
 
 const newOrg = () => randomUUID() as OrganizationId
-
-const setAllGateways = (stack: LocalStack, behaviour: Partial<Behaviour>) =>
-  Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(behaviour), { discard: true })
-
-/** Runs a test body with the stack, and puts every sample gateway back to "ok" afterwards. */
-const withStack = <A, E, R>(body: (stack: LocalStack) => Effect.Effect<A, E, R>) =>
-  Effect.flatMap(Stack, (stack) =>
-    body(stack).pipe(
-      Effect.ensuring(Effect.forEach(stack.gateways, (gateway) => gateway.reset, { discard: true }))
-    ))
 
 /** Stops the org if a test left it running (a failed assertion must not leak a gateway). */
 const stopQuietly = (org: OrganizationId) =>

@@ -6,26 +6,15 @@ import { Effect, Layer } from "effect"
 import { randomUUID } from "node:crypto"
 import { readdir } from "node:fs/promises"
 import path from "node:path"
-import type { Behaviour } from "../../src/dev/SampleGateway.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { ApiServer, call, del, get, HttpApiLive, post } from "../support/http.ts"
 import { expectConsistent } from "../support/probes.ts"
-import { Stack, StackLive } from "../support/stack.ts"
+import { setAllGateways, StackLive, withStack } from "../support/stack.ts"
 
 const STEP_TIMEOUT_MS = 2000
 
 const newOrg = () => randomUUID() as OrganizationId
-
-const setAllGateways = (stack: LocalStack, behaviour: Partial<Behaviour>) =>
-  Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(behaviour), { discard: true })
-
-/** Runs a test body with the stack, and puts every sample gateway back to "ok" afterwards. */
-const withStack = <A, E, R>(body: (stack: LocalStack) => Effect.Effect<A, E, R>) =>
-  Effect.flatMap(Stack, (stack) =>
-    body(stack).pipe(
-      Effect.ensuring(Effect.forEach(stack.gateways, (gateway) => gateway.reset, { discard: true }))
-    ))
 
 const poolNumbers = Effect.map(get("/pool"), (response) => {
   expect(response.status).toBe(200)

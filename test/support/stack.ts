@@ -4,6 +4,7 @@ import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import { ServicesLive as AppServicesLive } from "../../src/app.ts"
+import type { Behaviour } from "../../src/dev/SampleGateway.ts"
 import { type LocalStack, startLocalStack } from "../../src/dev/stack.ts"
 import type { GatewayName, Upstream } from "../../src/domain/ids.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
@@ -19,6 +20,16 @@ export const StackLive = (options: { readonly gateways?: number } = {}) =>
       return startLocalStack({ dataDir, gateways: options.gateways ?? 3 })
     })
   ).pipe(Layer.provide(NodeContext.layer))
+
+export const setAllGateways = (stack: LocalStack, behaviour: Partial<Behaviour>) =>
+  Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(behaviour), { discard: true })
+
+/** Runs a test body with the stack, and puts every sample gateway back to "ok" afterwards. */
+export const withStack = <A, E, R>(body: (stack: LocalStack) => Effect.Effect<A, E, R>) =>
+  Effect.flatMap(Stack, (stack) =>
+    body(stack).pipe(
+      Effect.ensuring(Effect.forEach(stack.gateways, (gateway) => gateway.reset, { discard: true }))
+    ))
 
 export const configFrom = (env: Readonly<Record<string, string>>) =>
   Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
