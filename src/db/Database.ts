@@ -3,7 +3,7 @@ import { NodeContext } from "@effect/platform-node"
 import { Migrator, SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Config, Effect, Layer, Option, Redacted } from "effect"
-import { startEmbeddedPostgres } from "../dev/EmbeddedPostgres.ts"
+import { startEmbeddedPostgres } from "./EmbeddedPostgres.ts"
 
 /**
  * Reads `database/NNNN_name.sql` files. The stock `fromFileSystem` loader imports .js/.ts

@@ -4,7 +4,7 @@ import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { Data, Effect, Option } from "effect"
 import * as path from "node:path"
-import { freePort } from "./ports.ts"
+import { freePort } from "../lib/ports.ts"
 import {
   awaitReady,
   type Child,
@@ -15,7 +15,7 @@ import {
   stopStaleProcess,
   tailFile,
   terminateChild
-} from "./processes.ts"
+} from "../lib/processes.ts"
 
 export class NginxProcessError extends Data.TaggedError("NginxProcessError")<{
   readonly message: string

@@ -4,7 +4,7 @@ import { Command, FetchHttpClient, FileSystem, HttpClient, HttpClientRequest, Ht
 import { NodeContext } from "@effect/platform-node"
 import { Data, Duration, Effect, Option, Redacted, Schema } from "effect"
 import * as path from "node:path"
-import { freePort } from "./ports.ts"
+import { freePort } from "../lib/ports.ts"
 import {
   awaitReady,
   type Child,
@@ -14,7 +14,7 @@ import {
   tailFile,
   terminateChild,
   within
-} from "./processes.ts"
+} from "../lib/processes.ts"
 
 export class PowerDnsProcessError extends Data.TaggedError("PowerDnsProcessError")<{
   readonly message: string

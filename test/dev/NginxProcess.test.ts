@@ -8,7 +8,7 @@ import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
-import { isAlive, readPidFile } from "../../src/dev/processes.ts"
+import { isAlive, readPidFile } from "../../src/lib/processes.ts"
 
 const tempDir = Effect.acquireRelease(
   Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "nginx-"))),

@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Schedule } from "effect"
 import * as childProcess from "node:child_process"
 import * as net from "node:net"
-import { freePort } from "../../src/dev/ports.ts"
+import { freePort } from "../../src/lib/ports.ts"
 import { startSampleGateway } from "../../src/dev/SampleGateway.ts"
 
 const request = (url: string, init: RequestInit & { readonly timeoutMs?: number } = {}) =>

@@ -1,7 +1,7 @@
 // The service's HTTP API (DESIGN section 4) on a real socket, over the real stack, and a small
 // fetch-based client to drive it.
 import { Context, Effect, Layer } from "effect"
-import { freePort } from "../../src/dev/ports.ts"
+import { freePort } from "../../src/lib/ports.ts"
 import { HttpServerLive } from "../../src/http/server.ts"
 import { configFrom, ServicesLive, Stack } from "./stack.ts"
 

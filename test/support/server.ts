@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync } from "node:fs"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
-import { freePort } from "../../src/dev/ports.ts"
+import { freePort } from "../../src/lib/ports.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 
 export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
