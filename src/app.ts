@@ -1,8 +1,17 @@
+// The service, read top-down. Services are `Effect.Service`s; a service with several
+// implementations picked by configuration or swapped in tests (Dns, Nginx, Handshake, Notifier)
+// is a `Context.Tag` with one layer per implementation. Tests swap layers, never modules.
+//
+//   AppLive        the HTTP API, logging and tracing, over
+//   makeServices   the allocation core: Allocator and Reconciler, over StepRunner and Undos, over
+//   OutsideLive    one layer per outside system: Postgres (pool, journal, runner lease), PowerDNS,
+//                  nginx, the gateways' HTTP, the webhook; all over Settings (shared settings).
 import { Effect, Layer } from "effect"
 import { Allocator } from "./allocation/Allocator.ts"
 import { Reconciler } from "./allocation/Reconciler.ts"
-import { Runner } from "./allocation/Runner.ts"
+import { StepRunner } from "./allocation/StepRunner.ts"
 import { Undos } from "./allocation/undos.ts"
+import { Settings } from "./config.ts"
 import { DatabaseLive } from "./db/Database.ts"
 import { DnsLive } from "./dns/Dns.ts"
 import { HandshakeLive } from "./handshake/Handshake.ts"
@@ -10,10 +19,31 @@ import { HttpServerLive } from "./http/server.ts"
 import { Journal } from "./journal/Journal.ts"
 import { Nginx, NginxLive } from "./nginx/Nginx.ts"
 import { GatewayPool } from "./pool/GatewayPool.ts"
-import { RunnerLeaseLive } from "./pool/RunnerLease.ts"
+import { Runner } from "./pool/Runner.ts"
 import { LoggingLive } from "./telemetry/Logging.ts"
 import { NotifierLive } from "./telemetry/Notifier.ts"
 import { TracingLive } from "./telemetry/Tracing.ts"
+
+/** The whole service: the HTTP API on top of the services, with logging and tracing as configured. */
+export const AppLive = Layer.suspend(() =>
+  HttpServerLive.pipe(
+    Layer.provide(ServicesLive),
+    Layer.provide(TracingLive),
+    Layer.provide(LoggingLive)
+  )
+)
+
+/**
+ * The allocation core over the given outside systems. Tests pass theirs (in-memory test layers,
+ * or the real stack) and the same wiring runs.
+ */
+export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
+  Reconciler.Default.pipe(
+    Layer.provideMerge(Allocator.Default),
+    Layer.provideMerge(Layer.merge(StepRunner.Default, Undos.Default)),
+    Layer.provideMerge(outside),
+    Layer.provideMerge(Settings.Default)
+  )
 
 /**
  * Writes the service's nginx file and reloads nginx before the first request is served. A reload
@@ -21,7 +51,7 @@ import { TracingLive } from "./telemetry/Tracing.ts"
  * status and crash recovery still work, and starts fail at `nginx-reload` (and roll back) until
  * nginx accepts its configuration again.
  */
-export const NginxInstalled = Layer.effectDiscard(
+const NginxInstalled = Layer.effectDiscard(
   Effect.flatMap(Nginx, (nginx) =>
     nginx.install.pipe(
       Effect.catchIf(
@@ -31,31 +61,13 @@ export const NginxInstalled = Layer.effectDiscard(
     ))
 ).pipe(Layer.provideMerge(NginxLive))
 
-/**
- * The allocator and the pool, given the outside systems. Tests pass their own `outside` layer
- * (test doubles or the real stack) and the same wiring runs.
- */
-export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
-  Reconciler.Default.pipe(
-    Layer.provideMerge(Allocator.Default),
-    Layer.provideMerge(Undos.Default),
-    Layer.provideMerge(Layer.mergeAll(outside, Runner.Default))
-  )
-
-/** Postgres-backed pool and journal, and this process's runner lease. */
-export const PostgresLive = Layer.mergeAll(GatewayPool.Default, Journal.Default, RunnerLeaseLive).pipe(
-  Layer.provideMerge(Layer.merge(DatabaseLive, Runner.Default))
+/** Postgres: the pool, the journal and this process's runner lease, migrations applied first. */
+const PostgresLive = Layer.mergeAll(GatewayPool.Default, Journal.Default, Runner.Default).pipe(
+  Layer.provideMerge(DatabaseLive)
 )
 
-/** The outside systems as configured: Postgres, PowerDNS (or none), nginx, HTTP to gateways. */
+/** The outside systems as configured: Postgres, PowerDNS (or none), nginx, gateways, webhook. */
 export const OutsideLive = Layer.mergeAll(PostgresLive, DnsLive, NginxInstalled, HandshakeLive, NotifierLive)
 
-/** Allocator, pool and journal over the configured outside systems, nginx installed. */
+/** The allocation core over the configured outside systems, nginx installed. */
 export const ServicesLive = makeServices(OutsideLive)
-
-/** The whole service: the HTTP API on top of the services, with logging and tracing as configured. */
-export const AppLive = HttpServerLive.pipe(
-  Layer.provide(ServicesLive),
-  Layer.provide(TracingLive),
-  Layer.provide(LoggingLive)
-)

@@ -1,4 +1,4 @@
-// The service's HTTP API (DESIGN section 4), as the benchmark drives it.
+// The service's HTTP API (the README's API table), as the benchmark drives it.
 import { now } from "./stats.ts"
 
 export interface ApiAnswer<T = any> {

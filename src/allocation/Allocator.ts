@@ -1,22 +1,28 @@
+import { Cause, Duration, Effect, Exit, Fiber, FiberMap, Metric, Option, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
-import { Cause, Config, Data, Duration, Effect, Fiber, FiberMap, Metric, Option, Ref, Schedule } from "effect"
-import { AllocationNotFound, NoGatewayAvailable, type StartError, StepFailed, StepTimedOut } from "../domain/errors.ts"
+import { Settings } from "../config.ts"
+import type { LiveAllocation } from "../domain/allocation.ts"
 import {
-  type AllocationId,
-  type GatewayId,
-  type OrganizationId,
-  orgHostname
-} from "../domain/ids.ts"
-import type { RollbackReport, StepName } from "../domain/steps.ts"
+  AllocationNotFound,
+  InTransition,
+  type NoGatewayAvailable,
+  StartFailed,
+  type StartError,
+  type StepError,
+  StepFailed,
+  StopFailed
+} from "../domain/errors.ts"
+import { AllocationId, type GatewayId, type OrganizationId, orgHostname } from "../domain/ids.ts"
+import { isUnfinished, type RollbackReport, type StartOutcome, summarise } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
 import { Handshake } from "../handshake/Handshake.ts"
 import { Journal } from "../journal/Journal.ts"
 import { Nginx } from "../nginx/Nginx.ts"
-import { type Allocation, GatewayPool } from "../pool/GatewayPool.ts"
+import { GatewayPool } from "../pool/GatewayPool.ts"
+import { Runner } from "../pool/Runner.ts"
 import { recordStart, rollbacksIncompleteTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
-import { Runner } from "./Runner.ts"
-import { runUndo, skipStep, step, type StepContext, UndoSkipped } from "./step.ts"
+import { type Rollback, type Run, StepRunner, UndoSkipped } from "./StepRunner.ts"
 import { Undos } from "./undos.ts"
 
 export interface Started {
@@ -33,28 +39,23 @@ export interface Stopped {
   readonly allocationId: AllocationId
 }
 
-/** A stop could not remove the org's routing; the allocation stays `stopping` for a retry. */
-export class StopFailed extends Data.TaggedError("StopFailed")<{
-  readonly step: StepName
-  readonly reason: string
-  readonly allocationId: AllocationId
-}> {
-  override get message() {
-    return `stop: undo of ${this.step} failed: ${this.reason}`
-  }
-}
-
-/** Another runner holds the org's allocation in a transitional state: wait for it to settle. */
-class InTransition extends Data.TaggedError("InTransition")<{ readonly state: string }> {}
-
-export const AllocationConfig = Config.all({
-  stepTimeoutMs: Config.integer("STEP_TIMEOUT_MS").pipe(Config.withDefault(10_000)),
-  undoTimeoutMs: Config.integer("UNDO_TIMEOUT_MS").pipe(Config.withDefault(10_000)),
-  shutdownGraceMs: Config.integer("SHUTDOWN_GRACE_MS").pipe(Config.withDefault(10_000)),
-  domain: Config.string("DOMAIN").pipe(Config.withDefault("domain.local"), Config.map((s) => s.toLowerCase()))
-})
-
 const settlePoll = Schedule.spaced(Duration.millis(100))
+
+/** How a start ended: the `outcome` of its span and of `gateway_allocator_starts_total`. */
+const startOutcome = (exit: Exit.Exit<Started, StartError>): StartOutcome =>
+  Exit.match(exit, {
+    onSuccess: (started) => started.reused ? "reused" : "success",
+    onFailure: (cause) =>
+      Option.match(Cause.failureOption(cause), {
+        onNone: () => "interrupted",
+        onSome: (error) =>
+          error._tag === "NoGatewayAvailable"
+            ? "no_gateway"
+            : error.error._tag === "StepTimedOut"
+            ? "step_timed_out"
+            : "step_failed"
+      })
+  })
 
 /**
  * Starts and stops allocations. A start is the five-step pipeline in one Scope: each step's undo
@@ -64,13 +65,14 @@ const settlePoll = Schedule.spaced(Duration.millis(100))
  */
 export class Allocator extends Effect.Service<Allocator>()("Allocator", {
   scoped: Effect.gen(function*() {
-    const config = yield* AllocationConfig
+    const settings = yield* Settings
     const pool = yield* GatewayPool
     const journal = yield* Journal
     const dns = yield* Dns
     const nginx = yield* Nginx
     const handshake = yield* Handshake
     const undos = yield* Undos
+    const steps = yield* StepRunner
     const runner = yield* Runner
     const notifier = yield* Notifier
     const inFlight = yield* FiberMap.make<OrganizationId, Started, StartError>()
@@ -93,80 +95,70 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       Effect.gen(function*() {
         const running = yield* FiberMap.size(inFlight)
         if (running === 0) return
-        yield* Effect.logInfo(`shutdown: waiting up to ${config.shutdownGraceMs} ms for ${running} start(s)`)
+        yield* Effect.logInfo(`shutdown: waiting up to ${settings.shutdownGraceMs} ms for ${running} start(s)`)
         // Finalizers are uninterruptible: without `interruptible` the timeout could never fire.
         const drained = yield* FiberMap.awaitEmpty(inFlight).pipe(
           Effect.interruptible,
-          Effect.timeout(Duration.millis(config.shutdownGraceMs)),
+          Effect.timeout(Duration.millis(settings.shutdownGraceMs)),
           Effect.isSuccess
         )
         if (!drained) yield* Effect.logWarning("shutdown: interrupting the starts still running; they roll back")
       })
     )
 
-    const newContext = (organizationId: OrganizationId, allocationId: AllocationId, actor: StepContext["actor"]) =>
-      Effect.map(Ref.make<RollbackReport>([]), (report): StepContext => ({
-        allocationId,
-        organizationId,
-        actor,
-        stepTimeoutMs: config.stepTimeoutMs,
-        undoTimeoutMs: config.undoTimeoutMs,
-        report
-      }))
-
     /** Claims a gateway, or finds the org's allocation; waits while another runner moves it. */
-    const claim = (organizationId: OrganizationId, allocationId: AllocationId) =>
-      pool.claim(allocationId, organizationId, runner.id).pipe(
+    const claim = (run: Run) =>
+      pool.claim(run.allocationId, run.organizationId, runner.id).pipe(
         Effect.filterOrFail(
           (claimed) => !claimed.reused || claimed.state === "active",
           (claimed) => new InTransition({ state: claimed.state })
         ),
-        Effect.retry({ while: (error) => error._tag === "InTransition", schedule: settlePoll })
+        Effect.retry({ while: (error) => error._tag === "InTransition", schedule: settlePoll }),
+        // The `allocate` span names the gateway it claimed.
+        Effect.tap((claimed) => Effect.annotateCurrentSpan("gateway_id", claimed.gatewayId))
       )
 
-    const pipeline = (context: StepContext) =>
+    /** The five steps. Each registers its undo before it runs; the Scope runs them on failure. */
+    const pipeline = (run: Run, rollback: Rollback) =>
       Effect.gen(function*() {
-        const { allocationId, organizationId } = context
-        const hostname = orgHostname(organizationId, config.domain)
+        const { allocationId, organizationId } = run
+        const hostname = orgHostname(organizationId, settings.domain)
 
-        const claimed = yield* step(context, "allocate", {
-          run: claim(organizationId, allocationId),
+        const claimed = yield* steps.step(run, rollback, "allocate", {
+          run: claim(run),
           journalForward: false,
           // A claim that timed out or was interrupted may have committed: releasing by our own
           // allocation id is a no-op when it did not.
-          undo: undos.release(allocationId, "rolled_back", context.report)
+          undo: undos.release(allocationId, "rolled_back")
         })
         if (claimed.reused) {
-          return {
-            organizationId,
-            gatewayId: claimed.gatewayId,
-            hostname,
-            allocationId: claimed.allocationId,
-            reused: true
-          } satisfies Started
+          return { organizationId, gatewayId: claimed.gatewayId, hostname, allocationId: claimed.allocationId, reused: true }
         }
         const { gatewayId, upstream } = claimed
+        // Known from here on: the start's span, and every span after it (the undos' included).
+        yield* Effect.annotateCurrentSpan("gateway_id", gatewayId)
+        yield* steps.annotateSpansFromHere("gateway_id", gatewayId)
 
         if (dns.provider === "none") {
-          yield* skipStep(context, "dns", "DNS_PROVIDER=none: wildcard DNS")
+          yield* steps.skip(run, "dns", "DNS_PROVIDER=none: wildcard DNS")
         } else {
-          yield* step(context, "dns", {
+          yield* steps.step(run, rollback, "dns", {
             run: dns.upsert(organizationId),
-            undo: undos.removeRecord(organizationId)
+            undo: () => undos.removeRecord(organizationId)
           })
         }
 
-        yield* step(context, "nginx-config", {
+        yield* steps.step(run, rollback, "nginx-config", {
           run: nginx.writeRoute({ organizationId, allocationId, upstream }),
-          undo: undos.removeRouteFile(organizationId)
+          undo: () => undos.removeRouteFile(organizationId)
         })
 
-        yield* step(context, "nginx-reload", {
+        yield* steps.step(run, rollback, "nginx-reload", {
           run: nginx.reload.pipe(Effect.zipRight(nginx.awaitRoute(organizationId, allocationId))),
-          undo: undos.unroute(organizationId)
+          undo: () => undos.unroute(organizationId)
         })
 
-        yield* step(context, "handshake", {
+        yield* steps.step(run, rollback, "handshake", {
           run: handshake.awaitHealthy(upstream).pipe(
             Effect.zipRight(handshake.handshake(upstream, {
               organization_id: organizationId,
@@ -175,100 +167,82 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
               gateway_hostname: hostname
             }))
           ),
-          undo: Effect.succeed(new UndoSkipped({ reason: "nothing to undo: the gateway was never initialised" }))
+          undo: () => Effect.succeed(new UndoSkipped({ reason: "nothing to undo: the gateway was never initialised" }))
         })
 
         // The commit point: only now does the allocation count as active.
         const activated = yield* pool.transition(allocationId, ["starting"], "active").pipe(
-          Effect.mapError((error) =>
-            new StepFailed({ step: "handshake", reason: `could not activate: ${error.message}`, allocationId, rollback: [] })
-          )
+          Effect.mapError((error) => new StepFailed({ step: "handshake", reason: `could not activate: ${error.message}` }))
         )
         if (!activated) {
-          return yield* new StepFailed({
-            step: "handshake",
-            reason: "the allocation left the starting state while it ran",
-            allocationId,
-            rollback: []
-          })
+          return yield* new StepFailed({ step: "handshake", reason: "the allocation left the starting state while it ran" })
         }
         return { organizationId, gatewayId, hostname, allocationId, reused: false } satisfies Started
       }).pipe(
         // Runs before the Scope's finalizers: the row says `rolling_back` while undos run, so a
         // crash in the middle of a rollback is finished by the reconciler.
         Effect.onError((cause) =>
-          pool.transition(context.allocationId, ["starting"], "rolling_back", {
-            error: Cause.pretty(cause).slice(0, 2000)
-          }).pipe(
+          pool.transition(run.allocationId, ["starting"], "rolling_back", { error: Cause.pretty(cause).slice(0, 2000) }).pipe(
             Effect.interruptible,
-            Effect.timeout(Duration.millis(config.undoTimeoutMs)),
+            Effect.timeout(Duration.millis(settings.undoTimeoutMs)),
             Effect.catchAllCause((failure) => Effect.logWarning("could not mark the allocation rolling back", failure))
           )
         )
       )
 
-    const runStart = Effect.fn("Allocation.start")(function*(organizationId: OrganizationId) {
-      const allocationId = randomUUID() as AllocationId
-      const context = yield* newContext(organizationId, allocationId, "request")
-      yield* Effect.annotateCurrentSpan({ organization_id: organizationId, allocation_id: allocationId })
-      return yield* working(allocationId, Effect.scoped(pipeline(context))).pipe(
-        Effect.provideService(Journal, journal),
-        Effect.tapErrorCause((cause) =>
-          Effect.gen(function*() {
-            const report = yield* Ref.get(context.report)
-            if (report.length === 0) return
-            const left = report.filter((outcome) => outcome.status === "failed" || outcome.status === "timed_out")
-            const complete = left.length === 0
-            yield* Effect.annotateCurrentSpan({ "rollback.status": complete ? "complete" : "incomplete" })
-            const summary = report.map((outcome) => `${outcome.step}=${outcome.status}`).join(" ")
-            const failure = Cause.failureOption(cause)
-            const error = Option.isSome(failure) ? failure.value : undefined
-            yield* (complete ? Effect.logWarning : Effect.logError)(
-              `rollback ${complete ? "complete" : "incomplete, left to the reconciler"}: ${summary}`
-            ).pipe(
-              Effect.annotateLogs({
-                rollback: report,
-                ...(error !== undefined && error._tag !== "NoGatewayAvailable" ? { step: error.step } : {})
-              })
-            )
-            if (complete) return
-            yield* Metric.increment(rollbacksIncompleteTotal)
-            const allocation = yield* pool.getAllocation(allocationId).pipe(Effect.option, Effect.map(Option.flatten))
-            yield* notifier.notify({
-              kind: "rollback_incomplete",
-              organization_id: organizationId,
-              allocation_id: allocationId,
-              gateway_id: Option.match(allocation, { onNone: () => null, onSome: (a) => a.gatewayId }),
-              step: error !== undefined && error._tag !== "NoGatewayAvailable" ? error.step : undefined,
-              message: error?.message ?? (Cause.isInterruptedOnly(cause) ? "interrupted (shutdown)" : Cause.pretty(cause)),
-              undos: report
-            })
-          })
-        ),
-        Effect.tapErrorCause((cause) => {
-          const failure = Cause.failureOption(cause)
-          return recordStart(
-            Option.match(failure, {
-              onNone: () => "interrupted" as const,
-              onSome: (error) =>
-                error._tag === "NoGatewayAvailable"
-                  ? "no_gateway" as const
-                  : error._tag === "StepTimedOut"
-                  ? "step_timed_out" as const
-                  : "step_failed" as const
-            })
-          )
-        }),
-        Effect.tap((started) => recordStart(started.reused ? "reused" : "success")),
-        // The caller gets the original error, with the rollback report attached (never substituted).
-        Effect.catchAll((error) =>
-          Effect.flatMap(Ref.get(context.report), (rollback) =>
-            Effect.fail(error._tag === "NoGatewayAvailable" ? error : attachReport(error, rollback))
-          )
-        ),
-        Effect.annotateLogs({ organization_id: organizationId, allocation_id: allocationId })
-      )
-    })
+    /** The caller's error, made once the rollback is complete: the step's error with its report. */
+    const startError = (run: Run, rollback: RollbackReport) => (error: StepError | NoGatewayAvailable): StartError =>
+      error._tag === "NoGatewayAvailable"
+        ? error
+        : new StartFailed({ error, allocationId: error.step === "allocate" ? undefined : run.allocationId, rollback })
+
+    /** An incomplete rollback: counted, and the operator is told (with the gateway it kept). */
+    const notifyIncomplete = (run: Run, exit: Exit.Exit<Started, StartError>, rollback: RollbackReport) =>
+      Effect.gen(function*() {
+        yield* Metric.increment(rollbacksIncompleteTotal)
+        const allocation = yield* pool.getAllocation(run.allocationId).pipe(Effect.option, Effect.map(Option.flatten))
+        const error = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
+        const failed = Option.flatMap(error, (e) => e._tag === "StartFailed" ? Option.some(e) : Option.none())
+        yield* notifier.notify({
+          kind: "rollback_incomplete",
+          organization_id: run.organizationId,
+          allocation_id: run.allocationId,
+          gateway_id: Option.match(allocation, { onNone: () => null, onSome: (a) => a.gatewayId }),
+          step: Option.getOrUndefined(Option.map(failed, (e) => e.step)),
+          message: Option.match(error, { onNone: () => "interrupted (shutdown)", onSome: (e) => e.message }),
+          undos: rollback
+        })
+      })
+
+    /** What a finished start tells: its span and metric outcome, and its rollback's summary. */
+    const reportStart = (run: Run, exit: Exit.Exit<Started, StartError>, rollback: RollbackReport) =>
+      Effect.gen(function*() {
+        const outcome = startOutcome(exit)
+        const failedStep = Exit.isFailure(exit)
+          ? Option.flatMap(Cause.failureOption(exit.cause), (e) => e._tag === "StartFailed" ? Option.some(e.step) : Option.none())
+          : Option.none()
+        yield* Effect.annotateCurrentSpan({ outcome, ...Option.match(failedStep, { onNone: () => ({}), onSome: (step) => ({ "error.step": step }) }) })
+        yield* recordStart(outcome)
+        if (rollback.length === 0) return
+        const complete = !rollback.some(isUnfinished)
+        yield* Effect.annotateCurrentSpan({ "rollback.status": complete ? "complete" : "incomplete" })
+        yield* (complete ? Effect.logWarning : Effect.logError)(
+          `rollback ${complete ? "complete" : "incomplete, left to the reconciler"}: ${summarise(rollback)}`
+        ).pipe(Effect.annotateLogs({ rollback, ...Option.match(failedStep, { onNone: () => ({}), onSome: (step) => ({ step }) }) }))
+        if (!complete) yield* notifyIncomplete(run, exit, rollback)
+      })
+
+    const runStart = Effect.fn("Allocation.start")(function*(run: Run) {
+      yield* Effect.annotateCurrentSpan({ organization_id: run.organizationId, allocation_id: run.allocationId })
+      const attempt = yield* working(run.allocationId, steps.attempt((rollback) => pipeline(run, rollback)))
+      const exit = Exit.mapError(attempt.exit, startError(run, attempt.rollback))
+      yield* reportStart(run, exit, attempt.rollback)
+      return yield* exit
+    }, (effect, run) =>
+      effect.pipe(
+        Effect.annotateLogs({ organization_id: run.organizationId, allocation_id: run.allocationId }),
+        Effect.annotateSpans({ organization_id: run.organizationId, allocation_id: run.allocationId })
+      ))
 
     /** Starts (or joins the in-flight start of) the org's allocation. Detached from the caller. */
     const start = (organizationId: OrganizationId): Effect.Effect<Started, StartError> =>
@@ -276,7 +250,11 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         Effect.flatMap(FiberMap.get(inFlight, organizationId).pipe(Effect.option), (existing) =>
           Option.isSome(existing)
             ? Effect.succeed(existing.value)
-            : FiberMap.run(inFlight, organizationId, runStart(organizationId)))
+            : FiberMap.run(
+              inFlight,
+              organizationId,
+              runStart({ allocationId: AllocationId.make(randomUUID()), organizationId, actor: "request" })
+            ))
       ).pipe(Effect.flatMap(Fiber.join))
 
     const awaitLocalStart = (organizationId: OrganizationId) =>
@@ -291,61 +269,64 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         Effect.zipRight(pool.findLive(organizationId)),
         Effect.flatMap(Option.match({
           onNone: () => Effect.fail(new AllocationNotFound({ what: `active allocation of ${organizationId}` })),
-          onSome: (allocation): Effect.Effect<Allocation, AllocationNotFound | InTransition> =>
+          onSome: (allocation): Effect.Effect<LiveAllocation, AllocationNotFound | InTransition> =>
             allocation.state === "starting" || allocation.state === "rolling_back"
               ? Effect.fail(new InTransition({ state: allocation.state }))
               : Effect.succeed(allocation)
         })),
         Effect.retry({
           while: (error) => error._tag === "InTransition",
-          schedule: settlePoll.pipe(Schedule.upTo(Duration.millis(6 * config.stepTimeoutMs)))
+          schedule: settlePoll.pipe(Schedule.upTo(Duration.millis(settings.limits.settleWaitMs)))
         }),
         Effect.catchTag("InTransition", () =>
           Effect.fail(new AllocationNotFound({ what: `active allocation of ${organizationId}` })))
       )
 
     /**
-     * Stops the org's allocation: routing first (nginx, then DNS), the pool row last, so the
+     * Takes the allocation down: routing first (nginx, then DNS), the pool row last, so the
      * hostname never points at a gateway another org may already hold. Stops at the first undo
-     * that fails; the allocation stays `stopping` and a retry (or the reconciler) finishes it.
+     * that does not finish; the allocation stays `stopping` and a retry (or the reconciler)
+     * finishes it.
      */
+    const teardown = (allocation: LiveAllocation) =>
+      Effect.gen(function*() {
+        const { allocationId, gatewayId, organizationId } = allocation
+        yield* pool.transition(allocationId, ["active", "stopping"], "stopping")
+        const run: Run = { allocationId, organizationId, actor: "stop" }
+        const report = yield* steps.undoAll(run, undos.teardown(allocation, "released"), { untilUnfinished: true })
+        const unfinished = report.find(isUnfinished)
+        if (unfinished !== undefined) return yield* new StopFailed({ allocationId, gatewayId, undo: unfinished })
+        yield* Effect.logInfo("allocation stopped")
+        return { organizationId, gatewayId, allocationId } satisfies Stopped
+      }).pipe(
+        Effect.annotateLogs({ organization_id: allocation.organizationId, allocation_id: allocation.allocationId }),
+        Effect.annotateSpans({
+          organization_id: allocation.organizationId,
+          allocation_id: allocation.allocationId,
+          gateway_id: allocation.gatewayId
+        })
+      )
+
+    /** Stops the org's allocation. */
     const stop = Effect.fn("Allocation.stop")(function*(organizationId: OrganizationId) {
       const allocation = yield* settled(organizationId)
+      yield* Effect.annotateCurrentSpan({ organization_id: organizationId, allocation_id: allocation.allocationId })
       return yield* working(allocation.allocationId, teardown(allocation))
     })
-
-    const teardown = (allocation: Allocation) =>
-      Effect.gen(function*() {
-        const { allocationId, organizationId } = allocation
-        yield* Effect.annotateCurrentSpan({ organization_id: organizationId, allocation_id: allocationId })
-        yield* pool.transition(allocationId, ["active", "stopping"], "stopping")
-        const context = yield* newContext(organizationId, allocationId, "stop")
-        const undoSteps = undos.teardown(allocation, "released", context.report)
-        for (const [stepName, undo] of undoSteps) {
-          const outcome = yield* runUndo(context, stepName, undo).pipe(Effect.provideService(Journal, journal))
-          if (outcome.status === "failed" || outcome.status === "timed_out") {
-            return yield* new StopFailed({ step: stepName, reason: outcome.message ?? outcome.status, allocationId })
-          }
-        }
-        yield* Effect.logInfo("allocation stopped").pipe(
-          Effect.annotateLogs({ organization_id: organizationId, allocation_id: allocationId })
-        )
-        return { organizationId, gatewayId: allocation.gatewayId!, allocationId } satisfies Stopped
-      })
 
     const status = Effect.fn("Allocation.status")(function*(organizationId: OrganizationId) {
       const allocation = yield* pool.findLive(organizationId)
       if (Option.isNone(allocation)) {
         return yield* new AllocationNotFound({ what: `active allocation of ${organizationId}` })
       }
-      return { ...allocation.value, hostname: orgHostname(organizationId, config.domain) }
+      return { ...allocation.value, hostname: orgHostname(organizationId, settings.domain) }
     })
 
     const describeAllocation = Effect.fn("Allocation.describe")(function*(allocationId: AllocationId) {
       const allocation = yield* pool.getAllocation(allocationId)
       if (Option.isNone(allocation)) return yield* new AllocationNotFound({ what: `allocation ${allocationId}` })
-      const steps = yield* journal.entries(allocationId)
-      return { ...allocation.value, hostname: orgHostname(allocation.value.organizationId, config.domain), steps }
+      const entries = yield* journal.entries(allocationId)
+      return { ...allocation.value, hostname: orgHostname(allocation.value.organizationId, settings.domain), steps: entries }
     })
 
     /** Whether this process is working on the allocation right now (recovery leaves it alone). */
@@ -354,8 +335,3 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     return { start, stop, status, describe: describeAllocation, busy }
   })
 }) {}
-
-const attachReport = (error: Exclude<StartError, NoGatewayAvailable>, rollback: RollbackReport) =>
-  error._tag === "StepFailed"
-    ? new StepFailed({ ...error, rollback })
-    : new StepTimedOut({ ...error, rollback })

@@ -1,15 +1,16 @@
-import { Config, Duration, Effect, Metric, Option, Ref, Schedule } from "effect"
+import { Duration, Effect, Metric, Option, Schedule } from "effect"
+import { Settings } from "../config.ts"
+import type { LiveAllocation } from "../domain/allocation.ts"
 import type { OrganizationId } from "../domain/ids.ts"
-import type { RollbackReport } from "../domain/steps.ts"
+import { isUnfinished } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
-import { Journal } from "../journal/Journal.ts"
 import { Nginx } from "../nginx/Nginx.ts"
-import { type Allocation, GatewayPool } from "../pool/GatewayPool.ts"
+import { GatewayPool } from "../pool/GatewayPool.ts"
+import { Runner } from "../pool/Runner.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
-import { AllocationConfig, Allocator } from "./Allocator.ts"
-import { Runner } from "./Runner.ts"
-import { runUndo, type StepContext } from "./step.ts"
+import { Allocator } from "./Allocator.ts"
+import { type Run, StepRunner } from "./StepRunner.ts"
 import { Undos } from "./undos.ts"
 
 export interface ReconcileSummary {
@@ -25,7 +26,15 @@ export interface ReconcileSummary {
   readonly recordsRepaired: number
 }
 
-const repaired = (kind: string, count = 1) =>
+type RepairKind =
+  | "stop_finished"
+  | "start_rolled_back"
+  | "orphan_route_removed"
+  | "orphan_record_removed"
+  | "route_restored"
+  | "record_restored"
+
+const repaired = (kind: RepairKind, count = 1) =>
   count === 0 ? Effect.void : Metric.update(reconcilerRepairsTotal.pipe(Metric.tagged("kind", kind)), count)
 
 const noDrift = { orphanRoutesRemoved: 0, orphanRecordsRemoved: 0, routesRepaired: 0, recordsRepaired: 0 }
@@ -39,41 +48,33 @@ const noDrift = { orphanRoutesRemoved: 0, orphanRecordsRemoved: 0, routesRepaire
  */
 export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
   scoped: Effect.gen(function*() {
-    const config = yield* AllocationConfig
-    const intervalMs = yield* Config.integer("RECONCILE_INTERVAL_MS").pipe(Config.withDefault(30_000))
+    const settings = yield* Settings
     const pool = yield* GatewayPool
-    const journal = yield* Journal
     const dns = yield* Dns
     const nginx = yield* Nginx
     const undos = yield* Undos
+    const steps = yield* StepRunner
     const allocator = yield* Allocator
     const runner = yield* Runner
     const notifier = yield* Notifier
-    // No live pipeline can be older: every step, undo and journal write has its own bound.
-    const deadlineMs = 6 * config.stepTimeoutMs + 16 * config.undoTimeoutMs
 
     /** Undoes an orphaned start, or finishes an orphaned stop, from its row: undos are idempotent. */
-    const recover = (found: Allocation) =>
+    const recover = (found: LiveAllocation) =>
       Effect.gen(function*() {
         const adopted = yield* pool.adopt(found, runner.id)
         if (Option.isNone(adopted)) return Option.none()
         const allocation = adopted.value
         const finishingStop = allocation.state === "stopping"
-        const context: StepContext = {
-          allocationId: allocation.allocationId,
-          organizationId: allocation.organizationId,
-          actor: "reconciler",
-          stepTimeoutMs: config.stepTimeoutMs,
-          undoTimeoutMs: config.undoTimeoutMs,
-          report: yield* Ref.make<RollbackReport>([])
-        }
+        const run: Run = { allocationId: allocation.allocationId, organizationId: allocation.organizationId, actor: "reconciler" }
         yield* Effect.logWarning(
           `recovering ${finishingStop ? "an interrupted stop" : "an orphaned start"} of runner ${found.runner}`
         )
-        const steps = undos.teardown(allocation, finishingStop ? "released" : "rolled_back", context.report)
-        for (const [step, undo] of steps) yield* runUndo(context, step, undo)
-        const report = yield* Ref.get(context.report)
-        const left = report.filter((outcome) => outcome.status === "failed" || outcome.status === "timed_out")
+        const report = yield* steps.undoAll(
+          run,
+          undos.teardown(allocation, finishingStop ? "released" : "rolled_back"),
+          { untilUnfinished: false }
+        )
+        const left = report.filter(isUnfinished)
         yield* repaired(finishingStop ? "stop_finished" : "start_rolled_back")
         yield* notifier.notify({
           kind: "reconciler_repair",
@@ -87,12 +88,26 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         })
         return Option.some(left.length === 0)
       }).pipe(
-        Effect.provideService(Journal, journal),
         Effect.annotateLogs({ organization_id: found.organizationId, allocation_id: found.allocationId }),
-        Effect.withSpan("Reconciler.recover", {
-          attributes: { organization_id: found.organizationId, allocation_id: found.allocationId }
-        })
+        Effect.annotateSpans({
+          organization_id: found.organizationId,
+          allocation_id: found.allocationId,
+          gateway_id: found.gatewayId
+        }),
+        Effect.withSpan("Reconciler.recover")
       )
+
+    /** One notice per org whose route or record was removed or restored. */
+    const notifyDrift = (repairs: ReadonlyArray<readonly [OrganizationId, string]>) =>
+      Effect.forEach(repairs, ([organizationId, what]) =>
+        notifier.notify({
+          kind: "reconciler_repair",
+          organization_id: organizationId,
+          allocation_id: null,
+          gateway_id: null,
+          message: `drift repaired: ${what}`,
+          undos: []
+        }), { discard: true })
 
     /** Files and records nobody owns are removed; active allocations missing theirs get them back. */
     const repairDrift = Effect.gen(function*() {
@@ -103,19 +118,19 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       const live = new Map((yield* pool.liveAllocations()).map((a) => [a.organizationId, a]))
       const stillOrphaned = (organizationId: OrganizationId) => Effect.map(pool.findLive(organizationId), Option.isNone)
 
-      let orphanRoutesRemoved = 0
+      const orphanRoutes: Array<OrganizationId> = []
       for (const organizationId of routes.filter((org) => !live.has(org))) {
         if (!(yield* stillOrphaned(organizationId))) continue
         yield* nginx.removeRoute(organizationId)
-        orphanRoutesRemoved += 1
+        orphanRoutes.push(organizationId)
       }
-      if (orphanRoutesRemoved > 0) yield* nginx.reload
+      if (orphanRoutes.length > 0) yield* nginx.reload
 
-      let orphanRecordsRemoved = 0
+      const orphanRecords: Array<OrganizationId> = []
       for (const organizationId of records.filter((org) => !live.has(org))) {
         if (!(yield* stillOrphaned(organizationId))) continue
         yield* dns.remove(organizationId)
-        orphanRecordsRemoved += 1
+        orphanRecords.push(organizationId)
       }
 
       const active = [...live.values()].filter((a) => a.state === "active")
@@ -127,42 +142,41 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       }
       if (missingRoutes.length > 0) {
         yield* nginx.reload
-        yield* Effect.forEach(missingRoutes, (a) => nginx.awaitRoute(a.organizationId, a.allocationId).pipe(
-          Effect.timeout(Duration.millis(config.stepTimeoutMs))
-        ), { concurrency: 8, discard: true })
+        yield* Effect.forEach(missingRoutes, (a) =>
+          nginx.awaitRoute(a.organizationId, a.allocationId).pipe(
+            Effect.timeout(Duration.millis(settings.stepTimeoutMs))
+          ), { concurrency: 8, discard: true })
       }
       const missingRecords = dns.provider === "none" ? [] : active.filter((a) => !recordSet.has(a.organizationId))
       yield* Effect.forEach(missingRecords, (a) => dns.upsert(a.organizationId), { concurrency: 8, discard: true })
 
-      yield* repaired("orphan_route_removed", orphanRoutesRemoved)
-      yield* repaired("orphan_record_removed", orphanRecordsRemoved)
+      yield* repaired("orphan_route_removed", orphanRoutes.length)
+      yield* repaired("orphan_record_removed", orphanRecords.length)
       yield* repaired("route_restored", missingRoutes.length)
       yield* repaired("record_restored", missingRecords.length)
-      const changes = orphanRoutesRemoved + orphanRecordsRemoved + missingRoutes.length + missingRecords.length
+      const changes = orphanRoutes.length + orphanRecords.length + missingRoutes.length + missingRecords.length
       if (changes > 0) {
         yield* Effect.logWarning(
-          `drift repaired: ${orphanRoutesRemoved} orphan route(s) and ${orphanRecordsRemoved} orphan record(s) removed, ${missingRoutes.length} route(s) and ${missingRecords.length} record(s) restored`
+          `drift repaired: ${orphanRoutes.length} orphan route(s) and ${orphanRecords.length} orphan record(s) removed, ${missingRoutes.length} route(s) and ${missingRecords.length} record(s) restored`
         )
-        yield* notifier.notify({
-          kind: "reconciler_repair",
-          organization_id: [
-            ...routes.filter((org) => !live.has(org)),
-            ...records.filter((org) => !live.has(org)),
-            ...missingRoutes.map((a) => a.organizationId),
-            ...missingRecords.map((a) => a.organizationId)
-          ].join(","),
-          allocation_id: null,
-          gateway_id: null,
-          message: `drift repaired: orphan routes ${orphanRoutesRemoved}, orphan records ${orphanRecordsRemoved}, routes restored ${missingRoutes.length}, records restored ${missingRecords.length}`,
-          undos: []
-        })
+        yield* notifyDrift([
+          ...orphanRoutes.map((org) => [org, "orphan route removed"] as const),
+          ...orphanRecords.map((org) => [org, "orphan DNS record removed"] as const),
+          ...missingRoutes.map((a) => [a.organizationId, "missing route restored"] as const),
+          ...missingRecords.map((a) => [a.organizationId, "missing DNS record restored"] as const)
+        ])
       }
-      return { orphanRoutesRemoved, orphanRecordsRemoved, routesRepaired: missingRoutes.length, recordsRepaired: missingRecords.length }
+      return {
+        orphanRoutesRemoved: orphanRoutes.length,
+        orphanRecordsRemoved: orphanRecords.length,
+        routesRepaired: missingRoutes.length,
+        recordsRepaired: missingRecords.length
+      }
     }).pipe(Effect.withSpan("Reconciler.repairDrift"))
 
     const pass = Effect.gen(function*() {
-      const candidates = yield* pool.recoverable(runner.id, deadlineMs)
-      const orphans: Array<Allocation> = []
+      const candidates = yield* pool.recoverable(runner.id, settings.limits.recoveryDeadlineMs)
+      const orphans: Array<LiveAllocation> = []
       for (const allocation of candidates) {
         // This process's own allocations are left alone while it is still working on them.
         if (allocation.runner === runner.id && (yield* allocator.busy(allocation.allocationId))) continue
@@ -186,7 +200,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
     yield* runOnce.pipe(
       Effect.tap((summary) => Effect.logDebug("reconcile pass done").pipe(Effect.annotateLogs({ summary }))),
       Effect.catchAllCause((cause) => Effect.logError("reconcile pass failed", cause)),
-      Effect.repeat(Schedule.spaced(Duration.millis(intervalMs))),
+      Effect.repeat(Schedule.spaced(Duration.millis(settings.reconcileIntervalMs))),
       Effect.forkScoped
     )
 

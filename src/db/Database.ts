@@ -1,8 +1,10 @@
 import { FileSystem, Path } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
-import { Migrator, SqlClient } from "@effect/sql"
+import { Migrator } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
-import { Config, Effect, Layer, Option, Redacted } from "effect"
+import { Effect, Layer, Option, Redacted } from "effect"
+import { DatabaseConfig } from "../config.ts"
+import { holdLock, namedLock } from "./advisoryLock.ts"
 import { startEmbeddedPostgres } from "./EmbeddedPostgres.ts"
 
 /**
@@ -17,11 +19,12 @@ export const sqlFileLoader = (directory: string): Migrator.Loader<FileSystem.Fil
     const migrations: Array<Migrator.ResolvedMigration> = []
     for (const file of files.sort()) {
       const match = /^(\d+)_(.+)\.sql$/.exec(file)
-      if (!match) continue
+      if (match === null) continue
+      const [, id = "", name = ""] = match
       const text = yield* fs.readFileString(path.join(directory, file))
       // The Migrator loads a migration, then runs the effect it loaded.
       const migration = Effect.flatMap(PgClient.PgClient, (sql) => sql.unsafe(text))
-      migrations.push([Number(match[1]), match[2]!, Effect.succeed(migration)])
+      migrations.push([Number(id), name, Effect.succeed(migration)])
     }
     return migrations
   }).pipe(
@@ -40,13 +43,7 @@ const migrationsDirectory = new URL("../../database/", import.meta.url).pathname
 export const MigrationsLive = Layer.effectDiscard(
   Effect.scoped(
     Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      const connection = yield* sql.reserve
-      const key = "gateway-allocator:migrations"
-      yield* connection.execute("select pg_advisory_lock(hashtextextended($1, 0))", [key], undefined)
-      yield* Effect.addFinalizer(() =>
-        connection.execute("select pg_advisory_unlock(hashtextextended($1, 0))", [key], undefined).pipe(Effect.ignore)
-      )
+      yield* holdLock(namedLock("migrations"))
       yield* Migrator.make({})({ loader: sqlFileLoader(migrationsDirectory), table: "gateway_allocator_migrations" })
     })
   )
@@ -58,10 +55,10 @@ export const MigrationsLive = Layer.effectDiscard(
  */
 export const DatabaseLive = Layer.unwrapScoped(
   Effect.gen(function*() {
-    const url = yield* Config.option(Config.redacted("DATABASE_URL"))
-    const resolvedUrl = Option.isSome(url)
-      ? url.value
-      : (yield* startEmbeddedPostgres({ dataDir: yield* Config.string("DATA_DIR").pipe(Config.withDefault("./.data")) })).url
+    const config = yield* DatabaseConfig
+    const resolvedUrl = Option.isSome(config.url)
+      ? config.url.value
+      : (yield* startEmbeddedPostgres({ dataDir: config.dataDir })).url
     const client = PgClient.layer({
       url: resolvedUrl,
       maxConnections: 20,

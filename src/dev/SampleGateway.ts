@@ -1,4 +1,4 @@
-// A gateway that speaks the protocol of DESIGN section 5, with switchable
+// A gateway that speaks the gateway protocol (see src/handshake/Handshake.ts), with switchable
 // faults, for tests and `npm run dev`. Also runnable on its own:
 //   tsx src/dev/SampleGateway.ts --port 9001 [--name gw-1] [--health fail] [--handshake hang] [--delay 500]
 import { NodeRuntime } from "@effect/platform-node"

@@ -1,10 +1,11 @@
 import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Config, ConfigProvider, Console, Effect, Layer, Option } from "effect"
+import { Config, ConfigProvider, Console, Effect, Layer, Option, Redacted } from "effect"
+import { ApiToken, DatabaseConfig, ListenConfig } from "../config.ts"
 import { randomBytes } from "node:crypto"
 import path from "node:path"
 import { AppLive, ServicesLive } from "../app.ts"
-import type { GatewayName, Upstream } from "../domain/ids.ts"
+import { GatewayName, Upstream } from "../domain/ids.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { LoggingLive } from "../telemetry/Logging.ts"
 import { TracingLive } from "../telemetry/Tracing.ts"
@@ -29,9 +30,8 @@ const registerSampleGateways = (stack: LocalStack) =>
       const pool = yield* GatewayPool
       const known = new Set((yield* pool.listGateways()).map((gateway) => gateway.name))
       for (const gateway of stack.gateways) {
-        if (!known.has(gateway.name as GatewayName)) {
-          yield* pool.addGateway(gateway.name as GatewayName, gateway.upstream as Upstream)
-        }
+        const name = GatewayName.make(gateway.name)
+        if (!known.has(name)) yield* pool.addGateway(name, Upstream.make(gateway.upstream))
       }
     })
   )
@@ -69,16 +69,16 @@ const welcome = (stack: LocalStack, port: number) => {
  */
 const DevLive = Layer.unwrapScoped(
   Effect.gen(function*() {
-    const dataDir = path.resolve(yield* Config.string("DATA_DIR").pipe(Config.withDefault("./.data")))
-    const port = yield* Config.integer("PORT").pipe(Config.withDefault(8080))
-    const databaseUrl = yield* Config.option(Config.redacted("DATABASE_URL"))
-    const apiToken = yield* Config.string("API_TOKEN").pipe(Config.orElse(() => Config.succeed("")))
+    const database = yield* DatabaseConfig
+    const dataDir = path.resolve(database.dataDir)
+    const { port } = yield* ListenConfig
+    const apiToken = yield* Config.option(ApiToken)
     yield* Effect.logInfo(`starting the dev stack under ${dataDir}`)
     const stack = yield* startLocalStack({
       dataDir,
-      apiToken: apiToken === "" ? yield* devToken(dataDir) : apiToken,
+      apiToken: Option.isSome(apiToken) ? Redacted.value(apiToken.value) : yield* devToken(dataDir),
       ports: { nginx: 8081, powerDnsApi: 8082, powerDnsDns: 8053, firstGateway: 9001 },
-      ...(Option.isSome(databaseUrl) ? { databaseUrl: databaseUrl.value } : {})
+      ...(Option.isSome(database.url) ? { databaseUrl: database.url.value } : {})
     })
     // What the stack manages wins; the rest (PORT, LOG_FORMAT, timeouts...) comes from the env.
     const config = ConfigProvider.fromMap(new Map(Object.entries(stack.env))).pipe(

@@ -9,7 +9,7 @@ import { type PowerDnsHandle, startPowerDns } from "./PowerDnsProcess.ts"
 import { type SampleGatewayHandle, startSampleGateway } from "./SampleGateway.ts"
 
 export interface LocalStack {
-  /** The service's configuration (DESIGN section 3) pointing at this stack. */
+  /** The service's configuration (environment variables) pointing at this stack. */
   readonly env: Readonly<Record<string, string>>
   readonly databaseUrl: Redacted.Redacted<string>
   readonly nginx: NginxHandle

@@ -1,6 +1,7 @@
 import { HttpClient, type HttpClientError, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { Config, Context, Data, Duration, Effect, Layer, Redacted, Schedule, Schema } from "effect"
+import { Context, Data, Duration, Effect, Layer, Option, Redacted, Schedule, Schema } from "effect"
+import { DnsProviderConfig, PowerDnsConfig, Settings } from "../config.ts"
 import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { type OrganizationId, orgHostname, parseOrgLabel } from "../domain/ids.ts"
 
@@ -31,22 +32,13 @@ const ZoneRrsets = Schema.Struct({
   rrsets: Schema.Array(Schema.Struct({ name: Schema.String, type: Schema.String }))
 })
 
-const PowerDnsConfig = Config.all({
-  apiUrl: Config.url("PDNS_API_URL").pipe(Config.map((url) => url.toString().replace(/\/$/, ""))),
-  apiKey: Config.redacted("PDNS_API_KEY"),
-  serverId: Config.string("PDNS_SERVER_ID").pipe(Config.withDefault("localhost")),
-  domain: Config.string("DOMAIN").pipe(Config.withDefault("domain.local")),
-  zone: Config.option(Config.string("PDNS_ZONE")),
-  recordIp: Config.string("DNS_RECORD_IP").pipe(Config.withDefault("127.0.0.1")),
-  ttl: Config.integer("DNS_TTL").pipe(Config.withDefault(60))
-})
-
 /** PowerDNS's HTTP API: one A rrset per org, REPLACEd on upsert and DELETEd on remove (204 both). */
 export const DnsPowerDns = Layer.scoped(
   Dns,
   Effect.gen(function*() {
     const config = yield* PowerDnsConfig
-    const zone = config.zone._tag === "Some" ? config.zone.value : `${config.domain}.`
+    const { domain } = yield* Settings
+    const zone = Option.getOrElse(config.zone, () => `${domain}.`)
     const zoneUrl = `${config.apiUrl}/api/v1/servers/${encodeURIComponent(config.serverId)}/zones/${
       encodeURIComponent(zone)
     }`
@@ -54,7 +46,7 @@ export const DnsPowerDns = Layer.scoped(
       HttpClient.mapRequest(HttpClientRequest.setHeader("X-API-Key", Redacted.value(config.apiKey))),
       HttpClient.filterStatusOk
     )
-    const fqdn = (organizationId: OrganizationId) => `${orgHostname(organizationId, config.domain)}.`
+    const fqdn = (organizationId: OrganizationId) => `${orgHostname(organizationId, domain)}.`
 
     interface RrsetChange {
       readonly operation: "upsert" | "remove"
@@ -75,7 +67,7 @@ export const DnsPowerDns = Layer.scoped(
         Effect.asVoid,
         Effect.mapError((cause) =>
           new DnsError({
-            operation: changes[0]!.operation,
+            operation: changes[0]?.operation ?? "upsert",
             reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
             cause
           })
@@ -116,7 +108,7 @@ export const DnsPowerDns = Layer.scoped(
         Effect.flatMap(Schema.decodeUnknown(ZoneRrsets)),
         Effect.map(({ rrsets }) =>
           rrsets.flatMap((rrset) => {
-            const suffix = `.${config.domain}.`
+            const suffix = `.${domain}.`
             if (rrset.type !== "A" || !rrset.name.endsWith(suffix)) return []
             const org = parseOrgLabel(rrset.name.slice(0, -suffix.length))
             return org === undefined ? [] : [org]
@@ -143,8 +135,5 @@ export const DnsNone = Layer.succeed(
 
 /** Picks the provider from `DNS_PROVIDER` (`powerdns`, the default, or `none`). */
 export const DnsLive = Layer.unwrapEffect(
-  Config.literal("powerdns", "none")("DNS_PROVIDER").pipe(
-    Config.withDefault("powerdns" as const),
-    Effect.map((provider) => (provider === "none" ? DnsNone : DnsPowerDns))
-  )
+  Effect.map(DnsProviderConfig, (provider) => (provider === "none" ? DnsNone : DnsPowerDns))
 )

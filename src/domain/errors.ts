@@ -1,6 +1,7 @@
 import { Data } from "effect"
-import type { AllocationId } from "./ids.ts"
-import type { RollbackReport, StepName } from "./steps.ts"
+import type { LiveState } from "./allocation.ts"
+import type { AllocationId, GatewayId } from "./ids.ts"
+import type { RollbackReport, StepName, UndoOutcome } from "./steps.ts"
 
 /** The pool has no free gateway. Nothing was claimed, so nothing is undone. */
 export class NoGatewayAvailable extends Data.TaggedError("NoGatewayAvailable")<{}> {
@@ -9,12 +10,10 @@ export class NoGatewayAvailable extends Data.TaggedError("NoGatewayAvailable")<{
   }
 }
 
-/** A step failed. `message` is the step's own error; `rollback` is filled once the undos ran. */
+/** A step failed with its own error, or died. `reason` is what went wrong, in the step's words. */
 export class StepFailed extends Data.TaggedError("StepFailed")<{
   readonly step: StepName
   readonly reason: string
-  readonly allocationId: AllocationId | undefined
-  readonly rollback: RollbackReport
   readonly cause?: unknown
 }> {
   override get message() {
@@ -26,17 +25,57 @@ export class StepFailed extends Data.TaggedError("StepFailed")<{
 export class StepTimedOut extends Data.TaggedError("StepTimedOut")<{
   readonly step: StepName
   readonly timeoutMs: number
-  readonly allocationId: AllocationId | undefined
-  readonly rollback: RollbackReport
 }> {
   override get message() {
     return `step ${this.step} timed out after ${this.timeoutMs} ms`
   }
 }
 
-export type StartError = NoGatewayAvailable | StepFailed | StepTimedOut
+export type StepError = StepFailed | StepTimedOut
 
-/** The org has no live allocation. */
+/**
+ * A start that failed at a step: the step's error as it happened, and the rollback that
+ * followed. Made once, where the start's Scope closed and the report is complete.
+ * `allocationId` is there once `allocate` had completed.
+ */
+export class StartFailed extends Data.TaggedError("StartFailed")<{
+  readonly error: StepError
+  readonly allocationId: AllocationId | undefined
+  readonly rollback: RollbackReport
+}> {
+  override get message() {
+    return this.error.message
+  }
+  get step(): StepName {
+    return this.error.step
+  }
+}
+
+export type StartError = NoGatewayAvailable | StartFailed
+
+/** A stop could not remove the org's routing; the allocation stays `stopping` for a retry. */
+export class StopFailed extends Data.TaggedError("StopFailed")<{
+  readonly allocationId: AllocationId
+  readonly gatewayId: GatewayId
+  readonly undo: UndoOutcome
+}> {
+  override get message() {
+    return `stop: undo of ${this.undo.step} ${this.undo.status}: ${this.undo.message ?? this.undo.status}`
+  }
+}
+
+/**
+ * The `allocate` undo kept the gateway: a routing undo of the same rollback did not finish, so
+ * nginx may still route the org to it. Handing it to another org could send it this org's
+ * traffic; the reconciler retries the whole teardown.
+ */
+export class GatewayKept extends Data.TaggedError("GatewayKept")<{ readonly routing: UndoOutcome }> {
+  override get message() {
+    return `gateway kept: the ${this.routing.step} undo did not finish, so nginx may still route to it`
+  }
+}
+
+/** The org (or allocation) has no live allocation. */
 export class AllocationNotFound extends Data.TaggedError("AllocationNotFound")<{
   readonly what: string
 }> {
@@ -44,3 +83,6 @@ export class AllocationNotFound extends Data.TaggedError("AllocationNotFound")<{
     return `${this.what} not found`
   }
 }
+
+/** Another runner is moving the org's allocation (starting, stopping, rolling back): wait for it. */
+export class InTransition extends Data.TaggedError("InTransition")<{ readonly state: LiveState }> {}

@@ -1,4 +1,4 @@
-import { Schema } from "effect"
+import { Option, Schema } from "effect"
 
 // UUIDs are accepted in any case and stored lowercase: they become DNS names and file names,
 // where "A" and "a" must not make two different orgs.
@@ -55,5 +55,5 @@ export const orgHostname = (organizationId: OrganizationId, domain: string): str
 /** Recognises a hostname label or file stem the service owns, returning the org id. */
 export const parseOrgLabel = (label: string): OrganizationId | undefined => {
   const match = /^org-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/.exec(label)
-  return match ? (match[1] as OrganizationId) : undefined
+  return match === null ? undefined : Option.getOrUndefined(Schema.decodeUnknownOption(OrganizationId)(match[1]))
 }

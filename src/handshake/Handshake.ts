@@ -1,6 +1,7 @@
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { Config, Context, Data, Duration, Effect, Layer, Schedule } from "effect"
+import { Context, Data, Duration, Effect, Layer, Schedule } from "effect"
+import { HandshakeConfig } from "../config.ts"
 import type { AllocationId, GatewayId, OrganizationId, Upstream } from "../domain/ids.ts"
 
 export class HandshakeError extends Data.TaggedError("HandshakeError")<{
@@ -20,7 +21,12 @@ export interface HandshakeBody {
   readonly gateway_hostname: string
 }
 
-/** The gateway protocol (DESIGN section 5), spoken straight to the gateway's upstream. */
+/**
+ * The gateway protocol, spoken straight to the gateway's upstream: `GET {HEALTH_PATH}` answers
+ * 2xx once the gateway can serve; `POST {HANDSHAKE_PATH}` with
+ * `{organization_id, gateway_id, allocation_id, gateway_hostname}` answers 2xx once it has
+ * initialised itself for that org.
+ */
 export class Handshake extends Context.Tag("Handshake")<Handshake, {
   /** Polls `GET {HEALTH_PATH}` until it answers 2xx. Unbounded: the step timeout bounds it. */
   readonly awaitHealthy: (upstream: Upstream) => Effect.Effect<void, HandshakeError>
@@ -28,13 +34,8 @@ export class Handshake extends Context.Tag("Handshake")<Handshake, {
   readonly handshake: (upstream: Upstream, body: HandshakeBody) => Effect.Effect<void, HandshakeError>
 }>() {}
 
-const HandshakeConfig = Config.all({
-  healthPath: Config.string("HEALTH_PATH").pipe(Config.withDefault("/collab/ping")),
-  handshakePath: Config.string("HANDSHAKE_PATH").pipe(Config.withDefault("/collab/start"))
-})
-
-const describe = (cause: unknown) =>
-  typeof cause === "string" ? cause : cause instanceof Error ? cause.message : String(cause)
+/** One health request's bound: a gateway that cannot answer a ping this fast is not ready. */
+const HEALTH_REQUEST_TIMEOUT = Duration.seconds(2)
 
 export const HandshakeLive = Layer.effect(
   Handshake,
@@ -51,8 +52,12 @@ export const HandshakeLive = Layer.effect(
     return Handshake.of({
       awaitHealthy: Effect.fn("Handshake.awaitHealthy")(function*(upstream) {
         yield* client.get(url(upstream, healthPath)).pipe(
-          Effect.timeoutFail({ duration: Duration.seconds(2), onTimeout: () => "no answer within 2 s" }),
-          Effect.mapError((cause) => new HandshakeError({ operation: "health", reason: describe(cause), cause })),
+          Effect.mapError((cause) => new HandshakeError({ operation: "health", reason: cause.message, cause })),
+          Effect.timeoutFail({
+            duration: HEALTH_REQUEST_TIMEOUT,
+            onTimeout: () =>
+              new HandshakeError({ operation: "health", reason: `no answer within ${Duration.format(HEALTH_REQUEST_TIMEOUT)}` })
+          }),
           Effect.retry(healthSchedule)
         )
       }),

@@ -1,11 +1,13 @@
 import { HttpApiBuilder, HttpMiddleware } from "@effect/platform"
 import { createHash, timingSafeEqual } from "node:crypto"
-import { Config, Effect, Layer, Redacted } from "effect"
+import { Effect, Layer, Option, Redacted } from "effect"
 import { Allocator } from "../allocation/Allocator.ts"
+import { ApiToken } from "../config.ts"
+import type { PoolError } from "../db/errors.ts"
 import type { AllocationNotFound, StartError } from "../domain/errors.ts"
-import type { UndoOutcome } from "../domain/steps.ts"
+import { undoStatusOf, type UndoOutcome } from "../domain/steps.ts"
 import type { JournalEntry } from "../journal/Journal.ts"
-import { GatewayPool, type PoolError } from "../pool/GatewayPool.ts"
+import { GatewayPool } from "../pool/GatewayPool.ts"
 import { recordPool } from "../telemetry/Metrics.ts"
 import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api, Authorization } from "./Api.ts"
@@ -17,7 +19,7 @@ const digest = (value: string) => createHash("sha256").update(value).digest()
 export const AuthorizationLive = Layer.effect(
   Authorization,
   Effect.gen(function*() {
-    const expected = digest(Redacted.value(yield* Config.redacted("API_TOKEN")))
+    const expected = digest(Redacted.value(yield* ApiToken))
     const unauthorized = new ApiError.Unauthorized({ message: "missing or wrong bearer token" })
     return Authorization.of({
       bearer: (token) =>
@@ -30,40 +32,30 @@ const unavailable = (error: PoolError) => new ApiError.ServiceUnavailable({ mess
 const notFound = (error: AllocationNotFound) => new ApiError.NotFound({ message: error.message })
 
 const startError = (error: StartError) => {
-  switch (error._tag) {
-    case "NoGatewayAvailable":
-      return new ApiError.NoGatewayAvailable({ message: error.message })
-    case "StepFailed":
-      return new ApiError.StepFailed({
-        step: error.step,
-        message: error.reason,
-        ...(error.allocationId === undefined ? {} : { allocation_id: error.allocationId }),
-        rollback: error.rollback
-      })
-    case "StepTimedOut":
-      return new ApiError.StepTimedOut({
-        step: error.step,
-        message: error.message,
-        timeout_ms: error.timeoutMs,
-        ...(error.allocationId === undefined ? {} : { allocation_id: error.allocationId }),
-        rollback: error.rollback
-      })
+  if (error._tag === "NoGatewayAvailable") return new ApiError.NoGatewayAvailable({ message: error.message })
+  const failed = {
+    step: error.step,
+    ...(error.allocationId === undefined ? {} : { allocation_id: error.allocationId }),
+    rollback: error.rollback
   }
+  return error.error._tag === "StepFailed"
+    ? new ApiError.StepFailed({ ...failed, message: error.error.reason })
+    : new ApiError.StepTimedOut({ ...failed, message: error.error.message, timeout_ms: error.error.timeoutMs })
 }
 
 /** The outcome of each undo of the allocation's last rollback or stop, from the journal. */
-const rollbackFromJournal = (entries: ReadonlyArray<JournalEntry>): ReadonlyArray<UndoOutcome> => {
-  const statusOf = { undone: "done", undo_failed: "failed", undo_timed_out: "timed_out", undo_skipped: "skipped" } as const
-  return entries.flatMap((entry) => {
-    if (!(entry.event in statusOf)) return []
-    const outcome: UndoOutcome = {
-      step: entry.step,
-      status: statusOf[entry.event as keyof typeof statusOf],
-      duration_ms: entry.durationMs ?? 0
-    }
-    return [entry.detail === null ? outcome : { ...outcome, message: entry.detail }]
-  })
-}
+const rollbackFromJournal = (entries: ReadonlyArray<JournalEntry>): ReadonlyArray<UndoOutcome> =>
+  entries.flatMap((entry) =>
+    Option.match(undoStatusOf(entry.event), {
+      onNone: () => [],
+      onSome: (status): Array<UndoOutcome> => [{
+        step: entry.step,
+        status,
+        ...(entry.detail === null ? {} : { message: entry.detail }),
+        duration_ms: entry.durationMs ?? 0
+      }]
+    })
+  )
 
 export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =>
   Effect.gen(function*() {
@@ -92,7 +84,11 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
             PoolError: (error) => Effect.fail(unavailable(error)),
             StopFailed: (error) =>
               Effect.fail(
-                new ApiError.StopFailed({ step: error.step, message: error.reason, allocation_id: error.allocationId })
+                new ApiError.StopFailed({
+                  step: error.undo.step,
+                  message: error.undo.message ?? error.undo.status,
+                  allocation_id: error.allocationId
+                })
               )
           })
         ))
@@ -100,7 +96,7 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
         allocator.status(path.organization_id).pipe(
           Effect.map((allocation) => ({
             organization_id: allocation.organizationId,
-            gateway_id: allocation.gatewayId!,
+            gateway_id: allocation.gatewayId,
             gateway_hostname: allocation.hostname,
             allocation_id: allocation.allocationId,
             upstream: allocation.upstream,

@@ -10,16 +10,16 @@ import {
 } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { createServer } from "node:http"
-import { Cause, Config, Effect, Layer, Option } from "effect"
-import { PrometheusLive } from "../telemetry/Prometheus.ts"
-import { ResourceLive } from "../telemetry/Tracing.ts"
+import { Cause, Effect, Layer, Option } from "effect"
+import { ListenConfig } from "../config.ts"
+import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api } from "./Api.ts"
 import { AllocationsHandlers, AuthorizationLive, GatewayHandlers, HealthHandlers, PoolHandlers } from "./handlers.ts"
 
 /** The HttpApi with its handlers (GET /metrics reads the process's Effect metrics); needs the Allocator and the GatewayPool. */
 export const ApiLive = HttpApiBuilder.api(Api).pipe(
   Layer.provide([GatewayHandlers, AllocationsHandlers, PoolHandlers, HealthHandlers]),
-  Layer.provide([AuthorizationLive, PrometheusLive.pipe(Layer.provide(ResourceLive))])
+  Layer.provide([AuthorizationLive, PrometheusMetrics.Default])
 )
 
 /**
@@ -74,16 +74,13 @@ const JsonBodyErrorsLive = HttpApiBuilder.middleware((app) =>
 export const HttpAppLive = HttpApiBuilder.serve((app) => HttpMiddleware.logger(limitBodies(app))).pipe(
   Layer.provide([DocsLive, JsonBodyErrorsLive]),
   Layer.provide(ApiLive),
-  HttpMiddleware.withTracerDisabledWhen((request) => quietPaths.has(request.url.split("?")[0]!)),
+  HttpMiddleware.withTracerDisabledWhen((request) => quietPaths.has(request.url.split("?")[0] ?? "")),
   HttpServer.withLogAddress
 )
 
 /** Serves the API on HOST:PORT. */
 export const HttpServerLive = HttpAppLive.pipe(
   Layer.provide(
-    NodeHttpServer.layerConfig(createServer, {
-      port: Config.integer("PORT").pipe(Config.withDefault(8080)),
-      host: Config.string("HOST").pipe(Config.withDefault("0.0.0.0"))
-    })
+    NodeHttpServer.layerConfig(createServer, ListenConfig)
   )
 )

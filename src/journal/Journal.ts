@@ -1,29 +1,18 @@
 import { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import { Effect, Schema } from "effect"
+import { PoolError } from "../db/errors.ts"
 import type { AllocationId } from "../domain/ids.ts"
-import type { Actor, StepName } from "../domain/steps.ts"
-import { PoolError } from "../pool/GatewayPool.ts"
+import { Actor, StepEvent, StepName } from "../domain/steps.ts"
 
-export type StepEvent =
-  | "started"
-  | "completed"
-  | "failed"
-  | "timed_out"
-  | "skipped"
-  | "undo_started"
-  | "undone"
-  | "undo_failed"
-  | "undo_timed_out"
-  | "undo_skipped"
-
-export interface JournalEntry {
-  readonly step: StepName
-  readonly event: StepEvent
-  readonly actor: Actor
-  readonly detail: string | null
-  readonly durationMs: number | null
-  readonly at: Date
-}
+export const JournalEntry = Schema.Struct({
+  step: StepName,
+  event: StepEvent,
+  actor: Actor,
+  detail: Schema.NullOr(Schema.String),
+  durationMs: Schema.NullOr(Schema.Number),
+  at: Schema.DateFromSelf
+})
+export type JournalEntry = typeof JournalEntry.Type
 
 export interface JournalRecord {
   readonly allocationId: AllocationId
@@ -36,7 +25,7 @@ export interface JournalRecord {
 
 /**
  * The step journal: what each step and each undo did, in Postgres, written as the pipeline runs.
- * It is what the API shows and what crash recovery reads; logs are not the source of truth.
+ * It is what the API shows; logs are not the source of truth.
  */
 export class Journal extends Effect.Service<Journal>()("Journal", {
   effect: Effect.gen(function*() {
@@ -46,30 +35,15 @@ export class Journal extends Effect.Service<Journal>()("Journal", {
       yield* sql`
         insert into allocation_steps (allocation_id, step, event, actor, detail, duration_ms)
         values (${entry.allocationId}, ${entry.step}, ${entry.event}, ${entry.actor},
-                ${entry.detail ?? null}, ${entry.durationMs === undefined ? null : Math.round(entry.durationMs)})`.pipe(
-        Effect.mapError((cause) => new PoolError({ cause }))
-      )
-    })
+                ${entry.detail ?? null}, ${entry.durationMs === undefined ? null : Math.round(entry.durationMs)})`
+    }, Effect.mapError((cause) => new PoolError({ cause })))
 
     const entries = Effect.fn("Journal.entries")(function*(allocationId: AllocationId) {
-      const rows = yield* sql<{
-        step: StepName
-        event: StepEvent
-        actor: Actor
-        detail: string | null
-        duration_ms: number | null
-        at: Date
-      }>`select step, event, actor, detail, duration_ms, at from allocation_steps
-          where allocation_id = ${allocationId} order by id`.pipe(Effect.mapError((cause) => new PoolError({ cause })))
-      return rows.map((row): JournalEntry => ({
-        step: row.step,
-        event: row.event,
-        actor: row.actor,
-        detail: row.detail,
-        durationMs: row.duration_ms,
-        at: row.at
-      }))
-    })
+      const rows = yield* sql`
+        select step, event, actor, detail, duration_ms as "durationMs", at from allocation_steps
+         where allocation_id = ${allocationId} order by id`
+      return yield* Schema.decodeUnknown(Schema.Array(JournalEntry))(rows)
+    }, Effect.mapError((cause) => new PoolError({ cause })))
 
     return { record, entries }
   })

@@ -1,10 +1,10 @@
 import { Command, FileSystem, HttpClient, HttpClientRequest, Path } from "@effect/platform"
-import type { ResponseError } from "@effect/platform/HttpClientError"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
-import { Chunk, Config, Context, Data, Duration, Effect, Layer, Metric, Option, Schedule, Stream } from "effect"
+import { Chunk, Context, Data, Duration, Effect, Layer, Metric, Option, Schedule, Schema, Stream } from "effect"
 import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
-import { type AllocationId, type OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
+import { AllocationId, OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
+import { NginxConfig, probeBaseUrl, Settings } from "../config.ts"
 import { PROBE_PATH, renderMainConfig, renderRoute, routeFileName } from "./config.ts"
 import { awaitOldWorkersClosed, siblingWorkers } from "./workers.ts"
 
@@ -53,46 +53,18 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
   readonly listRoutes: Effect.Effect<ReadonlyArray<OrganizationId>, NginxError>
 }>() {}
 
-const hostnamePattern = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/
-const listenPattern = /^((\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|[a-z0-9.-]+):)?\d{1,5}$/i
-
-export const NginxConfig = Config.all({
-  confDir: Config.string("NGINX_CONF_DIR"),
-  bin: Config.string("NGINX_BIN").pipe(Config.withDefault("nginx")),
-  mainConf: Config.option(Config.string("NGINX_MAIN_CONF")),
-  listen: Config.string("NGINX_LISTEN").pipe(
-    Config.withDefault("80"),
-    Config.validate({ message: "NGINX_LISTEN must be PORT or HOST:PORT", validation: (s) => listenPattern.test(s) })
-  ),
-  probeUrl: Config.option(Config.url("NGINX_PROBE_URL")),
-  reloadMode: Config.literal("coalesce", "each")("NGINX_RELOAD_MODE").pipe(Config.withDefault("coalesce" as const)),
-  domain: Config.string("DOMAIN").pipe(
-    Config.withDefault("domain.local"),
-    Config.map((s) => s.toLowerCase()),
-    Config.validate({ message: "DOMAIN must be a DNS name", validation: (s) => hostnamePattern.test(s) })
-  )
-})
-
-/** Where the probe goes by default: loopback, on the port of NGINX_LISTEN. */
-const defaultProbeUrl = (listen: string) => {
-  const port = listen.slice(listen.lastIndexOf(":") + 1)
-  return `http://127.0.0.1:${port}`
-}
-
 export const NginxLive = Layer.scoped(
   Nginx,
   Effect.gen(function*() {
     const config = yield* NginxConfig
+    const { domain } = yield* Settings
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
     const executor = yield* Effect.context<NodeContext.NodeContext>()
     const http = yield* HttpClient.HttpClient
     const confDir = path.resolve(config.confDir)
     const routesDir = path.join(confDir, "routes")
-    const probeUrl = Option.match(config.probeUrl, {
-      onNone: () => defaultProbeUrl(config.listen),
-      onSome: (url) => url.toString().replace(/\/$/, "")
-    }) + PROBE_PATH
+    const probeUrl = probeBaseUrl(config) + PROBE_PATH
 
     const fail = (operation: NginxError["operation"]) => (cause: { readonly message: string }) =>
       new NginxError({ operation, reason: cause.message, cause })
@@ -196,16 +168,19 @@ export const NginxLive = Layer.scoped(
     const probe = (organizationId: OrganizationId): Effect.Effect<string, NginxError> =>
       http.execute(
         HttpClientRequest.get(probeUrl).pipe(
-          HttpClientRequest.setHeaders({ host: orgHostname(organizationId, config.domain), connection: "close" })
+          HttpClientRequest.setHeaders({ host: orgHostname(organizationId, domain), connection: "close" })
         )
       ).pipe(
-        Effect.flatMap((response): Effect.Effect<string, ResponseError | string> =>
-          response.status === 200 ? response.text : Effect.fail(`HTTP ${response.status}`)
+        Effect.mapError((cause) => new NginxError({ operation: "probe", reason: cause.message, cause })),
+        Effect.flatMap((response) =>
+          response.status === 200
+            ? Effect.mapError(response.text, (cause) => new NginxError({ operation: "probe", reason: cause.message, cause }))
+            : Effect.fail(new NginxError({ operation: "probe", reason: `HTTP ${response.status}` }))
         ),
-        Effect.timeoutFail({ duration: Duration.seconds(2), onTimeout: () => "no answer within 2 s" }),
-        Effect.mapError((cause) =>
-          new NginxError({ operation: "probe", reason: typeof cause === "string" ? cause : cause.message, cause })
-        )
+        Effect.timeoutFail({
+          duration: PROBE_TIMEOUT,
+          onTimeout: () => new NginxError({ operation: "probe", reason: `no answer within ${Duration.format(PROBE_TIMEOUT)}` })
+        })
       )
 
     // New workers take a few milliseconds to answer after the signal: poll fast, then back off.
@@ -220,7 +195,7 @@ export const NginxLive = Layer.scoped(
         yield* fs.makeDirectory(routesDir, { recursive: true })
         yield* writeAtomically(
           path.join(confDir, "gateway-allocator.conf"),
-          renderMainConfig({ confDir, domain: config.domain, listen: config.listen })
+          renderMainConfig({ confDir, domain: domain, listen: config.listen })
         )
       }).pipe(
         Effect.mapError(fail("install")),
@@ -230,7 +205,7 @@ export const NginxLive = Layer.scoped(
       writeRoute: Effect.fn("Nginx.writeRoute")(function*(route) {
         yield* writeAtomically(
           path.join(routesDir, routeFileName(route.organizationId)),
-          renderRoute({ ...route, domain: config.domain })
+          renderRoute({ ...route, domain: domain })
         ).pipe(Effect.mapError(fail("write")))
       }),
       removeRoute: Effect.fn("Nginx.removeRoute")(function*(organizationId) {
@@ -259,9 +234,15 @@ export const NginxLive = Layer.scoped(
       }),
       probeRoute: (organizationId) =>
         probe(organizationId).pipe(
-          Effect.map((body) => {
+          Effect.flatMap((body) => {
             const { allocation } = parseProbe(body)
-            return allocation === "" ? null : (allocation as AllocationId)
+            return allocation === ""
+              ? Effect.succeed(null)
+              : Schema.decodeUnknown(AllocationId)(allocation).pipe(
+                Effect.mapError((cause) =>
+                  new NginxError({ operation: "probe", reason: `unreadable answer: ${allocation.slice(0, 80)}`, cause })
+                )
+              )
           }),
           Effect.withSpan("Nginx.probeRoute")
         ),
@@ -278,8 +259,11 @@ export const NginxLive = Layer.scoped(
   })
 ).pipe(Layer.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layer)))
 
+/** One probe's bound: nginx answers it itself, in microseconds, unless it is stalled. */
+const PROBE_TIMEOUT = Duration.seconds(2)
+
 /** A hostname no org has: its probe only says which worker answered. */
-const NOBODY = "00000000-0000-0000-0000-000000000000" as OrganizationId
+const NOBODY = OrganizationId.make("00000000-0000-0000-0000-000000000000")
 
 /** The probe answers "{allocation id} {worker pid}"; the id is empty when no route matches. */
 const parseProbe = (body: string) => {

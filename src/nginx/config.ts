@@ -10,7 +10,7 @@ const escapeRegex = (value: string) => value.replace(/[.*+?^${}()|[\]\\]/g, "\\$
 /**
  * The service's own http-context file. Routes are data: one map entry per org (included from
  * `routes/`), one server block for all orgs. A reload with 10,000 map entries costs a fraction
- * of 10,000 server blocks (DESIGN section 6).
+ * of 10,000 server blocks.
  */
 export const renderMainConfig = (options: {
   readonly confDir: string

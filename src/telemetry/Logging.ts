@@ -1,4 +1,5 @@
-import { Cause, Config, ConfigError, Context, Effect, Either, FiberId, FiberRef, FiberRefs, HashMap, Inspectable, Layer, List, Logger, LogLevel, Option, Tracer } from "effect"
+import { LogFormat, LogLevelConfig } from "../config.ts"
+import { Cause, Context, Effect, FiberId, FiberRef, FiberRefs, HashMap, Inspectable, Layer, List, Logger, Option, Tracer } from "effect"
 
 // Log lines carry the trace they belong to: `trace_id` and `span_id` of the current span of the
 // fiber that logs (the same ids the OTLP exporter sends, when tracing is on), next to the
@@ -63,30 +64,11 @@ export const prettyLogger: Logger.Logger<unknown, void> = Logger.mapInputOptions
 /** logfmt, with the trace ids among the annotations. */
 export const logfmtLogger: Logger.Logger<unknown, string> = Logger.mapInputOptions(Logger.logfmtLogger, withTraceIds)
 
-export const LogFormat = Config.literal("json", "pretty", "logfmt")("LOG_FORMAT").pipe(
-  Config.withDefault("json" as const)
-)
-
 /** The logger for a LOG_FORMAT, writing to the console (stdout). */
 export const loggerFor = (format: "json" | "pretty" | "logfmt"): Logger.Logger<unknown, void> =>
   format === "pretty"
     ? prettyLogger
     : Logger.withConsoleLog(format === "logfmt" ? logfmtLogger : jsonLogger)
-
-/**
- * LOG_LEVEL: Effect's labels (`Info`, `Warn`, `Error`, `Debug`, ...), any case; `Warning` is
- * accepted for `Warn`, as operators write it.
- */
-export const LogLevelConfig = Config.string("LOG_LEVEL").pipe(
-  Config.withDefault("Info"),
-  Config.mapOrFail((text) => {
-    const wanted = text.trim().toUpperCase().replace(/^WARNING$/, "WARN").replace(/^NONE$/, "OFF")
-    const level = LogLevel.allLevels.find((candidate) => candidate.label === wanted)
-    return level === undefined
-      ? Either.left(ConfigError.InvalidData([], `LOG_LEVEL must be one of ${LogLevel.allLevels.map((l) => l.label).join(", ")}`))
-      : Either.right(level)
-  })
-)
 
 /** LOG_FORMAT (`json`, the default, `pretty` or `logfmt`) and LOG_LEVEL (`Info` by default). */
 export const LoggingLive = Layer.unwrapEffect(

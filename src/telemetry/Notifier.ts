@@ -1,5 +1,6 @@
 import { NodeHttpClient } from "@effect/platform-node"
-import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
+import { WebhookUrl } from "../config.ts"
 import type { StepName, UndoOutcome } from "../domain/steps.ts"
 import { makeWebhook, type WebhookOptions } from "./Webhook.ts"
 
@@ -54,18 +55,6 @@ export const NotifierWebhook = (options: WebhookOptions) =>
           )
       }))
   ).pipe(Layer.provide(NodeHttpClient.layerUndici))
-
-/** ROLLBACK_WEBHOOK_URL, checked at start-up: an absolute http(s) URL. */
-export const WebhookUrl = Config.option(
-  Config.redacted("ROLLBACK_WEBHOOK_URL").pipe(
-    Config.mapOrFail((url: Redacted.Redacted<string>) => {
-      const parsed = Either.try(() => new URL(Redacted.value(url)))
-      return Either.isRight(parsed) && (parsed.right.protocol === "http:" || parsed.right.protocol === "https:")
-        ? Either.right(url)
-        : Either.left(ConfigError.InvalidData([], "ROLLBACK_WEBHOOK_URL must be an absolute http(s) URL"))
-    })
-  )
-)
 
 /** ROLLBACK_WEBHOOK_URL set: notices go to the webhook; unset: they are only logged. */
 export const NotifierLive = Layer.unwrapEffect(

@@ -3,8 +3,8 @@
 // gateway's handshake answers 500 or hangs, its health check hangs, PowerDNS stops or freezes,
 // a broken foreign file sits in nginx's directory, nginx's master freezes, a replica freezes for
 // a moment or is killed with SIGKILL and restarted. Then
-// the faults stop, the system gets two reconcile periods, and every invariant of DESIGN
-// section 7 is checked against the real systems.
+// the faults stop, the system gets two reconcile periods, and every invariant of
+// docs/architecture.md is checked against the real systems.
 //
 //   npm run chaos -- --ops 2000 --seed 42 [--gateways 6] [--orgs 12] [--workers 4] [--time-limit-s 900]
 //                    [--think-ms 100-700] [--fault-every-ms 700-2500] [--kill-every-ms 8000-16000]
@@ -72,7 +72,7 @@ export interface ChaosSummary {
   /** Requests issued and how each ended ("start 200 new", "start 504 handshake", "stop 404"...). */
   readonly operations: number
   readonly outcomes: Readonly<Record<string, number>>
-  /** Answers that break the API contract (DESIGN section 4 / invariant 3), with a sample body each. */
+  /** Answers that break the API contract (the README's API table / free + allocated = total), with a sample body each. */
   readonly contractBreaks: ReadonlyArray<string>
   readonly faults: Readonly<Record<string, number>>
   readonly kills: number

@@ -1,6 +1,6 @@
 // The chaos run of test/chaos/chaos.ts at CI size: a few hundred starts and stops from concurrent
 // clients against two replicas, with gateway, PowerDNS and nginx faults and kill -9 of a replica,
-// then every invariant of DESIGN section 7 checked two reconcile periods after the last fault.
+// then every invariant of docs/architecture.md checked two reconcile periods after the last fault.
 // CHAOS_SEED=N replays a run's choices; CHAOS_OPS=N changes its size.
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"

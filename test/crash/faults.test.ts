@@ -202,7 +202,7 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
         const allocationId: string = first.json.allocation_id
 
         // nginx refuses every reload while a broken foreign file sits in its directory: the stop
-        // cannot take the route down, so the allocation stays `stopping` (DESIGN: "a retry, or
+        // cannot take the route down, so the allocation stays `stopping` ("a retry, or
         // the reconciler, finishes it").
         const broken = path.join(stack.nginx.confDir, "broken-by-test.conf")
         const stop = yield* Effect.sync(() => writeFileSync(broken, "this is { not nginx syntax\n")).pipe(

@@ -6,6 +6,7 @@ import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import { listRecords, type PowerDnsHandle, startPowerDns } from "../../src/dev/PowerDnsProcess.ts"
+import { Settings } from "../../src/config.ts"
 import { Dns, DnsPowerDns } from "../../src/dns/Dns.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { configFrom } from "../support/stack.ts"
@@ -25,7 +26,7 @@ const RealPowerDnsLive = Layer.scoped(
 
 const DnsLive = Layer.unwrapEffect(
   Effect.map(RealPowerDns, (pdns) =>
-    DnsPowerDns.pipe(Layer.provide(configFrom({
+    DnsPowerDns.pipe(Layer.provide(Settings.Default), Layer.provide(configFrom({
       PDNS_API_URL: pdns.apiUrl,
       PDNS_API_KEY: "test-key",
       DOMAIN: "domain.local"

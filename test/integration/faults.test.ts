@@ -9,7 +9,6 @@ import { mkdir, readdir, rm, writeFile } from "node:fs/promises"
 import path from "node:path"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
-import type { StartError } from "../../src/domain/errors.ts"
 import type { AllocationId, OrganizationId } from "../../src/domain/ids.ts"
 import {
   awaitNginxRoutes,
@@ -21,6 +20,7 @@ import {
   routeFileExists,
   routeFilePath
 } from "../support/probes.ts"
+import { asFailure, type Failure } from "../support/failures.ts"
 import { ServicesLive, setAllGateways, Stack, StackLive, withStack } from "../support/stack.ts"
 
 const STEP_TIMEOUT_MS = 2500
@@ -46,12 +46,12 @@ const failingStart = (org: OrganizationId) =>
   Effect.flatMap(Allocator, (allocator) => allocator.start(org)).pipe(
     Effect.either,
     Effect.flatMap(Either.match({
-      onLeft: (error) => Effect.succeed(error),
+      onLeft: (error) => Effect.succeed(asFailure(error)),
       onRight: (started) => Effect.dieMessage(`the start was expected to fail, it succeeded: ${JSON.stringify(started)}`)
     }))
   )
 
-const stepAndReport = (error: StartError) =>
+const stepAndReport = (error: Failure) =>
   error._tag === "NoGatewayAvailable"
     ? { tag: error._tag }
     : {
@@ -60,7 +60,7 @@ const stepAndReport = (error: StartError) =>
       rollback: error.rollback.map((outcome) => `${outcome.step}:${outcome.status}`)
     }
 
-const allocationIdOf = (error: StartError): AllocationId => {
+const allocationIdOf = (error: Failure): AllocationId => {
   if (error._tag === "NoGatewayAvailable" || error.allocationId === undefined) {
     throw new Error(`no allocation id on ${error._tag}`)
   }
@@ -92,7 +92,7 @@ layer(
         const name = yield* gatewayName(started.gatewayId)
         expect(observation.nginx).toBe(name)
 
-        // The claimed gateway was initialised for this org (DESIGN section 5).
+        // The claimed gateway was initialised for this org (the gateway protocol).
         const gateway = stack.gateways.find((g) => g.name === name)
         expect(gateway).toBeDefined()
         expect(yield* gateway!.handshakes).toEqual([{

@@ -1,4 +1,4 @@
-// The HTTP API of DESIGN section 4 over a real socket (HttpServerLive on 127.0.0.1), over the
+// The HTTP API of the README's API table over a real socket (HttpServerLive on 127.0.0.1), over the
 // real stack (embedded Postgres, nginx, PowerDNS, sample gateways), driven with fetch. Every
 // status code of the contract table, and what bad input and failed starts leave behind.
 import { describe, expect, layer } from "@effect/vitest"
@@ -228,7 +228,7 @@ layer(
             ["add gateway: name with space", post("/pool/gateways", { name: "a b", upstream: "127.0.0.1:9" })],
             ["add gateway: missing upstream", post("/pool/gateways", { name: "bad-7" })]
           ] as const
-          // Every case's outcome side by side, so one run shows every deviation. DESIGN section 4:
+          // Every case's outcome side by side, so one run shows every deviation. The README's API table:
           // all bodies are JSON, errors included.
           const outcomes = []
           for (const [name, request] of cases) {

@@ -7,6 +7,7 @@ import { tmpdir } from "node:os"
 import path from "node:path"
 import type { AllocationId, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
+import { Settings } from "../../src/config.ts"
 import { Nginx, NginxLive } from "../../src/nginx/Nginx.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../../src/telemetry/Metrics.ts"
 import { configFrom } from "../support/stack.ts"
@@ -23,6 +24,7 @@ const NginxFor = (mode: "coalesce" | "each") =>
     Effect.map(RealNginx, (handle) =>
       Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) => nginx.install)).pipe(
         Layer.provideMerge(NginxLive),
+        Layer.provide(Settings.Default),
         Layer.provide(configFrom({
           NGINX_CONF_DIR: handle.confDir,
           NGINX_MAIN_CONF: handle.mainConf,

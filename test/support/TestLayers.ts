@@ -7,16 +7,16 @@ import { Handshake, HandshakeError } from "../../src/handshake/Handshake.ts"
 import { Journal, type JournalEntry, type JournalRecord } from "../../src/journal/Journal.ts"
 import { Nginx, NginxError } from "../../src/nginx/Nginx.ts"
 import { type Notice, Notifier } from "../../src/telemetry/Notifier.ts"
+import { PoolError } from "../../src/db/errors.ts"
+import { type Allocation, type AllocationState, type LiveAllocation, LiveState } from "../../src/domain/allocation.ts"
 import {
-  type Allocation,
-  type AllocationState,
   type Gateway,
   GatewayAllocated,
   GatewayNameTaken,
   GatewayNotFound,
-  GatewayPool,
-  PoolError
+  GatewayPool
 } from "../../src/pool/GatewayPool.ts"
+import { Runner } from "../../src/pool/Runner.ts"
 
 /**
  * In-memory stand-ins for the outside systems, for the ordering logic. Every call is recorded
@@ -60,7 +60,8 @@ const operation = <A, E>(world: World, name: string, error: () => E, effect: Eff
   })
 
 const sqlError = (name: string) => new PoolError({ cause: new SqlError.SqlError({ message: `injected failure in ${name}` }) })
-const live: ReadonlyArray<AllocationState> = ["starting", "active", "stopping", "rolling_back"]
+const live: ReadonlyArray<AllocationState> = LiveState.literals
+const isLive = (allocation: Allocation): allocation is LiveAllocation => live.includes(allocation.state)
 
 const makeWorld = Effect.gen(function*() {
   return {
@@ -83,7 +84,7 @@ const poolOf = (world: World) => {
     operation<A, E | PoolError>(world, name, () => sqlError(name), effect)
   const findLive = (organizationId: OrganizationId) =>
     Effect.map(Ref.get(world.allocations), (all) =>
-      Option.fromNullable([...all.values()].find((a) => a.organizationId === organizationId && live.includes(a.state))))
+      Option.fromNullable([...all.values()].filter(isLive).find((a) => a.organizationId === organizationId)))
   const setState = (allocationId: AllocationId, state: AllocationState) =>
     Ref.update(world.allocations, (all) => {
       const current = all.get(allocationId)
@@ -96,7 +97,7 @@ const poolOf = (world: World) => {
         const existing = yield* findLive(organizationId)
         if (Option.isSome(existing)) {
           const a = existing.value
-          return { allocationId: a.allocationId, gatewayId: a.gatewayId!, upstream: a.upstream, state: a.state, reused: true }
+          return { allocationId: a.allocationId, gatewayId: a.gatewayId, upstream: a.upstream, state: a.state, reused: true }
         }
         const free = (yield* Ref.get(world.gateways)).find((g) => g.allocationId === null)
         if (free === undefined) return yield* new NoGatewayAvailable()
@@ -158,18 +159,17 @@ const poolOf = (world: World) => {
     recoverable: (runner) =>
       Effect.gen(function*() {
         const dead = yield* Ref.get(world.deadRunners)
-        return [...(yield* Ref.get(world.allocations)).values()].filter((a) =>
-          (a.state === "starting" || a.state === "stopping" || a.state === "rolling_back") &&
-          (a.runner === runner || dead.has(a.runner))
+        return [...(yield* Ref.get(world.allocations)).values()].filter(isLive).filter((a) =>
+          a.state !== "active" && (a.runner === runner || dead.has(a.runner))
         )
       }),
     adopt: (allocation, runner) =>
       Effect.gen(function*() {
         const current = (yield* Ref.get(world.allocations)).get(allocation.allocationId)
-        if (current === undefined || current.runner !== allocation.runner || !live.includes(current.state)) {
+        if (current === undefined || current.runner !== allocation.runner || !isLive(current)) {
           return Option.none()
         }
-        const adopted: Allocation = {
+        const adopted: LiveAllocation = {
           ...current,
           runner,
           state: current.state === "starting" ? "rolling_back" : current.state
@@ -178,7 +178,7 @@ const poolOf = (world: World) => {
         return Option.some(adopted)
       }),
     liveAllocations: () =>
-      Effect.map(Ref.get(world.allocations), (all) => [...all.values()].filter((a) => live.includes(a.state))),
+      Effect.map(Ref.get(world.allocations), (all) => [...all.values()].filter(isLive)),
     exclusively: (_job, effect) => Effect.scoped(Effect.map(effect, Option.some))
   })
 }
@@ -251,6 +251,7 @@ export const OutsideTest = Layer.effectContext(
   Effect.map(makeWorld, (world) =>
     Context.empty().pipe(
       Context.add(TestWorld, world),
+      Context.add(Runner, Runner.make({ id: "test-runner" })),
       Context.add(GatewayPool, poolOf(world)),
       Context.add(Journal, journalOf(world)),
       Context.add(Dns, dnsOf(world)),

@@ -1,4 +1,4 @@
-// The service's HTTP API (DESIGN section 4) on a real socket, over the real stack, and a small
+// The service's HTTP API (the README's API table) on a real socket, over the real stack, and a small
 // fetch-based client to drive it.
 import { Context, Effect, Layer } from "effect"
 import { freePort } from "../../src/lib/ports.ts"

@@ -1,4 +1,4 @@
-// DESIGN section 7, asked of the real systems (Postgres, PowerDNS, the route files, nginx and the
+// The invariants of docs/architecture.md, asked of the real systems (Postgres, PowerDNS, the route files, nginx and the
 // service's API), never of the service's memory:
 //  1. an org is active in the API <=> its DNS A record exists <=> routes/org-{uuid}.conf exists
 //     <=> nginx routes its hostname (to the allocation's gateway); a gateway serves at most one

@@ -1,5 +1,5 @@
 // Effects that ask the real systems (PowerDNS, the file system, nginx, Postgres through the pool)
-// what they hold for an org, independently of what the service believes. DESIGN section 7,
+// what they hold for an org, independently of what the service believes. The invariants of docs/architecture.md,
 // invariant 1: an org is active in the API <=> its DNS record exists <=> its route file exists
 // <=> nginx routes its hostname.
 import { expect } from "@effect/vitest"
@@ -227,7 +227,7 @@ export const observe = (stack: LocalStack, org: OrganizationId) =>
   })
 
 /**
- * DESIGN section 7, invariant 1: the API, PowerDNS (API and DNS query), the route file and nginx
+ * Invariant 1 (docs/architecture.md): the API, PowerDNS (API and DNS query), the route file and nginx
  * agree that the org is active (and nginx reaches the allocation's gateway, which serves only
  * this allocation) or that it is absent everywhere.
  */

@@ -218,7 +218,7 @@ export const startServer = (
   })
 
 // ---------------------------------------------------------------------------------------------
-// A small client for the service's API (DESIGN section 4).
+// A small client for the service's API (the README's API table).
 
 export interface ApiAnswer {
   readonly status: number

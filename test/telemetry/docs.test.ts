@@ -1,5 +1,5 @@
 // GET /openapi.json and GET /docs through the real HttpApi on a socket: no auth, every endpoint,
-// every error status of DESIGN section 4, a summary on every operation, a description on every
+// every error status of the README's API table, a summary on every operation, a description on every
 // response.
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
@@ -7,7 +7,7 @@ import { fetchApi, ServedApi, TestServices } from "./harness.ts"
 
 const Served = ServedApi.pipe(Layer.provideMerge(TestServices()))
 
-/** DESIGN section 4: method, path (OpenAPI form), the statuses the contract names. */
+/** The README's API table: method, path (OpenAPI form), the statuses the contract names. */
 const contract: ReadonlyArray<readonly [string, string, ReadonlyArray<number>]> = [
   ["post", "/gateway/start", [200, 400, 401, 502, 503, 504]],
   ["post", "/gateway/stop", [200, 400, 401, 404]],

@@ -4,9 +4,8 @@ import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer, Logger, LogLevel } from "effect"
 import { createServer } from "node:http"
-import { Allocator } from "../../src/allocation/Allocator.ts"
 import { makeServices } from "../../src/app.ts"
-import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import type { GatewayName, Upstream } from "../../src/domain/ids.ts"
 import { HttpAppLive } from "../../src/http/server.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
 import { jsonLogger } from "../../src/telemetry/Logging.ts"
@@ -38,8 +37,7 @@ export const TestServices = <ROut, E>(
     Layer.provide(configFrom({ ...baseEnv, ...options.env }))
   )
 
-export const startFailure = (org: OrganizationId) =>
-  Effect.flatMap(Allocator, (allocator) => allocator.start(org)).pipe(Effect.flip)
+export { startFailure } from "../support/failures.ts"
 
 export class ApiBase extends Context.Tag("test/ApiBase")<ApiBase, string>() {}
 

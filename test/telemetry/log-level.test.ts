@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Either, LogLevel } from "effect"
-import { LogLevelConfig } from "../../src/telemetry/Logging.ts"
+import { LogLevelConfig } from "../../src/config.ts"
 
 const parse = (value: string | undefined) =>
   Effect.withConfigProvider(

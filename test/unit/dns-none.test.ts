@@ -6,6 +6,7 @@ import { makeServices } from "../../src/app.ts"
 import { DnsNone } from "../../src/dns/Dns.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { startFailure } from "../support/failures.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
 
@@ -32,7 +33,7 @@ describe("DNS_PROVIDER=none", () => {
       expect(stopJournal.filter((e) => e.step === "dns").map((e) => e.event)).toEqual(["skipped", "undo_started", "undo_skipped"])
 
       yield* setFault("handshake.handshake", "fail")
-      const error = yield* allocator.start(randomUUID() as OrganizationId).pipe(Effect.flip)
+      const error = yield* startFailure(randomUUID() as OrganizationId)
       expect(error._tag).toBe("StepFailed")
       if (error._tag === "NoGatewayAvailable") return
       expect(error.rollback.map((o) => o.step)).toEqual(["nginx-reload", "nginx-config", "allocate"])

@@ -3,7 +3,7 @@ import { Duration, Effect, Exit, Fiber, Layer, Ref, Scope, TestClock } from "eff
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { makeServices } from "../../src/app.ts"
-import type { StartError } from "../../src/domain/errors.ts"
+import { type Failure, startFailure } from "../support/failures.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import type { StepName } from "../../src/domain/steps.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
@@ -29,8 +29,6 @@ const TestServices = Layer.effectDiscard(
 
 const newOrg = () => randomUUID() as OrganizationId
 
-const startFailure = (org: OrganizationId) =>
-  Effect.flatMap(Allocator, (allocator) => allocator.start(org)).pipe(Effect.flip)
 
 /** Moves the TestClock in small increments so timeouts that start during a rollback fire too. */
 const advance = (totalMs: number) =>
@@ -55,7 +53,7 @@ const expectNothingLeft = (org: OrganizationId) =>
     expect(stats).toEqual({ total: 2, free: 2, allocated: 0 })
   })
 
-const reportSteps = (error: StartError) =>
+const reportSteps = (error: Failure) =>
   error._tag === "NoGatewayAvailable" ? [] : error.rollback.map((outcome) => [outcome.step, outcome.status])
 
 describe("allocation pipeline (test layers)", () => {

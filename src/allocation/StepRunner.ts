@@ -1,0 +1,277 @@
+import { Cause, Clock, Data, Duration, Effect, Exit, FiberRef, HashMap, Option, Predicate, Ref, type Scope } from "effect"
+import { Settings } from "../config.ts"
+import { NoGatewayAvailable, type StepError, StepFailed, StepTimedOut } from "../domain/errors.ts"
+import type { AllocationId, OrganizationId } from "../domain/ids.ts"
+import {
+  type Actor,
+  type RollbackReport,
+  type StepEvent,
+  type StepName,
+  type StepOutcome,
+  undoEvent,
+  type UndoOutcome,
+  type UndoStatus
+} from "../domain/steps.ts"
+import { Journal } from "../journal/Journal.ts"
+import { recordStep, recordUndo } from "../telemetry/Metrics.ts"
+
+/** One allocation, and who is working on it: every journal row, log line and span says so. */
+export interface Run {
+  readonly allocationId: AllocationId
+  readonly organizationId: OrganizationId
+  readonly actor: Actor
+}
+
+/** An undo that deliberately did nothing, with the reason (journaled and reported as skipped). */
+export class UndoSkipped extends Data.TaggedClass("UndoSkipped")<{ readonly reason: string }> {}
+
+/**
+ * An undo: given the outcomes of the undos that ran before it in the same rollback, it does its
+ * work, says it skipped it, or fails with its own typed error.
+ */
+export type Undo<E, R> = (before: RollbackReport) => Effect.Effect<void | UndoSkipped, E, R>
+
+/** A rollback in the making, made by `attempt` for the steps of one start. */
+export interface Rollback {
+  /** The outcomes of the undos the start's Scope has run so far (each finalizer appends its own). */
+  readonly outcomes: Ref.Ref<RollbackReport>
+  /**
+   * The span annotations the start had when it ended (the gateway, once claimed): the undos run
+   * with them. A finalizer would otherwise run with those of its registration, and the `allocate`
+   * undo is registered before the claim names the gateway.
+   */
+  readonly spanAnnotations: Ref.Ref<HashMap.HashMap<string, unknown>>
+}
+
+export interface StepOptions<A, E, R, E2, R2> {
+  readonly run: Effect.Effect<A, E, R>
+  /**
+   * Registered as a scope finalizer *before* the step runs, and run when the scope closes with a
+   * failure or an interruption if the step completed or *may* have taken effect (see
+   * `saidNo`). Undos are idempotent, so running one for a step that had no effect is harmless.
+   */
+  readonly undo: Undo<E2, R2>
+  /**
+   * False for the claim: it journals its own completion in the same transaction, and before it
+   * there is no allocation row to journal against.
+   */
+  readonly journalForward?: boolean
+}
+
+const annotations = (run: Run, step: StepName) => ({
+  organization_id: run.organizationId,
+  allocation_id: run.allocationId,
+  step,
+  actor: run.actor
+})
+
+/**
+ * The step said "no": it failed with its own typed error, so it did not take effect and its undo
+ * is not run. A timeout, a defect or an interruption may have left it half done: undo it.
+ */
+const saidNo = (exit: Exit.Exit<unknown, unknown>): boolean =>
+  Exit.isFailure(exit) && !Cause.isInterrupted(exit.cause) && Option.isNone(Cause.dieOption(exit.cause)) &&
+  Option.match(Cause.failureOption(exit.cause), { onNone: () => false, onSome: (error) => !(error instanceof StepTimedOut) })
+
+/** How a step ended, for its span, its metric and its journal row. */
+const stepOutcome = (exit: Exit.Exit<unknown, unknown>): StepOutcome | "interrupted" => {
+  if (Exit.isSuccess(exit)) return "completed"
+  if (Cause.isInterruptedOnly(exit.cause)) return "interrupted"
+  return Option.exists(Cause.failureOption(exit.cause), (error) => error instanceof StepTimedOut) ? "timed_out" : "failed"
+}
+
+const describe = (cause: Cause.Cause<{ readonly message: string }>): string =>
+  Option.match(Cause.failureOption(cause), {
+    onNone: () => Cause.pretty(cause),
+    onSome: (error) => error.message
+  })
+
+/**
+ * The step's error: its own timeout, an empty pool (the claim's answer, passed on as it is), or a
+ * StepFailed carrying what went wrong; none if it was interrupted.
+ */
+const toStepError = (
+  step: StepName,
+  cause: Cause.Cause<{ readonly message: string }>
+): Option.Option<StepError | NoGatewayAvailable> => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) {
+    const error = failure.value
+    return Option.some(
+      error instanceof StepTimedOut || error instanceof NoGatewayAvailable
+        ? error
+        : new StepFailed({ step, reason: error.message, cause: error })
+    )
+  }
+  if (Cause.isInterruptedOnly(cause)) return Option.none()
+  // A defect inside a step is still that step's failure: the caller gets a 502 naming it.
+  const defect = Cause.squash(cause)
+  return Option.some(
+    new StepFailed({ step, reason: `defect: ${Predicate.hasProperty(defect, "message") ? String(defect.message) : String(defect)}` })
+  )
+}
+
+/**
+ * Runs the steps and undos of allocations: each step bounded by STEP_TIMEOUT_MS, each undo by
+ * UNDO_TIMEOUT_MS, every one journaled, logged, counted and traced.
+ */
+export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
+  effect: Effect.gen(function*() {
+    const journal = yield* Journal
+    const { stepTimeoutMs, undoTimeoutMs } = yield* Settings
+
+    /** Journal writes never fail a step or an undo: a lost row is logged, the work goes on. */
+    const record = (
+      run: Run,
+      step: StepName,
+      event: StepEvent,
+      extra: { readonly detail?: string | undefined; readonly durationMs?: number | undefined } = {}
+    ) =>
+      journal.record({ allocationId: run.allocationId, step, event, actor: run.actor, ...extra }).pipe(
+        Effect.interruptible,
+        Effect.timeout(Duration.millis(undoTimeoutMs)),
+        Effect.catchAllCause((cause) => Effect.logWarning("journal write failed", cause)),
+        Effect.annotateLogs({ ...annotations(run, step), journal_event: event })
+      )
+
+    /** Runs one undo: uninterruptible as a whole, the undo itself bounded by the undo timeout. */
+    const undo = <E extends { readonly message: string }, R>(
+      run: Run,
+      step: StepName,
+      effect: Effect.Effect<void | UndoSkipped, E, R>
+    ): Effect.Effect<UndoOutcome, never, R> =>
+      Effect.gen(function*() {
+        const startedAt = yield* Clock.currentTimeMillis
+        yield* record(run, step, "undo_started")
+        // Finalizers are uninterruptible: without `interruptible` the timeout could not stop a hung undo.
+        const exit = yield* effect.pipe(Effect.interruptible, Effect.timeout(Duration.millis(undoTimeoutMs)), Effect.exit)
+        const durationMs = (yield* Clock.currentTimeMillis) - startedAt
+        const [status, message]: readonly [UndoStatus, string | undefined] = Exit.match(exit, {
+          onSuccess: (result) => result instanceof UndoSkipped ? ["skipped", result.reason] : ["done", undefined],
+          onFailure: (cause) =>
+            Option.exists(Cause.failureOption(cause), Cause.isTimeoutException)
+              ? ["timed_out", `undo timed out after ${undoTimeoutMs} ms`]
+              : ["failed", describe(cause)]
+        })
+        const outcome: UndoOutcome = message === undefined
+          ? { step, status, duration_ms: durationMs }
+          : { step, status, message, duration_ms: durationMs }
+        yield* record(run, step, undoEvent[status], { detail: message, durationMs })
+        yield* recordUndo(step, status, run.actor)
+        yield* Effect.annotateCurrentSpan({ "undo.status": status, outcome: status })
+        if (status === "failed" || status === "timed_out") {
+          yield* Effect.logError(`undo of ${step} ${status === "failed" ? "failed" : "timed out"}: ${message}`)
+        } else {
+          yield* Effect.logInfo(`undo of ${step} ${status === "done" ? "done" : `skipped: ${message}`}`)
+        }
+        return outcome
+      }).pipe(
+        Effect.annotateLogs(annotations(run, step)),
+        Effect.withSpan(`undo ${step}`, { attributes: { ...annotations(run, step), "undo.step": step } })
+      )
+
+    /**
+     * Runs undos one after the other, each told what the ones before it did; with `untilUnfinished`
+     * it stops at the first that did not finish (a stop: the rest waits for a retry).
+     */
+    const undoAll = <E extends { readonly message: string }, R>(
+      run: Run,
+      undos: ReadonlyArray<readonly [StepName, Undo<E, R>]>,
+      options: { readonly untilUnfinished: boolean }
+    ): Effect.Effect<RollbackReport, never, R> =>
+      Effect.gen(function*() {
+        const report: Array<UndoOutcome> = []
+        for (const [step, make] of undos) {
+          const outcome = yield* undo(run, step, make(report))
+          report.push(outcome)
+          if (options.untilUnfinished && (outcome.status === "failed" || outcome.status === "timed_out")) break
+        }
+        return report
+      })
+
+    /**
+     * One step of a start: registers its undo in the enclosing Scope, journals, times out, traces,
+     * and turns whatever went wrong into the step's typed error. The Scope is the step tracker.
+     */
+    const step = <A, E extends { readonly message: string }, R, E2 extends { readonly message: string }, R2>(
+      run: Run,
+      rollback: Rollback,
+      name: StepName,
+      options: StepOptions<A, E, R, E2, R2>
+    ): Effect.Effect<A, StepError | NoGatewayAvailable, R | R2 | Scope.Scope> =>
+      Effect.gen(function*() {
+        // Until the step ends it counts as "may have taken effect": an interrupted step is undone.
+        const noEffect = yield* Ref.make(false)
+        yield* Effect.addFinalizer((scopeExit) =>
+          Effect.gen(function*() {
+            if (Exit.isSuccess(scopeExit) || (yield* Ref.get(noEffect))) return
+            const outcome = yield* undo(run, name, options.undo(yield* Ref.get(rollback.outcomes))).pipe(
+              Effect.locally(FiberRef.currentTracerSpanAnnotations, yield* Ref.get(rollback.spanAnnotations))
+            )
+            yield* Ref.update(rollback.outcomes, (report) => [...report, outcome])
+          })
+        )
+
+        const journalForward = options.journalForward ?? true
+        const startedAt = yield* Clock.currentTimeMillis
+        if (journalForward) yield* record(run, name, "started")
+        const exit = yield* options.run.pipe(
+          Effect.timeoutFail({
+            duration: Duration.millis(stepTimeoutMs),
+            onTimeout: () => new StepTimedOut({ step: name, timeoutMs: stepTimeoutMs })
+          }),
+          Effect.onExit((exit) => Effect.annotateCurrentSpan("outcome", stepOutcome(exit))),
+          Effect.withSpan(name, { attributes: { ...annotations(run, name), "step.name": name } }),
+          Effect.exit
+        )
+        yield* Ref.set(noEffect, saidNo(exit))
+        const durationMs = (yield* Clock.currentTimeMillis) - startedAt
+
+        if (Exit.isSuccess(exit)) {
+          if (journalForward) yield* record(run, name, "completed", { durationMs })
+          yield* recordStep(name, "completed", durationMs)
+          yield* Effect.logDebug(`step ${name} completed`)
+          return exit.value
+        }
+        const error = toStepError(name, exit.cause)
+        if (Option.isNone(error)) return yield* Effect.interrupt
+        const outcome = error.value._tag === "StepTimedOut" ? "timed_out" as const : "failed" as const
+        if (journalForward) yield* record(run, name, outcome, { detail: error.value.message, durationMs })
+        yield* recordStep(name, outcome, durationMs)
+        yield* Effect.logWarning(error.value.message)
+        return yield* error.value
+      }).pipe(Effect.annotateLogs(annotations(run, name)))
+
+    /** A step that does not apply here (e.g. `dns` with wildcard DNS): journaled as skipped. */
+    const skip = (run: Run, name: StepName, reason: string) => record(run, name, "skipped", { detail: reason })
+
+    /**
+     * Runs a start's steps in a Scope of their own. On failure or interruption the Scope closes,
+     * the registered undos run in reverse order, and the exit comes back with the whole rollback.
+     */
+    const attempt = <A, E, R>(
+      body: (rollback: Rollback) => Effect.Effect<A, E, R | Scope.Scope>
+    ): Effect.Effect<{ readonly exit: Exit.Exit<A, E>; readonly rollback: RollbackReport }, never, Exclude<R, Scope.Scope>> =>
+      Effect.gen(function*() {
+        const rollback: Rollback = {
+          outcomes: yield* Ref.make<RollbackReport>([]),
+          spanAnnotations: yield* Ref.make(yield* FiberRef.get(FiberRef.currentTracerSpanAnnotations))
+        }
+        const exit = yield* body(rollback).pipe(
+          // Runs before the Scope closes: what the start knew is what its undos are traced with.
+          Effect.onExit(() =>
+            Effect.flatMap(FiberRef.get(FiberRef.currentTracerSpanAnnotations), (now) => Ref.set(rollback.spanAnnotations, now))
+          ),
+          Effect.scoped,
+          Effect.exit
+        )
+        return { exit, rollback: yield* Ref.get(rollback.outcomes) }
+      })
+
+    /** Span annotations for every span from here on in this fiber (the gateway, once claimed). */
+    const annotateSpansFromHere = (key: string, value: string) =>
+      FiberRef.update(FiberRef.currentTracerSpanAnnotations, HashMap.set<string, unknown>(key, value))
+
+    return { step, skip, undo, undoAll, attempt, record, annotateSpansFromHere }
+  })
+}) {}

@@ -1,0 +1,161 @@
+// Every environment variable the service reads, in one place: each is defined (default,
+// validation, normalisation) here and read by exactly one layer. What several services share
+// (the domain and the time limits) is the `Settings` service, read once.
+import { Config, ConfigError, Effect, Either, LogLevel, Option, Redacted } from "effect"
+
+const hostnamePattern = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/
+const listenPattern = /^((\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|[a-z0-9.-]+):)?\d{1,5}$/i
+
+const milliseconds = (name: string, fallback: number) =>
+  Config.integer(name).pipe(
+    Config.withDefault(fallback),
+    Config.validate({ message: `${name} must be a positive number of milliseconds`, validation: (ms) => ms > 0 })
+  )
+
+/** DOMAIN: hostnames are `org-{uuid}.{DOMAIN}`. Lowercase, without a trailing dot. */
+const domain = Config.string("DOMAIN").pipe(
+  Config.withDefault("domain.local"),
+  Config.map((value) => value.trim().toLowerCase().replace(/\.$/, "")),
+  Config.validate({ message: "DOMAIN must be a DNS name", validation: (value) => hostnamePattern.test(value) })
+)
+
+// How many forward steps and undos a start has, for the bounds below.
+const STEPS = 5
+const UNDOS = 5
+/** Each step or undo writes two journal rows (started, then its outcome). */
+const JOURNAL_WRITES_PER_STEP = 2
+
+/**
+ * The bounds that follow from the timeouts. Every step is bounded by STEP_TIMEOUT_MS; every
+ * undo, journal write and state transition by UNDO_TIMEOUT_MS.
+ */
+const limitsOf = (stepTimeoutMs: number, undoTimeoutMs: number) => {
+  /** The forward path: five steps with their journal rows, then the transition that ends it. */
+  const startBoundMs = STEPS * (stepTimeoutMs + JOURNAL_WRITES_PER_STEP * undoTimeoutMs) + undoTimeoutMs
+  /** A rollback, a stop or a recovery: every undo with its journal rows. */
+  const teardownBoundMs = UNDOS * (1 + JOURNAL_WRITES_PER_STEP) * undoTimeoutMs
+  return {
+    startBoundMs,
+    teardownBoundMs,
+    /**
+     * An allocation in a transitional state whose row nobody touched for this long has no
+     * pipeline left working on it, whatever its runner's lease says (a frozen process): the
+     * reconciler takes it over.
+     */
+    recoveryDeadlineMs: startBoundMs + teardownBoundMs,
+    /** How long a stop waits for a start (or its rollback) of the same org to finish. */
+    settleWaitMs: startBoundMs + teardownBoundMs
+  }
+}
+
+export type Limits = ReturnType<typeof limitsOf>
+
+/**
+ * What the allocation core shares: the domain, the time limits and the bounds derived from them.
+ */
+export class Settings extends Effect.Service<Settings>()("Settings", {
+  effect: Effect.gen(function*() {
+    const settings = yield* Config.all({
+      domain,
+      stepTimeoutMs: milliseconds("STEP_TIMEOUT_MS", 10_000),
+      undoTimeoutMs: milliseconds("UNDO_TIMEOUT_MS", 10_000),
+      shutdownGraceMs: milliseconds("SHUTDOWN_GRACE_MS", 10_000),
+      reconcileIntervalMs: milliseconds("RECONCILE_INTERVAL_MS", 30_000)
+    })
+    return { ...settings, limits: limitsOf(settings.stepTimeoutMs, settings.undoTimeoutMs) }
+  })
+}) {}
+
+/** API_TOKEN: at least 16 characters; shorter (or empty) would make the API guessable. */
+export const ApiToken = Config.redacted("API_TOKEN").pipe(
+  Config.validate({
+    message: "API_TOKEN must be at least 16 characters (e.g. openssl rand -hex 24)",
+    validation: (token) => Redacted.value(token).length >= 16
+  })
+)
+
+export const ListenConfig = Config.all({
+  port: Config.integer("PORT").pipe(Config.withDefault(8080)),
+  host: Config.string("HOST").pipe(Config.withDefault("0.0.0.0"))
+})
+
+export const DatabaseConfig = Config.all({
+  /** Unset: an embedded PostgreSQL under DATA_DIR. */
+  url: Config.option(Config.redacted("DATABASE_URL")),
+  dataDir: Config.string("DATA_DIR").pipe(Config.withDefault("./.data"))
+})
+
+export const DnsProviderConfig = Config.literal("powerdns", "none")("DNS_PROVIDER").pipe(
+  Config.withDefault("powerdns" as const)
+)
+
+export const PowerDnsConfig = Config.all({
+  apiUrl: Config.url("PDNS_API_URL").pipe(Config.map((url) => url.toString().replace(/\/$/, ""))),
+  apiKey: Config.redacted("PDNS_API_KEY"),
+  serverId: Config.string("PDNS_SERVER_ID").pipe(Config.withDefault("localhost")),
+  /** Unset: `{DOMAIN}.` */
+  zone: Config.option(Config.string("PDNS_ZONE")),
+  recordIp: Config.string("DNS_RECORD_IP").pipe(Config.withDefault("127.0.0.1")),
+  ttl: Config.integer("DNS_TTL").pipe(Config.withDefault(60))
+})
+
+export const NginxConfig = Config.all({
+  confDir: Config.string("NGINX_CONF_DIR"),
+  bin: Config.string("NGINX_BIN").pipe(Config.withDefault("nginx")),
+  mainConf: Config.option(Config.string("NGINX_MAIN_CONF")),
+  listen: Config.string("NGINX_LISTEN").pipe(
+    Config.withDefault("80"),
+    Config.validate({ message: "NGINX_LISTEN must be PORT or HOST:PORT", validation: (s) => listenPattern.test(s) })
+  ),
+  /** Unset: loopback, on the port of NGINX_LISTEN. */
+  probeUrl: Config.option(Config.url("NGINX_PROBE_URL")),
+  reloadMode: Config.literal("coalesce", "each")("NGINX_RELOAD_MODE").pipe(Config.withDefault("coalesce" as const))
+})
+
+export const HandshakeConfig = Config.all({
+  healthPath: Config.string("HEALTH_PATH").pipe(Config.withDefault("/collab/ping")),
+  handshakePath: Config.string("HANDSHAKE_PATH").pipe(Config.withDefault("/collab/start"))
+})
+
+/** ROLLBACK_WEBHOOK_URL, checked at start-up: an absolute http(s) URL. */
+export const WebhookUrl = Config.option(
+  Config.redacted("ROLLBACK_WEBHOOK_URL").pipe(
+    Config.mapOrFail((url: Redacted.Redacted<string>) => {
+      const parsed = Either.try(() => new URL(Redacted.value(url)))
+      return Either.isRight(parsed) && (parsed.right.protocol === "http:" || parsed.right.protocol === "https:")
+        ? Either.right(url)
+        : Either.left(ConfigError.InvalidData([], "ROLLBACK_WEBHOOK_URL must be an absolute http(s) URL"))
+    })
+  )
+)
+
+export const OtlpConfig = Config.all({
+  endpoint: Config.option(Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT")),
+  metricIntervalMs: Config.integer("OTEL_METRIC_EXPORT_INTERVAL").pipe(Config.withDefault(60_000))
+})
+
+export const LogFormat = Config.literal("json", "pretty", "logfmt")("LOG_FORMAT").pipe(
+  Config.withDefault("json" as const)
+)
+
+/**
+ * LOG_LEVEL: Effect's labels (`Info`, `Warn`, `Error`, `Debug`, ...), any case; `Warning` is
+ * accepted for `Warn`, as operators write it.
+ */
+export const LogLevelConfig = Config.string("LOG_LEVEL").pipe(
+  Config.withDefault("Info"),
+  Config.mapOrFail((text) => {
+    const wanted = text.trim().toUpperCase().replace(/^WARNING$/, "WARN").replace(/^NONE$/, "OFF")
+    const level = LogLevel.allLevels.find((candidate) => candidate.label === wanted)
+    return level === undefined
+      ? Either.left(ConfigError.InvalidData([], `LOG_LEVEL must be one of ${LogLevel.allLevels.map((l) => l.label).join(", ")}`))
+      : Either.right(level)
+  })
+)
+
+/** Where the probe goes by default: loopback, on the port of NGINX_LISTEN. */
+export const probeBaseUrl = (config: { readonly listen: string; readonly probeUrl: Option.Option<URL> }) =>
+  Option.match(config.probeUrl, {
+    onNone: () => `http://127.0.0.1:${config.listen.slice(config.listen.lastIndexOf(":") + 1)}`,
+    onSome: (url) => url.toString().replace(/\/$/, "")
+  })

@@ -1,0 +1,18 @@
+import type { SqlError } from "@effect/sql"
+import { Data, type ParseResult, Predicate } from "effect"
+
+const detail = (cause: unknown) =>
+  Predicate.hasProperty(cause, "message") && typeof cause.message === "string" ? ` (${cause.message})` : ""
+
+/** Postgres did not answer, refused the statement, or answered rows of the wrong shape. */
+export class PoolError extends Data.TaggedError("PoolError")<{
+  readonly cause: SqlError.SqlError | ParseResult.ParseError
+}> {
+  override get message() {
+    return `database: ${this.cause.message}${this.cause._tag === "SqlError" ? detail(this.cause.cause) : ""}`
+  }
+}
+
+/** The SQLSTATE of a failed statement, e.g. `GA001` for `no_gateway_available`. */
+export const sqlState = (error: SqlError.SqlError): string | undefined =>
+  Predicate.hasProperty(error.cause, "code") && typeof error.cause.code === "string" ? error.cause.code : undefined

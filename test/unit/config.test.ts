@@ -1,0 +1,48 @@
+import { describe, expect, it } from "@effect/vitest"
+import { ConfigProvider, Effect, Either, Redacted } from "effect"
+import { ApiToken, Settings } from "../../src/config.ts"
+
+const withEnv = (env: Record<string, string>) => Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+const settingsFrom = (env: Record<string, string>) =>
+  Effect.gen(function*() {
+    return yield* Settings
+  }).pipe(Effect.provide(Settings.Default), withEnv(env), Effect.either)
+
+describe("configuration", () => {
+  it.effect("API_TOKEN: empty or shorter than 16 characters stops the service with what to fix", () =>
+    Effect.gen(function*() {
+      for (const token of ["", "short", "fifteen-chars!!"]) {
+        const parsed = yield* Effect.either(ApiToken).pipe(withEnv({ API_TOKEN: token }))
+        expect(Either.isLeft(parsed), `API_TOKEN=${JSON.stringify(token)}`).toBe(true)
+        if (Either.isLeft(parsed)) expect(String(parsed.left)).toMatch(/API_TOKEN must be at least 16 characters/)
+      }
+      const missing = yield* Effect.either(ApiToken).pipe(withEnv({}))
+      expect(Either.isLeft(missing)).toBe(true)
+      const good = yield* ApiToken.pipe(withEnv({ API_TOKEN: "sixteen-chars!!!" }))
+      expect(Redacted.value(good)).toBe("sixteen-chars!!!")
+    }))
+
+  it.effect("DOMAIN is read once, lowercased and without its trailing dot; a bad one is refused", () =>
+    Effect.gen(function*() {
+      const settings = yield* settingsFrom({ DOMAIN: "Example.COM." })
+      expect(Either.map(settings, (s) => s.domain)).toEqual(Either.right("example.com"))
+      const bad = yield* settingsFrom({ DOMAIN: "not a domain" })
+      expect(Either.isLeft(bad) && String(bad.left)).toMatch(/DOMAIN must be a DNS name/)
+    }))
+
+  it.effect("timeouts must be positive; the derived limits follow from them", () =>
+    Effect.gen(function*() {
+      const zero = yield* settingsFrom({ STEP_TIMEOUT_MS: "0" })
+      expect(Either.isLeft(zero) && String(zero.left)).toMatch(/STEP_TIMEOUT_MS must be a positive number/)
+      const settings = yield* settingsFrom({ STEP_TIMEOUT_MS: "1000", UNDO_TIMEOUT_MS: "100" })
+      if (Either.isLeft(settings)) return expect.fail(String(settings.left))
+      // 5 steps x (1000 + 2 journal rows x 100) + the final transition (100), then 5 undos x 3 x 100.
+      expect(settings.right.limits).toEqual({
+        startBoundMs: 6100,
+        teardownBoundMs: 1500,
+        recoveryDeadlineMs: 7600,
+        settleWaitMs: 7600
+      })
+    }))
+})
