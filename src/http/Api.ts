@@ -8,6 +8,7 @@ import {
   OpenApi
 } from "@effect/platform"
 import { Schema } from "effect"
+import { AllocationState } from "../domain/allocation.ts"
 import { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../domain/ids.ts"
 import { StepName, UndoOutcome } from "../domain/steps.ts"
 import {
@@ -41,7 +42,6 @@ export const StartedResponse = Schema.Struct({
   reused: Schema.Boolean
 })
 
-const AllocationState = Schema.Literal("starting", "active", "stopping", "rolling_back", "released", "rolled_back")
 
 export const GatewayStatusResponse = Schema.Struct({
   organization_id: OrganizationId,
