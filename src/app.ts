@@ -3,11 +3,13 @@
 // is a `Context.Tag` with one layer per implementation. Tests swap layers, never modules.
 //
 //   AppLive        the HTTP API, logging and tracing, over
-//   makeServices   the allocation core: Allocator and Reconciler, over StepRunner and Undos, over
+//   makeServices   the allocation core: Allocator and Reconciler, over StepRunner, Undos and
+//                  Ownership, over
 //   OutsideLive    one layer per outside system: Postgres (pool, journal, runner lease), PowerDNS,
 //                  nginx, the gateways' HTTP, the webhook; all over Settings (shared settings).
 import { Effect, Layer } from "effect"
 import { Allocator } from "./allocation/Allocator.ts"
+import { Ownership } from "./allocation/Ownership.ts"
 import { Reconciler } from "./allocation/Reconciler.ts"
 import { StepRunner } from "./allocation/StepRunner.ts"
 import { Undos } from "./allocation/undos.ts"
@@ -41,6 +43,7 @@ export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
   Reconciler.Default.pipe(
     Layer.provideMerge(Allocator.Default),
     Layer.provideMerge(Layer.merge(StepRunner.Default, Undos.Default)),
+    Layer.provideMerge(Ownership.Default),
     Layer.provideMerge(outside),
     Layer.provideMerge(Settings.Default)
   )

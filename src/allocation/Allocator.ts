@@ -20,8 +20,10 @@ import { Journal } from "../journal/Journal.ts"
 import { Nginx } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { Runner } from "../pool/Runner.ts"
+import type { PoolError } from "../db/errors.ts"
 import { recordStart, rollbacksIncompleteTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
+import { Ownership } from "./Ownership.ts"
 import { type Rollback, type Run, StepRunner, UndoSkipped } from "./StepRunner.ts"
 import { Undos } from "./undos.ts"
 
@@ -40,6 +42,27 @@ export interface Stopped {
 }
 
 const settlePoll = Schedule.spaced(Duration.millis(100))
+
+export type StopError = StopFailed | AllocationNotFound | PoolError
+
+/**
+ * One fiber per key, owned by the service's scope and detached from the callers: a caller that
+ * goes away does not abort the work, and concurrent callers for one key join the same fiber.
+ */
+const singleFlight = <A, E>() =>
+  Effect.gen(function*() {
+    const fibers = yield* FiberMap.make<OrganizationId, A, E>()
+    const lock = yield* Effect.makeSemaphore(1)
+    const run = (key: OrganizationId, effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+      lock.withPermits(1)(
+        Effect.flatMap(FiberMap.get(fibers, key).pipe(Effect.option), (existing) =>
+          Option.isSome(existing) ? Effect.succeed(existing.value) : FiberMap.run(fibers, key, effect))
+      ).pipe(Effect.flatMap(Fiber.join))
+    /** Waits for the key's fiber, if one runs, whatever its outcome. */
+    const wait = (key: OrganizationId) =>
+      FiberMap.get(fibers, key).pipe(Effect.flatMap(Fiber.await), Effect.ignore)
+    return { fibers, run, await: wait }
+  })
 
 /** How a start ended: the `outcome` of its span and of `gateway_allocator_starts_total`. */
 const startOutcome = (exit: Exit.Exit<Started, StartError>): StartOutcome =>
@@ -74,30 +97,20 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const undos = yield* Undos
     const steps = yield* StepRunner
     const runner = yield* Runner
+    const ownership = yield* Ownership
     const notifier = yield* Notifier
-    const inFlight = yield* FiberMap.make<OrganizationId, Started, StartError>()
-    const inFlightLock = yield* Effect.makeSemaphore(1)
-    // The allocations this process is working on right now (a start's own, a stop's target).
-    // Crash recovery leaves exactly these alone: a start that merely waits for another
-    // allocation of its org to settle is not working on that one.
-    const workingOn = new Set<AllocationId>()
-    const working = <A, E, R>(allocationId: AllocationId, effect: Effect.Effect<A, E, R>) =>
-      Effect.acquireUseRelease(
-        Effect.sync(() => workingOn.add(allocationId)),
-        () => effect,
-        () => Effect.sync(() => workingOn.delete(allocationId))
-      )
-
+    const starts = yield* singleFlight<Started, StartError>()
+    const stops = yield* singleFlight<Stopped, StopError>()
     // Shutdown (the HTTP server has already stopped taking requests): in-flight starts get a
     // grace period to finish; then the FiberMap's own finalizer interrupts them, and each one
     // rolls back through its Scope.
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
-        const running = yield* FiberMap.size(inFlight)
+        const running = yield* FiberMap.size(starts.fibers)
         if (running === 0) return
         yield* Effect.logInfo(`shutdown: waiting up to ${settings.shutdownGraceMs} ms for ${running} start(s)`)
         // Finalizers are uninterruptible: without `interruptible` the timeout could never fire.
-        const drained = yield* FiberMap.awaitEmpty(inFlight).pipe(
+        const drained = yield* FiberMap.awaitEmpty(starts.fibers).pipe(
           Effect.interruptible,
           Effect.timeout(Duration.millis(settings.shutdownGraceMs)),
           Effect.isSuccess
@@ -127,6 +140,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         const claimed = yield* steps.step(run, rollback, "allocate", {
           run: claim(run),
           journalForward: false,
+          fenced: false,
           // A claim that timed out or was interrupted may have committed: releasing by our own
           // allocation id is a no-op when it did not.
           undo: undos.release(allocationId, "rolled_back")
@@ -144,18 +158,18 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         } else {
           yield* steps.step(run, rollback, "dns", {
             run: dns.upsert(organizationId),
-            undo: () => undos.removeRecord(organizationId)
+            undo: () => undos.removeRecord(organizationId, allocationId)
           })
         }
 
         yield* steps.step(run, rollback, "nginx-config", {
           run: nginx.writeRoute({ organizationId, allocationId, upstream }),
-          undo: () => undos.removeRouteFile(organizationId)
+          undo: () => undos.removeRouteFile(organizationId, allocationId)
         })
 
         yield* steps.step(run, rollback, "nginx-reload", {
           run: nginx.reload.pipe(Effect.zipRight(nginx.awaitRoute(organizationId, allocationId))),
-          undo: () => undos.unroute(organizationId)
+          undo: () => undos.unroute(organizationId, allocationId)
         })
 
         yield* steps.step(run, rollback, "handshake", {
@@ -171,18 +185,23 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         })
 
         // The commit point: only now does the allocation count as active.
-        const activated = yield* pool.transition(allocationId, ["starting"], "active").pipe(
+        const activated = yield* pool.transition(allocationId, runner.id, ["starting"], "active").pipe(
           Effect.mapError((error) => new StepFailed({ step: "handshake", reason: `could not activate: ${error.message}` }))
         )
         if (!activated) {
-          return yield* new StepFailed({ step: "handshake", reason: "the allocation left the starting state while it ran" })
+          return yield* new StepFailed({
+            step: "handshake",
+            reason: "the allocation left the starting state while it ran (another runner took it over)"
+          })
         }
         return { organizationId, gatewayId, hostname, allocationId, reused: false } satisfies Started
       }).pipe(
         // Runs before the Scope's finalizers: the row says `rolling_back` while undos run, so a
         // crash in the middle of a rollback is finished by the reconciler.
         Effect.onError((cause) =>
-          pool.transition(run.allocationId, ["starting"], "rolling_back", { error: Cause.pretty(cause).slice(0, 2000) }).pipe(
+          pool.transition(run.allocationId, runner.id, ["starting"], "rolling_back", {
+            error: Cause.pretty(cause).slice(0, 2000)
+          }).pipe(
             Effect.interruptible,
             Effect.timeout(Duration.millis(settings.undoTimeoutMs)),
             Effect.catchAllCause((failure) => Effect.logWarning("could not mark the allocation rolling back", failure))
@@ -234,7 +253,10 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
 
     const runStart = Effect.fn("Allocation.start")(function*(run: Run) {
       yield* Effect.annotateCurrentSpan({ organization_id: run.organizationId, allocation_id: run.allocationId })
-      const attempt = yield* working(run.allocationId, steps.attempt((rollback) => pipeline(run, rollback)))
+      // This process's only worker on the new allocation: its reconciler leaves it alone.
+      const worked = yield* ownership.exclusive(run.allocationId, steps.attempt((rollback) => pipeline(run, rollback)))
+      if (Option.isNone(worked)) return yield* Effect.dieMessage(`allocation ${run.allocationId} is already being worked on`)
+      const attempt = worked.value
       const exit = Exit.mapError(attempt.exit, startError(run, attempt.rollback))
       yield* reportStart(run, exit, attempt.rollback)
       return yield* exit
@@ -246,40 +268,9 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
 
     /** Starts (or joins the in-flight start of) the org's allocation. Detached from the caller. */
     const start = (organizationId: OrganizationId): Effect.Effect<Started, StartError> =>
-      inFlightLock.withPermits(1)(
-        Effect.flatMap(FiberMap.get(inFlight, organizationId).pipe(Effect.option), (existing) =>
-          Option.isSome(existing)
-            ? Effect.succeed(existing.value)
-            : FiberMap.run(
-              inFlight,
-              organizationId,
-              runStart({ allocationId: AllocationId.make(randomUUID()), organizationId, actor: "request" })
-            ))
-      ).pipe(Effect.flatMap(Fiber.join))
-
-    const awaitLocalStart = (organizationId: OrganizationId) =>
-      FiberMap.get(inFlight, organizationId).pipe(
-        Effect.flatMap((fiber) => Fiber.await(fiber)),
-        Effect.ignore
-      )
-
-    /** The org's live allocation once no start or rollback is moving it. */
-    const settled = (organizationId: OrganizationId) =>
-      awaitLocalStart(organizationId).pipe(
-        Effect.zipRight(pool.findLive(organizationId)),
-        Effect.flatMap(Option.match({
-          onNone: () => Effect.fail(new AllocationNotFound({ what: `active allocation of ${organizationId}` })),
-          onSome: (allocation): Effect.Effect<LiveAllocation, AllocationNotFound | InTransition> =>
-            allocation.state === "starting" || allocation.state === "rolling_back"
-              ? Effect.fail(new InTransition({ state: allocation.state }))
-              : Effect.succeed(allocation)
-        })),
-        Effect.retry({
-          while: (error) => error._tag === "InTransition",
-          schedule: settlePoll.pipe(Schedule.upTo(Duration.millis(settings.limits.settleWaitMs)))
-        }),
-        Effect.catchTag("InTransition", () =>
-          Effect.fail(new AllocationNotFound({ what: `active allocation of ${organizationId}` })))
+      starts.run(
+        organizationId,
+        Effect.suspend(() => runStart({ allocationId: AllocationId.make(randomUUID()), organizationId, actor: "request" }))
       )
 
     /**
@@ -291,7 +282,6 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const teardown = (allocation: LiveAllocation) =>
       Effect.gen(function*() {
         const { allocationId, gatewayId, organizationId } = allocation
-        yield* pool.transition(allocationId, ["active", "stopping"], "stopping")
         const run: Run = { allocationId, organizationId, actor: "stop" }
         const report = yield* steps.undoAll(run, undos.teardown(allocation, "released"), { untilUnfinished: true })
         const unfinished = report.find(isUnfinished)
@@ -307,12 +297,43 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         })
       )
 
-    /** Stops the org's allocation. */
-    const stop = Effect.fn("Allocation.stop")(function*(organizationId: OrganizationId) {
-      const allocation = yield* settled(organizationId)
-      yield* Effect.annotateCurrentSpan({ organization_id: organizationId, allocation_id: allocation.allocationId })
-      return yield* working(allocation.allocationId, teardown(allocation))
+    /**
+     * Takes the org's live allocation over (compare-and-set on its row, and this process's only
+     * worker on it) once no start, rollback or other runner is moving it, and tears it down.
+     */
+    const runStop = Effect.fn("Allocation.stop")(function*(organizationId: OrganizationId) {
+      yield* Effect.annotateCurrentSpan({ organization_id: organizationId })
+      const once = Effect.gen(function*() {
+        yield* starts.await(organizationId)
+        const live = yield* pool.findLive(organizationId)
+        if (Option.isNone(live)) return yield* new AllocationNotFound({ what: `active allocation of ${organizationId}` })
+        const { allocationId, state } = live.value
+        if (state === "starting" || state === "rolling_back") return yield* new InTransition({ state })
+        // None: another live runner is stopping it; wait for it to finish.
+        const taken = yield* pool.takeForStop(allocationId, runner.id)
+        if (Option.isNone(taken)) return yield* new InTransition({ state })
+        yield* Effect.annotateCurrentSpan({ allocation_id: allocationId })
+        // None: this process's reconciler is finishing it right now; wait for it.
+        const stopped = yield* ownership.exclusive(allocationId, teardown(taken.value))
+        if (Option.isNone(stopped)) return yield* new InTransition({ state })
+        return stopped.value
+      })
+      return yield* once.pipe(
+        Effect.retry({
+          while: (error) => error._tag === "InTransition",
+          schedule: settlePoll.pipe(Schedule.upTo(Duration.millis(settings.limits.settleWaitMs)))
+        }),
+        Effect.catchTag("InTransition", () =>
+          Effect.fail(new AllocationNotFound({ what: `active allocation of ${organizationId}` })))
+      )
     })
+
+    /**
+     * Stops the org's allocation. Detached from the caller like a start (a client that goes away
+     * does not abort it halfway), and concurrent stops of one org share one.
+     */
+    const stop = (organizationId: OrganizationId): Effect.Effect<Stopped, StopError> =>
+      stops.run(organizationId, Effect.suspend(() => runStop(organizationId)))
 
     const status = Effect.fn("Allocation.status")(function*(organizationId: OrganizationId) {
       const allocation = yield* pool.findLive(organizationId)
@@ -329,9 +350,6 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       return { ...allocation.value, hostname: orgHostname(allocation.value.organizationId, settings.domain), steps: entries }
     })
 
-    /** Whether this process is working on the allocation right now (recovery leaves it alone). */
-    const busy = (allocationId: AllocationId) => Effect.sync(() => workingOn.has(allocationId))
-
-    return { start, stop, status, describe: describeAllocation, busy }
+    return { start, stop, status, describe: describeAllocation }
   })
 }) {}

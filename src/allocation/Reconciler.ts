@@ -4,12 +4,12 @@ import type { LiveAllocation } from "../domain/allocation.ts"
 import type { OrganizationId } from "../domain/ids.ts"
 import { isUnfinished } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
-import { Nginx } from "../nginx/Nginx.ts"
+import { Nginx, type RouteFile } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { Runner } from "../pool/Runner.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
-import { Allocator } from "./Allocator.ts"
+import { Ownership } from "./Ownership.ts"
 import { type Run, StepRunner } from "./StepRunner.ts"
 import { Undos } from "./undos.ts"
 
@@ -54,7 +54,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
     const nginx = yield* Nginx
     const undos = yield* Undos
     const steps = yield* StepRunner
-    const allocator = yield* Allocator
+    const ownership = yield* Ownership
     const runner = yield* Runner
     const notifier = yield* Notifier
 
@@ -109,80 +109,94 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
           undos: []
         }), { discard: true })
 
-    /** Files and records nobody owns are removed; active allocations missing theirs get them back. */
+    /**
+     * Files and records no live allocation owns are removed (compare-and-delete by the allocation
+     * the file names); active allocations missing theirs get them back, each while holding its
+     * row (a stop cannot take it down halfway through the repair, and a stopped one is not
+     * restored).
+     */
     const repairDrift = Effect.gen(function*() {
       // Listed before the allocations are read: anything created after the listing belongs to
       // an allocation that is already live when it is read.
       const routes = yield* nginx.listRoutes
       const records = yield* dns.listOrgRecords
       const live = new Map((yield* pool.liveAllocations()).map((a) => [a.organizationId, a]))
-      const stillOrphaned = (organizationId: OrganizationId) => Effect.map(pool.findLive(organizationId), Option.isNone)
+      const ownedBy = (route: RouteFile, allocation: Option.Option<LiveAllocation>) =>
+        Option.exists(allocation, (a) => a.allocationId === route.allocationId)
+      // Looked at again right before each removal: the org may have started since the listing.
+      const stillOrphan = (route: RouteFile) => Effect.map(pool.findLive(route.organizationId), (a) => !ownedBy(route, a))
 
       const orphanRoutes: Array<OrganizationId> = []
-      for (const organizationId of routes.filter((org) => !live.has(org))) {
-        if (!(yield* stillOrphaned(organizationId))) continue
-        yield* nginx.removeRoute(organizationId)
-        orphanRoutes.push(organizationId)
+      for (const route of routes.filter((r) => !ownedBy(r, Option.fromNullable(live.get(r.organizationId))))) {
+        if (!(yield* stillOrphan(route))) continue
+        if ((yield* nginx.removeRoute(route.organizationId, route.allocationId)) === "removed") {
+          orphanRoutes.push(route.organizationId)
+        }
       }
       if (orphanRoutes.length > 0) yield* nginx.reload
 
       const orphanRecords: Array<OrganizationId> = []
       for (const organizationId of records.filter((org) => !live.has(org))) {
-        if (!(yield* stillOrphaned(organizationId))) continue
+        if (Option.isSome(yield* pool.findLive(organizationId))) continue
         yield* dns.remove(organizationId)
         orphanRecords.push(organizationId)
       }
 
       const active = [...live.values()].filter((a) => a.state === "active")
-      const routeSet = new Set(routes)
-      const recordSet = new Set(records)
-      const missingRoutes = active.filter((a) => !routeSet.has(a.organizationId))
-      for (const allocation of missingRoutes) {
-        yield* nginx.writeRoute(allocation)
-      }
-      if (missingRoutes.length > 0) {
-        yield* nginx.reload
-        yield* Effect.forEach(missingRoutes, (a) =>
-          nginx.awaitRoute(a.organizationId, a.allocationId).pipe(
+      const routed = new Set(routes.filter((r) => ownedBy(r, Option.fromNullable(live.get(r.organizationId)))).map((r) => r.allocationId))
+      const recorded = new Set(records)
+      const restoreRoute = (a: LiveAllocation) =>
+        pool.whileActive(
+          a.allocationId,
+          nginx.writeRoute(a).pipe(
+            Effect.zipRight(nginx.reload),
+            Effect.zipRight(nginx.awaitRoute(a.organizationId, a.allocationId)),
             Effect.timeout(Duration.millis(settings.stepTimeoutMs))
-          ), { concurrency: 8, discard: true })
-      }
-      const missingRecords = dns.provider === "none" ? [] : active.filter((a) => !recordSet.has(a.organizationId))
-      yield* Effect.forEach(missingRecords, (a) => dns.upsert(a.organizationId), { concurrency: 8, discard: true })
+          )
+        )
+      const restoredRoutes = (yield* Effect.forEach(
+        active.filter((a) => !routed.has(a.allocationId)),
+        (a) => Effect.map(restoreRoute(a), Option.as(a.organizationId)),
+        { concurrency: 8 }
+      )).filter(Option.isSome).map((org) => org.value)
+      const restoredRecords = dns.provider === "none" ? [] : (yield* Effect.forEach(
+        active.filter((a) => !recorded.has(a.organizationId)),
+        (a) => Effect.map(pool.whileActive(a.allocationId, dns.upsert(a.organizationId)), Option.as(a.organizationId)),
+        { concurrency: 8 }
+      )).filter(Option.isSome).map((org) => org.value)
 
       yield* repaired("orphan_route_removed", orphanRoutes.length)
       yield* repaired("orphan_record_removed", orphanRecords.length)
-      yield* repaired("route_restored", missingRoutes.length)
-      yield* repaired("record_restored", missingRecords.length)
-      const changes = orphanRoutes.length + orphanRecords.length + missingRoutes.length + missingRecords.length
+      yield* repaired("route_restored", restoredRoutes.length)
+      yield* repaired("record_restored", restoredRecords.length)
+      const changes = orphanRoutes.length + orphanRecords.length + restoredRoutes.length + restoredRecords.length
       if (changes > 0) {
         yield* Effect.logWarning(
-          `drift repaired: ${orphanRoutes.length} orphan route(s) and ${orphanRecords.length} orphan record(s) removed, ${missingRoutes.length} route(s) and ${missingRecords.length} record(s) restored`
+          `drift repaired: ${orphanRoutes.length} orphan route(s) and ${orphanRecords.length} orphan record(s) removed, ${restoredRoutes.length} route(s) and ${restoredRecords.length} record(s) restored`
         )
         yield* notifyDrift([
           ...orphanRoutes.map((org) => [org, "orphan route removed"] as const),
           ...orphanRecords.map((org) => [org, "orphan DNS record removed"] as const),
-          ...missingRoutes.map((a) => [a.organizationId, "missing route restored"] as const),
-          ...missingRecords.map((a) => [a.organizationId, "missing DNS record restored"] as const)
+          ...restoredRoutes.map((org) => [org, "missing route restored"] as const),
+          ...restoredRecords.map((org) => [org, "missing DNS record restored"] as const)
         ])
       }
       return {
         orphanRoutesRemoved: orphanRoutes.length,
         orphanRecordsRemoved: orphanRecords.length,
-        routesRepaired: missingRoutes.length,
-        recordsRepaired: missingRecords.length
+        routesRepaired: restoredRoutes.length,
+        recordsRepaired: restoredRecords.length
       }
     }).pipe(Effect.withSpan("Reconciler.repairDrift"))
 
     const pass = Effect.gen(function*() {
       const candidates = yield* pool.recoverable(runner.id, settings.limits.recoveryDeadlineMs)
-      const orphans: Array<LiveAllocation> = []
-      for (const allocation of candidates) {
-        // This process's own allocations are left alone while it is still working on them.
-        if (allocation.runner === runner.id && (yield* allocator.busy(allocation.allocationId))) continue
-        orphans.push(allocation)
-      }
-      const outcomes = yield* Effect.forEach(orphans, recover, { concurrency: 4 })
+      // What a start or a stop of this process is working on is left alone (none).
+      const outcomes = yield* Effect.forEach(
+        candidates,
+        (allocation) => Effect.map(ownership.exclusive(allocation.allocationId, recover(allocation)), Option.flatten),
+        { concurrency: 4 }
+      )
       const finished = outcomes.filter(Option.isSome)
       // Drift is judged once the orphans are gone, or their files and records would look owned.
       const drift = yield* pool.exclusively("reconciler-drift", repairDrift)

@@ -13,6 +13,7 @@ import {
   type UndoStatus
 } from "../domain/steps.ts"
 import { Journal } from "../journal/Journal.ts"
+import { Ownership } from "./Ownership.ts"
 import { recordStep, recordUndo } from "../telemetry/Metrics.ts"
 
 /** One allocation, and who is working on it: every journal row, log line and span says so. */
@@ -53,9 +54,11 @@ export interface StepOptions<A, E, R, E2, R2> {
   readonly undo: Undo<E2, R2>
   /**
    * False for the claim: it journals its own completion in the same transaction, and before it
-   * there is no allocation row to journal against.
+   * there is no allocation row to journal against, nor one to own.
    */
   readonly journalForward?: boolean
+  /** False for the claim (see above); every other step first checks that this runner owns the allocation. */
+  readonly fenced?: boolean
 }
 
 const annotations = (run: Run, step: StepName) => ({
@@ -118,6 +121,7 @@ const toStepError = (
 export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
   effect: Effect.gen(function*() {
     const journal = yield* Journal
+    const ownership = yield* Ownership
     const { stepTimeoutMs, undoTimeoutMs } = yield* Settings
 
     /** Journal writes never fail a step or an undo: a lost row is logged, the work goes on. */
@@ -134,7 +138,10 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
         Effect.annotateLogs({ ...annotations(run, step), journal_event: event })
       )
 
-    /** Runs one undo: uninterruptible as a whole, the undo itself bounded by the undo timeout. */
+    /**
+     * Runs one undo: uninterruptible as a whole, the undo itself bounded by the undo timeout. Only
+     * the allocation's owner undoes anything: a runner that lost it skips (the owner tears it down).
+     */
     const undo = <E extends { readonly message: string }, R>(
       run: Run,
       step: StepName,
@@ -143,8 +150,12 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
       Effect.gen(function*() {
         const startedAt = yield* Clock.currentTimeMillis
         yield* record(run, step, "undo_started")
+        const fenced = ownership.check(run.allocationId).pipe(
+          Effect.catchTag("OwnershipLost", (lost) => Effect.succeed(new UndoSkipped({ reason: lost.message }))),
+          Effect.flatMap((skipped) => skipped === undefined ? effect : Effect.succeed(skipped))
+        )
         // Finalizers are uninterruptible: without `interruptible` the timeout could not stop a hung undo.
-        const exit = yield* effect.pipe(Effect.interruptible, Effect.timeout(Duration.millis(undoTimeoutMs)), Effect.exit)
+        const exit = yield* fenced.pipe(Effect.interruptible, Effect.timeout(Duration.millis(undoTimeoutMs)), Effect.exit)
         const durationMs = (yield* Clock.currentTimeMillis) - startedAt
         const [status, message]: readonly [UndoStatus, string | undefined] = Exit.match(exit, {
           onSuccess: (result) => result instanceof UndoSkipped ? ["skipped", result.reason] : ["done", undefined],
@@ -215,7 +226,8 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
         const journalForward = options.journalForward ?? true
         const startedAt = yield* Clock.currentTimeMillis
         if (journalForward) yield* record(run, name, "started")
-        const exit = yield* options.run.pipe(
+        const fenced = (options.fenced ?? true) ? Effect.zipRight(ownership.check(run.allocationId), options.run) : options.run
+        const exit = yield* fenced.pipe(
           Effect.timeoutFail({
             duration: Duration.millis(stepTimeoutMs),
             onTimeout: () => new StepTimedOut({ step: name, timeoutMs: stepTimeoutMs })

@@ -7,6 +7,7 @@ import { routingLeft, type StepName } from "../domain/steps.ts"
 import { Dns, type DnsError } from "../dns/Dns.ts"
 import { Nginx, type NginxError } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
+import { Runner } from "../pool/Runner.ts"
 import { type Undo, UndoSkipped } from "./StepRunner.ts"
 
 /** What an undo can fail with: the outside system's own error, or the gateway deliberately kept. */
@@ -22,45 +23,57 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
     const pool = yield* GatewayPool
     const dns = yield* Dns
     const nginx = yield* Nginx
+    const runner = yield* Runner
 
     /**
-     * nginx-reload: remove the route and reload, then prove nginx serves no route for the org.
-     * When nginx refuses the reload (say a broken foreign file), the org is still safe if the
-     * running configuration never had its route: the probe decides, not the reload's exit code.
+     * nginx-reload: remove this allocation's route and reload, then prove nginx no longer serves
+     * this allocation. When nginx refuses the reload (say a broken foreign file), the org is still
+     * safe if the running configuration does not serve this allocation: the probe decides, not
+     * the reload's exit code.
      */
-    const unroute = (organizationId: OrganizationId): Effect.Effect<void | UndoSkipped, NginxError> =>
+    const unroute = (organizationId: OrganizationId, allocationId: AllocationId) =>
       Effect.gen(function*() {
-        yield* nginx.removeRoute(organizationId)
+        yield* nginx.removeRoute(organizationId, allocationId)
         const reloaded = yield* nginx.reload.pipe(Effect.either)
-        if (reloaded._tag === "Right") return yield* nginx.awaitRoute(organizationId, null)
+        if (reloaded._tag === "Right") return yield* nginx.awaitUnrouted(organizationId, allocationId)
         const served = yield* nginx.probeRoute(organizationId)
-        if (served !== null) return yield* reloaded.left
+        if (served === allocationId) return yield* reloaded.left
         return new UndoSkipped({
-          reason: `nginx refused the reload (${reloaded.left.reason}), but it does not route the org`
+          reason: `nginx refused the reload (${reloaded.left.reason}), but it does not route this allocation`
         })
       })
 
-    /** nginx-config: remove the route file. */
-    const removeRouteFile = (organizationId: OrganizationId): Effect.Effect<void, NginxError> =>
-      nginx.removeRoute(organizationId)
+    /** nginx-config: remove the route file, if it is this allocation's. */
+    const removeRouteFile = (organizationId: OrganizationId, allocationId: AllocationId) =>
+      Effect.map(nginx.removeRoute(organizationId, allocationId), (found) =>
+        found === "other" ? new UndoSkipped({ reason: "the route file is a newer allocation's" }) : undefined)
 
-    /** dns: delete the org's record. */
-    const removeRecord = (organizationId: OrganizationId): Effect.Effect<void | UndoSkipped, DnsError> =>
-      dns.provider === "none"
-        ? Effect.succeed(new UndoSkipped({ reason: "DNS_PROVIDER=none: wildcard DNS" }))
-        : dns.remove(organizationId)
+    /**
+     * dns: delete the org's record, unless a newer live allocation of the org holds it (the
+     * record carries no allocation id: Postgres says whose it is, right before the delete).
+     */
+    const removeRecord = (organizationId: OrganizationId, allocationId: AllocationId) =>
+      Effect.gen(function*() {
+        if (dns.provider === "none") return new UndoSkipped({ reason: "DNS_PROVIDER=none: wildcard DNS" })
+        const live = yield* pool.findLive(organizationId)
+        if (Option.isSome(live) && live.value.allocationId !== allocationId) {
+          return new UndoSkipped({ reason: `the record belongs to the org's newer allocation ${live.value.allocationId}` })
+        }
+        yield* dns.remove(organizationId)
+      })
 
     /**
      * allocate: give the gateway back, unless a routing undo before it in the same rollback did
      * not finish (then the gateway is kept and the reconciler retries; see GatewayKept). Keyed by
-     * the allocation: releasing a claim that never committed changes nothing.
+     * the allocation and its owner: releasing a claim that never committed, or one another runner
+     * took over, changes nothing.
      */
     const release = (allocationId: AllocationId, finalState: FinalState): Undo<PoolError | GatewayKept, never> =>
     (before) =>
       Option.match(routingLeft(before), {
         onSome: (routing) => Effect.fail(new GatewayKept({ routing })),
         onNone: () =>
-          Effect.map(pool.release(allocationId, finalState), (released) =>
+          Effect.map(pool.release(allocationId, finalState, runner.id), (released) =>
             released ? undefined : new UndoSkipped({ reason: "the gateway was already released" }))
       })
 
@@ -71,12 +84,15 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
     const teardown = (
       allocation: LiveAllocation,
       finalState: FinalState
-    ): ReadonlyArray<readonly [StepName, Undo<UndoError, never>]> => [
-      ["nginx-reload", () => unroute(allocation.organizationId)],
-      ["nginx-config", () => removeRouteFile(allocation.organizationId)],
-      ["dns", () => removeRecord(allocation.organizationId)],
-      ["allocate", release(allocation.allocationId, finalState)]
-    ]
+    ): ReadonlyArray<readonly [StepName, Undo<UndoError, never>]> => {
+      const { allocationId, organizationId } = allocation
+      return [
+        ["nginx-reload", () => unroute(organizationId, allocationId)],
+        ["nginx-config", () => removeRouteFile(organizationId, allocationId)],
+        ["dns", () => removeRecord(organizationId, allocationId)],
+        ["allocate", release(allocationId, finalState)]
+      ]
+    }
 
     return { unroute, removeRouteFile, removeRecord, release, teardown }
   })

@@ -86,3 +86,18 @@ export class AllocationNotFound extends Data.TaggedError("AllocationNotFound")<{
 
 /** Another runner is moving the org's allocation (starting, stopping, rolling back): wait for it. */
 export class InTransition extends Data.TaggedError("InTransition")<{ readonly state: LiveState }> {}
+
+/**
+ * This runner no longer owns the allocation: its lease lapsed, or another runner took the
+ * allocation over. It must not touch outside systems for it any more; the owner finishes it.
+ */
+export class OwnershipLost extends Data.TaggedError("OwnershipLost")<{
+  readonly allocationId: AllocationId
+  readonly leaseHeld: boolean
+}> {
+  override get message() {
+    return this.leaseHeld
+      ? `allocation ${this.allocationId} was taken over by another runner`
+      : `this runner's lease is not held, so it may no longer own allocation ${this.allocationId}`
+  }
+}

@@ -29,11 +29,22 @@ export const isUpstream = (value: string): boolean => {
   return ipv4.test(host) || ipv6.test(host) || (hostname.test(host) && !/^[\d.]+$/.test(host))
 }
 
+/** `host:port` as stored and compared: the host lowercase, without a trailing dot. */
+export const normaliseUpstream = (value: string): string => {
+  const colon = value.lastIndexOf(":")
+  return colon <= 0 ? value : `${value.slice(0, colon).toLowerCase().replace(/\.$/, "")}${value.slice(colon)}`
+}
+
 /**
- * A gateway's address, `host:port`. Only these characters ever reach an nginx file, so the
+ * A gateway's address, `host:port`, normalised (`LOCALHOST.:9002` is `localhost:9002`): one
+ * gateway process has one spelling. Only these characters ever reach an nginx file, so the
  * validation is also the injection guard.
  */
-export const Upstream = Schema.String.pipe(
+export const Upstream = Schema.transform(Schema.String, Schema.String, {
+  strict: true,
+  decode: normaliseUpstream,
+  encode: (value) => value
+}).pipe(
   Schema.maxLength(261),
   Schema.filter(isUpstream, { message: () => "upstream must be host:port (IPv4, [IPv6] or hostname, port 1-65535)" }),
   Schema.brand("Upstream")

@@ -166,6 +166,8 @@ export const PoolHandlers = HttpApiBuilder.group(Api, "pool", (handlers) =>
           Effect.catchTags({
             GatewayNameTaken: (error) =>
               Effect.fail(new ApiError.Conflict({ message: `a gateway named ${error.name} exists` })),
+            GatewayUpstreamTaken: (error) =>
+              Effect.fail(new ApiError.Conflict({ message: `upstream ${error.upstream} is in the pool already` })),
             PoolError: (error) => Effect.fail(unavailable(error))
           })
         ))

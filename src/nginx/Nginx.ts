@@ -5,7 +5,7 @@ import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { AllocationId, OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
 import { NginxConfig, probeBaseUrl, Settings } from "../config.ts"
-import { PROBE_PATH, renderMainConfig, renderRoute, routeFileName } from "./config.ts"
+import { PROBE_PATH, renderMainConfig, renderRoute, routeAllocation, routeFileName } from "./config.ts"
 import { awaitOldWorkersClosed, siblingWorkers } from "./workers.ts"
 
 export class NginxError extends Data.TaggedError("NginxError")<{
@@ -22,6 +22,11 @@ export class NginxError extends Data.TaggedError("NginxError")<{
  * The service's corner of nginx: its http-context file, one route file per org, reloads, and the
  * probe that proves what nginx serves. Files it does not own are never touched.
  */
+export interface RouteFile {
+  readonly organizationId: OrganizationId
+  readonly allocationId: AllocationId
+}
+
 export class Nginx extends Context.Tag("Nginx")<Nginx, {
   /** Writes `gateway-allocator.conf`, creates `routes/` and reloads. Run once at start-up. */
   readonly install: Effect.Effect<void, NginxError>
@@ -31,8 +36,15 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
     readonly allocationId: AllocationId
     readonly upstream: Upstream
   }) => Effect.Effect<void, NginxError>
-  /** Removes the org's route file; a missing file is not an error. */
-  readonly removeRoute: (organizationId: OrganizationId) => Effect.Effect<void, NginxError>
+  /**
+   * Removes the org's route file if it names `allocationId` (compare-and-delete): an old
+   * allocation's late undo never removes a newer allocation's route. Says what it found: the
+   * allocation's file (removed), none, or another allocation's (left alone).
+   */
+  readonly removeRoute: (
+    organizationId: OrganizationId,
+    allocationId: AllocationId
+  ) => Effect.Effect<"removed" | "absent" | "other", NginxError>
   /**
    * `nginx -s reload`: parses the whole configuration and signals the master, or fails. With
    * NGINX_RELOAD_MODE=coalesce (the default) concurrent callers share reloads (group commit);
@@ -40,17 +52,19 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
    */
   readonly reload: Effect.Effect<void, NginxError>
   /**
-   * Polls nginx until it serves `allocationId` for the org's hostname (or, with null, no route),
-   * so a reload counts only once the new workers answer. Unbounded: callers set the timeout.
+   * Polls nginx until it serves `allocationId` for the org's hostname, so a reload counts only
+   * once the new workers answer. Unbounded: callers set the timeout.
    */
-  readonly awaitRoute: (
-    organizationId: OrganizationId,
-    allocationId: AllocationId | null
-  ) => Effect.Effect<void, NginxError>
+  readonly awaitRoute: (organizationId: OrganizationId, allocationId: AllocationId) => Effect.Effect<void, NginxError>
+  /**
+   * Polls nginx until it no longer serves `allocationId` for the org's hostname (no route, or a
+   * newer allocation's) and no older worker generation still accepts connections.
+   */
+  readonly awaitUnrouted: (organizationId: OrganizationId, allocationId: AllocationId) => Effect.Effect<void, NginxError>
   /** One probe: the allocation nginx serves for the org's hostname right now, or null. */
   readonly probeRoute: (organizationId: OrganizationId) => Effect.Effect<AllocationId | null, NginxError>
-  /** Orgs with a route file in `routes/`. */
-  readonly listRoutes: Effect.Effect<ReadonlyArray<OrganizationId>, NginxError>
+  /** The route files in `routes/`: each org's, and the allocation it names. */
+  readonly listRoutes: Effect.Effect<ReadonlyArray<RouteFile>, NginxError>
 }>() {}
 
 export const NginxLive = Layer.scoped(
@@ -165,6 +179,48 @@ export const NginxLive = Layer.scoped(
       Effect.withSpan("Nginx.reload", { attributes: { "nginx.reload_mode": config.reloadMode } })
     )
 
+    /** The allocation a route file names; none when the file is missing or unreadable. */
+    const readRoute = (file: string) =>
+      fs.readFileString(file).pipe(
+        Effect.map((content) => Option.fromNullable(routeAllocation(content))),
+        Effect.flatMap(Option.match({
+          onNone: () => Effect.succeed(Option.none<AllocationId>()),
+          onSome: (id) => Effect.map(Schema.decodeUnknown(AllocationId)(id), Option.some)
+        })),
+        Effect.catchIf(
+          (error) => error._tag === "SystemError" && error.reason === "NotFound",
+          () => Effect.succeed(Option.none<AllocationId>())
+        )
+      )
+
+    // An org's route file is written and compare-and-deleted under its lock: one of a fixed set,
+    // picked by the org's id (bounded, and two orgs rarely share one).
+    const routeLocks = yield* Effect.forEach(Array.from({ length: 64 }), () => Effect.makeSemaphore(1))
+    const routeLock = (organizationId: OrganizationId) => {
+      const index = Number.parseInt(organizationId.slice(0, 8), 16) % routeLocks.length
+      const lock = routeLocks[index] ?? routeLocks[0]
+      return lock === undefined ? <A, E, R>(effect: Effect.Effect<A, E, R>) => effect : lock.withPermits(1)
+    }
+
+    /** Probes until `accept` holds of what nginx serves, then waits out the older workers. */
+    const awaitProbe = (organizationId: OrganizationId, accept: (served: string) => boolean) =>
+      Effect.gen(function*() {
+        const answeredBy = yield* probe(organizationId).pipe(
+          Effect.map(parseProbe),
+          Effect.filterOrFail(
+            (answer) => accept(answer.allocation),
+            (answer) =>
+              new NginxError({
+                operation: "probe",
+                reason: `nginx serves ${answer.allocation === "" ? "no route" : `allocation ${answer.allocation}`}`
+              })
+          ),
+          Effect.retry(probeSchedule)
+        )
+        // A worker of the new generation answered; the old one may still accept for a moment.
+        yield* awaitOldWorkersClosed(answeredBy.pid).pipe(Effect.provideService(FileSystem.FileSystem, fs))
+      })
+
     const probe = (organizationId: OrganizationId): Effect.Effect<string, NginxError> =>
       http.execute(
         HttpClientRequest.get(probeUrl).pipe(
@@ -203,34 +259,29 @@ export const NginxLive = Layer.scoped(
         Effect.withSpan("Nginx.install")
       ),
       writeRoute: Effect.fn("Nginx.writeRoute")(function*(route) {
-        yield* writeAtomically(
+        yield* routeLock(route.organizationId)(writeAtomically(
           path.join(routesDir, routeFileName(route.organizationId)),
-          renderRoute({ ...route, domain: domain })
-        ).pipe(Effect.mapError(fail("write")))
+          renderRoute({ ...route, domain })
+        )).pipe(Effect.mapError(fail("write")))
       }),
-      removeRoute: Effect.fn("Nginx.removeRoute")(function*(organizationId) {
-        yield* reloadLock.withPermits(1)(fs.remove(path.join(routesDir, routeFileName(organizationId)))).pipe(
-          Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "NotFound", () => Effect.void),
-          Effect.mapError(fail("remove"))
-        )
+      removeRoute: Effect.fn("Nginx.removeRoute")(function*(organizationId, allocationId) {
+        const file = path.join(routesDir, routeFileName(organizationId))
+        // Read and removed under the org's lock (no write of a newer route in between), and
+        // between reloads (see `reloadOnce`).
+        return yield* Effect.gen(function*() {
+          const named = yield* readRoute(file)
+          if (Option.isNone(named)) return "absent" as const
+          if (named.value !== allocationId) return "other" as const
+          yield* fs.remove(file)
+          return "removed" as const
+        }).pipe(reloadLock.withPermits(1), routeLock(organizationId), Effect.mapError(fail("remove")))
       }),
       reload,
       awaitRoute: Effect.fn("Nginx.awaitRoute")(function*(organizationId, allocationId) {
-        const expected = allocationId ?? ""
-        const answeredBy = yield* probe(organizationId).pipe(
-          Effect.map(parseProbe),
-          Effect.filterOrFail(
-            (answer) => answer.allocation === expected,
-            (answer) =>
-              new NginxError({
-                operation: "probe",
-                reason: `nginx serves ${answer.allocation === "" ? "no route" : `allocation ${answer.allocation}`}`
-              })
-          ),
-          Effect.retry(probeSchedule)
-        )
-        // A worker of the new generation answered; the old one may still accept for a moment.
-        yield* awaitOldWorkersClosed(answeredBy.pid).pipe(Effect.provideService(FileSystem.FileSystem, fs))
+        yield* awaitProbe(organizationId, (served) => served === allocationId)
+      }),
+      awaitUnrouted: Effect.fn("Nginx.awaitUnrouted")(function*(organizationId, allocationId) {
+        yield* awaitProbe(organizationId, (served) => served !== allocationId)
       }),
       probeRoute: (organizationId) =>
         probe(organizationId).pipe(
@@ -247,12 +298,17 @@ export const NginxLive = Layer.scoped(
           Effect.withSpan("Nginx.probeRoute")
         ),
       listRoutes: fs.readDirectory(routesDir).pipe(
-        Effect.map((files) =>
-          files.flatMap((file) => {
-            const org = file.endsWith(".conf") ? parseOrgLabel(file.slice(0, -".conf".length)) : undefined
-            return org === undefined ? [] : [org]
-          })
+        Effect.flatMap((files) =>
+          Effect.forEach(files, (file) => {
+            const organizationId = file.endsWith(".conf") ? parseOrgLabel(file.slice(0, -".conf".length)) : undefined
+            if (organizationId === undefined) return Effect.succeed([])
+            return Effect.map(readRoute(path.join(routesDir, file)), Option.match({
+              onNone: (): Array<RouteFile> => [],
+              onSome: (allocationId) => [{ organizationId, allocationId }]
+            }))
+          }, { concurrency: 16 })
         ),
+        Effect.map((routes) => routes.flat()),
         Effect.mapError(fail("list"))
       )
     })

@@ -78,6 +78,10 @@ server {
 `
 }
 
+/** The allocation a route file names, from its one line (see `renderRoute`); none if unreadable. */
+export const routeAllocation = (content: string): string | undefined =>
+  /"\S+ ([0-9a-f-]{36})";\s*$/.exec(content)?.[1]
+
 /**
  * One org's map entry. `.org-{uuid}.{domain}` matches the name and all its subdomains. Every
  * value here was validated (UUIDs, host:port), so nothing user-supplied can break the syntax.

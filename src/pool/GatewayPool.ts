@@ -1,4 +1,4 @@
-import { SqlClient, type SqlError } from "@effect/sql"
+import { SqlClient, SqlError } from "@effect/sql"
 import { Data, Effect, Option, type ParseResult, Schema } from "effect"
 import { tryLock, namedLock } from "../db/advisoryLock.ts"
 import { PoolError, sqlState } from "../db/errors.ts"
@@ -14,6 +14,8 @@ import { NoGatewayAvailable } from "../domain/errors.ts"
 import { AllocationId, GatewayId, GatewayName, type OrganizationId, Upstream } from "../domain/ids.ts"
 
 export class GatewayNameTaken extends Data.TaggedError("GatewayNameTaken")<{ readonly name: string }> {}
+/** The upstream is in the pool already (under another name): one gateway process, one org. */
+export class GatewayUpstreamTaken extends Data.TaggedError("GatewayUpstreamTaken")<{ readonly upstream: string }> {}
 export class GatewayNotFound extends Data.TaggedError("GatewayNotFound")<{ readonly gatewayId: GatewayId }> {}
 export class GatewayAllocated extends Data.TaggedError("GatewayAllocated")<{ readonly gatewayId: GatewayId }> {}
 
@@ -62,15 +64,26 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       return yield* Schema.decodeUnknown(Claim)(rows[0]).pipe(Effect.mapError(poolError))
     })
 
-    /** Returns the gateway to the pool. False when there was nothing (left) to release. */
-    const release = Effect.fn("GatewayPool.release")(function*(allocationId: AllocationId, finalState: FinalState) {
-      const rows = yield* sql`select proc_organizations_gateways_stop(${allocationId}, ${finalState}) as value`
+    /**
+     * Returns the gateway to the pool, if `runner` still owns the allocation. False when there was
+     * nothing (left) to release, or another runner owns it now.
+     */
+    const release = Effect.fn("GatewayPool.release")(function*(
+      allocationId: AllocationId,
+      finalState: FinalState,
+      runner: string
+    ) {
+      const rows = yield* sql`select proc_organizations_gateways_stop(${allocationId}, ${finalState}, ${runner}) as value`
       return (yield* decodeAll(Flag)(rows)).some((row) => row.value)
     }, Effect.mapError(poolError))
 
-    /** Moves a live allocation between live states; false when it was not in `from`. */
+    /**
+     * Moves a live allocation its runner owns between live states; false when it was not in
+     * `from`, or another runner owns it.
+     */
     const transition = Effect.fn("GatewayPool.transition")(function*(
       allocationId: AllocationId,
+      runner: string,
       from: ReadonlyArray<LiveState>,
       to: LiveState,
       error?: unknown
@@ -79,10 +92,56 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
         update allocations
            set state = ${to}, updated_at = now(),
                error = coalesce(${error === undefined ? null : JSON.stringify(error)}::jsonb, error)
-         where id = ${allocationId} and state in ${sql.in(from)}
+         where id = ${allocationId} and runner = ${runner} and state in ${sql.in(from)}
         returning id`
       return rows.length > 0
     }, Effect.mapError(poolError))
+
+    /** Whether `runner` owns the live allocation: the fence checked before every side effect. */
+    const owns = Effect.fn("GatewayPool.owns")(function*(allocationId: AllocationId, runner: string) {
+      const rows = yield* sql`
+        select exists (select 1 from allocations where id = ${allocationId} and runner = ${runner}
+                          and state in ${live}) as value`
+      return (yield* decodeAll(Flag)(rows)).some((row) => row.value)
+    }, Effect.mapError(poolError))
+
+    /**
+     * A stop takes the allocation over (compare-and-set): an active one, or one left `stopping`
+     * by this runner or by a dead one. None when another live runner is moving it.
+     */
+    const takeForStop = Effect.fn("GatewayPool.takeForStop")(function*(allocationId: AllocationId, runner: string) {
+      const rows = yield* sql`
+        update allocations
+           set state = 'stopping', runner = ${runner}, updated_at = now()
+         where id = ${allocationId}
+           and (state = 'active'
+                or (state = 'stopping' and (runner = ${runner} or not gateway_allocator_runner_alive(runner))))
+        returning ${sql.literal(allocationColumns)}`
+      return yield* decodeFirst(LiveAllocation)(rows)
+    }, Effect.mapError(poolError))
+
+    /**
+     * Runs `effect` while the allocation is active, holding its row (`for share`) so that nothing
+     * can take it down meanwhile: a stop's takeover waits for `effect` to end. None when it is not
+     * active (any more). For what acts on an allocation without owning it: drift repair.
+     */
+    const whileActive = <A, E, R>(
+      allocationId: AllocationId,
+      effect: Effect.Effect<A, E, R>
+    ): Effect.Effect<Option.Option<A>, E | PoolError, R> =>
+      sql.withTransaction(
+        Effect.gen(function*() {
+          const rows = yield* sql`select id from allocations where id = ${allocationId} and state = 'active' for share`.pipe(
+            Effect.mapError(poolError)
+          )
+          return rows.length === 0 ? Option.none<A>() : Option.some(yield* effect)
+        })
+      ).pipe(
+        Effect.catchIf(
+          (error): error is SqlError.SqlError => error instanceof SqlError.SqlError,
+          (error) => Effect.fail(poolError(error))
+        )
+      )
 
     const findLive = Effect.fn("GatewayPool.findLive")(function*(organizationId: OrganizationId) {
       const rows = yield* sql`
@@ -108,11 +167,12 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
     const addGateway = Effect.fn("GatewayPool.addGateway")(function*(name: GatewayName, upstream: Upstream) {
       const rows = yield* sql`
         insert into gateways (name, upstream) values (${name}, ${upstream})
-        on conflict (name) do nothing
+        on conflict do nothing
         returning ${sql.literal(gatewayColumns)}`.pipe(Effect.mapError(poolError))
       const added = yield* decodeFirst(Gateway)(rows).pipe(Effect.mapError(poolError))
-      if (Option.isNone(added)) return yield* new GatewayNameTaken({ name })
-      return added.value
+      if (Option.isSome(added)) return added.value
+      const named = yield* sql`select 1 from gateways where name = ${name}`.pipe(Effect.mapError(poolError))
+      return yield* named.length > 0 ? new GatewayNameTaken({ name }) : new GatewayUpstreamTaken({ upstream })
     })
 
     /** Removes a free gateway. An allocated one stays (409): stop its org first. */
@@ -201,6 +261,9 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       listGateways,
       recoverable,
       adopt,
+      owns,
+      takeForStop,
+      whileActive,
       liveAllocations,
       exclusively
     }

@@ -1,4 +1,4 @@
-import { Deferred, Duration, Effect, Schedule } from "effect"
+import { Deferred, Duration, Effect, Ref, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import { holdLock, runnerLock } from "../db/advisoryLock.ts"
@@ -15,12 +15,16 @@ const HEARTBEAT_TIMEOUT = Duration.seconds(10)
  * orphaned. A lost connection (Postgres restarted) takes the lock again on a new one. Nothing
  * runs allocations before the lease is held.
  *
- * Tests over in-memory layers use `Runner.make({ id })`: an identity without a lease.
+ * `leaseHeld` says whether the lock is held right now: a runner without it must not act on
+ * outside systems (another runner may be adopting its allocations).
+ *
+ * Tests over in-memory layers use `Runner.make({ id, leaseHeld })`: an identity without a lease.
  */
 export class Runner extends Effect.Service<Runner>()("Runner", {
   scoped: Effect.gen(function*() {
     const id = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
     const held = yield* Deferred.make<void>()
+    const holding = yield* Ref.make(false)
 
     const hold = Effect.scoped(
       Effect.gen(function*() {
@@ -31,6 +35,8 @@ export class Runner extends Effect.Service<Runner>()("Runner", {
           [id, hostname(), process.pid],
           undefined
         )
+        yield* Ref.set(holding, true)
+        yield* Effect.addFinalizer(() => Ref.set(holding, false))
         yield* Deferred.succeed(held, undefined)
         yield* Effect.logInfo("runner lease held").pipe(Effect.annotateLogs({ runner: id }))
         // Fails as soon as the connection is gone; the retry below takes the lock again.
@@ -47,6 +53,6 @@ export class Runner extends Effect.Service<Runner>()("Runner", {
       Effect.forkScoped
     )
     yield* Deferred.await(held)
-    return { id }
+    return { id, leaseHeld: Ref.get(holding) }
   })
 }) {}

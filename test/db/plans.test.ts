@@ -25,7 +25,7 @@ layer(Database, { excludeTestServices: true, timeout: 120_000 })("query plans at
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       yield* sql`insert into gateways (name, upstream)
-                 select 'bulk-' || g, '127.0.0.1:9001' from generate_series(1, 10000) g`
+                 select 'bulk-' || g, 'gateway-' || g || '.test:9001' from generate_series(1, 10000) g`
       // History: 20,000 finished allocations, as a pool that has served a while has.
       yield* sql`insert into allocations (id, organization_id, gateway_id, upstream, state, runner, finished_at)
                  select gen_random_uuid(), gen_random_uuid(), null, '127.0.0.1:9001', 'released', 'old', now()

@@ -96,9 +96,9 @@ layer(RealNginxLive, { excludeTestServices: true, timeout: 60_000 })("nginx relo
         // Workers of the previous generation accept for ~100 ms after a reload; by now none may.
         const afterAdd = yield* Effect.forEach(Array.from({ length: 40 }), () => nginx.probeRoute(r.organizationId))
         expect(afterAdd.every((served) => served === r.allocationId)).toBe(true)
-        yield* nginx.removeRoute(r.organizationId)
+        yield* nginx.removeRoute(r.organizationId, r.allocationId)
         yield* nginx.reload
-        yield* nginx.awaitRoute(r.organizationId, null)
+        yield* nginx.awaitUnrouted(r.organizationId, r.allocationId)
         const afterRemove = yield* Effect.forEach(Array.from({ length: 40 }), () => nginx.probeRoute(r.organizationId))
         expect(afterRemove.every((served) => served === null)).toBe(true)
       }
@@ -110,9 +110,9 @@ layer(RealNginxLive, { excludeTestServices: true, timeout: 60_000 })("nginx relo
       const leaving = Array.from({ length: 16 }, route)
       yield* Effect.all(leaving.map(publish), { concurrency: "unbounded" })
       const unpublish = (r: ReturnType<typeof route>) =>
-        nginx.removeRoute(r.organizationId).pipe(
+        nginx.removeRoute(r.organizationId, r.allocationId).pipe(
           Effect.zipRight(nginx.reload),
-          Effect.zipRight(nginx.awaitRoute(r.organizationId, null))
+          Effect.zipRight(nginx.awaitUnrouted(r.organizationId, r.allocationId))
         )
       const arriving = Array.from({ length: 16 }, route)
       // A file removed while the master re-parses would make nginx refuse the whole configuration.

@@ -1,5 +1,5 @@
 import { SqlError } from "@effect/sql"
-import { Context, Effect, Layer, Option, Ref } from "effect"
+import { Context, Deferred, Effect, Layer, Option, Ref } from "effect"
 import { NoGatewayAvailable } from "../../src/domain/errors.ts"
 import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { Dns, DnsError } from "../../src/dns/Dns.ts"
@@ -20,9 +20,10 @@ import { Runner } from "../../src/pool/Runner.ts"
 
 /**
  * In-memory stand-ins for the outside systems, for the ordering logic. Every call is recorded
- * by name ("dns.upsert", "nginx.reload", ...) and any call can be made to fail, hang or die.
+ * by name ("dns.upsert", "nginx.reload", ...) and any call can be made to fail, hang or die, or
+ * to wait at a gate the test opens (to interleave two actors at a precise point).
  */
-export type Fault = "fail" | "hang" | "die"
+export type Fault = "fail" | "hang" | "die" | Deferred.Deferred<void>
 
 export interface World {
   readonly calls: Ref.Ref<ReadonlyArray<string>>
@@ -37,6 +38,8 @@ export interface World {
   readonly notices: Ref.Ref<ReadonlyArray<Notice>>
   /** Runners whose advisory lock is gone (crashed processes). */
   readonly deadRunners: Ref.Ref<ReadonlySet<string>>
+  /** Whether this process's runner holds its lease (false: it lapsed). */
+  readonly leaseHeld: Ref.Ref<boolean>
 }
 
 export class TestWorld extends Context.Tag("test/TestWorld")<TestWorld, World>() {}
@@ -48,6 +51,19 @@ export const clearFaults = Effect.flatMap(TestWorld, (world) => Ref.set(world.fa
 
 export const calls = Effect.flatMap(TestWorld, (world) => Ref.get(world.calls))
 
+/** A gate on `operation`: its calls wait until the returned effect opens it (and the fault is gone). */
+export const gate = (operation: string) =>
+  Effect.gen(function*() {
+    const gate = yield* Deferred.make<void>()
+    yield* setFault(operation, gate)
+    return Effect.flatMap(TestWorld, (world) =>
+      Ref.update(world.faults, (faults) => {
+        const next = new Map(faults)
+        next.delete(operation)
+        return next
+      })).pipe(Effect.zipRight(Deferred.succeed(gate, undefined)), Effect.asVoid)
+  })
+
 /** Records the call, then applies its fault if one is set. */
 const operation = <A, E>(world: World, name: string, error: () => E, effect: Effect.Effect<A, E>) =>
   Effect.gen(function*() {
@@ -56,6 +72,7 @@ const operation = <A, E>(world: World, name: string, error: () => E, effect: Eff
     if (fault === "fail") return yield* Effect.fail(error())
     if (fault === "hang") return yield* Effect.never
     if (fault === "die") return yield* Effect.die(new Error(`injected defect in ${name}`))
+    if (fault !== undefined) yield* Deferred.await(fault)
     return yield* effect
   })
 
@@ -74,7 +91,8 @@ const makeWorld = Effect.gen(function*() {
     allocations: yield* Ref.make<ReadonlyMap<AllocationId, Allocation>>(new Map()),
     journal: yield* Ref.make<ReadonlyArray<JournalRecord>>([]),
     notices: yield* Ref.make<ReadonlyArray<Notice>>([]),
-    deadRunners: yield* Ref.make<ReadonlySet<string>>(new Set())
+    deadRunners: yield* Ref.make<ReadonlySet<string>>(new Set()),
+    leaseHeld: yield* Ref.make(true)
   } satisfies World
 })
 
@@ -110,22 +128,44 @@ const poolOf = (world: World) => {
           }))
         return { allocationId, gatewayId: free.gatewayId, upstream: free.upstream, state: "starting" as const, reused: false }
       })),
-    release: (allocationId, finalState) =>
+    release: (allocationId, finalState, runner) =>
       op("pool.release", Effect.gen(function*() {
         const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
-        if (allocation === undefined || !live.includes(allocation.state)) return false
+        if (allocation === undefined || !isLive(allocation) || allocation.runner !== runner) return false
         yield* setState(allocationId, finalState)
         yield* Ref.update(world.gateways, (gs) =>
           gs.map((g) => g.allocationId === allocationId ? { ...g, allocationId: null } : g))
         return true
       })),
-    transition: (allocationId, from, to) =>
+    transition: (allocationId, runner, from, to) =>
       op("pool.transition", Effect.gen(function*() {
         const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
-        if (allocation === undefined || !from.includes(allocation.state as never)) return false
+        if (allocation === undefined || !isLive(allocation) || allocation.runner !== runner) return false
+        if (!from.includes(allocation.state)) return false
         yield* setState(allocationId, to)
         return true
       })),
+    owns: (allocationId, runner) =>
+      Effect.map(Ref.get(world.allocations), (all) => {
+        const allocation = all.get(allocationId)
+        return allocation !== undefined && isLive(allocation) && allocation.runner === runner
+      }),
+    takeForStop: (allocationId, runner) =>
+      op("pool.takeForStop", Effect.gen(function*() {
+        const current = (yield* Ref.get(world.allocations)).get(allocationId)
+        if (current === undefined || !isLive(current)) return Option.none()
+        const dead = yield* Ref.get(world.deadRunners)
+        const takeable = current.state === "active" ||
+          (current.state === "stopping" && (current.runner === runner || dead.has(current.runner)))
+        if (!takeable) return Option.none()
+        const taken: LiveAllocation = { ...current, state: "stopping", runner, updatedAt: new Date() }
+        yield* Ref.update(world.allocations, (all) => new Map(all).set(allocationId, taken))
+        return Option.some(taken)
+      })),
+    whileActive: (allocationId, effect) =>
+      op("pool.whileActive", Ref.get(world.allocations)).pipe(Effect.flatMap((all) =>
+        all.get(allocationId)?.state === "active" ? Effect.map(effect, Option.some) : Effect.succeed(Option.none())
+      )),
     findLive: (organizationId) => op("pool.findLive", findLive(organizationId)),
     getAllocation: (allocationId) =>
       Effect.map(Ref.get(world.allocations), (all) => Option.fromNullable(all.get(allocationId))),
@@ -221,20 +261,29 @@ const nginxOf = (world: World) => {
     install: Effect.void,
     writeRoute: (route) =>
       op("writeRoute", "write", Ref.update(world.routeFiles, (m) => new Map(m).set(route.organizationId, route.allocationId))),
-    removeRoute: (org) =>
-      op("removeRoute", "remove", Ref.update(world.routeFiles, (m) => {
+    removeRoute: (org, allocationId) =>
+      op("removeRoute", "remove", Ref.modify(world.routeFiles, (m) => {
+        const named = m.get(org)
+        if (named === undefined) return ["absent" as const, m]
+        if (named !== allocationId) return ["other" as const, m]
         const next = new Map(m)
         next.delete(org)
-        return next
+        return ["removed" as const, next]
       })),
     reload: op("reload", "reload", Effect.flatMap(Ref.get(world.routeFiles), (files) => Ref.set(world.served, files))),
     awaitRoute: (org, allocationId) =>
       op("awaitRoute", "probe", Effect.flatMap(Ref.get(world.served), (served) =>
-        (served.get(org) ?? null) === allocationId
+        served.get(org) === allocationId
+          ? Effect.void
+          : Effect.never)),
+    awaitUnrouted: (org, allocationId) =>
+      op("awaitUnrouted", "probe", Effect.flatMap(Ref.get(world.served), (served) =>
+        served.get(org) !== allocationId
           ? Effect.void
           : Effect.never)),
     probeRoute: (org) => op("probeRoute", "probe", Effect.map(Ref.get(world.served), (served) => served.get(org) ?? null)),
-    listRoutes: Effect.map(Ref.get(world.routeFiles), (m) => [...m.keys()])
+    listRoutes: Effect.map(Ref.get(world.routeFiles), (m) =>
+      [...m.entries()].map(([organizationId, allocationId]) => ({ organizationId, allocationId })))
   })
 }
 
@@ -251,7 +300,7 @@ export const OutsideTest = Layer.effectContext(
   Effect.map(makeWorld, (world) =>
     Context.empty().pipe(
       Context.add(TestWorld, world),
-      Context.add(Runner, Runner.make({ id: "test-runner" })),
+      Context.add(Runner, Runner.make({ id: "test-runner", leaseHeld: Ref.get(world.leaseHeld) })),
       Context.add(GatewayPool, poolOf(world)),
       Context.add(Journal, journalOf(world)),
       Context.add(Dns, dnsOf(world)),

@@ -273,7 +273,7 @@ describe("allocation pipeline (test layers)", () => {
       expect((yield* calls).filter((c) => c === "pool.claim")).toHaveLength(1)
     }).pipe(Effect.provide(TestServices)))
 
-  it.effect("stop removes routing first and releases the gateway last", () =>
+  it.effect("stop takes the allocation over, removes routing first and releases the gateway last", () =>
     Effect.gen(function*() {
       const allocator = yield* Allocator
       const org = newOrg()
@@ -283,10 +283,10 @@ describe("allocation pipeline (test layers)", () => {
       expect(stopped.allocationId).toBe(started.allocationId)
       const stopCalls = (yield* calls).slice(before).filter((c) => !c.startsWith("pool.findLive"))
       expect(stopCalls).toEqual([
-        "pool.transition",
+        "pool.takeForStop",
         "nginx.removeRoute",
         "nginx.reload",
-        "nginx.awaitRoute",
+        "nginx.awaitUnrouted",
         "nginx.removeRoute",
         "dns.remove",
         "pool.release"

@@ -1,0 +1,44 @@
+import { Effect, Option } from "effect"
+import { OwnershipLost } from "../domain/errors.ts"
+import type { AllocationId } from "../domain/ids.ts"
+import { GatewayPool } from "../pool/GatewayPool.ts"
+import { Runner } from "../pool/Runner.ts"
+
+/**
+ * Who may act on an allocation, so that exactly one worker does at a time:
+ * - across processes, the runner its row names, while that runner's lease is held. Takeovers
+ *   (a stop, a recovery) change the row's runner by compare-and-set, and every side effect on an
+ *   outside system is preceded by `check`: a runner that lost its lease or its allocation stops
+ *   there instead of acting for an allocation someone else now owns;
+ * - within this process, one fiber at a time (`exclusive`): a reconcile pass leaves alone what a
+ *   start or a stop of this process is working on.
+ */
+export class Ownership extends Effect.Service<Ownership>()("Ownership", {
+  effect: Effect.gen(function*() {
+    const pool = yield* GatewayPool
+    const runner = yield* Runner
+    const workingOn = new Set<AllocationId>()
+
+    /** Fails with OwnershipLost unless this runner holds its lease and owns the live allocation. */
+    const check = (allocationId: AllocationId) =>
+      Effect.gen(function*() {
+        const leaseHeld = yield* runner.leaseHeld
+        if (leaseHeld && (yield* pool.owns(allocationId, runner.id))) return
+        return yield* new OwnershipLost({ allocationId, leaseHeld })
+      })
+
+    /** Runs `effect` as this process's only worker on the allocation; none when another fiber is. */
+    const exclusive = <A, E, R>(allocationId: AllocationId, effect: Effect.Effect<A, E, R>) =>
+      Effect.acquireUseRelease(
+        Effect.sync(() => {
+          if (workingOn.has(allocationId)) return false
+          workingOn.add(allocationId)
+          return true
+        }),
+        (mine) => mine ? Effect.map(effect, Option.some) : Effect.succeed(Option.none<A>()),
+        (mine) => mine ? Effect.sync(() => workingOn.delete(allocationId)) : Effect.void
+      )
+
+    return { runnerId: runner.id, check, exclusive }
+  })
+}) {}
