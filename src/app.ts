@@ -19,6 +19,7 @@ import { DnsLive } from "./dns/Dns.ts"
 import { HandshakeLive } from "./handshake/Handshake.ts"
 import { HttpServerLive } from "./http/server.ts"
 import { Journal } from "./journal/Journal.ts"
+import { EdgeCheckLive, EdgeLockPostgres } from "./nginx/Edge.ts"
 import { Nginx, NginxLive } from "./nginx/Nginx.ts"
 import { GatewayPool } from "./pool/GatewayPool.ts"
 import { Runner } from "./pool/Runner.ts"
@@ -62,15 +63,25 @@ const NginxInstalled = Layer.effectDiscard(
         (error) => Effect.logError(`nginx refused the start-up reload: ${error.reason}`)
       )
     ))
-).pipe(Layer.provideMerge(NginxLive))
+)
 
 /** Postgres: the pool, the journal and this process's runner lease, migrations applied first. */
 const PostgresLive = Layer.mergeAll(GatewayPool.Default, Journal.Default, Runner.Default).pipe(
   Layer.provideMerge(DatabaseLive)
 )
 
+/**
+ * nginx, serialised across replicas through Postgres, and checked to be the one nginx every
+ * replica of this database drives (EdgeCheckLive refuses to start otherwise).
+ */
+const EdgeLive = NginxInstalled.pipe(
+  Layer.provideMerge(EdgeCheckLive.pipe(Layer.provideMerge(NginxLive))),
+  Layer.provide(EdgeLockPostgres),
+  Layer.provideMerge(PostgresLive)
+)
+
 /** The outside systems as configured: Postgres, PowerDNS (or none), nginx, gateways, webhook. */
-export const OutsideLive = Layer.mergeAll(PostgresLive, DnsLive, NginxInstalled, HandshakeLive, NotifierLive)
+export const OutsideLive = Layer.mergeAll(PostgresLive, EdgeLive, DnsLive, HandshakeLive, NotifierLive)
 
 /** The allocation core over the configured outside systems, nginx installed. */
 export const ServicesLive = makeServices(OutsideLive)

@@ -35,6 +35,12 @@ const limitsOf = (stepTimeoutMs: number, undoTimeoutMs: number) => {
   /** A rollback, a stop or a recovery: every undo with its journal rows. */
   const teardownBoundMs = UNDOS * (1 + JOURNAL_WRITES_PER_STEP) * undoTimeoutMs
   return {
+    /**
+     * One call to an outside system (a PowerDNS request, an nginx command or probe, a gateway
+     * request), retries included: well inside the step or undo that makes it, so a stalled
+     * system fails the call, not the whole step, and cannot stall drift repair or recovery.
+     */
+    outsideCallMs: Math.max(100, Math.floor(Math.min(stepTimeoutMs, undoTimeoutMs) / 2)),
     startBoundMs,
     teardownBoundMs,
     /**
@@ -57,12 +63,26 @@ export class Settings extends Effect.Service<Settings>()("Settings", {
   effect: Effect.gen(function*() {
     const settings = yield* Config.all({
       domain,
+      /** The `listen` of the server block that serves org hostnames. */
+      nginxListen: Config.string("NGINX_LISTEN").pipe(
+        Config.withDefault("80"),
+        Config.validate({ message: "NGINX_LISTEN must be PORT or HOST:PORT", validation: (s) => listenPattern.test(s) })
+      ),
+      nginxProbeUrl: Config.option(Config.url("NGINX_PROBE_URL")),
       stepTimeoutMs: milliseconds("STEP_TIMEOUT_MS", 10_000),
       undoTimeoutMs: milliseconds("UNDO_TIMEOUT_MS", 10_000),
       shutdownGraceMs: milliseconds("SHUTDOWN_GRACE_MS", 10_000),
       reconcileIntervalMs: milliseconds("RECONCILE_INTERVAL_MS", 30_000)
     })
-    return { ...settings, limits: limitsOf(settings.stepTimeoutMs, settings.undoTimeoutMs) }
+    return {
+      ...settings,
+      /** Where requests through nginx go (with an org's Host header): the route probe, the health wait. */
+      edgeUrl: Option.match(settings.nginxProbeUrl, {
+        onNone: () => `http://127.0.0.1:${settings.nginxListen.slice(settings.nginxListen.lastIndexOf(":") + 1)}`,
+        onSome: (url) => url.toString().replace(/\/$/, "")
+      }),
+      limits: limitsOf(settings.stepTimeoutMs, settings.undoTimeoutMs)
+    }
   })
 }) {}
 
@@ -103,12 +123,6 @@ export const NginxConfig = Config.all({
   confDir: Config.string("NGINX_CONF_DIR"),
   bin: Config.string("NGINX_BIN").pipe(Config.withDefault("nginx")),
   mainConf: Config.option(Config.string("NGINX_MAIN_CONF")),
-  listen: Config.string("NGINX_LISTEN").pipe(
-    Config.withDefault("80"),
-    Config.validate({ message: "NGINX_LISTEN must be PORT or HOST:PORT", validation: (s) => listenPattern.test(s) })
-  ),
-  /** Unset: loopback, on the port of NGINX_LISTEN. */
-  probeUrl: Config.option(Config.url("NGINX_PROBE_URL")),
   reloadMode: Config.literal("coalesce", "each")("NGINX_RELOAD_MODE").pipe(Config.withDefault("coalesce" as const))
 })
 
@@ -152,10 +166,3 @@ export const LogLevelConfig = Config.string("LOG_LEVEL").pipe(
       : Either.right(level)
   })
 )
-
-/** Where the probe goes by default: loopback, on the port of NGINX_LISTEN. */
-export const probeBaseUrl = (config: { readonly listen: string; readonly probeUrl: Option.Option<URL> }) =>
-  Option.match(config.probeUrl, {
-    onNone: () => `http://127.0.0.1:${config.listen.slice(config.listen.lastIndexOf(":") + 1)}`,
-    onSome: (url) => url.toString().replace(/\/$/, "")
-  })

@@ -173,7 +173,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         })
 
         yield* steps.step(run, rollback, "handshake", {
-          run: handshake.awaitHealthy(upstream).pipe(
+          run: handshake.awaitHealthy(hostname).pipe(
             Effect.zipRight(handshake.handshake(upstream, {
               organization_id: organizationId,
               gateway_id: gatewayId,

@@ -1,6 +1,6 @@
 import { Cause, Clock, Data, Duration, Effect, Exit, FiberRef, HashMap, Option, Predicate, Ref, type Scope } from "effect"
 import { Settings } from "../config.ts"
-import { NoGatewayAvailable, type StepError, StepFailed, StepTimedOut } from "../domain/errors.ts"
+import { NoGatewayAvailable, OwnershipLost, type StepError, StepFailed, StepTimedOut } from "../domain/errors.ts"
 import type { AllocationId, OrganizationId } from "../domain/ids.ts"
 import {
   type Actor,
@@ -49,7 +49,7 @@ export interface StepOptions<A, E, R, E2, R2> {
   /**
    * Registered as a scope finalizer *before* the step runs, and run when the scope closes with a
    * failure or an interruption if the step completed or *may* have taken effect (see
-   * `saidNo`). Undos are idempotent, so running one for a step that had no effect is harmless.
+   * `hadNoEffect`). Undos are idempotent, so running one for a step that had no effect is harmless.
    */
   readonly undo: Undo<E2, R2>
   /**
@@ -69,12 +69,16 @@ const annotations = (run: Run, step: StepName) => ({
 })
 
 /**
- * The step said "no": it failed with its own typed error, so it did not take effect and its undo
- * is not run. A timeout, a defect or an interruption may have left it half done: undo it.
+ * The step failed in a way known to have changed nothing: the pool had no gateway, the fence
+ * stopped it, or the outside system refused before acting (its error says `noEffect`). Only then
+ * is its undo not run. Anything else (a timeout, a defect, an interruption, an error after a
+ * signal was sent or a request was written) may have taken effect, and is undone.
  */
-const saidNo = (exit: Exit.Exit<unknown, unknown>): boolean =>
+const hadNoEffect = (exit: Exit.Exit<unknown, unknown>): boolean =>
   Exit.isFailure(exit) && !Cause.isInterrupted(exit.cause) && Option.isNone(Cause.dieOption(exit.cause)) &&
-  Option.match(Cause.failureOption(exit.cause), { onNone: () => false, onSome: (error) => !(error instanceof StepTimedOut) })
+  Option.exists(Cause.failureOption(exit.cause), (error) =>
+    error instanceof NoGatewayAvailable || error instanceof OwnershipLost ||
+    (Predicate.hasProperty(error, "noEffect") && error.noEffect === true))
 
 /** How a step ended, for its span, its metric and its journal row. */
 const stepOutcome = (exit: Exit.Exit<unknown, unknown>): StepOutcome | "interrupted" => {
@@ -236,7 +240,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
           Effect.withSpan(name, { attributes: { ...annotations(run, name), "step.name": name } }),
           Effect.exit
         )
-        yield* Ref.set(noEffect, saidNo(exit))
+        yield* Ref.set(noEffect, hadNoEffect(exit))
         const durationMs = (yield* Clock.currentTimeMillis) - startedAt
 
         if (Exit.isSuccess(exit)) {

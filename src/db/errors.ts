@@ -11,6 +11,13 @@ export class PoolError extends Data.TaggedError("PoolError")<{
   override get message() {
     return `database: ${this.cause.message}${this.cause._tag === "SqlError" ? detail(this.cause.cause) : ""}`
   }
+  /**
+   * Postgres answered the statement with an error (it has a SQLSTATE): its transaction rolled
+   * back, nothing changed. A lost connection may have committed or not.
+   */
+  get noEffect(): boolean {
+    return this.cause._tag === "SqlError" && sqlState(this.cause) !== undefined
+  }
 }
 
 /** The SQLSTATE of a failed statement, e.g. `GA001` for `no_gateway_available`. */

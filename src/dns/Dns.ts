@@ -1,6 +1,6 @@
 import { HttpClient, type HttpClientError, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { Context, Data, Duration, Effect, Layer, Option, Redacted, Schedule, Schema } from "effect"
+import { Context, Data, Duration, Effect, Layer, Option, Predicate, Redacted, Schedule, Schema } from "effect"
 import { DnsProviderConfig, PowerDnsConfig, Settings } from "../config.ts"
 import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { type OrganizationId, orgHostname, parseOrgLabel } from "../domain/ids.ts"
@@ -9,6 +9,8 @@ export class DnsError extends Data.TaggedError("DnsError")<{
   readonly operation: "upsert" | "remove" | "list"
   readonly reason: string
   readonly cause?: unknown
+  /** Known to have changed nothing: PowerDNS refused the change (4xx), or it was never delivered. */
+  readonly noEffect?: boolean
 }> {
   override get message() {
     return `PowerDNS ${this.operation}: ${this.reason}`
@@ -32,12 +34,20 @@ const ZoneRrsets = Schema.Struct({
   rrsets: Schema.Array(Schema.Struct({ name: Schema.String, type: Schema.String }))
 })
 
+/** A request that never reached the server: refused or unresolvable before anything was sent. */
+const neverDelivered = (error: HttpClientError.HttpClientError): boolean => {
+  const code = (value: unknown): unknown => Predicate.hasProperty(value, "code") ? value.code : undefined
+  const inner = Predicate.hasProperty(error.cause, "cause") ? error.cause.cause : undefined
+  return [code(error.cause), code(inner)].some((c) => c === "ECONNREFUSED" || c === "ENOTFOUND")
+}
+
 /** PowerDNS's HTTP API: one A rrset per org, REPLACEd on upsert and DELETEd on remove (204 both). */
 export const DnsPowerDns = Layer.scoped(
   Dns,
   Effect.gen(function*() {
     const config = yield* PowerDnsConfig
-    const { domain } = yield* Settings
+    const { domain, limits } = yield* Settings
+    const callTimeout = Duration.millis(limits.outsideCallMs)
     const zone = Option.getOrElse(config.zone, () => `${domain}.`)
     const zoneUrl = `${config.apiUrl}/api/v1/servers/${encodeURIComponent(config.serverId)}/zones/${
       encodeURIComponent(zone)
@@ -69,9 +79,18 @@ export const DnsPowerDns = Layer.scoped(
           new DnsError({
             operation: changes[0]?.operation ?? "upsert",
             reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
-            cause
+            cause,
+            noEffect: cause._tag === "ResponseError" ? cause.response.status < 500 : neverDelivered(cause)
           })
         ),
+        Effect.timeoutFail({
+          duration: callTimeout,
+          onTimeout: () =>
+            new DnsError({
+              operation: changes[0]?.operation ?? "upsert",
+              reason: `PowerDNS did not answer within ${Duration.format(callTimeout)}`
+            })
+        }),
         Effect.withSpan("Dns.patch", { attributes: { "dns.rrsets": changes.length } })
       )
 
@@ -114,7 +133,7 @@ export const DnsPowerDns = Layer.scoped(
             return org === undefined ? [] : [org]
           })
         ),
-        Effect.timeout(Duration.seconds(30)),
+        Effect.timeout(callTimeout),
         Effect.mapError((cause) => new DnsError({ operation: "list", reason: cause.message, cause })),
         Effect.withSpan("Dns.listOrgRecords")
       )

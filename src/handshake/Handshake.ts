@@ -1,13 +1,15 @@
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Context, Data, Duration, Effect, Layer, Schedule } from "effect"
-import { HandshakeConfig } from "../config.ts"
+import { HandshakeConfig, Settings } from "../config.ts"
 import type { AllocationId, GatewayId, OrganizationId, Upstream } from "../domain/ids.ts"
 
 export class HandshakeError extends Data.TaggedError("HandshakeError")<{
   readonly operation: "health" | "handshake"
   readonly reason: string
   readonly cause?: unknown
+  /** The gateway answered "no" (a non-2xx status): it did not initialise itself. */
+  readonly noEffect?: boolean
 }> {
   override get message() {
     return `gateway ${this.operation}: ${this.reason}`
@@ -22,15 +24,17 @@ export interface HandshakeBody {
 }
 
 /**
- * The gateway protocol, spoken straight to the gateway's upstream: `GET {HEALTH_PATH}` answers
- * 2xx once the gateway can serve; `POST {HANDSHAKE_PATH}` with
- * `{organization_id, gateway_id, allocation_id, gateway_hostname}` answers 2xx once it has
+ * The gateway protocol. `GET {HEALTH_PATH}` answers 2xx once the gateway can serve: it is asked
+ * through nginx, with the org's Host header, so a start also proves the path its users will take
+ * (an upstream nginx cannot resolve or reach never answers 2xx, and the start fails here as that
+ * gateway's failure). `POST {HANDSHAKE_PATH}` with `{organization_id, gateway_id, allocation_id,
+ * gateway_hostname}` goes straight to the gateway's upstream and answers 2xx once it has
  * initialised itself for that org.
  */
 export class Handshake extends Context.Tag("Handshake")<Handshake, {
-  /** Polls `GET {HEALTH_PATH}` until it answers 2xx. Unbounded: the step timeout bounds it. */
-  readonly awaitHealthy: (upstream: Upstream) => Effect.Effect<void, HandshakeError>
-  /** `POST {HANDSHAKE_PATH}`; anything but 2xx fails. */
+  /** Polls `GET {HEALTH_PATH}` through nginx until it answers 2xx. Unbounded: the step timeout bounds it. */
+  readonly awaitHealthy: (hostname: string) => Effect.Effect<void, HandshakeError>
+  /** `POST {HANDSHAKE_PATH}` to the upstream; anything but 2xx fails. */
   readonly handshake: (upstream: Upstream, body: HandshakeBody) => Effect.Effect<void, HandshakeError>
 }>() {}
 
@@ -41,8 +45,9 @@ export const HandshakeLive = Layer.effect(
   Handshake,
   Effect.gen(function*() {
     const { handshakePath, healthPath } = yield* HandshakeConfig
+    const { edgeUrl, limits } = yield* Settings
+    const healthTimeout = Duration.min(HEALTH_REQUEST_TIMEOUT, Duration.millis(limits.outsideCallMs))
     const client = (yield* HttpClient.HttpClient).pipe(HttpClient.filterStatusOk)
-    const url = (upstream: Upstream, path: string) => `http://${upstream}${path}`
 
     // A booting gateway refuses connections or answers 5xx for a while: keep asking.
     const healthSchedule = Schedule.exponential(Duration.millis(10)).pipe(
@@ -50,28 +55,40 @@ export const HandshakeLive = Layer.effect(
     )
 
     return Handshake.of({
-      awaitHealthy: Effect.fn("Handshake.awaitHealthy")(function*(upstream) {
-        yield* client.get(url(upstream, healthPath)).pipe(
-          Effect.mapError((cause) => new HandshakeError({ operation: "health", reason: cause.message, cause })),
+      awaitHealthy: Effect.fn("Handshake.awaitHealthy")(function*(hostname) {
+        yield* client.execute(
+          HttpClientRequest.get(`${edgeUrl}${healthPath}`).pipe(
+            HttpClientRequest.setHeaders({ host: hostname, connection: "close" })
+          )
+        ).pipe(
+          Effect.mapError((cause) =>
+            new HandshakeError({
+              operation: "health",
+              reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status} through nginx` : cause.message,
+              cause
+            })
+          ),
           Effect.timeoutFail({
-            duration: HEALTH_REQUEST_TIMEOUT,
-            onTimeout: () =>
-              new HandshakeError({ operation: "health", reason: `no answer within ${Duration.format(HEALTH_REQUEST_TIMEOUT)}` })
+            duration: healthTimeout,
+            onTimeout: () => new HandshakeError({ operation: "health", reason: `no answer within ${Duration.format(healthTimeout)}` })
           }),
           Effect.retry(healthSchedule)
         )
       }),
       handshake: Effect.fn("Handshake.handshake")(function*(upstream, body) {
         yield* client.execute(
-          HttpClientRequest.post(url(upstream, handshakePath)).pipe(HttpClientRequest.bodyUnsafeJson(body))
+          HttpClientRequest.post(`http://${upstream}${handshakePath}`).pipe(HttpClientRequest.bodyUnsafeJson(body))
         ).pipe(
           Effect.mapError((cause) =>
             new HandshakeError({
               operation: "handshake",
               reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
-              cause
+              cause,
+              noEffect: cause._tag === "ResponseError"
             })
           )
+          // Bounded by the step's own timeout: a gateway that never answers its handshake is what
+          // a 504 `handshake` reports.
         )
       })
     })

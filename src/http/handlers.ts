@@ -1,6 +1,6 @@
 import { HttpApiBuilder, HttpMiddleware } from "@effect/platform"
 import { createHash, timingSafeEqual } from "node:crypto"
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Duration, Effect, Layer, Option, Redacted } from "effect"
 import { Allocator } from "../allocation/Allocator.ts"
 import { ApiToken } from "../config.ts"
 import type { PoolError } from "../db/errors.ts"
@@ -12,6 +12,8 @@ import { recordPool } from "../telemetry/Metrics.ts"
 import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api, Authorization } from "./Api.ts"
 import * as ApiError from "./errors.ts"
+
+const POOL_GAUGES_TTL = Duration.seconds(1)
 
 const digest = (value: string) => createHash("sha256").update(value).digest()
 
@@ -187,13 +189,19 @@ export const HealthHandlers = HttpApiBuilder.group(Api, "health", (handlers) =>
   Effect.gen(function*() {
     const pool = yield* GatewayPool
     const prometheus = yield* PrometheusMetrics
+    // The pool gauges are read from the database at most once a second, however often /metrics
+    // is scraped; without the database the rest still answers.
+    const refreshPoolGauges = yield* Effect.cachedWithTTL(
+      pool.stats().pipe(
+        Effect.flatMap(recordPool),
+        Effect.catchAll((error) => Effect.logWarning(`metrics: pool gauges not refreshed: ${error.message}`))
+      ),
+      POOL_GAUGES_TTL
+    )
     return handlers
       .handle("healthz", () => HttpMiddleware.withLoggerDisabled(Effect.succeed({ status: "ok" as const })))
       .handle("metrics", () =>
-        // The pool gauges are read from the database on each scrape; without it the rest still answers.
-        pool.stats().pipe(
-          Effect.flatMap(recordPool),
-          Effect.catchAll((error) => Effect.logWarning(`metrics: pool gauges not refreshed: ${error.message}`)),
+        refreshPoolGauges.pipe(
           Effect.zipRight(prometheus.scrape),
           Effect.orDie,
           HttpMiddleware.withLoggerDisabled

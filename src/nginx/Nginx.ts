@@ -4,14 +4,18 @@ import { Chunk, Context, Data, Duration, Effect, Layer, Metric, Option, Schedule
 import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { AllocationId, OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
-import { NginxConfig, probeBaseUrl, Settings } from "../config.ts"
-import { PROBE_PATH, renderMainConfig, renderRoute, routeAllocation, routeFileName } from "./config.ts"
+import { NginxConfig, Settings } from "../config.ts"
+import { PROBE_PATH, PROBE_SECRET_HEADER, renderMainConfig, renderRoute, routeAllocation, routeFileName } from "./config.ts"
+import { EdgeLock } from "./Edge.ts"
+import * as crypto from "node:crypto"
 import { awaitOldWorkersClosed, siblingWorkers } from "./workers.ts"
 
 export class NginxError extends Data.TaggedError("NginxError")<{
-  readonly operation: "install" | "write" | "remove" | "reload" | "probe" | "list"
+  readonly operation: "install" | "write" | "remove" | "reload" | "probe" | "list" | "lock"
   readonly reason: string
   readonly cause?: unknown
+  /** Known to have changed nothing (nginx refused the configuration before any signal, a write that never landed). */
+  readonly noEffect?: boolean
 }> {
   override get message() {
     return `nginx ${this.operation}: ${this.reason}`
@@ -27,7 +31,18 @@ export interface RouteFile {
   readonly allocationId: AllocationId
 }
 
+/**
+ * The nginx a NGINX_CONF_DIR belongs to, from `.gateway-allocator-edge.json` in it (made by the
+ * first process that uses the directory): its id, recorded in Postgres so that every replica
+ * must use the same one, and the probe secret written into `gateway-allocator.conf`.
+ */
+export interface Edge {
+  readonly id: string
+  readonly confDir: string
+}
+
 export class Nginx extends Context.Tag("Nginx")<Nginx, {
+  readonly edge: Edge
   /** Writes `gateway-allocator.conf`, creates `routes/` and reloads. Run once at start-up. */
   readonly install: Effect.Effect<void, NginxError>
   /** Writes the org's route file atomically (temp file + rename). */
@@ -71,18 +86,36 @@ export const NginxLive = Layer.scoped(
   Nginx,
   Effect.gen(function*() {
     const config = yield* NginxConfig
-    const { domain } = yield* Settings
+    const { domain, edgeUrl, limits, nginxListen } = yield* Settings
+    const edgeLock = yield* EdgeLock
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
     const executor = yield* Effect.context<NodeContext.NodeContext>()
     const http = yield* HttpClient.HttpClient
     const confDir = path.resolve(config.confDir)
     const routesDir = path.join(confDir, "routes")
-    const probeUrl = probeBaseUrl(config) + PROBE_PATH
+    const probeUrl = edgeUrl + PROBE_PATH
+    const callTimeout = Duration.millis(limits.outsideCallMs)
 
-    const fail = (operation: NginxError["operation"]) => (cause: { readonly message: string }) =>
-      new NginxError({ operation, reason: cause.message, cause })
+    const fail = (operation: NginxError["operation"], noEffect = false) => (cause: { readonly message: string }) =>
+      new NginxError({ operation, reason: cause.message, cause, noEffect })
 
+    const edgeFile = path.join(confDir, ".gateway-allocator-edge.json")
+    const EdgeFile = Schema.parseJson(Schema.Struct({ id: Schema.String, probeSecret: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32,}$/)) }))
+    const { id: edgeId, probeSecret } = yield* Effect.gen(function*() {
+      yield* fs.makeDirectory(confDir, { recursive: true })
+      const fresh = { id: crypto.randomUUID(), probeSecret: crypto.randomBytes(24).toString("hex") }
+      // Exclusive create: of replicas starting together on a new directory, one writes it.
+      yield* fs.writeFileString(edgeFile, JSON.stringify(fresh), { flag: "wx", mode: 0o600 }).pipe(
+        Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "AlreadyExists", () => Effect.void)
+      )
+      return yield* Effect.flatMap(fs.readFileString(edgeFile), Schema.decodeUnknown(EdgeFile))
+    }).pipe(Effect.mapError(fail("install")))
+    const edge: Edge = { id: edgeId, confDir }
+    const underEdgeLock = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      edgeLock.withLock(edgeId, effect, (reason) => new NginxError({ operation: "lock", reason, noEffect: true }))
+
+    /** Temp file + rename: nginx sees the old file or the new one. A failure changed nothing. */
     const writeAtomically = (file: string, content: string) =>
       Effect.gen(function*() {
         // The temp name does not end in .conf, so a concurrent reload never includes it.
@@ -102,11 +135,20 @@ export const NginxLive = Layer.scoped(
           )
           return { exitCode, stderr: Chunk.join(stderr, "").trim() }
         })
-      ).pipe(Effect.provide(executor), Effect.mapError(fail("reload")))
+      ).pipe(
+        Effect.provide(executor),
+        Effect.mapError(fail("reload")),
+        Effect.timeoutFail({
+          duration: callTimeout,
+          onTimeout: () => new NginxError({ operation: "reload", reason: `nginx -s reload did not finish within ${Duration.format(callTimeout)}` })
+        })
+      )
+      // `nginx -s reload` tests the configuration first: refused, no signal was sent.
       if (result.exitCode !== 0) {
         return yield* new NginxError({
           operation: "reload",
-          reason: `exit ${result.exitCode}: ${lastLines(result.stderr)}`
+          reason: `exit ${result.exitCode}: ${lastLines(result.stderr)}`,
+          noEffect: true
         })
       }
     })
@@ -138,7 +180,7 @@ export const NginxLive = Layer.scoped(
         return yield* answeredBy.pipe(
           Effect.retry(probeSchedule),
           Effect.zipRight(Effect.sleep(Duration.millis(150))),
-          Effect.timeoutFail({ duration: Duration.seconds(10), onTimeout: () => masterRefused })
+          Effect.timeoutFail({ duration: callTimeout, onTimeout: () => masterRefused })
         )
       }
       yield* answeredBy.pipe(
@@ -147,9 +189,10 @@ export const NginxLive = Layer.scoped(
           () => new NginxError({ operation: "reload", reason: "a worker of the previous configuration answered" })
         ),
         Effect.retry(probeSchedule),
-        Effect.timeoutFail({ duration: Duration.seconds(10), onTimeout: () => masterRefused })
+        Effect.timeoutFail({ duration: callTimeout, onTimeout: () => masterRefused })
       )
     }).pipe(
+      underEdgeLock,
       Effect.tapBoth({
         onFailure: () => Metric.update(nginxReloadsTotal.pipe(Metric.tagged("outcome", "failed")), 1),
         onSuccess: () => Metric.update(nginxReloadsTotal.pipe(Metric.tagged("outcome", "ok")), 1)
@@ -221,10 +264,15 @@ export const NginxLive = Layer.scoped(
         yield* awaitOldWorkersClosed(answeredBy.pid).pipe(Effect.provideService(FileSystem.FileSystem, fs))
       })
 
+    const probeTimeout = Duration.min(PROBE_TIMEOUT, callTimeout)
     const probe = (organizationId: OrganizationId): Effect.Effect<string, NginxError> =>
       http.execute(
         HttpClientRequest.get(probeUrl).pipe(
-          HttpClientRequest.setHeaders({ host: orgHostname(organizationId, domain), connection: "close" })
+          HttpClientRequest.setHeaders({
+            host: orgHostname(organizationId, domain),
+            connection: "close",
+            [PROBE_SECRET_HEADER]: probeSecret
+          })
         )
       ).pipe(
         Effect.mapError((cause) => new NginxError({ operation: "probe", reason: cause.message, cause })),
@@ -234,8 +282,8 @@ export const NginxLive = Layer.scoped(
             : Effect.fail(new NginxError({ operation: "probe", reason: `HTTP ${response.status}` }))
         ),
         Effect.timeoutFail({
-          duration: PROBE_TIMEOUT,
-          onTimeout: () => new NginxError({ operation: "probe", reason: `no answer within ${Duration.format(PROBE_TIMEOUT)}` })
+          duration: probeTimeout,
+          onTimeout: () => new NginxError({ operation: "probe", reason: `no answer within ${Duration.format(probeTimeout)}` })
         })
       )
 
@@ -247,11 +295,12 @@ export const NginxLive = Layer.scoped(
     )
 
     return Nginx.of({
+      edge,
       install: Effect.gen(function*() {
         yield* fs.makeDirectory(routesDir, { recursive: true })
         yield* writeAtomically(
           path.join(confDir, "gateway-allocator.conf"),
-          renderMainConfig({ confDir, domain: domain, listen: config.listen })
+          renderMainConfig({ confDir, domain, listen: nginxListen, probeSecret })
         )
       }).pipe(
         Effect.mapError(fail("install")),
@@ -262,7 +311,7 @@ export const NginxLive = Layer.scoped(
         yield* routeLock(route.organizationId)(writeAtomically(
           path.join(routesDir, routeFileName(route.organizationId)),
           renderRoute({ ...route, domain })
-        )).pipe(Effect.mapError(fail("write")))
+        )).pipe(Effect.mapError(fail("write", true)))
       }),
       removeRoute: Effect.fn("Nginx.removeRoute")(function*(organizationId, allocationId) {
         const file = path.join(routesDir, routeFileName(organizationId))
@@ -274,7 +323,12 @@ export const NginxLive = Layer.scoped(
           if (named.value !== allocationId) return "other" as const
           yield* fs.remove(file)
           return "removed" as const
-        }).pipe(reloadLock.withPermits(1), routeLock(organizationId), Effect.mapError(fail("remove")))
+        }).pipe(
+          Effect.mapError(fail("remove")),
+          underEdgeLock,
+          reloadLock.withPermits(1),
+          routeLock(organizationId)
+        )
       }),
       reload,
       awaitRoute: Effect.fn("Nginx.awaitRoute")(function*(organizationId, allocationId) {

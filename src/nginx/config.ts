@@ -3,6 +3,9 @@ import type { AllocationId, OrganizationId, Upstream } from "../domain/ids.ts"
 /** The location nginx answers itself with the allocation id its map gives for the Host. */
 export const PROBE_PATH = "/__gateway_allocator/route"
 
+/** The header a probe carries the edge's probe secret in (see `renderMainConfig`). */
+export const PROBE_SECRET_HEADER = "x-gateway-allocator-probe"
+
 export const routeFileName = (organizationId: OrganizationId) => `org-${organizationId}.conf`
 
 const escapeRegex = (value: string) => value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
@@ -16,6 +19,8 @@ export const renderMainConfig = (options: {
   readonly confDir: string
   readonly domain: string
   readonly listen: string
+  /** Only requests carrying it in PROBE_SECRET_HEADER see the probe (hex, so safe in the file). */
+  readonly probeSecret: string
 }) => {
   const domain = escapeRegex(options.domain)
   return `# Written by gateway-allocator at start-up; edits are overwritten. Routes live in routes/.
@@ -50,11 +55,15 @@ server {
 
     # Route probe: nginx itself answers with the allocation its map holds for this Host (and the
     # answering worker's pid), so a start completes only once nginx really serves its route.
-    # Loopback only.
+    # Loopback only, and only with the secret: behind a proxy on this host, every client is on
+    # loopback.
     location = ${PROBE_PATH} {
         allow 127.0.0.0/8;
         allow ::1;
         deny all;
+        if ($http_${PROBE_SECRET_HEADER.replace(/-/g, "_")} != "${options.probeSecret}") {
+            return 404;
+        }
         default_type text/plain;
         add_header Cache-Control no-store;
         return 200 "$gateway_allocator_allocation $pid";

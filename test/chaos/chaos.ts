@@ -2,7 +2,12 @@
 // replicas of the real service (child processes) on one stack, while faults come and go: a
 // gateway's handshake answers 500 or hangs, its health check hangs, PowerDNS stops or freezes,
 // a broken foreign file sits in nginx's directory, nginx's master freezes, a replica freezes for
-// a moment or is killed with SIGKILL and restarted. Then
+// a moment, loses its runner lease (its lease session terminated in Postgres, sometimes frozen
+// right after so that the other replica adopts its allocations) or is killed with SIGKILL and
+// restarted. Now and then a client flaps one org across the replicas (start on one, stop on the
+// other, start again at once, back to back or overlapping). All along, test/support/isolation.ts
+// asks nginx every ~50 ms which gateway answers each org's hostname, against Postgres read
+// before and after: a request that reaches another org's gateway fails the run. Then
 // the faults stop, the system gets two reconcile periods, and every invariant of
 // docs/architecture.md is checked against the real systems.
 //
@@ -13,7 +18,7 @@
 // depends on timing, but a failing seed replays the same choices.
 import { NodeContext } from "@effect/platform-node"
 import { Duration, Effect, Exit, Fiber, Scope } from "effect"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import { pathToFileURL } from "node:url"
@@ -25,6 +30,7 @@ import {
   type InvariantReport,
   openDb
 } from "../support/invariants.ts"
+import { describeIsolation, type IsolationReport, startIsolationChecker } from "../support/isolation.ts"
 import {
   type ApiAnswer,
   nginxMasterPid,
@@ -58,6 +64,14 @@ export interface ChaosOptions {
   readonly faultEveryMs?: readonly [number, number]
   /** Pause between two kills, drawn in [min, max] ms (default [8000, 16000]); null: no kills. */
   readonly killEveryMs?: readonly [number, number] | null
+  /**
+   * Chance that a client's turn flaps one org across the replicas instead of one request: start
+   * on one replica, stop on the other, start again at once (3 to 5 requests, back to back or
+   * overlapping). Default 0.05.
+   */
+  readonly flapProbability?: number
+  /** Pause between two rounds of the tenant-isolation checker (default 50 ms). */
+  readonly isolationIntervalMs?: number
   readonly reconcileIntervalMs?: number
   readonly stepTimeoutMs?: number
   readonly undoTimeoutMs?: number
@@ -75,11 +89,17 @@ export interface ChaosSummary {
   /** Answers that break the API contract (the README's API table / free + allocated = total), with a sample body each. */
   readonly contractBreaks: ReadonlyArray<string>
   readonly faults: Readonly<Record<string, number>>
+  /** Runner leases terminated in Postgres (also in `faults`, with or without a freeze after). */
+  readonly leaseFaults: number
+  /** Flaps of one org across the replicas, "back to back" or "overlapping". */
+  readonly flaps: Readonly<Record<string, number>>
   readonly kills: number
   /** Restarts that failed (e.g. nginx refused the service's install reload) and were retried. */
   readonly refusedRestarts: number
   readonly operationsMs: number
   readonly slowestOpMs: number
+  /** The continuous tenant-isolation check through nginx, from the first request to the final check. */
+  readonly isolation: IsolationReport
   /** The check made two reconcile periods after the last fault. */
   readonly report: InvariantReport
   /** When that check found violations: how long until they were gone (null: not within 30 s). */
@@ -163,6 +183,59 @@ const classify = (
 
 const sleep = (ms: number) => Effect.sleep(Duration.millis(ms))
 
+/** The local TCP ports of a process's sockets (its fds' socket inodes, looked up in /proc/net/tcp*). */
+const localPortsOf = (pid: number): Set<number> => {
+  const inodes = new Set<string>()
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const match = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))
+        if (match !== null) inodes.add(match[1]!)
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    return new Set()
+  }
+  const ports = new Set<number>()
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text = ""
+    try {
+      text = readFileSync(table, "utf8")
+    } catch {
+      continue
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/)
+      if (fields.length > 9 && inodes.has(fields[9]!)) ports.add(Number.parseInt(fields[1]!.split(":")[1]!, 16))
+    }
+  }
+  return ports
+}
+
+/**
+ * The Postgres sessions holding a replica's runner lease: the advisory lock keyed
+ * `gateway_allocator_runner_key(runner)` (database/0002_runners_and_recovery.sql) of the runner
+ * rows registered with the replica's pid.
+ */
+const LEASE_SESSIONS = `select l.pid as backend, a.client_port, r.id as runner
+   from runners r
+   join pg_locks l on l.locktype = 'advisory' and l.granted and l.objsubid = 1
+                  and ((l.classid::bigint << 32) | l.objid::bigint) = gateway_allocator_runner_key(r.id)
+   join pg_stat_activity a on a.pid = l.pid
+  where r.pid = $1`
+
+/** The replica's lease sessions, checked against the replica's own sockets (when /proc tells). */
+const leaseSessionsOf = (db: Db, server: ServiceProcess) =>
+  Effect.map(
+    db.query<{ backend: number; client_port: number | null; runner: string }>(LEASE_SESSIONS, [server.pid]),
+    (sessions) => {
+      const ports = localPortsOf(server.pid)
+      return ports.size === 0 ? sessions : sessions.filter((s) => s.client_port !== null && ports.has(s.client_port))
+    }
+  )
+
 /**
  * Runs the chaos and returns its summary; the caller decides what fails (a test asserts no
  * violation and no contract break). Servers, and the stack when none is given, stop with the Scope.
@@ -220,7 +293,12 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
     let issued = 0
     let slowestOpMs = 0
     let kills = 0
+    let leaseFaults = 0
     let refusedRestarts = 0
+    const flaps: Record<string, number> = {}
+    /** Every org a client has asked to start so far: what the isolation checker asks nginx about. */
+    const startedOrgs = new Set<string>()
+    const flapProbability = options.flapProbability ?? 0.05
     const down = new Set<ServiceProcess>()
     const deadline = startedAt + settings.timeLimitMs
 
@@ -248,7 +326,8 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         "PowerDNS frozen (SIGSTOP)": 0.7,
         "nginx broken foreign file": 1.5,
         "nginx master frozen (SIGSTOP)": 0.7,
-        "replica frozen (SIGSTOP)": 0.7
+        "replica frozen (SIGSTOP)": 0.7,
+        "replica lease lost": 1.2
       })
       const lasting = faultRng.between(400, 2500)
       if (kind.startsWith("gateway")) {
@@ -268,6 +347,35 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         yield* sleep(lasting)
         yield* gateway.setBehaviour({ health: "ok", handshake: "ok", handshakeDelayMs: 0 })
         faulted.delete(gateway.name)
+      } else if (kind === "replica lease lost") {
+        // Its lease session dies (a network blip, an idle-session killer, a failover): Postgres
+        // drops the advisory lock at once, so the replica's runner is dead to the others until
+        // it takes the lock again. Sometimes it is also frozen a moment, long enough for the
+        // other replica's reconciler to adopt its allocations in flight; then it wakes up.
+        const freezeMs = faultRng.next() < 0.6 ? faultRng.between(1200, 3000) : 0
+        const alive = servers.filter((server) => !down.has(server) && !faulted.has(server.name))
+        if (alive.length === 0) return
+        const server = faultRng.pick(alive)
+        faulted.add(server.name)
+        yield* Effect.gen(function*() {
+          const sessions = yield* leaseSessionsOf(db, server).pipe(Effect.orElseSucceed(() => []))
+          if (sessions.length === 0) {
+            count(faults, "replica lease: no session found")
+            return
+          }
+          for (const session of sessions) {
+            yield* db.query("select pg_terminate_backend($1)", [session.backend]).pipe(Effect.ignore)
+          }
+          leaseFaults += 1
+          count(faults, freezeMs > 0 ? "replica lease lost + frozen" : "replica lease lost")
+          log(`chaos: terminated the lease session of ${server.name} (runner ${sessions.map((s) => s.runner).join(", ")})${
+            freezeMs > 0 ? `, frozen ${freezeMs} ms` : ""
+          }`)
+          if (freezeMs > 0) {
+            yield* server.signal("SIGSTOP")
+            yield* sleep(freezeMs).pipe(Effect.ensuring(server.signal("SIGCONT")))
+          }
+        }).pipe(Effect.ensuring(Effect.sync(() => faulted.delete(server.name))))
       } else if (kind === "replica frozen (SIGSTOP)") {
         // A stalled process (GC pause, a VM stopped for a moment): alive, holding its locks, silent.
         const alive = servers.filter((server) => !down.has(server) && !faulted.has(server.name))
@@ -344,6 +452,49 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
 
     const operationsOver = () => issued >= options.operations || Date.now() >= deadline
 
+    /** One request, its answer classified and tallied. */
+    const issue = (op: "start" | "stop", org: string, server: ServiceProcess) =>
+      Effect.gen(function*() {
+        issued += 1
+        const n = issued
+        if (op === "start") startedOrgs.add(org)
+        const opStarted = Date.now()
+        const answer = yield* (op === "start" ? startGateway(server, org, { timeoutMs: 60_000 }) : stopGateway(server, org, { timeoutMs: 60_000 }))
+          .pipe(Effect.either)
+        slowestOpMs = Math.max(slowestOpMs, Date.now() - opStarted)
+        const outcome = classify(op, answer)
+        count(outcomes, outcome.key)
+        if (outcome.contractBreak !== undefined) contractBreaks.push(`${server.name} ${org}: ${outcome.contractBreak}`)
+        if (n % 50 === 0) log(`chaos: ${n} ops issued (${Math.round((Date.now() - startedAt) / 1000)} s)`)
+      })
+
+    /**
+     * One org flapped across the replicas: start on one, stop on the other, start again on the
+     * first... (3 to 5 requests), either each right after the previous answer, or all in flight
+     * together, sent 0-80 ms apart.
+     */
+    const flap = (org: string, alive: ReadonlyArray<ServiceProcess>) =>
+      Effect.gen(function*() {
+        const first = clients.pick(alive)
+        const others = alive.filter((server) => server !== first)
+        const second = others.length === 0 ? first : clients.pick(others)
+        const length = clients.between(3, 5)
+        const overlapping = clients.next() < 0.5
+        const plan = Array.from({ length }, (_, i) => ({
+          op: i % 2 === 0 ? "start" as const : "stop" as const,
+          server: i % 2 === 0 ? first : second,
+          gapMs: clients.between(0, 80)
+        }))
+        count(flaps, overlapping ? "overlapping" : "back to back")
+        if (!overlapping) {
+          for (const step of plan) yield* issue(step.op, org, step.server)
+          return
+        }
+        let at = 0
+        yield* Effect.forEach(plan.map((step) => ({ ...step, at: (at += step.gapMs) })), (step) =>
+          sleep(step.at).pipe(Effect.zipRight(issue(step.op, org, step.server))), { concurrency: "unbounded", discard: true })
+      })
+
     const worker = (id: number) =>
       Effect.gen(function*() {
         while (!operationsOver()) {
@@ -352,19 +503,13 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
             yield* sleep(100)
             continue
           }
-          issued += 1
-          const n = issued
           const org = clients.pick(orgs)
-          const op = clients.next() < 0.55 ? "start" as const : "stop" as const
-          const server = clients.pick(alive)
-          const opStarted = Date.now()
-          const answer = yield* (op === "start" ? startGateway(server, org, { timeoutMs: 60_000 }) : stopGateway(server, org, { timeoutMs: 60_000 }))
-            .pipe(Effect.either)
-          slowestOpMs = Math.max(slowestOpMs, Date.now() - opStarted)
-          const outcome = classify(op, answer)
-          count(outcomes, outcome.key)
-          if (outcome.contractBreak !== undefined) contractBreaks.push(`${server.name} ${org}: ${outcome.contractBreak}`)
-          if (n % 50 === 0) log(`chaos: ${n} ops issued (${Math.round((Date.now() - startedAt) / 1000)} s)`)
+          if (clients.next() < flapProbability) {
+            yield* flap(org, alive)
+          } else {
+            const op = clients.next() < 0.55 ? "start" as const : "stop" as const
+            yield* issue(op, org, clients.pick(alive))
+          }
           yield* sleep(clients.between(thinkMs[0], thinkMs[1]))
         }
       }).pipe(Effect.annotateLogs({ worker: id }))
@@ -390,7 +535,32 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         }
       })
 
+    /** Until every running replica holds its runner lease again (a lease fault's aftermath); false after 20 s. */
+    const awaitLeases = Effect.gen(function*() {
+      const until = Date.now() + 20_000
+      for (const server of servers) {
+        while (server.running()) {
+          const sessions = yield* leaseSessionsOf(db, server).pipe(Effect.orElseSucceed(() => []))
+          if (sessions.length > 0) break
+          if (Date.now() >= until) {
+            log(`chaos: ${server.name} does not hold its runner lease 20 s after the faults stopped`)
+            return false
+          }
+          yield* sleep(100)
+        }
+      }
+      return true
+    })
+
     // --- the run ---
+    // The isolation checker asks about every org started so far, from the first start to the
+    // final check (it stops by itself with the Scope should the run fail before that).
+    const isolation = yield* startIsolationChecker({
+      stack,
+      orgs: () => startedOrgs,
+      intervalMs: options.isolationIntervalMs ?? 50,
+      log
+    })
     const faultFiber = yield* Effect.fork(faultLoop)
     const killFiber = yield* Effect.fork(killLoop)
     yield* Effect.forEach(Array.from({ length: settings.workers }, (_, i) => i), worker, {
@@ -409,8 +579,11 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
     for (const server of servers) {
       if (!server.running() || down.has(server)) yield* revive(server)
     }
+    yield* awaitLeases
     const quietAt = Date.now()
     yield* sleep(2 * settings.reconcileIntervalMs)
+    const isolationReport = yield* isolation.stop
+    if (isolationReport.crossings > 0) log(`chaos: tenant isolation broken:\n${describeIsolation(isolationReport)}`)
     const target = { stack, endpoint: servers[0]!, db, orgs }
     const report = yield* checkInvariants(target)
     let convergedAfterMs: number | null = null
@@ -432,10 +605,13 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       outcomes,
       contractBreaks,
       faults,
+      leaseFaults,
+      flaps,
       kills,
       refusedRestarts,
       operationsMs,
       slowestOpMs,
+      isolation: isolationReport,
       report,
       convergedAfterMs,
       durationMs: Date.now() - startedAt,
@@ -443,7 +619,11 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
     } satisfies ChaosSummary
   })
 
-/** The summary as text: ops by outcome, faults, kills, the invariants' verdict. */
+/** Whether the run failed: an invariant violated, a contract broken, or an org reaching another org's gateway. */
+export const chaosFailed = (summary: ChaosSummary): boolean =>
+  summary.report.violations.length > 0 || summary.contractBreaks.length > 0 || summary.isolation.crossings > 0
+
+/** The summary as text: ops by outcome, faults, kills, tenant isolation, the invariants' verdict. */
 export const formatSummary = (summary: ChaosSummary): string => {
   const table = (record: Readonly<Record<string, number>>) =>
     Object.entries(record)
@@ -454,9 +634,13 @@ export const formatSummary = (summary: ChaosSummary): string => {
     `  settings: ${JSON.stringify(summary.settings)}`,
     `  operations: ${summary.operations} in ${(summary.operationsMs / 1000).toFixed(1)} s (slowest ${summary.slowestOpMs} ms), by outcome:`,
     ...table(summary.outcomes),
-    `  faults injected: ${Object.values(summary.faults).reduce((a, b) => a + b, 0)}`,
+    `  flaps of one org across the replicas: ${Object.values(summary.flaps).reduce((a, b) => a + b, 0)}`,
+    ...table(summary.flaps),
+    `  faults injected: ${Object.values(summary.faults).reduce((a, b) => a + b, 0)} (runner leases terminated: ${summary.leaseFaults})`,
     ...table(summary.faults),
     `  kill -9 + restart: ${summary.kills} (restarts refused and retried: ${summary.refusedRestarts})`,
+    `  tenant isolation through nginx, continuously:`,
+    ...describeIsolation(summary.isolation).split("\n").map((line) => `    ${line}`),
     `  contract breaks (5xx without a step, malformed bodies): ${summary.contractBreaks.length}`,
     ...summary.contractBreaks.slice(0, 10).map((line) => `    ${line}`),
     `  invariants, two reconcile periods after the last fault:`,
@@ -537,7 +721,7 @@ if (isMain) {
   Effect.runPromise(Effect.scoped(runChaos(options))).then(
     (summary) => {
       console.log(formatSummary(summary))
-      const failed = summary.report.violations.length > 0 || summary.contractBreaks.length > 0
+      const failed = chaosFailed(summary)
       // A clean run's files are of no use; a failed run's logs are (servers/*.log, nginx/, powerdns/).
       if (summary.dataDir !== undefined) {
         if (failed) console.log(`chaos: the stack's files and the replicas' logs are kept in ${summary.dataDir}`)

@@ -8,6 +8,7 @@ import path from "node:path"
 import type { AllocationId, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
 import { Settings } from "../../src/config.ts"
+import { EdgeLockLocal } from "../../src/nginx/Edge.ts"
 import { Nginx, NginxLive } from "../../src/nginx/Nginx.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../../src/telemetry/Metrics.ts"
 import { configFrom } from "../support/stack.ts"
@@ -25,6 +26,8 @@ const NginxFor = (mode: "coalesce" | "each") =>
       Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) => nginx.install)).pipe(
         Layer.provideMerge(NginxLive),
         Layer.provide(Settings.Default),
+        // One process drives this nginx: its own serialisation is the whole story.
+        Layer.provide(EdgeLockLocal),
         Layer.provide(configFrom({
           NGINX_CONF_DIR: handle.confDir,
           NGINX_MAIN_CONF: handle.mainConf,

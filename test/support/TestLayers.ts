@@ -76,7 +76,9 @@ const operation = <A, E>(world: World, name: string, error: () => E, effect: Eff
     return yield* effect
   })
 
-const sqlError = (name: string) => new PoolError({ cause: new SqlError.SqlError({ message: `injected failure in ${name}` }) })
+// Postgres's answer to a statement it refused (it has a SQLSTATE): nothing changed.
+const sqlError = (name: string) =>
+  new PoolError({ cause: new SqlError.SqlError({ message: `injected failure in ${name}`, cause: { code: "XX000" } }) })
 const live: ReadonlyArray<AllocationState> = LiveState.literals
 const isLive = (allocation: Allocation): allocation is LiveAllocation => live.includes(allocation.state)
 
@@ -170,10 +172,10 @@ const poolOf = (world: World) => {
     getAllocation: (allocationId) =>
       Effect.map(Ref.get(world.allocations), (all) => Option.fromNullable(all.get(allocationId))),
     stats: () =>
-      Effect.map(Ref.get(world.gateways), (gs) => {
+      op("pool.stats", Ref.get(world.gateways)).pipe(Effect.map((gs) => {
         const free = gs.filter((g) => g.allocationId === null).length
         return { total: gs.length, free, allocated: gs.length - free }
-      }),
+      })),
     addGateway: (name: GatewayName, upstream: Upstream) =>
       Effect.gen(function*() {
         const gateways = yield* Ref.get(world.gateways)
@@ -240,7 +242,8 @@ const journalOf = (world: World) =>
 
 const dnsOf = (world: World) => {
   const op = <A>(name: "upsert" | "remove", effect: Effect.Effect<A>) =>
-    operation(world, `dns.${name}`, () => new DnsError({ operation: name, reason: "injected failure" }), effect)
+    // An injected failure is PowerDNS refusing the change: nothing changed.
+    operation(world, `dns.${name}`, () => new DnsError({ operation: name, reason: "injected failure", noEffect: true }), effect)
   return Dns.of({
     provider: "powerdns",
     upsert: (org) => op("upsert", Ref.update(world.dnsRecords, (s) => new Set(s).add(org))),
@@ -256,8 +259,21 @@ const dnsOf = (world: World) => {
 
 const nginxOf = (world: World) => {
   const op = <A>(name: string, nginxOperation: NginxError["operation"], effect: Effect.Effect<A, NginxError>) =>
-    operation(world, `nginx.${name}`, () => new NginxError({ operation: nginxOperation, reason: "injected failure" }), effect)
+    // A write that never landed and a configuration nginx refused changed nothing; a failed probe
+    // comes after the reload was signalled, so nginx may still load the route.
+    operation(
+      world,
+      `nginx.${name}`,
+      () =>
+        new NginxError({
+          operation: nginxOperation,
+          reason: "injected failure",
+          noEffect: nginxOperation === "write" || nginxOperation === "reload"
+        }),
+      effect
+    )
   return Nginx.of({
+    edge: { id: "test-edge", confDir: "/nonexistent/test-edge" },
     install: Effect.void,
     writeRoute: (route) =>
       op("writeRoute", "write", Ref.update(world.routeFiles, (m) => new Map(m).set(route.organizationId, route.allocationId))),
@@ -292,7 +308,7 @@ const handshakeOf = (world: World) =>
     awaitHealthy: () =>
       operation(world, "handshake.awaitHealthy", () => new HandshakeError({ operation: "health", reason: "injected" }), Effect.void),
     handshake: () =>
-      operation(world, "handshake.handshake", () => new HandshakeError({ operation: "handshake", reason: "HTTP 500" }), Effect.void)
+      operation(world, "handshake.handshake", () => new HandshakeError({ operation: "handshake", reason: "HTTP 500", noEffect: true }), Effect.void)
   })
 
 /** All outside systems in memory, sharing one TestWorld. */

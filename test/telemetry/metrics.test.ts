@@ -4,7 +4,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { randomUUID } from "node:crypto"
-import { setFault, clearFaults } from "../support/TestLayers.ts"
+import { calls, clearFaults, setFault } from "../support/TestLayers.ts"
 import { authorized, fetchApi, ServedApi, TestServices } from "./harness.ts"
 
 interface Sample {
@@ -88,5 +88,14 @@ describe("GET /metrics", () => {
 
       // The resource names the service.
       expect(valueOf(samples, "target_info", { service_name: "gateway-allocator" })).toBe(1)
+    }).pipe(Effect.provide(ServedApi.pipe(Layer.provideMerge(TestServices())))))
+
+  it.live("scrapes do not query the pool each time: the gauges are read at most once a second", () =>
+    Effect.gen(function*() {
+      for (let i = 0; i < 10; i++) expect((yield* fetchApi("/metrics")).status).toBe(200)
+      expect((yield* calls).filter((call) => call === "pool.stats")).toHaveLength(1)
+      yield* Effect.sleep("1100 millis")
+      expect((yield* fetchApi("/metrics")).status).toBe(200)
+      expect((yield* calls).filter((call) => call === "pool.stats")).toHaveLength(2)
     }).pipe(Effect.provide(ServedApi.pipe(Layer.provideMerge(TestServices())))))
 })

@@ -37,8 +37,10 @@ describe("configuration", () => {
       expect(Either.isLeft(zero) && String(zero.left)).toMatch(/STEP_TIMEOUT_MS must be a positive number/)
       const settings = yield* settingsFrom({ STEP_TIMEOUT_MS: "1000", UNDO_TIMEOUT_MS: "100" })
       if (Either.isLeft(settings)) return expect.fail(String(settings.left))
-      // 5 steps x (1000 + 2 journal rows x 100) + the final transition (100), then 5 undos x 3 x 100.
+      // 5 steps x (1000 + 2 journal rows x 100) + the final transition (100), then 5 undos x 3 x 100;
+      // an outside call gets half the shorter timeout, 100 ms at least.
       expect(settings.right.limits).toEqual({
+        outsideCallMs: 100,
         startBoundMs: 6100,
         teardownBoundMs: 1500,
         recoveryDeadlineMs: 7600,

@@ -96,6 +96,21 @@ describe("allocation pipeline (test layers)", () => {
     { step: "handshake", fault: "handshake.handshake", undone: ["nginx-reload", "nginx-config", "dns", "allocate"] }
   ]
 
+  it.effect("a failure after the reload was signalled (the probe fails) is undone too: nginx may still load the route", () =>
+    Effect.gen(function*() {
+      yield* setFault("nginx.awaitRoute", "fail")
+      const org = newOrg()
+      const error = yield* startFailure(org)
+      expect(error._tag === "StepFailed" && error.step).toBe("nginx-reload")
+      expect(reportSteps(error)).toEqual([
+        ["nginx-reload", "done"],
+        ["nginx-config", "done"],
+        ["dns", "done"],
+        ["allocate", "done"]
+      ])
+      yield* expectNothingLeft(org)
+    }).pipe(Effect.provide(TestServices)))
+
   for (const { fault, step, undone } of failures) {
     it.effect(`failure at ${step}: exactly the completed steps are undone, in reverse order`, () =>
       Effect.gen(function*() {
