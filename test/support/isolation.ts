@@ -16,13 +16,12 @@
 import { Data, Duration, Effect, Fiber, type Scope } from "effect"
 import { readFile } from "node:fs/promises"
 import * as http from "node:http"
+import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
+import { PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
 import { type Db, hostnameOf, openDb, routeFileOf } from "./invariants.ts"
 
 const LIVE = ["starting", "active", "stopping", "rolling_back"]
-
-/** nginx answers this path itself (see src/nginx/config.ts): the allocation it maps, and its worker's pid. */
-const NGINX_ROUTE_PROBE = "/__gateway_allocator/route"
 
 export interface IsolationOptions {
   readonly stack: LocalStack
@@ -142,7 +141,13 @@ type Answer =
   | { readonly _tag: "NoAnswer"; readonly message: string }
 
 /** One GET on a fresh connection (no agent, `connection: close`) to nginx on loopback, bounded. */
-const getThroughNginx = (port: number, host: string, pathname: string, timeoutMs: number) =>
+const getThroughNginx = (
+  port: number,
+  host: string,
+  pathname: string,
+  timeoutMs: number,
+  extraHeaders: Readonly<Record<string, string>> = {}
+) =>
   Effect.async<{ status: number; body: string }, IsolationError>((resume) => {
     let done = false
     const finish = (effect: Effect.Effect<{ status: number; body: string }, IsolationError>) => {
@@ -152,7 +157,7 @@ const getThroughNginx = (port: number, host: string, pathname: string, timeoutMs
       resume(effect)
     }
     const req = http.request(
-      { host: "127.0.0.1", port, path: pathname, method: "GET", headers: { host, connection: "close" }, agent: false },
+      { host: "127.0.0.1", port, path: pathname, method: "GET", headers: { ...extraHeaders, host, connection: "close" }, agent: false },
       (response) => {
         const chunks: Array<Buffer> = []
         response.on("data", (chunk: Buffer) => chunks.push(chunk))
@@ -260,16 +265,28 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
       Effect.either
     )
 
-    /** What the org's route file and nginx's own route probe say right now (for a crossing's sample). */
+    /** What the org's route file and nginx's route probe say right now (for a crossing's sample). */
     const diagnose = (org: string) =>
       Effect.gen(function*() {
         const file = yield* Effect.promise(() => readFile(routeFileOf(stack, org), "utf8").catch(() => "(no route file)"))
-        const probe = yield* getThroughNginx(stack.nginx.listenPort, hostnameOf(stack, org), NGINX_ROUTE_PROBE, requestTimeoutMs)
-          .pipe(
-            Effect.map((response) => `${response.status} "${response.body.trim()}"`),
-            Effect.catchAll((error) => Effect.succeed(`no answer (${error.message})`))
-          )
-        return `route file: ${file.trim()}; nginx route probe (allocation, worker pid): ${probe}`
+        // nginx answers its route probe (the allocation its map holds, the worker's pid) only with
+        // the edge's secret, which the service keeps in its NGINX_CONF_DIR.
+        const secret = yield* Effect.promise(() =>
+          readFile(path.join(stack.nginx.confDir, ".gateway-allocator-edge.json"), "utf8")
+            .then((text) => String((JSON.parse(text) as { probeSecret?: unknown }).probeSecret ?? ""))
+            .catch(() => "")
+        )
+        const probe = yield* getThroughNginx(
+          stack.nginx.listenPort,
+          hostnameOf(stack, org),
+          PROBE_PATH,
+          requestTimeoutMs,
+          secret === "" ? {} : { [PROBE_SECRET_HEADER]: secret }
+        ).pipe(
+          Effect.map((response) => `${response.status} "${response.body.replace(/\s+/g, " ").trim().slice(0, 120)}"`),
+          Effect.catchAll((error) => Effect.succeed(`no answer (${error.message})`))
+        )
+        return `route file: ${file.trim()}; nginx route probe right after (allocation, worker pid): ${probe}`
       })
 
     const round = Effect.gen(function*() {

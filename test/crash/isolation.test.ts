@@ -1,0 +1,264 @@
+// Tenant isolation against the real stack: the service as child processes (replicas) over one
+// Postgres, one nginx and one PowerDNS. Each case is one of the ways a hostname could reach
+// another org's gateway, or a hole beside them, reproduced as an operator would meet it.
+import { expect, layer } from "@effect/vitest"
+import { Duration, Effect, Fiber, Schedule } from "effect"
+import { randomUUID } from "node:crypto"
+import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import * as http from "node:http"
+import { tmpdir } from "node:os"
+import path from "node:path"
+import type { LocalStack } from "../../src/dev/stack.ts"
+import { PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
+import { allocationsOf, hostnameOf, nginxRoutes, openDb, routeFileOf } from "../support/invariants.ts"
+import {
+  gatewayStatus,
+  registerGateways,
+  request,
+  type ServiceProcess,
+  startGateway,
+  startServer,
+  stopGateway
+} from "../support/server.ts"
+import { Stack, StackLive } from "../support/stack.ts"
+
+const gatewayNameOf = (stack: LocalStack, upstream: string) =>
+  stack.gateways.find((gateway) => gateway.upstream === upstream)?.name
+
+/** Which sample gateway a request for the org's hostname reaches through nginx (null: nginx's 404). */
+const reaches = (stack: LocalStack, org: string) => nginxRoutes(stack, org).pipe(Effect.orElseSucceed(() => "error"))
+
+/** GET of the route probe with the org's Host, with the given secret header (or none). */
+const probeWith = (stack: LocalStack, org: string, secret: string | undefined) =>
+  Effect.async<{ status: number; body: string }>((resume) => {
+    const headers: Record<string, string> = { host: hostnameOf(stack, org), connection: "close" }
+    if (secret !== undefined) headers[PROBE_SECRET_HEADER] = secret
+    const req = http.request(
+      { host: "127.0.0.1", port: stack.nginx.listenPort, path: PROBE_PATH, headers, agent: false },
+      (response) => {
+        const chunks: Array<Buffer> = []
+        response.on("data", (chunk: Buffer) => chunks.push(chunk))
+        response.on("end", () => resume(Effect.succeed({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString() })))
+      }
+    )
+    req.on("error", (error) => resume(Effect.succeed({ status: 0, body: error.message })))
+    req.end()
+  })
+
+const edgeFileOf = (stack: LocalStack) =>
+  JSON.parse(readFileSync(path.join(stack.nginx.confDir, ".gateway-allocator-edge.json"), "utf8")) as {
+    id: string
+    probeSecret: string
+  }
+
+const logOf = (server: ServiceProcess) => readFileSync(server.logFile, "utf8")
+
+layer(StackLive({ gateways: 3 }), { timeout: 180_000, excludeTestServices: true })("tenant isolation: two replicas", (it) => {
+  it.effect("start on one replica, stop on the other, start again at once (x8): each start is served by its own gateway, and no one else tears it down", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      const [a, b] = yield* Effect.all([
+        startServer(stack, { name: "iso-a" }),
+        startServer(stack, { name: "iso-b" })
+      ], { concurrency: 2 })
+      yield* registerGateways(a, stack)
+      const org = randomUUID()
+      const first = yield* startGateway(a, org)
+      expect(first.status, first.text).toBe(200)
+      for (let round = 0; round < 8; round++) {
+        const [starter, stopper] = round % 2 === 0 ? [a, b] : [b, a]
+        const stopped = yield* stopGateway(stopper, org)
+        expect(stopped.status, stopped.text).toBe(200)
+        const started = yield* startGateway(starter, org)
+        expect(started.status, `round ${round}: ${started.text}`).toBe(200)
+        const status = yield* gatewayStatus(starter, org)
+        expect(status.json.allocation_id).toBe(started.json.allocation_id)
+        // Served by its own gateway, and still so a moment later (no late undo of the stop).
+        const gateway = gatewayNameOf(stack, status.json.upstream)
+        expect(yield* reaches(stack, org), `round ${round}`).toBe(gateway)
+        yield* Effect.sleep(Duration.millis(300))
+        expect(yield* reaches(stack, org), `round ${round}, 300 ms later`).toBe(gateway)
+        expect(readFileSync(routeFileOf(stack, org), "utf8")).toContain(started.json.allocation_id)
+      }
+      for (const server of [a, b]) expect(logOf(server)).not.toMatch(/recovering an interrupted stop/)
+      expect((yield* stopGateway(b, org)).status).toBe(200)
+    }).pipe(Effect.scoped))
+
+  it.effect("replicas sharing one nginx reload it one at a time: concurrent starts and stops on both never make nginx refuse its configuration", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      const [a, b] = yield* Effect.all([
+        startServer(stack, { name: "reload-a" }),
+        startServer(stack, { name: "reload-b" })
+      ], { concurrency: 2 })
+      yield* registerGateways(a, stack)
+      for (let round = 0; round < 4; round++) {
+        const orgs = [randomUUID(), randomUUID(), randomUUID()]
+        const starts = yield* Effect.forEach(orgs, (org, i) => startGateway(i % 2 === 0 ? a : b, org), { concurrency: "unbounded" })
+        expect(starts.map((s) => s.status), starts.map((s) => s.text).join("\n")).toEqual([200, 200, 200])
+        // Stopped on the other replica, all at once: removals interleave with the other's reloads.
+        const stops = yield* Effect.forEach(orgs, (org, i) => stopGateway(i % 2 === 0 ? b : a, org), { concurrency: "unbounded" })
+        expect(stops.map((s) => s.status), stops.map((s) => s.text).join("\n")).toEqual([200, 200, 200])
+      }
+      for (const server of [a, b]) expect(logOf(server)).not.toMatch(/refused|emerg/)
+    }).pipe(Effect.scoped))
+})
+
+layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true })("tenant isolation: a replica that loses its lease", (it) => {
+  it.effect("its allocation is recovered by the other replica and the gateway handed to a new org; when it wakes it touches nothing of the new org's", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      const db = yield* openDb(stack.env["DATABASE_URL"] ?? "")
+      const gateway = stack.gateways[0]
+      if (gateway === undefined) return expect.fail("no sample gateway")
+      const env = { STEP_TIMEOUT_MS: "20000", UNDO_TIMEOUT_MS: "5000", RECONCILE_INTERVAL_MS: "1000" }
+      const [a, b] = yield* Effect.all([
+        startServer(stack, { name: "lease-a", env }),
+        startServer(stack, { name: "lease-b", env })
+      ], { concurrency: 2 })
+      yield* registerGateways(a, stack)
+      // X's handshake takes 4 s: A is in the middle of it when it loses its lease.
+      yield* gateway.setBehaviour({ handshakeDelayMs: 4000 })
+      const x = randomUUID()
+      const answerToX = yield* Effect.fork(startGateway(a, x, { timeoutMs: 60_000 }))
+      yield* reaches(stack, x).pipe(
+        Effect.repeat({ until: (name) => name === gateway.name, schedule: Schedule.spaced(Duration.millis(25)) })
+      )
+      const [allocation] = yield* allocationsOf(db, x)
+      if (allocation === undefined) return expect.fail("no allocation for X")
+      // Frozen (it cannot take its lease again), then its lease session is terminated.
+      yield* a.signal("SIGSTOP")
+      const terminated = yield* db.query<{ ok: boolean }>(
+        `select pg_terminate_backend(l.pid) as ok from pg_locks l
+          where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+            and ((l.classid::bigint << 32) | l.objid::bigint) = gateway_allocator_runner_key($1)`,
+        [allocation.runner]
+      )
+      expect(terminated.map((row) => row.ok)).toEqual([true])
+      // B's reconciler sees A dead, adopts X's allocation and rolls it back: the gateway is free.
+      yield* allocationsOf(db, x).pipe(
+        Effect.repeat({ until: (rows) => rows.every((row) => row.state === "rolled_back"), schedule: Schedule.spaced(Duration.millis(100)) }),
+        Effect.timeout(Duration.seconds(15))
+      )
+      yield* gateway.setBehaviour({ handshakeDelayMs: 0 })
+      const y = randomUUID()
+      const startedY = yield* startGateway(b, y)
+      expect(startedY.status, startedY.text).toBe(200)
+      expect(yield* reaches(stack, y)).toBe(gateway.name)
+
+      // A wakes up: its handshake answer arrives, it finds it no longer owns X's allocation.
+      yield* a.signal("SIGCONT")
+      const xAnswer = yield* Fiber.join(answerToX)
+      expect(xAnswer.status, xAnswer.text).not.toBe(200)
+      // Y keeps its route, its record and its gateway, on every probe for 2 s.
+      for (let i = 0; i < 20; i++) {
+        expect(yield* reaches(stack, y)).toBe(gateway.name)
+        expect(yield* reaches(stack, x)).toBe(null)
+        yield* Effect.sleep(Duration.millis(100))
+      }
+      const statusY = yield* gatewayStatus(b, y)
+      expect(statusY.json).toMatchObject({ state: "active", allocation_id: startedY.json.allocation_id })
+      expect(existsSync(routeFileOf(stack, y))).toBe(true)
+      // The last handshake the gateway received is Y's: A sent nothing after it lost X.
+      const handshakes = yield* gateway.handshakes
+      expect(handshakes.at(-1)).toMatchObject({ organization_id: y })
+      expect(logOf(a)).toMatch(/taken over by another runner|lease is not held/)
+      expect((yield* stopGateway(b, y)).status).toBe(200)
+    }).pipe(Effect.scoped))
+})
+
+layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true })("tenant isolation: registration, configuration and exposure", (it) => {
+  it.effect("one upstream is in the pool once: another name, another case or a trailing dot is a 409", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      const server = yield* startServer(stack, { name: "reg" })
+      const add = (name: string, upstream: string) => request(server, "POST", "/pool/gateways", { body: { name, upstream } })
+      const first = yield* add("dup-1", "Gateway-Host.Example.:9911")
+      expect(first.status, first.text).toBe(201)
+      expect(first.json.upstream).toBe("gateway-host.example:9911")
+      for (const upstream of ["gateway-host.example:9911", "GATEWAY-HOST.EXAMPLE:9911", "gateway-host.example.:9911"]) {
+        const again = yield* add(`dup-${randomUUID().slice(0, 8)}`, upstream)
+        expect(again.status, upstream).toBe(409)
+        expect(again.json.message).toMatch(/upstream .* is in the pool already/)
+      }
+      const pool = yield* request(server, "GET", "/pool")
+      expect((pool.json.gateways as Array<{ upstream: string }>).filter((g) => g.upstream === "gateway-host.example:9911"))
+        .toHaveLength(1)
+    }).pipe(Effect.scoped))
+
+  it.effect("a host-name upstream nginx cannot resolve: the start fails at handshake and rolls back, never a 200", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      const gateway = stack.gateways[0]
+      if (gateway === undefined) return expect.fail("no sample gateway")
+      const server = yield* startServer(stack, { name: "unresolvable", env: { STEP_TIMEOUT_MS: "2000" } })
+      const ids = yield* registerGateways(server, stack)
+      // The sample gateway's own process, but under a name nginx (which has no resolver) cannot use.
+      const removed = yield* request(server, "DELETE", `/pool/gateways/${ids.get(gateway.name)}`)
+      expect(removed.status, removed.text).toBe(200)
+      const port = gateway.upstream.split(":")[1]
+      const added = yield* request(server, "POST", "/pool/gateways", { body: { name: "by-name", upstream: `localhost:${port}` } })
+      expect(added.status, added.text).toBe(201)
+      const org = randomUUID()
+      const answer = yield* startGateway(server, org)
+      expect(answer.status, answer.text).toBe(504)
+      expect(answer.json).toMatchObject({ step: "handshake" })
+      expect(answer.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
+        "handshake:skipped",
+        "nginx-reload:done",
+        "nginx-config:done",
+        "dns:done",
+        "allocate:done"
+      ])
+      expect(yield* reaches(stack, org)).toBe(null)
+      const pool = yield* request(server, "GET", "/pool")
+      expect(pool.json).toMatchObject({ total: 1, free: 1, allocated: 0 })
+    }).pipe(Effect.scoped))
+
+  it.effect("the route probe answers only requests carrying the edge's secret", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      const server = yield* startServer(stack, { name: "probe-secret" })
+      const ids = yield* registerGateways(server, stack)
+      // The previous case left the pool with a gateway nginx cannot reach: only the sample one.
+      const pool = yield* request(server, "GET", "/pool")
+      for (const g of pool.json.gateways as Array<{ gateway_id: string; name: string }>) {
+        if (!ids.has(g.name)) yield* request(server, "DELETE", `/pool/gateways/${g.gateway_id}`)
+      }
+      const org = randomUUID()
+      const started = yield* startGateway(server, org)
+      expect(started.status, started.text).toBe(200)
+      expect((yield* probeWith(stack, org, undefined)).status).toBe(404)
+      expect((yield* probeWith(stack, org, "0".repeat(48))).status).toBe(404)
+      const withSecret = yield* probeWith(stack, org, edgeFileOf(stack).probeSecret)
+      expect(withSecret.status).toBe(200)
+      expect(withSecret.body).toContain(started.json.allocation_id)
+      expect((yield* stopGateway(server, org)).status).toBe(200)
+    }).pipe(Effect.scoped))
+
+  it.effect("a replica whose NGINX_CONF_DIR belongs to another nginx refuses to start, saying why", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      yield* startServer(stack, { name: "edge-first" })
+      const otherDir = mkdtempSync(path.join(tmpdir(), "other-edge-"))
+      const refused = yield* startServer(stack, { name: "edge-other", env: { NGINX_CONF_DIR: otherDir } }).pipe(
+        Effect.flip,
+        Effect.timeout(Duration.seconds(60))
+      )
+      expect(refused.message).toMatch(/exited/)
+      expect(refused.message).toMatch(/belongs to edge .* but this database's allocations are routed by edge/)
+      expect(refused.message).toContain(edgeFileOf(stack).id)
+    }).pipe(Effect.scoped))
+
+  it.effect("an API_TOKEN shorter than 16 characters (or empty) stops the service at start-up", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      for (const token of ["", "short-token"]) {
+        const refused = yield* startServer(stack, { name: `token-${token.length}`, env: { API_TOKEN: token } }).pipe(
+          Effect.flip,
+          Effect.timeout(Duration.seconds(60))
+        )
+        expect(refused.message).toMatch(/API_TOKEN must be at least 16 characters/)
+      }
+    }).pipe(Effect.scoped))
+})
