@@ -274,4 +274,43 @@ layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true 
         expect(refused.message).toMatch(/API_TOKEN must be at least 16 characters/)
       }
     }).pipe(Effect.scoped))
+
+  it.effect("a frozen PowerDNS fails each call within its bound: a stop answers at once, and reconcile passes go on", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      // Each outside call gets min(step, undo) / 2 = 1.5 s; an undo 6 s.
+      const server = yield* startServer(stack, {
+        name: "pdns-frozen",
+        env: { STEP_TIMEOUT_MS: "3000", UNDO_TIMEOUT_MS: "6000", RECONCILE_INTERVAL_MS: "500", LOG_LEVEL: "Debug" }
+      })
+      const ids = yield* registerGateways(server, stack)
+      const samples = new Set(stack.gateways.map((g) => g.name))
+      for (const [name, id] of ids) if (!samples.has(name)) yield* request(server, "DELETE", `/pool/gateways/${id}`)
+      const org = randomUUID()
+      expect((yield* startGateway(server, org)).status).toBe(200)
+      const pdns = powerDnsPid(stack)
+      yield* signalPid(pdns, "SIGSTOP")
+      const passesBefore = (logOf(server).match(/reconcile pass (done|failed)/g) ?? []).length
+      const startedAt = Date.now()
+      const stopped = yield* stopGateway(server, org).pipe(Effect.ensuring(Effect.void))
+      const tookMs = Date.now() - startedAt
+      // Give the reconciler a few periods while PowerDNS is still frozen: each pass ends (its
+      // DNS calls fail at their bound) instead of hanging on PowerDNS.
+      yield* Effect.sleep(Duration.seconds(6))
+      const passesDuring = (logOf(server).match(/reconcile pass (done|failed)/g) ?? []).length - passesBefore
+      yield* signalPid(pdns, "SIGCONT")
+      expect(stopped.status, stopped.text).toBe(502)
+      expect(stopped.json).toMatchObject({ _tag: "StopFailed", step: "dns" })
+      expect(stopped.json.message).toMatch(/PowerDNS did not answer within 1s 500ms/)
+      // The DNS call gave up at its own bound, well before the undo's 6 s.
+      expect(tookMs).toBeLessThan(5000)
+      expect(passesDuring).toBeGreaterThanOrEqual(2)
+      // Once PowerDNS is back the reconciler finishes the stop.
+      const status = yield* gatewayStatus(server, org).pipe(
+        Effect.filterOrFail((answer) => answer.status === 404),
+        Effect.retry(Schedule.spaced(Duration.millis(200))),
+        Effect.timeout(Duration.seconds(20))
+      )
+      expect(status.status).toBe(404)
+    }).pipe(Effect.scoped))
 })

@@ -76,6 +76,8 @@ export interface StaleRouteSample {
   readonly holderAfter: string
   readonly ownBefore: string
   readonly ownAfter: string
+  /** As for a crossing: the org's route file and nginx's route probe right after the round. */
+  readonly diagnosis: string
 }
 
 export interface IsolationReport {
@@ -315,6 +317,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
       requests += asked.length
       slowestRoundMs = Math.max(slowestRoundMs, Date.now() - roundStarted)
       const crossed: Array<Omit<CrossingSample, "diagnosis">> = []
+      const stale: Array<Omit<StaleRouteSample, "diagnosis">> = []
 
       for (const [org, answer] of asked) {
         const ownBefore = b.byOrg.get(org) ?? []
@@ -367,8 +370,8 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
         }
         answers.staleRoutes += 1
         if (steadyActive) unavailableWhileActive += 1
-        if (staleRouteSamples.length < maxSamples) {
-          staleRouteSamples.push({
+        if (staleRouteSamples.length + stale.length < maxSamples) {
+          stale.push({
             at: sentAt,
             org,
             gateway,
@@ -380,6 +383,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
         }
       }
 
+      for (const sample of stale) staleRouteSamples.push({ ...sample, diagnosis: yield* diagnose(sample.org) })
       for (const crossing of crossed) {
         const diagnosis = crossingSamples.length < maxSamples ? yield* diagnose(crossing.org) : ""
         if (crossingSamples.length < maxSamples) crossingSamples.push({ ...crossing, diagnosis })
@@ -420,7 +424,7 @@ export const describeIsolation = (report: IsolationReport): string =>
     `  not answered by its gateway while steadily active (not a failure): ${report.unavailableWhileActive}`,
     `  stale routes (a gateway no other org held throughout; not a failure): ${report.staleRoutes}`,
     ...report.staleRouteSamples.slice(0, 5).map((s) =>
-      `    ${s.at} org ${s.org} reached ${s.gateway}; holder ${s.holderBefore} -> ${s.holderAfter}; own ${s.ownBefore} -> ${s.ownAfter}`
+      `    ${s.at} org ${s.org} reached ${s.gateway}; holder ${s.holderBefore} -> ${s.holderAfter}; own ${s.ownBefore} -> ${s.ownAfter}; ${s.diagnosis}`
     ),
     ...report.otherSamples.slice(0, 3).map((line) => `    other: ${line}`),
     `  CROSSINGS (another org's gateway, held by it throughout): ${report.crossings}`,
