@@ -359,7 +359,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     const reload = await sample(n, () => nginxReload(nginx), 50)
     const test = await sample(reps(full ? 20 : 5), () => nginxTest(nginx))
     const pdnsPatch = await sample(n, () => pdnsReplace(pdns, benchRecord))
-    const probe = await sample(n, () => timedProbe(nginx.port, probeRoute.host))
+    const probe = await sample(n, () => timedProbe(nginx, probeRoute.host))
     const burst = full ? await pdnsBurst() : undefined
     const health = full ? await sample(n, () => gatewayHealth(upstreams[0]!)) : undefined
     const handshake = full ? await sample(n, () => gatewayHandshake(upstreams[0]!)) : undefined

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs"
 import { rename, rm, writeFile } from "node:fs/promises"
 import * as http from "node:http"
 import path from "node:path"
-import { PROBE_PATH } from "../../src/nginx/config.ts"
+import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
 import { now, sleep } from "./stats.ts"
 
 export interface CommandResult {
@@ -45,11 +45,22 @@ export const nginxTest = async (nginx: NginxTarget): Promise<number> => {
   return result.ms
 }
 
+/** The edge's probe secret, from the file the service keeps in NGINX_CONF_DIR. */
+export const probeSecretOf = (confDir: string): string =>
+  (JSON.parse(readFileSync(path.join(confDir, EDGE_FILE), "utf8")) as { probeSecret: string }).probeSecret
+
 /** One GET of the route-probe location with the org's Host, on a fresh connection (as the service does). */
-export const probe = (port: number, host: string, timeoutMs = 2000): Promise<{ status: number; body: string }> =>
+export const probe = (port: number, host: string, secret: string, timeoutMs = 2000): Promise<{ status: number; body: string }> =>
   new Promise((resolve, reject) => {
     const request = http.request(
-      { host: "127.0.0.1", port, path: PROBE_PATH, method: "GET", headers: { host, connection: "close" }, agent: false },
+      {
+        host: "127.0.0.1",
+        port,
+        path: PROBE_PATH,
+        method: "GET",
+        headers: { host, connection: "close", [PROBE_SECRET_HEADER]: secret },
+        agent: false
+      },
       (response) => {
         const chunks: Array<Buffer> = []
         response.on("data", (chunk: Buffer) => chunks.push(chunk))
@@ -62,9 +73,9 @@ export const probe = (port: number, host: string, timeoutMs = 2000): Promise<{ s
     request.end()
   })
 
-export const timedProbe = async (port: number, host: string): Promise<number> => {
+export const timedProbe = async (nginx: NginxTarget, host: string): Promise<number> => {
   const start = now()
-  const answer = await probe(port, host)
+  const answer = await probe(nginx.port, host, probeSecretOf(nginx.confDir))
   if (answer.status !== 200) throw new Error(`probe answered HTTP ${answer.status}`)
   return now() - start
 }
@@ -110,7 +121,7 @@ export class ProbeRoute {
     let streak = 0
     let delay = 1
     while (now() - start < timeoutMs) {
-      const answer = await probe(this.nginx.port, this.host).catch(() => ({ status: 0, body: "" }))
+      const answer = await probe(this.nginx.port, this.host, probeSecretOf(this.nginx.confDir)).catch(() => ({ status: 0, body: "" }))
       const [served, pid] = answer.body.trim().split(/\s+/)
       if (answer.status === 200 && served === marker) {
         if (Number.isNaN(firstMs)) firstMs = now() - start

@@ -5,7 +5,7 @@ import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { AllocationId, OrganizationId, orgHostname, parseOrgLabel, type Upstream } from "../domain/ids.ts"
 import { NginxConfig, Settings } from "../config.ts"
-import { PROBE_PATH, PROBE_SECRET_HEADER, renderMainConfig, renderRoute, routeAllocation, routeFileName } from "./config.ts"
+import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER, renderMainConfig, renderRoute, routeAllocation, routeFileName } from "./config.ts"
 import { EdgeLock } from "./Edge.ts"
 import * as crypto from "node:crypto"
 import { awaitOldWorkersClosed, siblingWorkers } from "./workers.ts"
@@ -100,7 +100,7 @@ export const NginxLive = Layer.scoped(
     const fail = (operation: NginxError["operation"], noEffect = false) => (cause: { readonly message: string }) =>
       new NginxError({ operation, reason: cause.message, cause, noEffect })
 
-    const edgeFile = path.join(confDir, ".gateway-allocator-edge.json")
+    const edgeFile = path.join(confDir, EDGE_FILE)
     const EdgeFile = Schema.parseJson(Schema.Struct({ id: Schema.String, probeSecret: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32,}$/)) }))
     const { id: edgeId, probeSecret } = yield* Effect.gen(function*() {
       yield* fs.makeDirectory(confDir, { recursive: true })

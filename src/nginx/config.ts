@@ -3,6 +3,9 @@ import type { AllocationId, OrganizationId, Upstream } from "../domain/ids.ts"
 /** The location nginx answers itself with the allocation id its map gives for the Host. */
 export const PROBE_PATH = "/__gateway_allocator/route"
 
+/** In NGINX_CONF_DIR: the edge's id and probe secret, made by the first process that uses the directory. */
+export const EDGE_FILE = ".gateway-allocator-edge.json"
+
 /** The header a probe carries the edge's probe secret in (see `renderMainConfig`). */
 export const PROBE_SECRET_HEADER = "x-gateway-allocator-probe"
 

@@ -9,7 +9,7 @@ import * as http from "node:http"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
-import { PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
+import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
 import { allocationsOf, hostnameOf, journalOf, nginxRoutes, openDb, routeFileOf } from "../support/invariants.ts"
 import {
   gatewayStatus,
@@ -48,7 +48,7 @@ const probeWith = (stack: LocalStack, org: string, secret: string | undefined) =
   })
 
 const edgeFileOf = (stack: LocalStack) =>
-  JSON.parse(readFileSync(path.join(stack.nginx.confDir, ".gateway-allocator-edge.json"), "utf8")) as {
+  JSON.parse(readFileSync(path.join(stack.nginx.confDir, EDGE_FILE), "utf8")) as {
     id: string
     probeSecret: string
   }
