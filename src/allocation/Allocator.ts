@@ -286,6 +286,13 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         const report = yield* steps.undoAll(run, undos.teardown(allocation, "released"), { untilUnfinished: true })
         const unfinished = report.find(isUnfinished)
         if (unfinished !== undefined) return yield* new StopFailed({ allocationId, gatewayId, undo: unfinished })
+        // Undos skipped because this runner lost the allocation did not stop it: only a released
+        // row is a stop done (the new owner finishes it otherwise).
+        const after = yield* pool.getAllocation(allocationId)
+        if (Option.exists(after, (a) => a.state !== "released")) {
+          const last = report.at(-1) ?? { step: "allocate" as const, status: "skipped" as const, duration_ms: 0 }
+          return yield* new StopFailed({ allocationId, gatewayId, undo: last })
+        }
         yield* Effect.logInfo("allocation stopped")
         return { organizationId, gatewayId, allocationId } satisfies Stopped
       }).pipe(

@@ -34,19 +34,41 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
     const unroute = (organizationId: OrganizationId, allocationId: AllocationId) =>
       Effect.gen(function*() {
         yield* nginx.removeRoute(organizationId, allocationId)
-        const reloaded = yield* nginx.reload.pipe(Effect.either)
-        if (reloaded._tag === "Right") return yield* nginx.awaitUnrouted(organizationId, allocationId)
-        const served = yield* nginx.probeRoute(organizationId)
-        if (served === allocationId) return yield* reloaded.left
-        return new UndoSkipped({
-          reason: `nginx refused the reload (${reloaded.left.reason}), but it does not route this allocation`
-        })
+        const refused = yield* proveUnrouted(organizationId, allocationId)
+        if (Option.isSome(refused)) {
+          return new UndoSkipped({ reason: `nginx refused the reload (${refused.value}), but it does not route this allocation` })
+        }
       })
 
-    /** nginx-config: remove the route file, if it is this allocation's. */
+    /**
+     * Reloads and proves nginx no longer serves the allocation. When nginx refuses the reload
+     * (say a broken foreign file), the probe decides: its running configuration may never have
+     * had the route. Some(why it refused) in that case.
+     */
+    const proveUnrouted = (organizationId: OrganizationId, allocationId: AllocationId) =>
+      Effect.gen(function*() {
+        const reloaded = yield* nginx.reload.pipe(Effect.either)
+        if (reloaded._tag === "Right") {
+          yield* nginx.awaitUnrouted(organizationId, allocationId)
+          return Option.none<string>()
+        }
+        const served = yield* nginx.probeRoute(organizationId)
+        if (served === allocationId) return yield* reloaded.left
+        return Option.some(reloaded.left.reason)
+      })
+
+    /**
+     * nginx-config: remove the route file, if it is this allocation's. A file that was on disk
+     * may have been loaded by any reload meanwhile (another start's, the reconciler's, another
+     * replica's), even if this start's own reload never happened: so a removed file is followed
+     * by a reload and the proof that nginx no longer serves this allocation.
+     */
     const removeRouteFile = (organizationId: OrganizationId, allocationId: AllocationId) =>
-      Effect.map(nginx.removeRoute(organizationId, allocationId), (found) =>
-        found === "other" ? new UndoSkipped({ reason: "the route file is a newer allocation's" }) : undefined)
+      Effect.flatMap(nginx.removeRoute(organizationId, allocationId), (found) => {
+        if (found === "other") return Effect.succeed(new UndoSkipped({ reason: "the route file is a newer allocation's" }))
+        if (found === "absent") return Effect.void
+        return Effect.asVoid(proveUnrouted(organizationId, allocationId))
+      })
 
     /**
      * dns: delete the org's record, unless a newer live allocation of the org holds it (the

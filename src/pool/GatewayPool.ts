@@ -97,11 +97,15 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       return rows.length > 0
     }, Effect.mapError(poolError))
 
-    /** Whether `runner` owns the live allocation: the fence checked before every side effect. */
+    /**
+     * Whether `runner` owns the live allocation and its lease is held in Postgres right now: the
+     * fence checked before every side effect (the runner's own view of its lease may lag).
+     */
     const owns = Effect.fn("GatewayPool.owns")(function*(allocationId: AllocationId, runner: string) {
       const rows = yield* sql`
         select exists (select 1 from allocations where id = ${allocationId} and runner = ${runner}
-                          and state in ${live}) as value`
+                          and state in ${live})
+               and gateway_allocator_runner_alive(${runner}) as value`
       return (yield* decodeAll(Flag)(rows)).some((row) => row.value)
     }, Effect.mapError(poolError))
 

@@ -18,7 +18,7 @@ import { readFile } from "node:fs/promises"
 import * as http from "node:http"
 import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
-import { PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
+import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
 import { type Db, hostnameOf, openDb, routeFileOf } from "./invariants.ts"
 
 const LIVE = ["starting", "active", "stopping", "rolling_back"]
@@ -274,7 +274,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
         // nginx answers its route probe (the allocation its map holds, the worker's pid) only with
         // the edge's secret, which the service keeps in its NGINX_CONF_DIR.
         const secret = yield* Effect.promise(() =>
-          readFile(path.join(stack.nginx.confDir, ".gateway-allocator-edge.json"), "utf8")
+          readFile(path.join(stack.nginx.confDir, EDGE_FILE), "utf8")
             .then((text) => String((JSON.parse(text) as { probeSecret?: unknown }).probeSecret ?? ""))
             .catch(() => "")
         )
