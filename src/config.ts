@@ -72,7 +72,15 @@ export class Settings extends Effect.Service<Settings>()("Settings", {
       stepTimeoutMs: milliseconds("STEP_TIMEOUT_MS", 10_000),
       undoTimeoutMs: milliseconds("UNDO_TIMEOUT_MS", 10_000),
       shutdownGraceMs: milliseconds("SHUTDOWN_GRACE_MS", 10_000),
-      reconcileIntervalMs: milliseconds("RECONCILE_INTERVAL_MS", 30_000)
+      reconcileIntervalMs: milliseconds("RECONCILE_INTERVAL_MS", 30_000),
+      /** Gateways one start may try: a gateway's own failure moves on to another. */
+      startAttempts: Config.integer("START_ATTEMPTS").pipe(
+        Config.withDefault(3),
+        Config.validate({ message: "START_ATTEMPTS must be between 1 and 10", validation: (n) => n >= 1 && n <= 10 })
+      ),
+      /** The first quarantine of a gateway that failed; it doubles with each failure in a row, up to 10 min. */
+      gatewayQuarantineMs: milliseconds("GATEWAY_QUARANTINE_MS", 30_000),
+      gatewayHealthIntervalMs: milliseconds("GATEWAY_HEALTH_INTERVAL_MS", 10_000)
     })
     return {
       ...settings,

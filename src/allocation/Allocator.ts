@@ -1,9 +1,11 @@
-import { Cause, Duration, Effect, Exit, Fiber, FiberMap, Metric, Option, Schedule } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, FiberMap, Metric, Option, Ref, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { Settings } from "../config.ts"
 import type { LiveAllocation } from "../domain/allocation.ts"
+import { QUARANTINES_WORTH_A_NOTICE } from "../domain/gateway.ts"
 import {
   AllocationNotFound,
+  type Attempt,
   InTransition,
   type NoGatewayAvailable,
   StartFailed,
@@ -15,13 +17,13 @@ import {
 import { AllocationId, type GatewayId, type OrganizationId, orgHostname } from "../domain/ids.ts"
 import { isUnfinished, type RollbackReport, type StartOutcome, summarise } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
-import { Handshake } from "../handshake/Handshake.ts"
+import { Handshake, HandshakeError } from "../handshake/Handshake.ts"
 import { Journal } from "../journal/Journal.ts"
 import { Nginx } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { Runner } from "../pool/Runner.ts"
 import type { PoolError } from "../db/errors.ts"
-import { recordStart, rollbacksIncompleteTotal } from "../telemetry/Metrics.ts"
+import { gatewayQuarantinesTotal, recordStart, rollbacksIncompleteTotal, startAttempts } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { Ownership } from "./Ownership.ts"
 import { type Rollback, type Run, StepRunner, UndoSkipped } from "./StepRunner.ts"
@@ -42,6 +44,25 @@ export interface Stopped {
 }
 
 const settlePoll = Schedule.spaced(Duration.millis(100))
+
+/** One attempt's end: its exit, its rollback, and the gateway it claimed (if it got that far). */
+interface AttemptResult {
+  readonly exit: Exit.Exit<Started, StepError | NoGatewayAvailable>
+  readonly rollback: RollbackReport
+  readonly gatewayId: Option.Option<GatewayId>
+}
+
+/**
+ * The gateway's own failure, if the attempt failed because of it: its health check through
+ * nginx never passed, or its handshake failed or timed out. Such a start moves on to another
+ * gateway and sets this one aside; nothing else does (dns, nginx, an empty pool, a lost
+ * allocation or a failed activation are not the gateway's doing).
+ */
+const gatewayFault = (error: StepError): Option.Option<string> => {
+  if (error.step !== "handshake") return Option.none()
+  if (error._tag === "StepTimedOut") return Option.some(error.message)
+  return error.cause instanceof HandshakeError ? Option.some(error.cause.message) : Option.none()
+}
 
 export type StopError = StopFailed | AllocationNotFound | PoolError
 
@@ -132,7 +153,32 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       )
 
     /** The five steps. Each registers its undo before it runs; the Scope runs them on failure. */
-    const pipeline = (run: Run, rollback: Rollback) =>
+    /**
+     * Sets a gateway aside after it failed (quarantine, backoff in Postgres: every replica honours
+     * it). Never fails: a start's outcome does not depend on it.
+     */
+    const setAside = (gatewayId: GatewayId, reason: string) =>
+      Effect.gen(function*() {
+        const quarantined = yield* pool.quarantine(gatewayId, reason, settings.gatewayQuarantineMs)
+        yield* Metric.update(gatewayQuarantinesTotal.pipe(Metric.tagged("reason", "start")), 1)
+        if (Option.isNone(quarantined)) return
+        const { consecutiveFailures, quarantinedUntil } = quarantined.value
+        yield* Effect.logWarning(
+          `gateway ${gatewayId} quarantined until ${quarantinedUntil.toISOString()} (${consecutiveFailures} failure(s) in a row): ${reason}`
+        )
+        if (consecutiveFailures === QUARANTINES_WORTH_A_NOTICE) {
+          yield* notifier.notify({
+            kind: "gateway_quarantined",
+            organization_id: null,
+            allocation_id: null,
+            gateway_id: gatewayId,
+            message: `gateway quarantined for the ${consecutiveFailures}rd time in a row: ${reason}`,
+            undos: []
+          })
+        }
+      }).pipe(Effect.catchAll((error) => Effect.logWarning(`could not quarantine gateway ${gatewayId}: ${error.message}`)))
+
+    const pipeline = (run: Run, rollback: Rollback, claimedGateway: Ref.Ref<Option.Option<GatewayId>>) =>
       Effect.gen(function*() {
         const { allocationId, organizationId } = run
         const hostname = orgHostname(organizationId, settings.domain)
@@ -149,6 +195,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           return { organizationId, gatewayId: claimed.gatewayId, hostname, allocationId: claimed.allocationId, reused: true }
         }
         const { gatewayId, upstream } = claimed
+        yield* Ref.set(claimedGateway, Option.some(gatewayId))
         // Known from here on: the start's span, and every span after it (the undos' included).
         yield* Effect.annotateCurrentSpan("gateway_id", gatewayId)
         yield* steps.annotateSpansFromHere("gateway_id", gatewayId)
@@ -182,7 +229,14 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
             }))
           ),
           undo: () => Effect.succeed(new UndoSkipped({ reason: "nothing to undo: the gateway was never initialised" }))
-        })
+        }).pipe(
+          // Its own failure: set aside before the rollback gives it back, so no start takes it meanwhile.
+          Effect.tapError((error) =>
+            error._tag === "NoGatewayAvailable"
+              ? Effect.void
+              : Option.match(gatewayFault(error), { onNone: () => Effect.void, onSome: (reason) => setAside(gatewayId, reason) })
+          )
+        )
 
         // The commit point: only now does the allocation count as active.
         const activated = yield* pool.transition(allocationId, runner.id, ["starting"], "active").pipe(
@@ -194,6 +248,10 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
             reason: "the allocation left the starting state while it ran (another runner took it over)"
           })
         }
+        // It served a start: healthy, its backoff starts over.
+        yield* pool.markHealthy(gatewayId, true).pipe(
+          Effect.catchAll((error) => Effect.logWarning(`could not mark gateway ${gatewayId} healthy: ${error.message}`))
+        )
         return { organizationId, gatewayId, hostname, allocationId, reused: false } satisfies Started
       }).pipe(
         // Runs before the Scope's finalizers: the row says `rolling_back` while undos run, so a
@@ -209,32 +267,100 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         )
       )
 
-    /** The caller's error, made once the rollback is complete: the step's error with its report. */
-    const startError = (run: Run, rollback: RollbackReport) => (error: StepError | NoGatewayAvailable): StartError =>
-      error._tag === "NoGatewayAvailable"
-        ? error
-        : new StartFailed({ error, allocationId: error.step === "allocate" ? undefined : run.allocationId, rollback })
-
-    /** An incomplete rollback: counted, and the operator is told (with the gateway it kept). */
-    const notifyIncomplete = (run: Run, exit: Exit.Exit<Started, StartError>, rollback: RollbackReport) =>
+    /** An attempt's incomplete rollback: counted, and the operator is told (with the gateway it kept). */
+    const notifyIncomplete = (run: Run, attempt: AttemptResult) =>
       Effect.gen(function*() {
         yield* Metric.increment(rollbacksIncompleteTotal)
-        const allocation = yield* pool.getAllocation(run.allocationId).pipe(Effect.option, Effect.map(Option.flatten))
-        const error = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : Option.none()
-        const failed = Option.flatMap(error, (e) => e._tag === "StartFailed" ? Option.some(e) : Option.none())
+        const error = Exit.isFailure(attempt.exit) ? Cause.failureOption(attempt.exit.cause) : Option.none()
         yield* notifier.notify({
           kind: "rollback_incomplete",
           organization_id: run.organizationId,
           allocation_id: run.allocationId,
-          gateway_id: Option.match(allocation, { onNone: () => null, onSome: (a) => a.gatewayId }),
-          step: Option.getOrUndefined(Option.map(failed, (e) => e.step)),
+          gateway_id: Option.getOrNull(attempt.gatewayId),
+          step: Option.getOrUndefined(Option.flatMap(error, (e) => e._tag === "NoGatewayAvailable" ? Option.none() : Option.some(e.step))),
           message: Option.match(error, { onNone: () => "interrupted (shutdown)", onSome: (e) => e.message }),
-          undos: rollback
+          undos: attempt.rollback
         })
       })
 
-    /** What a finished start tells: its span and metric outcome, and its rollback's summary. */
-    const reportStart = (run: Run, exit: Exit.Exit<Started, StartError>, rollback: RollbackReport) =>
+    /** What an attempt's rollback tells: one summary line, and a notice when it did not finish. */
+    const reportRollback = (run: Run, attempt: AttemptResult) =>
+      Effect.gen(function*() {
+        if (attempt.rollback.length === 0) return
+        const complete = !attempt.rollback.some(isUnfinished)
+        const failure = Exit.isFailure(attempt.exit) ? Cause.failureOption(attempt.exit.cause) : Option.none()
+        const step = Option.flatMap(failure, (e) => e._tag === "NoGatewayAvailable" ? Option.none() : Option.some(e.step))
+        yield* Effect.annotateCurrentSpan({ "rollback.status": complete ? "complete" : "incomplete" })
+        yield* (complete ? Effect.logWarning : Effect.logError)(
+          `rollback ${complete ? "complete" : "incomplete, left to the reconciler"}: ${summarise(attempt.rollback)}`
+        ).pipe(Effect.annotateLogs({ rollback: attempt.rollback, ...Option.match(step, { onNone: () => ({}), onSome: (s) => ({ step: s }) }) }))
+        if (!complete) yield* notifyIncomplete(run, attempt)
+      })
+
+    /** One gateway tried: the five steps in a Scope of their own, this process's only worker on the allocation. */
+    const runAttempt = (run: Run, attempt: number) =>
+      Effect.gen(function*() {
+        const claimed = yield* Ref.make(Option.none<GatewayId>())
+        const worked = yield* ownership.exclusive(run.allocationId, steps.attempt((rollback) => pipeline(run, rollback, claimed)))
+        if (Option.isNone(worked)) return yield* Effect.dieMessage(`allocation ${run.allocationId} is already being worked on`)
+        const result: AttemptResult = { ...worked.value, gatewayId: yield* Ref.get(claimed) }
+        yield* reportRollback(run, result)
+        return result
+      }).pipe(
+        Effect.annotateLogs({ allocation_id: run.allocationId, attempt }),
+        Effect.annotateSpans({ allocation_id: run.allocationId, attempt })
+      )
+
+    /**
+     * A start: one attempt, and another on a new gateway while the last one failed on its
+     * gateway's account (up to START_ATTEMPTS). The caller's error is made here, once, with every
+     * attempt.
+     */
+    const runStart = Effect.fn("Allocation.start")(function*(organizationId: OrganizationId) {
+      yield* Effect.annotateCurrentSpan({ organization_id: organizationId })
+      const attempts: Array<Attempt> = []
+      for (let number = 1; number <= settings.startAttempts; number++) {
+        const run: Run = { allocationId: AllocationId.make(randomUUID()), organizationId, actor: "request" }
+        yield* Effect.annotateCurrentSpan({ allocation_id: run.allocationId, attempts: number })
+        const result = yield* runAttempt(run, number)
+        if (Exit.isSuccess(result.exit)) {
+          yield* Metric.update(startAttempts, number)
+          return result.exit.value
+        }
+        const failure = Cause.failureOption(result.exit.cause)
+        // Interrupted (shutdown) or a defect outside the steps: as it is.
+        if (Option.isNone(failure)) return yield* Effect.failCause(Cause.stripFailures(result.exit.cause))
+        const error = failure.value
+        // No (other) gateway to try: the last gateway's failure stands, or a 503 for a first attempt.
+        if (error._tag === "NoGatewayAvailable") {
+          if (attempts.length === 0) return yield* error
+          break
+        }
+        attempts.push({
+          error,
+          allocationId: error.step === "allocate" ? undefined : run.allocationId,
+          gatewayId: Option.getOrUndefined(result.gatewayId),
+          rollback: result.rollback
+        })
+        const fault = gatewayFault(error)
+        if (Option.isNone(fault)) break
+        if (number < settings.startAttempts) {
+          yield* Effect.logWarning(`attempt ${number} failed on its gateway (${fault.value}): trying another gateway`)
+        }
+      }
+      yield* Metric.update(startAttempts, attempts.length)
+      const last = attempts[attempts.length - 1]
+      if (last === undefined) return yield* Effect.dieMessage("a start ended with no attempt")
+      return yield* new StartFailed({ ...last, attempts })
+    }, (effect, organizationId) =>
+      effect.pipe(
+        Effect.onExit((exit) => reportStart(exit)),
+        Effect.annotateLogs({ organization_id: organizationId }),
+        Effect.annotateSpans({ organization_id: organizationId })
+      ))
+
+    /** What a finished start tells: its span's and metric's outcome, and the failed step. */
+    const reportStart = (exit: Exit.Exit<Started, StartError>) =>
       Effect.gen(function*() {
         const outcome = startOutcome(exit)
         const failedStep = Exit.isFailure(exit)
@@ -242,36 +368,11 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           : Option.none()
         yield* Effect.annotateCurrentSpan({ outcome, ...Option.match(failedStep, { onNone: () => ({}), onSome: (step) => ({ "error.step": step }) }) })
         yield* recordStart(outcome)
-        if (rollback.length === 0) return
-        const complete = !rollback.some(isUnfinished)
-        yield* Effect.annotateCurrentSpan({ "rollback.status": complete ? "complete" : "incomplete" })
-        yield* (complete ? Effect.logWarning : Effect.logError)(
-          `rollback ${complete ? "complete" : "incomplete, left to the reconciler"}: ${summarise(rollback)}`
-        ).pipe(Effect.annotateLogs({ rollback, ...Option.match(failedStep, { onNone: () => ({}), onSome: (step) => ({ step }) }) }))
-        if (!complete) yield* notifyIncomplete(run, exit, rollback)
       })
-
-    const runStart = Effect.fn("Allocation.start")(function*(run: Run) {
-      yield* Effect.annotateCurrentSpan({ organization_id: run.organizationId, allocation_id: run.allocationId })
-      // This process's only worker on the new allocation: its reconciler leaves it alone.
-      const worked = yield* ownership.exclusive(run.allocationId, steps.attempt((rollback) => pipeline(run, rollback)))
-      if (Option.isNone(worked)) return yield* Effect.dieMessage(`allocation ${run.allocationId} is already being worked on`)
-      const attempt = worked.value
-      const exit = Exit.mapError(attempt.exit, startError(run, attempt.rollback))
-      yield* reportStart(run, exit, attempt.rollback)
-      return yield* exit
-    }, (effect, run) =>
-      effect.pipe(
-        Effect.annotateLogs({ organization_id: run.organizationId, allocation_id: run.allocationId }),
-        Effect.annotateSpans({ organization_id: run.organizationId, allocation_id: run.allocationId })
-      ))
 
     /** Starts (or joins the in-flight start of) the org's allocation. Detached from the caller. */
     const start = (organizationId: OrganizationId): Effect.Effect<Started, StartError> =>
-      starts.run(
-        organizationId,
-        Effect.suspend(() => runStart({ allocationId: AllocationId.make(randomUUID()), organizationId, actor: "request" }))
-      )
+      starts.run(organizationId, Effect.suspend(() => runStart(organizationId)))
 
     /**
      * Takes the allocation down: routing first (nginx, then DNS), the pool row last, so the

@@ -34,14 +34,26 @@ export class StepTimedOut extends Data.TaggedError("StepTimedOut")<{
 export type StepError = StepFailed | StepTimedOut
 
 /**
- * A start that failed at a step: the step's error as it happened, and the rollback that
- * followed. Made once, where the start's Scope closed and the report is complete.
- * `allocationId` is there once `allocate` had completed.
+ * One gateway tried by a start, and how it failed: the step's error as it happened and the
+ * rollback that followed (made where the attempt's Scope closed). `allocationId` and `gatewayId`
+ * are there once `allocate` had completed.
+ */
+export interface Attempt {
+  readonly error: StepError
+  readonly allocationId: AllocationId | undefined
+  readonly gatewayId: GatewayId | undefined
+  readonly rollback: RollbackReport
+}
+
+/**
+ * A start that failed: the last attempt's error and rollback, and every attempt (one per gateway
+ * tried). Made once, when no attempt is left.
  */
 export class StartFailed extends Data.TaggedError("StartFailed")<{
   readonly error: StepError
   readonly allocationId: AllocationId | undefined
   readonly rollback: RollbackReport
+  readonly attempts: ReadonlyArray<Attempt>
 }> {
   override get message() {
     return this.error.message

@@ -34,6 +34,8 @@ export interface HandshakeBody {
 export class Handshake extends Context.Tag("Handshake")<Handshake, {
   /** Polls `GET {HEALTH_PATH}` through nginx until it answers 2xx. Unbounded: the step timeout bounds it. */
   readonly awaitHealthy: (hostname: string) => Effect.Effect<void, HandshakeError>
+  /** One `GET {HEALTH_PATH}` straight to the upstream, bounded: the idle gateways' health check. */
+  readonly checkHealth: (upstream: Upstream) => Effect.Effect<void, HandshakeError>
   /** `POST {HANDSHAKE_PATH}` to the upstream; anything but 2xx fails. */
   readonly handshake: (upstream: Upstream, body: HandshakeBody) => Effect.Effect<void, HandshakeError>
 }>() {}
@@ -73,6 +75,21 @@ export const HandshakeLive = Layer.effect(
             onTimeout: () => new HandshakeError({ operation: "health", reason: `no answer within ${Duration.format(healthTimeout)}` })
           }),
           Effect.retry(healthSchedule)
+        )
+      }),
+      checkHealth: Effect.fn("Handshake.checkHealth")(function*(upstream) {
+        yield* client.get(`http://${upstream}${healthPath}`).pipe(
+          Effect.mapError((cause) =>
+            new HandshakeError({
+              operation: "health",
+              reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
+              cause
+            })
+          ),
+          Effect.timeoutFail({
+            duration: healthTimeout,
+            onTimeout: () => new HandshakeError({ operation: "health", reason: `no answer within ${Duration.format(healthTimeout)}` })
+          })
         )
       }),
       handshake: Effect.fn("Handshake.handshake")(function*(upstream, body) {

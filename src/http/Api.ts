@@ -9,6 +9,7 @@ import {
 } from "@effect/platform"
 import { Schema } from "effect"
 import { AllocationState } from "../domain/allocation.ts"
+import { GatewayHealth, GatewayState } from "../domain/gateway.ts"
 import { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../domain/ids.ts"
 import { StepName, UndoOutcome } from "../domain/steps.ts"
 import {
@@ -77,16 +78,27 @@ export const AllocationResponse = Schema.Struct({
   rollback: Schema.Array(UndoOutcome)
 })
 
+export const PoolGateway = Schema.Struct({
+  gateway_id: GatewayId,
+  name: GatewayName,
+  upstream: Upstream,
+  allocation_id: Schema.NullOr(AllocationId),
+  /** `draining`: not handed out again; it keeps serving its org until that org stops. */
+  state: GatewayState,
+  health: GatewayHealth,
+  /** Not handed out before then (ISO time), or null. */
+  quarantined_until: Schema.NullOr(Schema.String),
+  last_failure: Schema.NullOr(Schema.String)
+})
+
 export const PoolResponse = Schema.Struct({
   total: Schema.Number,
   free: Schema.Number,
   allocated: Schema.Number,
-  gateways: Schema.Array(Schema.Struct({
-    gateway_id: GatewayId,
-    name: GatewayName,
-    upstream: Upstream,
-    allocation_id: Schema.NullOr(AllocationId)
-  }))
+  available: Schema.Number,
+  quarantined: Schema.Number,
+  draining: Schema.Number,
+  gateways: Schema.Array(PoolGateway)
 })
 
 export const NewGateway = Schema.Struct({ name: GatewayName, upstream: Upstream })
@@ -155,17 +167,26 @@ export class AllocationsGroup extends HttpApiGroup.make("allocations")
 export class PoolGroup extends HttpApiGroup.make("pool")
   .add(
     HttpApiEndpoint.get("get", "/pool")
-      .addSuccess(described(PoolResponse, "free + allocated = total"))
+      .addSuccess(described(PoolResponse, "free + allocated = total; available <= free (not quarantined, not draining)"))
       .addError(ServiceUnavailable)
-      .annotate(OpenApi.Summary, "Pool counts (total, free, allocated) and every gateway")
+      .annotate(OpenApi.Summary, "Pool counts (total, free, allocated, available, quarantined, draining) and every gateway")
   )
   .add(
     HttpApiEndpoint.post("addGateway", "/pool/gateways")
       .setPayload(NewGateway)
       .addSuccess(described(GatewayResponse, "The gateway, now free in the pool"), { status: 201 })
-      .addError(described(Conflict, "A gateway with this name exists"))
+      .addError(described(Conflict, "A gateway with this name, or this upstream, is in the pool already"))
       .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Add a gateway (`upstream` is host:port) to the pool")
+  )
+  .add(
+    HttpApiEndpoint.patch("setGatewayState", "/pool/gateways/:gateway_id")
+      .setPath(Schema.Struct({ gateway_id: GatewayId }))
+      .setPayload(Schema.Struct({ state: GatewayState }))
+      .addSuccess(described(PoolGateway, "The gateway with its new state"))
+      .addError(described(NotFound, "No gateway with this id"))
+      .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "Drain a gateway (`draining`: not handed out again, keeps its org) or make it `active` again")
   )
   .add(
     HttpApiEndpoint.del("removeGateway", "/pool/gateways/:gateway_id")

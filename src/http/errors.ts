@@ -29,11 +29,22 @@ export class NoGatewayAvailable extends Schema.TaggedError<NoGatewayAvailable>()
   HttpApiSchema.annotations({ status: 503, description: "No gateway is free in the pool; nothing was changed" })
 ) {}
 
+/** One gateway a start tried: how that attempt failed and what its rollback did. */
+export const AttemptBody = Schema.Struct({
+  gateway_id: Schema.NullOr(Schema.String),
+  allocation_id: Schema.NullOr(Schema.String),
+  step: StepName,
+  message: Schema.String,
+  rollback: Schema.Array(UndoOutcome)
+})
+
 const failedStepFields = {
   step: StepName,
   message: Schema.String,
   allocation_id: Schema.optional(Schema.String),
-  rollback: Schema.Array(UndoOutcome)
+  rollback: Schema.Array(UndoOutcome),
+  /** Every gateway the start tried, the last one's failure being the answer's `step` and `message`. */
+  attempts: Schema.Array(AttemptBody)
 }
 
 export class StepFailed extends Schema.TaggedError<StepFailed>()(

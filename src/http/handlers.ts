@@ -7,6 +7,7 @@ import type { PoolError } from "../db/errors.ts"
 import type { AllocationNotFound, StartError } from "../domain/errors.ts"
 import { undoStatusOf, type UndoOutcome } from "../domain/steps.ts"
 import type { JournalEntry } from "../journal/Journal.ts"
+import type { Gateway } from "../domain/gateway.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { recordPool } from "../telemetry/Metrics.ts"
 import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
@@ -38,7 +39,14 @@ const startError = (error: StartError) => {
   const failed = {
     step: error.step,
     ...(error.allocationId === undefined ? {} : { allocation_id: error.allocationId }),
-    rollback: error.rollback
+    rollback: error.rollback,
+    attempts: error.attempts.map((attempt) => ({
+      gateway_id: attempt.gatewayId ?? null,
+      allocation_id: attempt.allocationId ?? null,
+      step: attempt.error.step,
+      message: attempt.error._tag === "StepFailed" ? attempt.error.reason : attempt.error.message,
+      rollback: attempt.rollback
+    }))
   }
   return error.error._tag === "StepFailed"
     ? new ApiError.StepFailed({ ...failed, message: error.error.reason })
@@ -58,6 +66,17 @@ const rollbackFromJournal = (entries: ReadonlyArray<JournalEntry>): ReadonlyArra
       }]
     })
   )
+
+const poolGateway = (gateway: Gateway) => ({
+  gateway_id: gateway.gatewayId,
+  name: gateway.name,
+  upstream: gateway.upstream,
+  allocation_id: gateway.allocationId,
+  state: gateway.state,
+  health: gateway.health,
+  quarantined_until: gateway.quarantinedUntil?.toISOString() ?? null,
+  last_failure: gateway.lastFailure
+})
 
 export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =>
   Effect.gen(function*() {
@@ -151,15 +170,7 @@ export const PoolHandlers = HttpApiBuilder.group(Api, "pool", (handlers) =>
     return handlers
       .handle("get", () =>
         Effect.all([pool.stats(), pool.listGateways()]).pipe(
-          Effect.map(([stats, gateways]) => ({
-            ...stats,
-            gateways: gateways.map((gateway) => ({
-              gateway_id: gateway.gatewayId,
-              name: gateway.name,
-              upstream: gateway.upstream,
-              allocation_id: gateway.allocationId
-            }))
-          })),
+          Effect.map(([stats, gateways]) => ({ ...stats, gateways: gateways.map(poolGateway) })),
           Effect.mapError(unavailable)
         ))
       .handle("addGateway", ({ payload }) =>
@@ -170,6 +181,14 @@ export const PoolHandlers = HttpApiBuilder.group(Api, "pool", (handlers) =>
               Effect.fail(new ApiError.Conflict({ message: `a gateway named ${error.name} exists` })),
             GatewayUpstreamTaken: (error) =>
               Effect.fail(new ApiError.Conflict({ message: `upstream ${error.upstream} is in the pool already` })),
+            PoolError: (error) => Effect.fail(unavailable(error))
+          })
+        ))
+      .handle("setGatewayState", ({ path, payload }) =>
+        pool.setGatewayState(path.gateway_id, payload.state).pipe(
+          Effect.map(poolGateway),
+          Effect.catchTags({
+            GatewayNotFound: (error) => Effect.fail(new ApiError.NotFound({ message: `gateway ${error.gatewayId} not found` })),
             PoolError: (error) => Effect.fail(unavailable(error))
           })
         ))

@@ -11,7 +11,8 @@ import {
   TransitionalState
 } from "../domain/allocation.ts"
 import { NoGatewayAvailable } from "../domain/errors.ts"
-import { AllocationId, GatewayId, GatewayName, type OrganizationId, Upstream } from "../domain/ids.ts"
+import { Gateway, type GatewayState, QUARANTINE_CAP_MS } from "../domain/gateway.ts"
+import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../domain/ids.ts"
 
 export class GatewayNameTaken extends Data.TaggedError("GatewayNameTaken")<{ readonly name: string }> {}
 /** The upstream is in the pool already (under another name): one gateway process, one org. */
@@ -19,21 +20,24 @@ export class GatewayUpstreamTaken extends Data.TaggedError("GatewayUpstreamTaken
 export class GatewayNotFound extends Data.TaggedError("GatewayNotFound")<{ readonly gatewayId: GatewayId }> {}
 export class GatewayAllocated extends Data.TaggedError("GatewayAllocated")<{ readonly gatewayId: GatewayId }> {}
 
-export const Gateway = Schema.Struct({
-  gatewayId: GatewayId,
-  name: GatewayName,
-  upstream: Upstream,
-  allocationId: Schema.NullOr(AllocationId)
+export const PoolStats = Schema.Struct({
+  total: Schema.Number,
+  free: Schema.Number,
+  allocated: Schema.Number,
+  /** Free gateways that may be handed out now: not in quarantine, not draining. */
+  available: Schema.Number,
+  quarantined: Schema.Number,
+  draining: Schema.Number
 })
-export type Gateway = typeof Gateway.Type
-
-export const PoolStats = Schema.Struct({ total: Schema.Number, free: Schema.Number, allocated: Schema.Number })
 export type PoolStats = typeof PoolStats.Type
+
+const Quarantined = Schema.Struct({ consecutiveFailures: Schema.Number, quarantinedUntil: Schema.DateFromSelf })
 
 // Rows are selected under the domain's field names and decoded with the domain's schemas.
 const allocationColumns = `id as "allocationId", organization_id as "organizationId", gateway_id as "gatewayId",
   upstream, state, runner, error, created_at as "createdAt", updated_at as "updatedAt", finished_at as "finishedAt"`
-const gatewayColumns = `id as "gatewayId", name, upstream, allocation_id as "allocationId"`
+const gatewayColumns = `id as "gatewayId", name, upstream, allocation_id as "allocationId", state, health,
+  quarantined_until as "quarantinedUntil", consecutive_failures as "consecutiveFailures", last_failure as "lastFailure"`
 
 const decodeAll = <A, I>(schema: Schema.Schema<A, I>) => Schema.decodeUnknown(Schema.Array(schema))
 const decodeFirst = <A, I>(schema: Schema.Schema<A, I>) => (rows: ReadonlyArray<unknown>) =>
@@ -163,7 +167,11 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       const rows = yield* sql`
         select count(*)::int as total,
                (count(*) filter (where allocation_id is null))::int as free,
-               (count(*) filter (where allocation_id is not null))::int as allocated
+               (count(*) filter (where allocation_id is not null))::int as allocated,
+               (count(*) filter (where allocation_id is null and state = 'active'
+                                   and (quarantined_until is null or quarantined_until <= now())))::int as available,
+               (count(*) filter (where quarantined_until > now()))::int as quarantined,
+               (count(*) filter (where state = 'draining'))::int as draining
           from gateways`
       return yield* Schema.decodeUnknown(PoolStats)(rows[0])
     }, Effect.mapError(poolError))
@@ -177,6 +185,44 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       if (Option.isSome(added)) return added.value
       const named = yield* sql`select 1 from gateways where name = ${name}`.pipe(Effect.mapError(poolError))
       return yield* named.length > 0 ? new GatewayNameTaken({ name }) : new GatewayUpstreamTaken({ upstream })
+    })
+
+    /**
+     * Sets the gateway aside: not handed out for `baseMs`, doubled for each failure in a row
+     * before this one, capped at QUARANTINE_CAP_MS. Returns the failures in a row and the end.
+     */
+    const quarantine = Effect.fn("GatewayPool.quarantine")(function*(gatewayId: GatewayId, reason: string, baseMs: number) {
+      const rows = yield* sql`
+        update gateways
+           set quarantined_until = now() + make_interval(secs => least(${baseMs} * power(2, consecutive_failures), ${QUARANTINE_CAP_MS}) / 1000.0),
+               consecutive_failures = consecutive_failures + 1,
+               health = 'unhealthy', last_failure = ${reason.slice(0, 500)}, last_failure_at = now()
+         where id = ${gatewayId}
+        returning consecutive_failures as "consecutiveFailures", quarantined_until as "quarantinedUntil"`
+      return yield* decodeFirst(Quarantined)(rows)
+    }, Effect.mapError(poolError))
+
+    /**
+     * The gateway answered: out of quarantine, healthy. After a successful start (`served`) its
+     * backoff starts over too; a health check alone does not reset it.
+     */
+    const markHealthy = Effect.fn("GatewayPool.markHealthy")(function*(gatewayId: GatewayId, served: boolean) {
+      yield* sql`
+        update gateways
+           set health = 'healthy', quarantined_until = null,
+               consecutive_failures = case when ${served} then 0 else consecutive_failures end
+         where id = ${gatewayId}
+           and (health <> 'healthy' or quarantined_until is not null or (${served} and consecutive_failures > 0))`
+    }, Effect.mapError(poolError))
+
+    /** Drains a gateway (not handed out again; it keeps its org) or makes it active again. */
+    const setGatewayState = Effect.fn("GatewayPool.setGatewayState")(function*(gatewayId: GatewayId, state: GatewayState) {
+      const rows = yield* sql`
+        update gateways set state = ${state} where id = ${gatewayId}
+        returning ${sql.literal(gatewayColumns)}`.pipe(Effect.mapError(poolError))
+      const updated = yield* decodeFirst(Gateway)(rows).pipe(Effect.mapError(poolError))
+      if (Option.isNone(updated)) return yield* new GatewayNotFound({ gatewayId })
+      return updated.value
     })
 
     /** Removes a free gateway. An allocated one stays (409): stop its org first. */
@@ -263,6 +309,9 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       addGateway,
       removeGateway,
       listGateways,
+      quarantine,
+      markHealthy,
+      setGatewayState,
       recoverable,
       adopt,
       owns,

@@ -47,6 +47,27 @@ export const poolGatewaysAllocated = Metric.gauge("gateway_allocator_pool_gatewa
   description: "Allocated gateways in the pool"
 })
 
+export const gatewayQuarantinesTotal = Metric.counter("gateway_allocator_gateway_quarantines_total", {
+  description: "Gateways set aside, by reason (start: a start failed on it; health_check: an idle one stopped answering)",
+  incremental: true
+})
+
+export const startAttempts = Metric.histogram(
+  "gateway_allocator_start_attempts",
+  MetricBoundaries.linear({ start: 1, width: 1, count: 10 }),
+  "Gateways tried by one start (more than one: a gateway failed and the start moved on)"
+)
+
+export const poolGatewaysAvailable = Metric.gauge("gateway_allocator_pool_gateways_available", {
+  description: "Free gateways that may be handed out now (not quarantined, not draining)"
+})
+export const poolGatewaysQuarantined = Metric.gauge("gateway_allocator_pool_gateways_quarantined", {
+  description: "Gateways in quarantine"
+})
+export const poolGatewaysDraining = Metric.gauge("gateway_allocator_pool_gateways_draining", {
+  description: "Gateways draining (not handed out again)"
+})
+
 export const nginxReloadsTotal = Metric.counter("gateway_allocator_nginx_reloads_total", {
   description: "nginx reloads by outcome (ok, failed)",
   incremental: true
@@ -76,9 +97,19 @@ export const recordStart = (
   outcome: "success" | "reused" | "no_gateway" | "step_failed" | "step_timed_out" | "interrupted"
 ) => Metric.update(startsTotal.pipe(Metric.tagged("outcome", outcome)), 1)
 
-export const recordPool = (stats: { readonly total: number; readonly free: number; readonly allocated: number }) =>
+export const recordPool = (stats: {
+  readonly total: number
+  readonly free: number
+  readonly allocated: number
+  readonly available: number
+  readonly quarantined: number
+  readonly draining: number
+}) =>
   Effect.all([
     Metric.set(poolGatewaysTotal, stats.total),
     Metric.set(poolGatewaysFree, stats.free),
-    Metric.set(poolGatewaysAllocated, stats.allocated)
+    Metric.set(poolGatewaysAllocated, stats.allocated),
+    Metric.set(poolGatewaysAvailable, stats.available),
+    Metric.set(poolGatewaysQuarantined, stats.quarantined),
+    Metric.set(poolGatewaysDraining, stats.draining)
   ], { discard: true })

@@ -4,10 +4,13 @@ import { WebhookUrl } from "../config.ts"
 import type { StepName, UndoOutcome } from "../domain/steps.ts"
 import { makeWebhook, type WebhookOptions } from "./Webhook.ts"
 
-/** What an operator is told when a rollback could not finish, or the reconciler repaired drift. */
+/**
+ * What an operator is told: a rollback could not finish, the reconciler repaired something, or a
+ * gateway was quarantined for the third time in a row (someone should look at it).
+ */
 export interface Notice {
-  readonly kind: "rollback_incomplete" | "reconciler_repair"
-  readonly organization_id: string
+  readonly kind: "rollback_incomplete" | "reconciler_repair" | "gateway_quarantined"
+  readonly organization_id: string | null
   readonly allocation_id: string | null
   readonly gateway_id: string | null
   /** The step whose failure started the rollback, when there was one. */

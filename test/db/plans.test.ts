@@ -33,9 +33,11 @@ layer(Database, { excludeTestServices: true, timeout: 120_000 })("query plans at
       yield* sql`analyze gateways`
       yield* sql`analyze allocations`
       const claim = yield* plan(
-        "select * from gateways g where g.allocation_id is null order by g.created_at, g.id limit 1 for update skip locked"
+        `select * from gateways g where g.allocation_id is null and g.state = 'active'
+           and (g.quarantined_until is null or g.quarantined_until <= now())
+         order by g.last_allocated_at nulls first, g.created_at, g.id limit 1 for update skip locked`
       )
-      expect(claim).toContain("Index Scan using gateways_free")
+      expect(claim).toContain("Index Scan using gateways_available")
       const live = yield* plan(
         "select * from allocations a where a.organization_id = '3f1e2d4c-5b6a-4978-8a9b-0c1d2e3f4a5b' and a.state in ('starting', 'active', 'stopping', 'rolling_back')"
       )

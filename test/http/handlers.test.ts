@@ -30,6 +30,8 @@ const baseEnv = {
   UNDO_TIMEOUT_MS: "500",
   SHUTDOWN_GRACE_MS: "300",
   RECONCILE_INTERVAL_MS: "3600000",
+  // One gateway per start: these cases are about the mapping of one attempt (retries: test/unit/gateways.test.ts).
+  START_ATTEMPTS: "1",
   API_TOKEN
 }
 
@@ -349,11 +351,18 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
             total: 2,
             free: 2,
             allocated: 0,
+            available: 2,
+            quarantined: 0,
+            draining: 0,
             gateways: GATEWAYS.map(({ name, upstream }) => ({
               gateway_id: expect.stringMatching(uuidPattern),
               name,
               upstream,
-              allocation_id: null
+              allocation_id: null,
+              state: "active",
+              health: "unknown",
+              quarantined_until: null,
+              last_failure: null
             }))
           })
 
@@ -370,7 +379,11 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
               gateway_id: started.gateway_id,
               name: expect.any(String),
               upstream: expect.any(String),
-              allocation_id: started.allocation_id
+              allocation_id: started.allocation_id,
+              state: "active",
+              health: "healthy",
+              quarantined_until: null,
+              last_failure: null
             }
           ])
         })

@@ -1,5 +1,5 @@
 import { SqlError } from "@effect/sql"
-import { Context, Deferred, Effect, Layer, Option, Ref } from "effect"
+import { Clock, Context, Deferred, Effect, Layer, Option, Ref } from "effect"
 import { NoGatewayAvailable } from "../../src/domain/errors.ts"
 import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { Dns, DnsError } from "../../src/dns/Dns.ts"
@@ -9,8 +9,8 @@ import { Nginx, NginxError } from "../../src/nginx/Nginx.ts"
 import { type Notice, Notifier } from "../../src/telemetry/Notifier.ts"
 import { PoolError } from "../../src/db/errors.ts"
 import { type Allocation, type AllocationState, type LiveAllocation, LiveState } from "../../src/domain/allocation.ts"
+import { type Gateway, QUARANTINE_CAP_MS } from "../../src/domain/gateway.ts"
 import {
-  type Gateway,
   GatewayAllocated,
   GatewayNameTaken,
   GatewayNotFound,
@@ -64,11 +64,15 @@ export const gate = (operation: string) =>
       })).pipe(Effect.zipRight(Deferred.succeed(gate, undefined)), Effect.asVoid)
   })
 
-/** Records the call, then applies its fault if one is set. */
-const operation = <A, E>(world: World, name: string, error: () => E, effect: Effect.Effect<A, E>) =>
+/**
+ * Records the call, then applies its fault if one is set: on `name`, or on `name@{target}` for
+ * a fault that hits one target only (say one gateway's handshake).
+ */
+const operation = <A, E>(world: World, name: string, error: () => E, effect: Effect.Effect<A, E>, target?: string) =>
   Effect.gen(function*() {
     yield* Ref.update(world.calls, (calls) => [...calls, name])
-    const fault = (yield* Ref.get(world.faults)).get(name)
+    const faults = yield* Ref.get(world.faults)
+    const fault = faults.get(name) ?? (target === undefined ? undefined : faults.get(`${name}@${target}`))
     if (fault === "fail") return yield* Effect.fail(error())
     if (fault === "hang") return yield* Effect.never
     if (fault === "die") return yield* Effect.die(new Error(`injected defect in ${name}`))
@@ -100,6 +104,8 @@ const makeWorld = Effect.gen(function*() {
 
 const poolOf = (world: World) => {
   let counter = 0
+  let claims = 0
+  const lastAllocated = new Map<GatewayId, number>()
   const op = <A, E>(name: string, effect: Effect.Effect<A, E>) =>
     operation<A, E | PoolError>(world, name, () => sqlError(name), effect)
   const findLive = (organizationId: OrganizationId) =>
@@ -119,8 +125,14 @@ const poolOf = (world: World) => {
           const a = existing.value
           return { allocationId: a.allocationId, gatewayId: a.gatewayId, upstream: a.upstream, state: a.state, reused: true }
         }
-        const free = (yield* Ref.get(world.gateways)).find((g) => g.allocationId === null)
+        // Available (free, active, out of quarantine), least recently allocated first.
+        const nowMs = yield* Clock.currentTimeMillis
+        const free = (yield* Ref.get(world.gateways))
+          .filter((g) => g.allocationId === null && g.state === "active" && (g.quarantinedUntil?.getTime() ?? 0) <= nowMs)
+          .sort((a, b) => (lastAllocated.get(a.gatewayId) ?? -1) - (lastAllocated.get(b.gatewayId) ?? -1))[0]
         if (free === undefined) return yield* new NoGatewayAvailable()
+        claims += 1
+        lastAllocated.set(free.gatewayId, claims)
         yield* Ref.update(world.gateways, (gs) => gs.map((g) => g.gatewayId === free.gatewayId ? { ...g, allocationId } : g))
         const now = new Date()
         yield* Ref.update(world.allocations, (all) =>
@@ -172,20 +184,63 @@ const poolOf = (world: World) => {
     getAllocation: (allocationId) =>
       Effect.map(Ref.get(world.allocations), (all) => Option.fromNullable(all.get(allocationId))),
     stats: () =>
-      op("pool.stats", Ref.get(world.gateways)).pipe(Effect.map((gs) => {
-        const free = gs.filter((g) => g.allocationId === null).length
-        return { total: gs.length, free, allocated: gs.length - free }
+      op("pool.stats", Effect.zip(Ref.get(world.gateways), Clock.currentTimeMillis)).pipe(Effect.map(([gs, now]) => {
+        const inQuarantine = (g: Gateway) => (g.quarantinedUntil?.getTime() ?? 0) > now
+        const free = gs.filter((g) => g.allocationId === null)
+        return {
+          total: gs.length,
+          free: free.length,
+          allocated: gs.length - free.length,
+          available: free.filter((g) => g.state === "active" && !inQuarantine(g)).length,
+          quarantined: gs.filter(inQuarantine).length,
+          draining: gs.filter((g) => g.state === "draining").length
+        }
       })),
+    quarantine: (gatewayId, reason, baseMs) =>
+      op("pool.quarantine", Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const gateway = (yield* Ref.get(world.gateways)).find((g) => g.gatewayId === gatewayId)
+        if (gateway === undefined) return Option.none()
+        const quarantinedUntil = new Date(now + Math.min(baseMs * 2 ** gateway.consecutiveFailures, QUARANTINE_CAP_MS))
+        const consecutiveFailures = gateway.consecutiveFailures + 1
+        yield* Ref.update(world.gateways, (gs) =>
+          gs.map((g) =>
+            g.gatewayId === gatewayId
+              ? { ...g, quarantinedUntil, consecutiveFailures, health: "unhealthy" as const, lastFailure: reason }
+              : g
+          ))
+        return Option.some({ consecutiveFailures, quarantinedUntil })
+      })),
+    markHealthy: (gatewayId, served) =>
+      op("pool.markHealthy", Ref.update(world.gateways, (gs) =>
+        gs.map((g) =>
+          g.gatewayId === gatewayId
+            ? { ...g, health: "healthy" as const, quarantinedUntil: null, consecutiveFailures: served ? 0 : g.consecutiveFailures }
+            : g
+        ))),
+    setGatewayState: (gatewayId, state) =>
+      Effect.gen(function*() {
+        const gateway = (yield* Ref.get(world.gateways)).find((g) => g.gatewayId === gatewayId)
+        if (gateway === undefined) return yield* new GatewayNotFound({ gatewayId })
+        const updated = { ...gateway, state }
+        yield* Ref.update(world.gateways, (gs) => gs.map((g) => (g.gatewayId === gatewayId ? updated : g)))
+        return updated
+      }),
     addGateway: (name: GatewayName, upstream: Upstream) =>
       Effect.gen(function*() {
         const gateways = yield* Ref.get(world.gateways)
         if (gateways.some((g) => g.name === name)) return yield* new GatewayNameTaken({ name })
         counter += 1
-        const gateway = {
+        const gateway: Gateway = {
           gatewayId: `00000000-0000-4000-8000-${String(counter).padStart(12, "0")}` as GatewayId,
           name,
           upstream,
-          allocationId: null
+          allocationId: null,
+          state: "active",
+          health: "unknown",
+          quarantinedUntil: null,
+          consecutiveFailures: 0,
+          lastFailure: null
         }
         yield* Ref.set(world.gateways, [...gateways, gateway])
         return gateway
@@ -307,8 +362,16 @@ const handshakeOf = (world: World) =>
   Handshake.of({
     awaitHealthy: () =>
       operation(world, "handshake.awaitHealthy", () => new HandshakeError({ operation: "health", reason: "injected" }), Effect.void),
-    handshake: () =>
-      operation(world, "handshake.handshake", () => new HandshakeError({ operation: "handshake", reason: "HTTP 500", noEffect: true }), Effect.void)
+    checkHealth: (upstream) =>
+      operation(world, "handshake.checkHealth", () => new HandshakeError({ operation: "health", reason: "injected" }), Effect.void, upstream),
+    handshake: (upstream) =>
+      operation(
+        world,
+        "handshake.handshake",
+        () => new HandshakeError({ operation: "handshake", reason: "HTTP 500", noEffect: true }),
+        Effect.void,
+        upstream
+      )
   })
 
 /** All outside systems in memory, sharing one TestWorld. */

@@ -18,6 +18,10 @@ export class ServerError extends Data.TaggedError("ServerError")<{ readonly mess
 
 /** What the harness sets on top of the stack's env unless the caller overrides it. */
 export const defaultServerEnv: Readonly<Record<string, string>> = {
+  // One gateway per start and no quarantine, unless a suite is about them (test/crash/gateways.test.ts):
+  // the other suites fail gateways on purpose and count on every gateway staying in the pool.
+  START_ATTEMPTS: "1",
+  GATEWAY_QUARANTINE_MS: "1",
   RECONCILE_INTERVAL_MS: "1000",
   STEP_TIMEOUT_MS: "10000",
   UNDO_TIMEOUT_MS: "5000",

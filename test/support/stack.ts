@@ -47,6 +47,14 @@ export const ServicesLive = (overrides: Readonly<Record<string, string>> = {}) =
             pool.addGateway(gateway.name as GatewayName, gateway.upstream as Upstream)))
       ).pipe(
         Layer.provideMerge(AppServicesLive),
-        Layer.provide(configFrom({ STEP_TIMEOUT_MS: "3000", UNDO_TIMEOUT_MS: "3000", ...stack.env, ...overrides }))
+        Layer.provide(configFrom({
+          STEP_TIMEOUT_MS: "3000",
+          UNDO_TIMEOUT_MS: "3000",
+          // One gateway per start, no quarantine: these suites fail gateways on purpose.
+          START_ATTEMPTS: "1",
+          GATEWAY_QUARANTINE_MS: "1",
+          ...stack.env,
+          ...overrides
+        }))
       ))
   )

@@ -18,6 +18,8 @@ const baseEnv = {
   STEP_TIMEOUT_MS: "1000",
   UNDO_TIMEOUT_MS: "500",
   RECONCILE_INTERVAL_MS: "3600000",
+  // One gateway per start: the telemetry of one attempt (retries are tested in test/unit/gateways.test.ts).
+  START_ATTEMPTS: "1",
   API_TOKEN
 }
 

@@ -23,7 +23,9 @@ const TestServices = Layer.effectDiscard(
   Layer.provide(configFrom({
     STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
     UNDO_TIMEOUT_MS: String(UNDO_TIMEOUT_MS),
-    SHUTDOWN_GRACE_MS: String(SHUTDOWN_GRACE_MS)
+    SHUTDOWN_GRACE_MS: String(SHUTDOWN_GRACE_MS),
+    // One gateway per start: the pipeline of one attempt (retries: test/unit/gateways.test.ts).
+    START_ATTEMPTS: "1"
   }))
 )
 
@@ -50,7 +52,7 @@ const expectNothingLeft = (org: OrganizationId) =>
     expect([...(yield* Ref.get(world.routeFiles)).keys()]).not.toContain(org)
     expect([...(yield* Ref.get(world.served)).keys()]).not.toContain(org)
     const stats = yield* Effect.flatMap(GatewayPool, (pool) => pool.stats())
-    expect(stats).toEqual({ total: 2, free: 2, allocated: 0 })
+    expect(stats).toMatchObject({ total: 2, free: 2, allocated: 0 })
   })
 
 const reportSteps = (error: Failure) =>
@@ -72,7 +74,8 @@ describe("allocation pipeline (test layers)", () => {
         "nginx.awaitRoute",
         "handshake.awaitHealthy",
         "handshake.handshake",
-        "pool.transition"
+        "pool.transition",
+        "pool.markHealthy"
       ])
       const world = yield* TestWorld
       expect((yield* Ref.get(world.served)).get(org)).toBe(started.allocationId)
