@@ -40,6 +40,7 @@ const welcome = (stack: LocalStack, port: number) => {
   const api = `http://127.0.0.1:${port}`
   const auth = `-H 'authorization: Bearer ${stack.apiToken}'`
   const org = "3f1e2d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"
+  const randomUUIDForDemo = "7c0d5b8e-2f41-4c7a-9e36-5a1b2c3d4e5f"
   return [
     "",
     "gateway-allocator dev stack is up",
@@ -54,7 +55,12 @@ const welcome = (stack: LocalStack, port: number) => {
     `  curl -s -H 'host: org-${org}.domain.local' http://127.0.0.1:${stack.nginx.listenPort}/hello`,
     `  dig +short @127.0.0.1 -p ${stack.powerDns.dnsPort} org-${org}.domain.local`,
     `  curl -s ${auth} -H 'content-type: application/json' -d '{"organization_id":"${org}"}' ${api}/gateway/stop`,
-    "Force a failure (every sample gateway refuses the handshake), start, and watch the rollback:",
+    "A dead gateway (the first one refuses its handshake): a new org's start sets it aside and succeeds on another;",
+    "the pool shows it quarantined, and it comes back once it answers again:",
+    ...stack.gateways.slice(0, 1).map((g) => `  curl -s -d '{"handshake":"fail"}' http://${g.upstream}/__control`),
+    `  curl -s ${auth} -H 'content-type: application/json' -d '{"organization_id":"${randomUUIDForDemo}"}' ${api}/gateway/start`,
+    `  curl -s ${auth} ${api}/pool`,
+    "Force a failure (every sample gateway refuses the handshake), start, and watch every attempt roll back:",
     ...stack.gateways.map((g) =>
       `  curl -s -d '{"handshake":"fail"}' http://${g.upstream}/__control`
     ),

@@ -404,7 +404,16 @@ layer(
           const duplicate = yield* post("/pool/gateways", { name, upstream: "127.0.0.1:10" })
           expect(duplicate.status).toBe(409)
           expect((yield* get("/pool")).json.gateways.filter((g: { name: string }) => g.name === name)).toEqual([
-            { gateway_id: id, name, upstream: "127.0.0.1:9", allocation_id: null }
+            {
+              gateway_id: id,
+              name,
+              upstream: "127.0.0.1:9",
+              allocation_id: null,
+              state: "active",
+              health: "unknown",
+              quarantined_until: null,
+              last_failure: null
+            }
           ])
 
           // Hostnames and bracketed IPv6 are upstreams too.

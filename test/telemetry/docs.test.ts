@@ -15,6 +15,7 @@ const contract: ReadonlyArray<readonly [string, string, ReadonlyArray<number>]> 
   ["get", "/allocations/{allocation_id}", [200, 400, 401, 404]],
   ["get", "/pool", [200, 401]],
   ["post", "/pool/gateways", [201, 400, 401, 409]],
+  ["patch", "/pool/gateways/{gateway_id}", [200, 400, 401, 404]],
   ["delete", "/pool/gateways/{gateway_id}", [200, 401, 404, 409]],
   ["get", "/healthz", [200]],
   ["get", "/metrics", [200]]
