@@ -3,7 +3,7 @@
 // is a `Context.Tag` with one layer per implementation. Tests swap layers, never modules.
 //
 //   AppLive        the HTTP API, logging and tracing, over
-//   makeServices   the allocation core: Allocator, Reconciler and HealthChecker, over StepRunner, Undos and
+//   makeServices   the allocation core: Allocator and Reconciler, over GatewayHealth, StepRunner, Undos and
 //                  Ownership, over
 //   OutsideLive    one layer per outside system: Postgres (pool, journal, runner lease), PowerDNS,
 //                  nginx, the gateways' HTTP, the webhook; all over Settings (shared settings).
@@ -22,7 +22,7 @@ import { Journal } from "./journal/Journal.ts"
 import { EdgeCheckLive, EdgeLockPostgres } from "./nginx/Edge.ts"
 import { Nginx, NginxLive } from "./nginx/Nginx.ts"
 import { GatewayPool } from "./pool/GatewayPool.ts"
-import { HealthChecker } from "./pool/HealthChecker.ts"
+import { GatewayHealth } from "./pool/GatewayHealth.ts"
 import { Runner } from "./pool/Runner.ts"
 import { LoggingLive } from "./telemetry/Logging.ts"
 import { NotifierLive } from "./telemetry/Notifier.ts"
@@ -42,8 +42,9 @@ export const AppLive = Layer.suspend(() =>
  * or the real stack) and the same wiring runs.
  */
 export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
-  Layer.merge(Reconciler.Default, HealthChecker.Default).pipe(
+  Reconciler.Default.pipe(
     Layer.provideMerge(Allocator.Default),
+    Layer.provideMerge(GatewayHealth.Default),
     Layer.provideMerge(Layer.merge(StepRunner.Default, Undos.Default)),
     Layer.provideMerge(Ownership.Default),
     Layer.provideMerge(outside),

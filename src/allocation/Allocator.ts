@@ -2,7 +2,6 @@ import { Cause, Duration, Effect, Exit, Fiber, FiberMap, Metric, Option, Ref, Sc
 import { randomUUID } from "node:crypto"
 import { Settings } from "../config.ts"
 import type { LiveAllocation } from "../domain/allocation.ts"
-import { QUARANTINES_WORTH_A_NOTICE } from "../domain/gateway.ts"
 import {
   AllocationNotFound,
   type Attempt,
@@ -21,9 +20,10 @@ import { Handshake, HandshakeError } from "../handshake/Handshake.ts"
 import { Journal } from "../journal/Journal.ts"
 import { Nginx } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
+import { GatewayHealth } from "../pool/GatewayHealth.ts"
 import { Runner } from "../pool/Runner.ts"
 import type { PoolError } from "../db/errors.ts"
-import { gatewayQuarantinesTotal, recordStart, rollbacksIncompleteTotal, startAttempts } from "../telemetry/Metrics.ts"
+import { recordStart, rollbacksIncompleteTotal, startAttempts } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { Ownership } from "./Ownership.ts"
 import { type Rollback, type Run, StepRunner, UndoSkipped } from "./StepRunner.ts"
@@ -120,6 +120,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const runner = yield* Runner
     const ownership = yield* Ownership
     const notifier = yield* Notifier
+    const gatewayHealth = yield* GatewayHealth
     const starts = yield* singleFlight<Started, StartError>()
     const stops = yield* singleFlight<Stopped, StopError>()
     // Shutdown (the HTTP server has already stopped taking requests): in-flight starts get a
@@ -153,31 +154,6 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       )
 
     /** The five steps. Each registers its undo before it runs; the Scope runs them on failure. */
-    /**
-     * Sets a gateway aside after it failed (quarantine, backoff in Postgres: every replica honours
-     * it). Never fails: a start's outcome does not depend on it.
-     */
-    const setAside = (gatewayId: GatewayId, reason: string) =>
-      Effect.gen(function*() {
-        const quarantined = yield* pool.quarantine(gatewayId, reason, settings.gatewayQuarantineMs)
-        yield* Metric.update(gatewayQuarantinesTotal.pipe(Metric.tagged("reason", "start")), 1)
-        if (Option.isNone(quarantined)) return
-        const { consecutiveFailures, quarantinedUntil } = quarantined.value
-        yield* Effect.logWarning(
-          `gateway ${gatewayId} quarantined until ${quarantinedUntil.toISOString()} (${consecutiveFailures} failure(s) in a row): ${reason}`
-        )
-        if (consecutiveFailures === QUARANTINES_WORTH_A_NOTICE) {
-          yield* notifier.notify({
-            kind: "gateway_quarantined",
-            organization_id: null,
-            allocation_id: null,
-            gateway_id: gatewayId,
-            message: `gateway quarantined for the ${consecutiveFailures}rd time in a row: ${reason}`,
-            undos: []
-          })
-        }
-      }).pipe(Effect.catchAll((error) => Effect.logWarning(`could not quarantine gateway ${gatewayId}: ${error.message}`)))
-
     const pipeline = (run: Run, rollback: Rollback, claimedGateway: Ref.Ref<Option.Option<GatewayId>>) =>
       Effect.gen(function*() {
         const { allocationId, organizationId } = run
@@ -234,7 +210,10 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           Effect.tapError((error) =>
             error._tag === "NoGatewayAvailable"
               ? Effect.void
-              : Option.match(gatewayFault(error), { onNone: () => Effect.void, onSome: (reason) => setAside(gatewayId, reason) })
+              : Option.match(gatewayFault(error), {
+                onNone: () => Effect.void,
+                onSome: (reason) => gatewayHealth.setAside(gatewayId, reason, "start")
+              })
           )
         )
 

@@ -7,7 +7,7 @@ import { Allocator } from "../../src/allocation/Allocator.ts"
 import { makeServices } from "../../src/app.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
-import { HealthChecker } from "../../src/pool/HealthChecker.ts"
+import { GatewayHealth } from "../../src/pool/GatewayHealth.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, clearFaults, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
 
@@ -113,7 +113,7 @@ describe("dead gateways (test layers)", () => {
   it.effect("the health check brings back a gateway whose quarantine ran out only if it answers; an idle one that stops answering is set aside", () =>
     Effect.gen(function*() {
       const pool = yield* GatewayPool
-      const checker = yield* HealthChecker
+      const checker = yield* GatewayHealth
       const [gw1, gw2] = yield* gateways
       if (gw1 === undefined || gw2 === undefined) return expect.fail("no gateways")
       yield* pool.quarantine(gw1.gatewayId, "test", QUARANTINE_MS)

@@ -1,0 +1,88 @@
+import { Clock, Duration, Effect, Either, Metric, Option } from "effect"
+import { Settings } from "../config.ts"
+import { type Gateway, type QuarantineReason, QUARANTINES_WORTH_A_NOTICE } from "../domain/gateway.ts"
+import type { GatewayId } from "../domain/ids.ts"
+import { Handshake } from "../handshake/Handshake.ts"
+import { gatewayQuarantinesTotal } from "../telemetry/Metrics.ts"
+import { Notifier } from "../telemetry/Notifier.ts"
+import { GatewayPool } from "./GatewayPool.ts"
+
+/**
+ * Gateways set aside and brought back. `setAside` quarantines a gateway that failed (backoff in
+ * Postgres, so every replica honours it), counts it, and tells the operator at the third time
+ * in a row. Every GATEWAY_HEALTH_INTERVAL_MS, one replica at a time (an advisory-lock job), asks
+ * each free gateway's `HEALTH_PATH` (straight to its upstream):
+ * - an idle gateway that stops answering is quarantined before a start finds out;
+ * - a gateway whose quarantine has run out comes back if it answers, and is quarantined again
+ *   (for twice as long) if it does not;
+ * - a gateway still in quarantine is left to serve it out.
+ * Allocated gateways are not asked: their org's traffic is theirs.
+ */
+export class GatewayHealth extends Effect.Service<GatewayHealth>()("GatewayHealth", {
+  scoped: Effect.gen(function*() {
+    const settings = yield* Settings
+    const pool = yield* GatewayPool
+    const handshake = yield* Handshake
+    const notifier = yield* Notifier
+
+    /** Quarantines the gateway; never fails (what failed on it is the caller's story). */
+    const setAside = (gatewayId: GatewayId, reason: string, kind: QuarantineReason) =>
+      Effect.gen(function*() {
+        const quarantined = yield* pool.quarantine(gatewayId, reason, settings.gatewayQuarantineMs)
+        yield* Metric.update(gatewayQuarantinesTotal.pipe(Metric.tagged("reason", kind)), 1)
+        if (Option.isNone(quarantined)) return
+        const { consecutiveFailures, quarantinedUntil } = quarantined.value
+        yield* Effect.logWarning(
+          `gateway ${gatewayId} quarantined until ${quarantinedUntil.toISOString()} (${consecutiveFailures} failure(s) in a row): ${reason}`
+        )
+        if (consecutiveFailures === QUARANTINES_WORTH_A_NOTICE) {
+          yield* notifier.notify({
+            kind: "gateway_quarantined",
+            organization_id: null,
+            allocation_id: null,
+            gateway_id: gatewayId,
+            message: `gateway quarantined for the ${consecutiveFailures}rd time in a row: ${reason}`,
+            undos: []
+          })
+        }
+      }).pipe(
+        Effect.annotateLogs({ gateway_id: gatewayId }),
+        Effect.catchAll((error) => Effect.logWarning(`could not quarantine gateway ${gatewayId}: ${error.message}`))
+      )
+
+    const check = (gateway: Gateway, nowMs: number) =>
+      Effect.gen(function*() {
+        const quarantined = gateway.quarantinedUntil !== null
+        if (gateway.quarantinedUntil !== null && gateway.quarantinedUntil.getTime() > nowMs) return
+        const answer = yield* Effect.either(handshake.checkHealth(gateway.upstream))
+        if (Either.isRight(answer)) {
+          if (quarantined || gateway.health !== "healthy") {
+            yield* pool.markHealthy(gateway.gatewayId, false)
+            if (quarantined) yield* Effect.logInfo(`gateway ${gateway.name} answers its health check again: back in the pool`)
+          }
+          return
+        }
+        yield* setAside(gateway.gatewayId, `health check: ${answer.left.reason}`, "health_check")
+      }).pipe(Effect.annotateLogs({ gateway_id: gateway.gatewayId }))
+
+    /** One pass over the free gateways, unless another replica is running one. */
+    const runOnce = pool.exclusively(
+      "gateway-health",
+      Effect.gen(function*() {
+        const nowMs = yield* Clock.currentTimeMillis
+        const free = (yield* pool.listGateways()).filter((gateway) => gateway.allocationId === null)
+        yield* Effect.forEach(free, (gateway) => check(gateway, nowMs), { concurrency: 8, discard: true })
+        return free.length
+      })
+    ).pipe(Effect.withSpan("HealthChecker.run"))
+
+    // The first pass one interval after start-up: what a start meets before then, it reports itself.
+    yield* Effect.sleep(Duration.millis(settings.gatewayHealthIntervalMs)).pipe(
+      Effect.zipRight(runOnce.pipe(Effect.catchAllCause((cause) => Effect.logWarning("gateway health pass failed", cause)))),
+      Effect.forever,
+      Effect.forkScoped
+    )
+
+    return { setAside, runOnce }
+  })
+}) {}
