@@ -267,7 +267,12 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       RECONCILE_INTERVAL_MS: String(settings.reconcileIntervalMs),
       STEP_TIMEOUT_MS: String(settings.stepTimeoutMs),
       UNDO_TIMEOUT_MS: String(settings.undoTimeoutMs),
-      SHUTDOWN_GRACE_MS: "2000"
+      SHUTDOWN_GRACE_MS: "2000",
+      // Gateways that die and come back (the gateway faults below) are set aside and retried
+      // around, as in production, with a short quarantine so they come back within the run.
+      START_ATTEMPTS: "3",
+      GATEWAY_QUARANTINE_MS: "1000",
+      GATEWAY_HEALTH_INTERVAL_MS: "500"
     }
     // The first replica comes up alone: on a fresh database, replicas migrating at the same moment
     // is test/crash/replicas.test.ts's subject, not this run's.
