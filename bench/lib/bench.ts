@@ -266,6 +266,10 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
         LOG_LEVEL: "Warn",
         STEP_TIMEOUT_MS: "30000",
         UNDO_TIMEOUT_MS: "30000",
+        // The rollback figure fails every gateway's handshake on purpose: one attempt per start and
+        // no quarantine, so each start measures one rollback and the pool stays whole.
+        START_ATTEMPTS: "1",
+        GATEWAY_QUARANTINE_MS: "1",
         NGINX_RELOAD_MODE: mode,
         ...(options.serverNodeOptions === undefined ? {} : { NODE_OPTIONS: options.serverNodeOptions })
       }
