@@ -154,4 +154,16 @@ describe("dead gateways (test layers)", () => {
       yield* pool.setGatewayState(started.gatewayId, "active")
       expect((yield* allocator.start(newOrg())).gatewayId).toBe(started.gatewayId)
     }).pipe(Effect.provide(TestServices)))
+
+  it.effect("the third quarantine in a row tells the operator, once", () =>
+    Effect.gen(function*() {
+      const health = yield* GatewayHealth
+      const world = yield* TestWorld
+      const [gateway] = yield* gateways
+      if (gateway === undefined) return expect.fail("no gateway")
+      for (let i = 1; i <= 4; i++) yield* health.setAside(gateway.gatewayId, `failure ${i}`, "start")
+      const notices = (yield* Ref.get(world.notices)).filter((notice) => notice.kind === "gateway_quarantined")
+      expect(notices).toHaveLength(1)
+      expect(notices[0]).toMatchObject({ gateway_id: gateway.gatewayId, message: expect.stringMatching(/3rd time in a row: failure 3/) })
+    }).pipe(Effect.provide(TestServices)))
 })
