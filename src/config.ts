@@ -54,8 +54,6 @@ const limitsOf = (stepTimeoutMs: number, undoTimeoutMs: number) => {
   }
 }
 
-export type Limits = ReturnType<typeof limitsOf>
-
 /**
  * What the allocation core shares: the domain, the time limits and the bounds derived from them.
  */

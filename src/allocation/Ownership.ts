@@ -39,6 +39,6 @@ export class Ownership extends Effect.Service<Ownership>()("Ownership", {
         (mine) => mine ? Effect.sync(() => workingOn.delete(allocationId)) : Effect.void
       )
 
-    return { runnerId: runner.id, check, exclusive }
+    return { check, exclusive }
   })
 }) {}

@@ -288,6 +288,6 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const annotateSpansFromHere = (key: string, value: string) =>
       FiberRef.update(FiberRef.currentTracerSpanAnnotations, HashMap.set<string, unknown>(key, value))
 
-    return { step, skip, undo, undoAll, attempt, record, annotateSpansFromHere }
+    return { step, skip, undo, undoAll, attempt, annotateSpansFromHere }
   })
 }) {}

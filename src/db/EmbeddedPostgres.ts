@@ -87,6 +87,19 @@ const lastLines = (output: string, count = 12): string =>
   output.split("\n").map((line) => line.trimEnd()).filter((line) => line !== "").slice(-count).join("\n")
 
 /**
+ * How every child of this module runs: as `runAs`, in `cwd`, with its output piped to us, and with
+ * an environment of its own rather than this process's (which holds the service's secrets: a
+ * Postgres server has no business with API_TOKEN or PDNS_API_KEY). Messages in English, so they
+ * can be quoted and matched.
+ */
+const spawnOptions = (runAs: RunAs, cwd: string) => ({
+  ...Option.getOrElse(runAs.ids, () => ({})),
+  cwd,
+  env: { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C", LC_MESSAGES: "C" },
+  stdio: ["ignore", "pipe", "pipe"] satisfies childProcess.StdioOptions
+})
+
+/**
  * Runs a short command to its end, with its output, within `timeout`. A binary that cannot be
  * executed ends here at once (spawn's own error), never as a hang.
  */
@@ -98,12 +111,7 @@ const run = (
   Effect.async<Finished, EmbeddedPostgresError>((resume) => {
     let output = ""
     // spawn reports a binary it cannot execute (ENOENT, EACCES) as an "error" event.
-    const child = childProcess.spawn(command, args, {
-      ...Option.getOrElse(options.runAs.ids, () => ({})),
-      cwd: options.cwd,
-      env: { ...process.env, LC_ALL: "C", LC_MESSAGES: "C" },
-      stdio: ["ignore", "pipe", "pipe"]
-    })
+    const child = childProcess.spawn(command, args, spawnOptions(options.runAs, options.cwd))
     child.stdout?.on("data", (chunk: Buffer) => void (output += chunk.toString("utf8")))
     child.stderr?.on("data", (chunk: Buffer) => void (output += chunk.toString("utf8")))
     child.once("error", (error) => resume(Effect.succeed({ exit: { code: null, signal: null, error }, output })))
@@ -469,13 +477,7 @@ const spawnServer = (
     }
     const child = yield* Effect.try({
       try: () =>
-        childProcess.spawn(argv[0] ?? command, argv.slice(1), {
-          ...Option.getOrElse(options.runAs.ids, () => ({})),
-          cwd: options.cwd,
-          detached: true,
-          env: { ...process.env, LC_ALL: "C", LC_MESSAGES: "C" },
-          stdio: ["ignore", "pipe", "pipe"]
-        }),
+        childProcess.spawn(argv[0] ?? command, argv.slice(1), { ...spawnOptions(options.runAs, options.cwd), detached: true }),
       catch: fail(`cannot start ${command} as ${options.runAs.name}`)
     })
     child.stdout?.on("data", onOutput)

@@ -23,8 +23,6 @@ export type AllocationState = typeof AllocationState.Type
 export const TransitionalState = Schema.Literal("starting", "stopping", "rolling_back")
 export type TransitionalState = typeof TransitionalState.Type
 
-export const isTransitional = Schema.is(TransitionalState)
-
 const allocationFields = {
   allocationId: AllocationId,
   organizationId: OrganizationId,

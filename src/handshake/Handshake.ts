@@ -56,41 +56,33 @@ export const HandshakeLive = Layer.effect(
       Schedule.either(Schedule.spaced(Duration.millis(250)))
     )
 
+    /** One `GET {HEALTH_PATH}`, bounded: 2xx or a HandshakeError saying what answered instead. */
+    const askHealth = (request: HttpClientRequest.HttpClientRequest, via: string) =>
+      client.execute(request).pipe(
+        Effect.mapError((cause) =>
+          new HandshakeError({
+            operation: "health",
+            reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}${via}` : cause.message,
+            cause
+          })
+        ),
+        Effect.timeoutFail({
+          duration: healthTimeout,
+          onTimeout: () => new HandshakeError({ operation: "health", reason: `no answer within ${Duration.format(healthTimeout)}` })
+        })
+      )
+
     return Handshake.of({
       awaitHealthy: Effect.fn("Handshake.awaitHealthy")(function*(hostname) {
-        yield* client.execute(
+        yield* askHealth(
           HttpClientRequest.get(`${edgeUrl}${healthPath}`).pipe(
             HttpClientRequest.setHeaders({ host: hostname, connection: "close" })
-          )
-        ).pipe(
-          Effect.mapError((cause) =>
-            new HandshakeError({
-              operation: "health",
-              reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status} through nginx` : cause.message,
-              cause
-            })
           ),
-          Effect.timeoutFail({
-            duration: healthTimeout,
-            onTimeout: () => new HandshakeError({ operation: "health", reason: `no answer within ${Duration.format(healthTimeout)}` })
-          }),
-          Effect.retry(healthSchedule)
-        )
+          " through nginx"
+        ).pipe(Effect.retry(healthSchedule))
       }),
       checkHealth: Effect.fn("Handshake.checkHealth")(function*(upstream) {
-        yield* client.get(`http://${upstream}${healthPath}`).pipe(
-          Effect.mapError((cause) =>
-            new HandshakeError({
-              operation: "health",
-              reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
-              cause
-            })
-          ),
-          Effect.timeoutFail({
-            duration: healthTimeout,
-            onTimeout: () => new HandshakeError({ operation: "health", reason: `no answer within ${Duration.format(healthTimeout)}` })
-          })
-        )
+        yield* askHealth(HttpClientRequest.get(`http://${upstream}${healthPath}`), "")
       }),
       handshake: Effect.fn("Handshake.handshake")(function*(upstream, body) {
         yield* client.execute(

@@ -18,7 +18,7 @@
 // depends on timing, but a failing seed replays the same choices.
 import { NodeContext } from "@effect/platform-node"
 import { Duration, Effect, Exit, Fiber, Scope } from "effect"
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import { pathToFileURL } from "node:url"
@@ -41,7 +41,8 @@ import {
   signalPid,
   startGateway,
   startServer,
-  stopGateway
+  stopGateway,
+  localPortsOf
 } from "../support/server.ts"
 
 export interface ChaosOptions {
@@ -183,36 +184,6 @@ const classify = (
 
 const sleep = (ms: number) => Effect.sleep(Duration.millis(ms))
 
-/** The local TCP ports of a process's sockets (its fds' socket inodes, looked up in /proc/net/tcp*). */
-const localPortsOf = (pid: number): Set<number> => {
-  const inodes = new Set<string>()
-  try {
-    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-      try {
-        const match = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))
-        if (match !== null) inodes.add(match[1]!)
-      } catch {
-        // closed meanwhile
-      }
-    }
-  } catch {
-    return new Set()
-  }
-  const ports = new Set<number>()
-  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
-    let text = ""
-    try {
-      text = readFileSync(table, "utf8")
-    } catch {
-      continue
-    }
-    for (const line of text.split("\n").slice(1)) {
-      const fields = line.trim().split(/\s+/)
-      if (fields.length > 9 && inodes.has(fields[9]!)) ports.add(Number.parseInt(fields[1]!.split(":")[1]!, 16))
-    }
-  }
-  return ports
-}
 
 /**
  * The Postgres sessions holding a replica's runner lease: the advisory lock keyed

@@ -5,7 +5,7 @@
 import { expect, layer } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer } from "effect"
 import { randomUUID } from "node:crypto"
-import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs"
+import { existsSync } from "node:fs"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import {
   awaitInvariants,
@@ -26,7 +26,8 @@ import {
   type ServiceProcess,
   signalPid,
   startGateway,
-  startServer
+  startServer,
+  localPortsOf
 } from "../support/server.ts"
 import { Stack, StackLive } from "../support/stack.ts"
 
@@ -377,36 +378,6 @@ const PASS_LOCK_HOLDERS = `select a.client_port from pg_locks l join pg_stat_act
 
 const passLockHolders = (db: Db) => db.query<{ client_port: number | null }>(PASS_LOCK_HOLDERS)
 
-/** The local TCP ports of a process's sockets (from /proc: its fds' socket inodes, /proc/net/tcp*). */
-const localPortsOf = (pid: number): Set<number> => {
-  const inodes = new Set<string>()
-  try {
-    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-      try {
-        const match = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))
-        if (match !== null) inodes.add(match[1]!)
-      } catch {
-        // closed meanwhile
-      }
-    }
-  } catch {
-    return new Set()
-  }
-  const ports = new Set<number>()
-  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
-    let text = ""
-    try {
-      text = readFileSync(table, "utf8")
-    } catch {
-      continue
-    }
-    for (const line of text.split("\n").slice(1)) {
-      const fields = line.trim().split(/\s+/)
-      if (fields.length > 9 && inodes.has(fields[9]!)) ports.add(Number.parseInt(fields[1]!.split(":")[1]!, 16))
-    }
-  }
-  return ports
-}
 
 /**
  * Waits for `server` to be in the middle of a reconcile pass (it holds a pass lock) and freezes it

@@ -4,7 +4,7 @@
 // NGINX_CONF_DIR, same PowerDNS): they are replicas.
 import { Data, Duration, Effect, Schedule, type Scope } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync } from "node:fs"
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { freePort } from "../../src/lib/ports.ts"
@@ -336,3 +336,34 @@ export const signalPid = (pid: number, signal: NodeJS.Signals) =>
       // gone
     }
   })
+
+/** The local TCP ports of a process's sockets (its fds' socket inodes, looked up in /proc/net/tcp*). */
+export const localPortsOf = (pid: number): Set<number> => {
+  const inodes = new Set<string>()
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const match = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))
+        if (match !== null) inodes.add(match[1]!)
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    return new Set()
+  }
+  const ports = new Set<number>()
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text = ""
+    try {
+      text = readFileSync(table, "utf8")
+    } catch {
+      continue
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/)
+      if (fields.length > 9 && inodes.has(fields[9]!)) ports.add(Number.parseInt(fields[1]!.split(":")[1]!, 16))
+    }
+  }
+  return ports
+}
