@@ -3,7 +3,7 @@
 // is a `Context.Tag` with one layer per implementation. Tests swap layers, never modules.
 //
 //   AppLive        the HTTP API, logging and tracing, over
-//   makeServices   the allocation core: Allocator and Reconciler, over GatewayHealth, StepRunner, Undos and
+//   makeServices   the allocation core: Allocator, Reconciler and RouteRestorer, over GatewayHealth, StepRunner, Undos and
 //                  Ownership, over
 //   OutsideLive    one layer per outside system: Postgres (pool, journal, runner lease), PowerDNS,
 //                  nginx, the gateways' HTTP, the webhook; all over Settings (shared settings).
@@ -11,6 +11,7 @@ import { Effect, Layer } from "effect"
 import { Allocator } from "./allocation/Allocator.ts"
 import { Ownership } from "./allocation/Ownership.ts"
 import { Reconciler } from "./allocation/Reconciler.ts"
+import { RouteRestorer } from "./allocation/RouteRestorer.ts"
 import { StepRunner } from "./allocation/StepRunner.ts"
 import { Undos } from "./allocation/undos.ts"
 import { Settings } from "./config.ts"
@@ -20,7 +21,8 @@ import { HandshakeLive } from "./handshake/Handshake.ts"
 import { HttpServerLive } from "./http/server.ts"
 import { Journal } from "./journal/Journal.ts"
 import { EdgeCheckLive, EdgeLockPostgres } from "./nginx/Edge.ts"
-import { Nginx, NginxLive } from "./nginx/Nginx.ts"
+import { Nginx } from "./nginx/Nginx.ts"
+import { NginxLive } from "./nginx/NginxLive.ts"
 import { GatewayPool } from "./pool/GatewayPool.ts"
 import { GatewayHealth } from "./pool/GatewayHealth.ts"
 import { Runner } from "./pool/Runner.ts"
@@ -42,7 +44,7 @@ export const AppLive = Layer.suspend(() =>
  * or the real stack) and the same wiring runs.
  */
 export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
-  Reconciler.Default.pipe(
+  Layer.merge(Reconciler.Default, RouteRestorer.Default).pipe(
     Layer.provideMerge(Allocator.Default),
     Layer.provideMerge(GatewayHealth.Default),
     Layer.provideMerge(Layer.merge(StepRunner.Default, Undos.Default)),

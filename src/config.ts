@@ -125,12 +125,54 @@ export const PowerDnsConfig = Config.all({
   ttl: Config.integer("DNS_TTL").pipe(Config.withDefault(60))
 })
 
+/** `PORT`, `127.x.y.z:PORT`, `localhost:PORT` or `[::1]:PORT`: the route API answers on loopback only. */
+const loopbackListen = /^((127(\.\d{1,3}){3}|localhost|\[::1\]):)?\d{1,5}$/i
+
 export const NginxConfig = Config.all({
   confDir: Config.string("NGINX_CONF_DIR"),
   bin: Config.string("NGINX_BIN").pipe(Config.withDefault("nginx")),
   mainConf: Config.option(Config.string("NGINX_MAIN_CONF")),
-  reloadMode: Config.literal("coalesce", "each")("NGINX_RELOAD_MODE").pipe(Config.withDefault("coalesce" as const))
+  /**
+   * `lua`: routes live in a `lua_shared_dict` nginx reads per request, written through a route
+   * API, never reloaded; `reload`: one route file per org and `nginx -s reload` (any nginx).
+   */
+  routing: Config.literal("lua", "reload")("NGINX_ROUTING").pipe(Config.withDefault("lua" as const)),
+  reloadMode: Config.literal("coalesce", "each")("NGINX_RELOAD_MODE").pipe(Config.withDefault("coalesce" as const)),
+  routeApiListen: Config.string("NGINX_ROUTE_API_LISTEN").pipe(
+    Config.withDefault("127.0.0.1:8089"),
+    Config.validate({
+      message: "NGINX_ROUTE_API_LISTEN must be PORT or a loopback HOST:PORT (127.x.y.z, localhost, [::1])",
+      validation: (s) => loopbackListen.test(s)
+    })
+  ),
+  /**
+   * The route table's shared memory (nginx size syntax). One route takes ~256 bytes of it: the
+   * default holds 100,000 routes and their tombstones with room to spare. A full table refuses
+   * new routes (the start fails at nginx-config); it never evicts one.
+   */
+  routeTableSize: Config.string("NGINX_ROUTE_TABLE_SIZE").pipe(
+    Config.withDefault("64m"),
+    Config.validate({
+      message: "NGINX_ROUTE_TABLE_SIZE must be a size nginx understands, at least 128k (e.g. 64m, 512k)",
+      validation: (s) => routeTableBytes(s) >= 128 * 1024
+    })
+  )
 })
+
+const routeTableBytes = (size: string): number => {
+  const match = /^(\d+)([km]?)$/i.exec(size)
+  if (match === null) return 0
+  const unit = (match[2] ?? "").toLowerCase()
+  return Number(match[1]) * (unit === "m" ? 1024 * 1024 : unit === "k" ? 1024 : 1)
+}
+
+/** Where the service reaches the route API that NGINX_ROUTE_API_LISTEN makes nginx listen on. */
+export const routeApiUrl = (listen: string): string => {
+  const colon = listen.lastIndexOf(":")
+  if (colon < 0) return `http://127.0.0.1:${listen}`
+  const host = listen.slice(0, colon).toLowerCase()
+  return `http://${host === "localhost" ? "127.0.0.1" : host}:${listen.slice(colon + 1)}`
+}
 
 export const HandshakeConfig = Config.all({
   healthPath: Config.string("HEALTH_PATH").pipe(Config.withDefault("/collab/ping")),

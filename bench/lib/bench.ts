@@ -11,7 +11,7 @@ import os from "node:os"
 import path from "node:path"
 import { freePort } from "../../src/lib/ports.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
-import type { AllocationId, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import { type AllocationId, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
 import { renderRoute, routeFileName } from "../../src/nginx/config.ts"
 import { ApiClient, type AllocationView, expectStatus } from "./api.ts"
 import {
@@ -536,7 +536,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       Effect.scoped(
         Effect.gen(function*() {
           const sql = yield* PgClient.make({ url: stack.databaseUrl, maxConnections: 1 })
-          return yield* sql<{ allocation_id: string; organization_id: string; upstream: string }>`
+          return yield* sql<{ allocation_id: string; organization_id: string; upstream: string; generation: string }>`
             with picked as (
               select id, upstream, gen_random_uuid() as allocation_id, gen_random_uuid() as organization_id
                 from gateways where allocation_id is null
@@ -544,10 +544,10 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
             ), inserted as (
               insert into allocations (id, organization_id, gateway_id, upstream, state, runner)
               select allocation_id, organization_id, id, upstream, 'active', 'bench-synthetic' from picked
-              returning id, organization_id, gateway_id, upstream
+              returning id, organization_id, gateway_id, upstream, generation
             )
             update gateways g set allocation_id = inserted.id from inserted where g.id = inserted.gateway_id
-            returning inserted.id as allocation_id, inserted.organization_id, inserted.upstream`
+            returning inserted.id as allocation_id, inserted.organization_id, inserted.upstream, inserted.generation`
         })
       ).pipe(Effect.provide(Reactivity.layer))
     )
@@ -583,6 +583,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
         organizationId: row.organization_id as OrganizationId,
         allocationId: row.allocation_id as AllocationId,
         upstream: row.upstream as Upstream,
+        generation: Generation.make(Number(row.generation)),
         domain
       }))
       await rename(`${file}.bench.tmp`, file)

@@ -171,6 +171,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           return { organizationId, gatewayId: claimed.gatewayId, hostname, allocationId: claimed.allocationId, reused: true }
         }
         const { gatewayId, upstream } = claimed
+        const route = { organizationId, allocationId, upstream, generation: claimed.generation }
         yield* Ref.set(claimedGateway, Option.some(gatewayId))
         // Known from here on: the start's span, and every span after it (the undos' included).
         yield* Effect.annotateCurrentSpan("gateway_id", gatewayId)
@@ -186,13 +187,14 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         }
 
         yield* steps.step(run, rollback, "nginx-config", {
-          run: nginx.writeRoute({ organizationId, allocationId, upstream }),
-          undo: () => undos.removeRouteFile(organizationId, allocationId)
+          run: nginx.writeRoute(route),
+          undo: () => undos.removeRoute(route)
         })
 
+        // reload mode: the reload, then the proof; lua mode: the proof alone (the write is live).
         yield* steps.step(run, rollback, "nginx-reload", {
-          run: nginx.reload.pipe(Effect.zipRight(nginx.awaitRoute(organizationId, allocationId))),
-          undo: () => undos.unroute(organizationId, allocationId)
+          run: nginx.apply.pipe(Effect.zipRight(nginx.awaitRoute(organizationId, allocationId))),
+          undo: () => undos.unroute(route)
         })
 
         yield* steps.step(run, rollback, "handshake", {

@@ -4,7 +4,7 @@ import type { LiveAllocation } from "../domain/allocation.ts"
 import type { OrganizationId } from "../domain/ids.ts"
 import { isUnfinished } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
-import { Nginx, type RouteFile } from "../nginx/Nginx.ts"
+import { Nginx, type RouteKey } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { Runner } from "../pool/Runner.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
@@ -121,19 +121,19 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       const routes = yield* nginx.listRoutes
       const records = yield* dns.listOrgRecords
       const live = new Map((yield* pool.liveAllocations()).map((a) => [a.organizationId, a]))
-      const ownedBy = (route: RouteFile, allocation: Option.Option<LiveAllocation>) =>
+      const ownedBy = (route: RouteKey, allocation: Option.Option<LiveAllocation>) =>
         Option.exists(allocation, (a) => a.allocationId === route.allocationId)
       // Looked at again right before each removal: the org may have started since the listing.
-      const stillOrphan = (route: RouteFile) => Effect.map(pool.findLive(route.organizationId), (a) => !ownedBy(route, a))
+      const stillOrphan = (route: RouteKey) => Effect.map(pool.findLive(route.organizationId), (a) => !ownedBy(route, a))
 
       const orphanRoutes: Array<OrganizationId> = []
       for (const route of routes.filter((r) => !ownedBy(r, Option.fromNullable(live.get(r.organizationId))))) {
         if (!(yield* stillOrphan(route))) continue
-        if ((yield* nginx.removeRoute(route.organizationId, route.allocationId)) === "removed") {
+        if ((yield* nginx.removeRoute(route)) === "removed") {
           orphanRoutes.push(route.organizationId)
         }
       }
-      if (orphanRoutes.length > 0) yield* nginx.reload
+      if (orphanRoutes.length > 0) yield* nginx.apply
 
       const orphanRecords: Array<OrganizationId> = []
       for (const organizationId of records.filter((org) => !live.has(org))) {
@@ -149,7 +149,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         pool.whileActive(
           a.allocationId,
           nginx.writeRoute(a).pipe(
-            Effect.zipRight(nginx.reload),
+            Effect.zipRight(nginx.apply),
             Effect.zipRight(nginx.awaitRoute(a.organizationId, a.allocationId)),
             Effect.timeout(Duration.millis(settings.stepTimeoutMs))
           )

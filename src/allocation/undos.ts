@@ -5,7 +5,7 @@ import { GatewayKept } from "../domain/errors.ts"
 import type { AllocationId, OrganizationId } from "../domain/ids.ts"
 import { routingLeft, type StepName } from "../domain/steps.ts"
 import { Dns, type DnsError } from "../dns/Dns.ts"
-import { Nginx, type NginxError } from "../nginx/Nginx.ts"
+import { Nginx, type NginxError, type RouteKey } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { Runner } from "../pool/Runner.ts"
 import { type Undo, UndoSkipped } from "./StepRunner.ts"
@@ -26,28 +26,28 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
     const runner = yield* Runner
 
     /**
-     * nginx-reload: remove this allocation's route and reload, then prove nginx no longer serves
-     * this allocation. When nginx refuses the reload (say a broken foreign file), the org is still
-     * safe if the running configuration does not serve this allocation: the probe decides, not
-     * the reload's exit code.
+     * nginx-reload: remove this allocation's route and apply (reload mode), then prove nginx no
+     * longer serves this allocation. When nginx refuses the reload (say a broken foreign file),
+     * the org is still safe if the running configuration does not serve this allocation: the
+     * probe decides, not the reload's exit code.
      */
-    const unroute = (organizationId: OrganizationId, allocationId: AllocationId) =>
+    const unroute = (route: RouteKey) =>
       Effect.gen(function*() {
-        yield* nginx.removeRoute(organizationId, allocationId)
-        const refused = yield* proveUnrouted(organizationId, allocationId)
+        yield* nginx.removeRoute(route)
+        const refused = yield* proveUnrouted(route)
         if (Option.isSome(refused)) {
           return new UndoSkipped({ reason: `nginx refused the reload (${refused.value}), but it does not route this allocation` })
         }
       })
 
     /**
-     * Reloads and proves nginx no longer serves the allocation. When nginx refuses the reload
-     * (say a broken foreign file), the probe decides: its running configuration may never have
-     * had the route. Some(why it refused) in that case.
+     * Applies the removal and proves nginx no longer serves the allocation. When nginx refuses
+     * the reload (reload mode; say a broken foreign file), the probe decides: its running
+     * configuration may never have had the route. Some(why it refused) in that case.
      */
-    const proveUnrouted = (organizationId: OrganizationId, allocationId: AllocationId) =>
+    const proveUnrouted = ({ allocationId, organizationId }: RouteKey) =>
       Effect.gen(function*() {
-        const reloaded = yield* nginx.reload.pipe(Effect.either)
+        const reloaded = yield* nginx.apply.pipe(Effect.either)
         if (reloaded._tag === "Right") {
           yield* nginx.awaitUnrouted(organizationId, allocationId)
           return Option.none<string>()
@@ -58,16 +58,16 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
       })
 
     /**
-     * nginx-config: remove the route file, if it is this allocation's. A file that was on disk
-     * may have been loaded by any reload meanwhile (another start's, the reconciler's, another
-     * replica's), even if this start's own reload never happened: so a removed file is followed
-     * by a reload and the proof that nginx no longer serves this allocation.
+     * nginx-config: remove the route, if it is this allocation's. A route that was written may be
+     * served already (lua mode at once; reload mode after any reload meanwhile: another start's,
+     * the reconciler's, another replica's), even if this start's own proof never ran: so a
+     * removed route is followed by the proof that nginx no longer serves this allocation.
      */
-    const removeRouteFile = (organizationId: OrganizationId, allocationId: AllocationId) =>
-      Effect.flatMap(nginx.removeRoute(organizationId, allocationId), (found) => {
-        if (found === "other") return Effect.succeed(new UndoSkipped({ reason: "the route file is a newer allocation's" }))
+    const removeRoute = (route: RouteKey) =>
+      Effect.flatMap(nginx.removeRoute(route), (found) => {
+        if (found === "other") return Effect.succeed(new UndoSkipped({ reason: "the route is a newer allocation's" }))
         if (found === "absent") return Effect.void
-        return Effect.asVoid(proveUnrouted(organizationId, allocationId))
+        return Effect.asVoid(proveUnrouted(route))
       })
 
     /**
@@ -109,13 +109,13 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
     ): ReadonlyArray<readonly [StepName, Undo<UndoError, never>]> => {
       const { allocationId, organizationId } = allocation
       return [
-        ["nginx-reload", () => unroute(organizationId, allocationId)],
-        ["nginx-config", () => removeRouteFile(organizationId, allocationId)],
+        ["nginx-reload", () => unroute(allocation)],
+        ["nginx-config", () => removeRoute(allocation)],
         ["dns", () => removeRecord(organizationId, allocationId)],
         ["allocate", release(allocationId, finalState)]
       ]
     }
 
-    return { unroute, removeRouteFile, removeRecord, release, teardown }
+    return { unroute, removeRoute, removeRecord, release, teardown }
   })
 }) {}

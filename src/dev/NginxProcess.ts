@@ -5,6 +5,7 @@ import { NodeContext } from "@effect/platform-node"
 import { Data, Effect, Option } from "effect"
 import * as path from "node:path"
 import { freePort } from "../lib/ports.ts"
+import { NGINX_LUA_MODULES } from "./packages.ts"
 import {
   awaitReady,
   type Child,
@@ -29,6 +30,8 @@ export interface NginxHandle {
   readonly mainConf: string
   /** Port reserved for the service's server block (NGINX_LISTEN); nothing listens until it writes one. */
   readonly listenPort: number
+  /** Port reserved for the route API (NGINX_ROUTE_API_LISTEN, lua mode); nothing listens until the service writes it. */
+  readonly routeApiPort: number
   readonly bin: "nginx"
   readonly errorLog: string
   /** Stops the master (SIGTERM, then SIGKILL); no-op when already stopped. */
@@ -39,16 +42,25 @@ export interface NginxHandle {
   readonly isRunning: Effect.Effect<boolean>
 }
 
-const mainConfText = (dir: string, confDir: string, runAsRoot: boolean): string => {
+const mainConfText = (options: {
+  readonly dir: string
+  readonly confDir: string
+  readonly runAsRoot: boolean
+  readonly workers: number
+  readonly modules: ReadonlyArray<string>
+}): string => {
+  const { confDir, dir, runAsRoot } = options
   const tmp = path.join(dir, "tmp")
   return [
     "# Written by src/dev/NginxProcess.ts; regenerated on every start.",
+    // What Debian's own nginx.conf loads through modules-enabled (the Lua module, for NGINX_ROUTING=lua).
+    ...options.modules.map((module) => `load_module ${module};`),
     // Foreground master: it is our child, so we see it exit and can reap it.
     "daemon off;",
     // As root, workers would otherwise run as `nobody`, which cannot reach temp
     // paths under a private (0700) directory such as a test's mkdtemp.
     ...(runAsRoot ? ["user root;"] : []),
-    "worker_processes 1;",
+    `worker_processes ${options.workers};`,
     `pid ${path.join(dir, "nginx.pid")};`,
     `error_log ${path.join(dir, "error.log")} notice;`,
     "events { worker_connections 1024; }",
@@ -73,6 +85,9 @@ const mainConfText = (dir: string, confDir: string, runAsRoot: boolean): string 
 export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
   readonly dir: string
   readonly listenPort?: number
+  readonly routeApiPort?: number
+  /** worker_processes (default 1). */
+  readonly workers?: number
 }) {
   const fs = yield* FileSystem.FileSystem
   const dir = path.resolve(options.dir)
@@ -81,11 +96,16 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
   const pidFile = path.join(dir, "nginx.pid")
   const errorLog = path.join(dir, "error.log")
   const listenPort = options.listenPort ?? (yield* freePort)
+  const routeApiPort = options.routeApiPort ?? (yield* freePort)
+  const modules = yield* Effect.filter(NGINX_LUA_MODULES, (file) => fs.exists(file).pipe(Effect.orElseSucceed(() => false)))
   const fail = (message: string) => (cause: unknown) => new NginxProcessError({ message, cause })
 
   yield* fs.makeDirectory(path.join(confDir, "routes"), { recursive: true }).pipe(
     Effect.zipRight(fs.makeDirectory(path.join(dir, "tmp"), { recursive: true })),
-    Effect.zipRight(fs.writeFileString(mainConf, mainConfText(dir, confDir, process.getuid?.() === 0))),
+    Effect.zipRight(fs.writeFileString(
+      mainConf,
+      mainConfText({ dir, confDir, runAsRoot: process.getuid?.() === 0, workers: options.workers ?? 1, modules })
+    )),
     Effect.mapError(fail(`cannot prepare nginx directory ${dir}`))
   )
 
@@ -133,6 +153,7 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
     confDir,
     mainConf,
     listenPort,
+    routeApiPort,
     bin: "nginx",
     errorLog,
     stop: lock.withPermits(1)(halt),

@@ -83,7 +83,7 @@ const DevLive = Layer.unwrapScoped(
     const stack = yield* startLocalStack({
       dataDir,
       apiToken: Option.isSome(apiToken) ? Redacted.value(apiToken.value) : yield* devToken(dataDir),
-      ports: { nginx: 8081, powerDnsApi: 8082, powerDnsDns: 8053, firstGateway: 9001 },
+      ports: { nginx: 8081, nginxRouteApi: 8089, powerDnsApi: 8082, powerDnsDns: 8053, firstGateway: 9001 },
       ...(Option.isSome(database.url) ? { databaseUrl: database.url.value } : {})
     })
     // What the stack manages wins; the rest (PORT, LOG_FORMAT, timeouts...) comes from the env.

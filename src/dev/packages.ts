@@ -1,5 +1,5 @@
-// The Debian packages the dev stack and the integration tests run: nginx,
-// PowerDNS with its sqlite3 backend, and the sqlite3 CLI (to create the
+// The Debian packages the dev stack and the integration tests run: nginx (with
+// its Lua module), PowerDNS with its sqlite3 backend, and the sqlite3 CLI (to create the
 // PowerDNS database). Installed on demand when we are root with apt-get.
 import { Command, FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
@@ -12,7 +12,10 @@ export class MissingPackagesError extends Data.TaggedError("MissingPackagesError
   readonly cause?: unknown
 }> {}
 
-export const DEBIAN_PACKAGES = ["nginx-light", "pdns-server", "pdns-backend-sqlite3", "sqlite3"] as const
+export const DEBIAN_PACKAGES = ["nginx-light", "libnginx-mod-http-lua", "pdns-server", "pdns-backend-sqlite3", "sqlite3"] as const
+
+/** nginx's Lua module and the NDK it needs (NGINX_ROUTING=lua), as Debian installs them. */
+export const NGINX_LUA_MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so"] as const
 export type DebianPackage = (typeof DEBIAN_PACKAGES)[number]
 
 const installHint = `apt-get install -y --no-install-recommends ${DEBIAN_PACKAGES.join(" ")}`
@@ -55,6 +58,10 @@ const gsqlite3BackendExists = Effect.gen(function*() {
 export const missingDebianPackages: Effect.Effect<ReadonlyArray<DebianPackage>> = Effect.gen(function*() {
   const present = yield* Effect.all({
     "nginx-light": commandExists("nginx"),
+    "libnginx-mod-http-lua": Effect.flatMap(FileSystem.FileSystem, (fs) =>
+      Effect.forEach(NGINX_LUA_MODULES, (file) => fs.exists(file).pipe(Effect.orElseSucceed(() => false))).pipe(
+        Effect.map((found) => found.every(Boolean))
+      )),
     "pdns-server": commandExists("pdns_server"),
     "pdns-backend-sqlite3": gsqlite3BackendExists,
     sqlite3: commandExists("sqlite3")

@@ -27,11 +27,16 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
   readonly domain?: string
   readonly gateways?: number
   readonly apiToken?: string
+  /** NGINX_ROUTING for the service (default lua). */
+  readonly routing?: "lua" | "reload"
+  /** nginx's worker_processes. */
+  readonly nginxWorkers?: number
   /** A Postgres the caller brings (DATABASE_URL); an embedded one is started otherwise. */
   readonly databaseUrl?: Redacted.Redacted<string>
   /** Fixed ports (stable across `npm run dev` runs); free ports are picked when absent. */
   readonly ports?: {
     readonly nginx?: number
+    readonly nginxRouteApi?: number
     readonly powerDnsApi?: number
     readonly powerDnsDns?: number
     readonly firstGateway?: number
@@ -49,7 +54,13 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
     options.databaseUrl === undefined
       ? Effect.map(startEmbeddedPostgres({ dataDir }), (pg) => pg.url)
       : Effect.succeed(options.databaseUrl),
-    startNginx({ dir: path.join(dataDir, "nginx"), ...optional("listenPort", options.ports?.nginx) }),
+    startNginx({
+      dir: path.join(dataDir, "nginx"),
+      ...optional("listenPort", options.ports?.nginx),
+      ...optional("routeApiPort", options.ports?.nginxRouteApi),
+      // lua: several workers, as in production, since a route must reach every one without a reload.
+      workers: options.nginxWorkers ?? ((options.routing ?? "lua") === "lua" ? 4 : 1)
+    }),
     startPowerDns({
       dir: path.join(dataDir, "powerdns"),
       zone: `${domain}.`,
@@ -82,7 +93,9 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
     NGINX_CONF_DIR: nginx.confDir,
     NGINX_MAIN_CONF: nginx.mainConf,
     NGINX_BIN: nginx.bin,
-    NGINX_LISTEN: `127.0.0.1:${nginx.listenPort}`
+    NGINX_LISTEN: `127.0.0.1:${nginx.listenPort}`,
+    NGINX_ROUTE_API_LISTEN: `127.0.0.1:${nginx.routeApiPort}`,
+    NGINX_ROUTING: options.routing ?? "lua"
   }
   return { env, databaseUrl, nginx, powerDns, gateways, apiToken } satisfies LocalStack
 })

@@ -1,5 +1,5 @@
 import { Schema } from "effect"
-import { AllocationId, GatewayId, OrganizationId, Upstream } from "./ids.ts"
+import { AllocationId, GatewayId, Generation, OrganizationId, Upstream } from "./ids.ts"
 
 /**
  * The life of an allocation. Live states hold the org and the gateway (one live allocation per
@@ -27,6 +27,7 @@ const allocationFields = {
   allocationId: AllocationId,
   organizationId: OrganizationId,
   upstream: Upstream,
+  generation: Generation,
   runner: Schema.String,
   error: Schema.Unknown,
   createdAt: Schema.DateFromSelf,
@@ -56,6 +57,7 @@ export const Claim = Schema.Struct({
   allocationId: AllocationId,
   gatewayId: GatewayId,
   upstream: Upstream,
+  generation: Generation,
   state: LiveState,
   reused: Schema.Boolean
 })

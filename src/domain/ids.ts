@@ -13,6 +13,14 @@ export type GatewayId = typeof GatewayId.Type
 export const AllocationId = LowercaseUuid.pipe(Schema.brand("AllocationId"))
 export type AllocationId = typeof AllocationId.Type
 
+/**
+ * An allocation's route generation, taken from a Postgres sequence at claim time: a newer
+ * allocation of an org has a greater one, so nginx's route table can refuse a stale write.
+ * (Postgres sends bigint as text; a generation stays far below 2^53.)
+ */
+export const Generation = Schema.NumberFromString.pipe(Schema.int(), Schema.nonNegative(), Schema.brand("Generation"))
+export type Generation = typeof Generation.Type
+
 const ipv4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/
 const hostname = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i
 const ipv6 = /^\[[0-9a-f:.]{2,45}\]$/i

@@ -1,4 +1,4 @@
-import type { AllocationId, OrganizationId, Upstream } from "../domain/ids.ts"
+import type { AllocationId, Generation, OrganizationId, Upstream } from "../domain/ids.ts"
 
 /** The location nginx answers itself with the allocation id its map gives for the Host. */
 export const PROBE_PATH = "/__gateway_allocator/route"
@@ -11,7 +11,7 @@ export const PROBE_SECRET_HEADER = "x-gateway-allocator-probe"
 
 export const routeFileName = (organizationId: OrganizationId) => `org-${organizationId}.conf`
 
-const escapeRegex = (value: string) => value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+export const escapeRegex = (value: string) => value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
 
 /**
  * The service's own http-context file. Routes are data: one map entry per org (included from
@@ -90,9 +90,15 @@ server {
 `
 }
 
-/** The allocation a route file names, from its one line (see `renderRoute`); none if unreadable. */
-export const routeAllocation = (content: string): string | undefined =>
-  /"\S+ ([0-9a-f-]{36})";\s*$/.exec(content)?.[1]
+/**
+ * What a route file names: its allocation (from the map entry) and generation (from the comment
+ * line; files written before generations existed count as 0). None if unreadable.
+ */
+export const routeOf = (content: string): { readonly allocationId: string; readonly generation: string } | undefined => {
+  const allocationId = /"\S+ ([0-9a-f-]{36})";\s*$/.exec(content)?.[1]
+  if (allocationId === undefined) return undefined
+  return { allocationId, generation: /^# generation (\d+)$/m.exec(content)?.[1] ?? "0" }
+}
 
 /**
  * One org's map entry. `.org-{uuid}.{domain}` matches the name and all its subdomains. Every
@@ -101,7 +107,8 @@ export const routeAllocation = (content: string): string | undefined =>
 export const renderRoute = (options: {
   readonly organizationId: OrganizationId
   readonly allocationId: AllocationId
+  readonly generation: Generation
   readonly upstream: Upstream
   readonly domain: string
 }) =>
-  `.org-${options.organizationId}.${options.domain} "${options.upstream} ${options.allocationId}";\n`
+  `# generation ${options.generation}\n.org-${options.organizationId}.${options.domain} "${options.upstream} ${options.allocationId}";\n`

@@ -35,7 +35,7 @@ const Quarantined = Schema.Struct({ consecutiveFailures: Schema.Number, quaranti
 
 // Rows are selected under the domain's field names and decoded with the domain's schemas.
 const allocationColumns = `id as "allocationId", organization_id as "organizationId", gateway_id as "gatewayId",
-  upstream, state, runner, error, created_at as "createdAt", updated_at as "updatedAt", finished_at as "finishedAt"`
+  upstream, generation, state, runner, error, created_at as "createdAt", updated_at as "updatedAt", finished_at as "finishedAt"`
 const gatewayColumns = `id as "gatewayId", name, upstream, allocation_id as "allocationId", state, health,
   quarantined_until as "quarantinedUntil", consecutive_failures as "consecutiveFailures", last_failure as "lastFailure"`
 
@@ -61,7 +61,7 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       runner: string
     ) {
       const rows = yield* sql`
-        select allocation_id as "allocationId", gateway_id as "gatewayId", upstream, state, reused
+        select allocation_id as "allocationId", gateway_id as "gatewayId", upstream, generation, state, reused
           from proc_organizations_start_gateway(${allocationId}, ${organizationId}, ${runner})`.pipe(
         Effect.mapError((error) => sqlState(error) === "GA001" ? new NoGatewayAvailable() : poolError(error))
       )
@@ -143,6 +143,28 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
             Effect.mapError(poolError)
           )
           return rows.length === 0 ? Option.none<A>() : Option.some(yield* effect)
+        })
+      ).pipe(
+        Effect.catchIf(
+          (error): error is SqlError.SqlError => error instanceof SqlError.SqlError,
+          (error) => Effect.fail(poolError(error))
+        )
+      )
+
+    /**
+     * Runs `effect` with every active allocation, holding their rows (`FOR SHARE`) until it ends:
+     * no stop can take one of them down meanwhile, so what `effect` restores is still live.
+     */
+    const withActiveAllocations = <A, E, R>(
+      effect: (allocations: ReadonlyArray<LiveAllocation>) => Effect.Effect<A, E, R>
+    ): Effect.Effect<A, E | PoolError, R> =>
+      sql.withTransaction(
+        Effect.gen(function*() {
+          const rows = yield* sql`select ${sql.literal(allocationColumns)} from allocations where state = 'active' for share`.pipe(
+            Effect.flatMap(decodeAll(LiveAllocation)),
+            Effect.mapError(poolError)
+          )
+          return yield* effect(rows)
         })
       ).pipe(
         Effect.catchIf(
@@ -317,6 +339,7 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       owns,
       takeForStop,
       whileActive,
+      withActiveAllocations,
       liveAllocations,
       exclusively
     }

@@ -112,18 +112,18 @@ const leftBehind = (crash: Crash, org: string, gatewayId: string): Effect.Effect
       nginxRoutes(crash.stack, org).pipe(Effect.orElseSucceed(() => "error")),
       gatewayHolder(crash.db, gatewayId)
     ], { concurrency: 3 })
-    return { dns: dns.length > 0, routeFile: existsSync(routeFileOf(crash.stack, org)), nginx, gatewayHeld: holder !== null }
+    return { dns: dns.length > 0, route: existsSync(routeFileOf(crash.stack, org)), nginx, gatewayHeld: holder !== null }
   })
 
 interface LeftBehind {
   readonly dns: boolean
-  readonly routeFile: boolean
+  readonly route: boolean
   /** The gateway nginx reaches for the org's hostname, null for 404. */
   readonly nginx: string | null
   readonly gatewayHeld: boolean
 }
 
-const clean: LeftBehind = { dns: false, routeFile: false, nginx: null, gatewayHeld: false }
+const clean: LeftBehind = { dns: false, route: false, nginx: null, gatewayHeld: false }
 
 /** `step:event` rows of one actor. */
 const rowsOf = (rows: ReadonlyArray<{ step: string; event: string; actor: string }>, actor: string) =>
@@ -229,7 +229,7 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
           inspect: (left) =>
             Effect.sync(() => {
               expect(left.dns).toBe(true)
-              expect(left.routeFile).toBe(true)
+              expect(left.route).toBe(true)
               expect(left.nginx).toMatch(/^gateway-/)
             })
         })
@@ -248,7 +248,7 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
           inspect: (left) =>
             Effect.sync(() => {
               expect(left.dns).toBe(true)
-              expect(left.routeFile).toBe(true)
+              expect(left.route).toBe(true)
               expect(left.nginx).toMatch(/^gateway-/)
             })
         })
@@ -307,7 +307,7 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
           inspect: (left) =>
             Effect.sync(() => {
               // The hung PATCH may or may not land once PowerDNS resumes; either way it must go.
-              expect(left.routeFile).toBe(false)
+              expect(left.route).toBe(false)
               expect(left.nginx).toBeNull()
             })
         })
@@ -332,8 +332,8 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
               expect(rows.length).toBeGreaterThanOrEqual(3)
               expect(left.dns).toBe(true)
               // A completed nginx-config step left its file; no nginx-config start, no file.
-              if (rows.includes("nginx-config:completed")) expect(left.routeFile).toBe(true)
-              if (!rows.includes("nginx-config:started")) expect(left.routeFile).toBe(false)
+              if (rows.includes("nginx-config:completed")) expect(left.route).toBe(true)
+              if (!rows.includes("nginx-config:started")) expect(left.route).toBe(false)
               // The route cannot serve before a reload completed.
               if (!rows.includes("nginx-reload:started")) expect(left.nginx).toBeNull()
             })

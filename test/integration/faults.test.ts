@@ -15,15 +15,18 @@ import {
   dnsRecordExists,
   expectConsistent,
   gatewayName,
+  hostnameOf,
   nginxRoutesSteadily,
   poolStats,
-  routeFileExists,
-  routeFilePath
+  rawGet,
+  routeExists
 } from "../support/probes.ts"
+import { edgeRoutes, routeApi, routeFileOf } from "../support/invariants.ts"
 import { asFailure, type Failure } from "../support/failures.ts"
 import { ServicesLive, setAllGateways, Stack, StackLive, withStack } from "../support/stack.ts"
 
 const STEP_TIMEOUT_MS = 2500
+const ROUTE_TABLE_SIZE = "128k"
 
 const newOrg = () => randomUUID() as OrganizationId
 
@@ -69,12 +72,17 @@ const allocationIdOf = (error: Failure): AllocationId => {
 
 const undone = (...steps: ReadonlyArray<string>) => steps.flatMap((step) => [`${step}:undo_started`, `${step}:undone`])
 
-layer(
-  ServicesLive({ STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS), RECONCILE_INTERVAL_MS: "3600000" }).pipe(
-    Layer.provideMerge(StackLive())
-  ),
-  { timeout: 120_000, excludeTestServices: true }
-)("five-step start against the real stack", (it) => {
+/** Both routing modes run the whole suite; each has its own nginx faults. */
+const suite = (routing: "lua" | "reload") =>
+  layer(
+    ServicesLive({
+      STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
+      RECONCILE_INTERVAL_MS: "3600000",
+      // A small route table, so that "full" is quick to reach (a few hundred routes).
+      ...(routing === "lua" ? { NGINX_ROUTE_TABLE_SIZE: ROUTE_TABLE_SIZE } : {})
+    }).pipe(Layer.provideMerge(StackLive({ routing }))),
+    { timeout: 120_000, excludeTestServices: true }
+  )(`five-step start against the real stack (NGINX_ROUTING=${routing})`, (it) => {
   it.effect("success: nginx routes the hostname to the claimed gateway, DNS resolves, journal complete; stop undoes it all", () => {
     const org = newOrg()
     return withStack((stack) =>
@@ -155,107 +163,188 @@ layer(
       })
     ))
 
-  it.effect("nginx-config: the route file path is a directory -> StepFailed at nginx-config, DNS record removed", () =>
-    withStack((stack) =>
-      Effect.gen(function*() {
-        const org = newOrg()
-        const before = yield* poolStats
-        const blocker = routeFilePath(stack, org)
-        const routesDir = path.dirname(blocker)
-        // rename(temp, blocker) fails with EISDIR, even for root (chmod would not stop root).
-        const error = yield* Effect.promise(() => mkdir(blocker)).pipe(
-          Effect.zipRight(failingStart(org)),
-          Effect.tap(() =>
-            Effect.gen(function*() {
-              // Checked while the blocker is still there: no temp file was left behind either.
-              const leftovers = (yield* Effect.promise(() => readdir(routesDir))).filter((file) => file.includes(org))
-              expect(leftovers).toEqual([`org-${org}.conf`])
-              expect(yield* routeFileExists(stack, org)).toBe(false)
-              expect(yield* nginxRoutesSteadily(stack, org)).toBeNull()
-            })
-          ),
-          Effect.ensuring(Effect.promise(() => rm(blocker, { recursive: true, force: true })))
-        )
-        expect(stepAndReport(error)).toEqual({
-          tag: "StepFailed",
-          step: "nginx-config",
-          rollback: ["dns:done", "allocate:done"]
+  if (routing === "reload") {
+    it.effect("nginx-config: the route file path is a directory -> StepFailed at nginx-config, DNS record removed", () =>
+      withStack((stack) =>
+        Effect.gen(function*() {
+          const org = newOrg()
+          const before = yield* poolStats
+          const blocker = routeFileOf(stack, org)
+          const routesDir = path.dirname(blocker)
+          // rename(temp, blocker) fails with EISDIR, even for root (chmod would not stop root).
+          const error = yield* Effect.promise(() => mkdir(blocker)).pipe(
+            Effect.zipRight(failingStart(org)),
+            Effect.tap(() =>
+              Effect.gen(function*() {
+                // Checked while the blocker is still there: no temp file was left behind either.
+                const leftovers = (yield* Effect.promise(() => readdir(routesDir))).filter((file) => file.includes(org))
+                expect(leftovers).toEqual([`org-${org}.conf`])
+                expect(yield* routeExists(stack, org)).toBe(false)
+                expect(yield* nginxRoutesSteadily(stack, org)).toBeNull()
+              })
+            ),
+            Effect.ensuring(Effect.promise(() => rm(blocker, { recursive: true, force: true })))
+          )
+          expect(stepAndReport(error)).toEqual({
+            tag: "StepFailed",
+            step: "nginx-config",
+            rollback: ["dns:done", "allocate:done"]
+          })
+          expect(error.message).toContain("nginx write")
+
+          expect(yield* poolStats).toEqual(before)
+          yield* expectConsistent(stack, org, "absent")
+          expect(yield* journalOf(allocationIdOf(error))).toEqual({
+            state: "rolled_back",
+            events: [
+              "allocate:completed",
+              "dns:started",
+              "dns:completed",
+              "nginx-config:started",
+              "nginx-config:failed",
+              ...undone("dns", "allocate")
+            ],
+            actors: ["request"]
+          })
         })
-        expect(error.message).toContain("nginx write")
+      ))
 
-        expect(yield* poolStats).toEqual(before)
-        yield* expectConsistent(stack, org, "absent")
-        expect(yield* journalOf(allocationIdOf(error))).toEqual({
-          state: "rolled_back",
-          events: [
-            "allocate:completed",
-            "dns:started",
-            "dns:completed",
-            "nginx-config:started",
-            "nginx-config:failed",
-            ...undone("dns", "allocate")
-          ],
-          actors: ["request"]
-        })
-      })
-    ))
+    it.effect("nginx-reload: a broken foreign file -> StepFailed at nginx-reload, the first org still routed", () => {
+      const first = newOrg()
+      return withStack((stack) =>
+        Effect.gen(function*() {
+          const allocator = yield* Allocator
+          const second = newOrg()
+          const initial = yield* poolStats
+          const started = yield* allocator.start(first)
+          const firstGateway = yield* gatewayName(started.gatewayId)
+          yield* expectConsistent(stack, first, "active")
 
-  it.effect("nginx-reload: a broken foreign file -> StepFailed at nginx-reload, the first org still routed", () => {
-    const first = newOrg()
-    return withStack((stack) =>
-      Effect.gen(function*() {
-        const allocator = yield* Allocator
-        const second = newOrg()
-        const initial = yield* poolStats
-        const started = yield* allocator.start(first)
-        const firstGateway = yield* gatewayName(started.gatewayId)
-        yield* expectConsistent(stack, first, "active")
+          const before = yield* poolStats
+          const broken = path.join(stack.nginx.confDir, "broken.conf")
+          const error = yield* Effect.promise(() => writeFile(broken, "this is { not nginx syntax\n")).pipe(
+            Effect.zipRight(failingStart(second)),
+            Effect.tap(() =>
+              Effect.gen(function*() {
+                // nginx keeps serving its last good configuration: the first org, not the second.
+                expect(yield* nginxRoutesSteadily(stack, first)).toBe(firstGateway)
+                yield* expectConsistent(stack, second, "absent")
+              })
+            ),
+            Effect.ensuring(Effect.promise(() => rm(broken, { force: true })))
+          )
+          expect(stepAndReport(error)).toEqual({
+            tag: "StepFailed",
+            step: "nginx-reload",
+            rollback: ["nginx-config:done", "dns:done", "allocate:done"]
+          })
+          expect(error.message).toContain("nginx reload")
 
-        const before = yield* poolStats
-        const broken = path.join(stack.nginx.confDir, "broken.conf")
-        const error = yield* Effect.promise(() => writeFile(broken, "this is { not nginx syntax\n")).pipe(
-          Effect.zipRight(failingStart(second)),
-          Effect.tap(() =>
-            Effect.gen(function*() {
-              // nginx keeps serving its last good configuration: the first org, not the second.
-              expect(yield* nginxRoutesSteadily(stack, first)).toBe(firstGateway)
-              yield* expectConsistent(stack, second, "absent")
-            })
-          ),
-          Effect.ensuring(Effect.promise(() => rm(broken, { force: true })))
-        )
-        expect(stepAndReport(error)).toEqual({
-          tag: "StepFailed",
-          step: "nginx-reload",
-          rollback: ["nginx-config:done", "dns:done", "allocate:done"]
-        })
-        expect(error.message).toContain("nginx reload")
+          expect(yield* poolStats).toEqual(before)
+          yield* expectConsistent(stack, second, "absent")
+          yield* expectConsistent(stack, first, "active")
+          expect(yield* journalOf(allocationIdOf(error))).toEqual({
+            state: "rolled_back",
+            events: [
+              "allocate:completed",
+              "dns:started",
+              "dns:completed",
+              "nginx-config:started",
+              "nginx-config:completed",
+              "nginx-reload:started",
+              "nginx-reload:failed",
+              ...undone("nginx-config", "dns", "allocate")
+            ],
+            actors: ["request"]
+          })
 
-        expect(yield* poolStats).toEqual(before)
-        yield* expectConsistent(stack, second, "absent")
-        yield* expectConsistent(stack, first, "active")
-        expect(yield* journalOf(allocationIdOf(error))).toEqual({
-          state: "rolled_back",
-          events: [
-            "allocate:completed",
-            "dns:started",
-            "dns:completed",
-            "nginx-config:started",
-            "nginx-config:completed",
-            "nginx-reload:started",
-            "nginx-reload:failed",
-            ...undone("nginx-config", "dns", "allocate")
-          ],
-          actors: ["request"]
-        })
+          // With the foreign file gone, nginx reloads again: the first org stops cleanly.
+          yield* allocator.stop(first)
+          yield* expectConsistent(stack, first, "absent")
+          expect(yield* poolStats).toEqual(initial)
+        }).pipe(Effect.ensuring(stopQuietly(first)))
+      )
+    })
+  } else {
+    it.effect("nginx-config: the route table is full -> StepFailed at nginx-config, no route evicted; an nginx restart empties the table, 503 until every active route is back", () => {
+      const first = newOrg()
+      return withStack((stack) =>
+        Effect.gen(function*() {
+          const allocator = yield* Allocator
+          const second = newOrg()
+          const started = yield* allocator.start(first)
+          const firstGateway = yield* gatewayName(started.gatewayId)
+          const before = yield* poolStats
 
-        // With the foreign file gone, nginx reloads again: the first org stops cleanly.
-        yield* allocator.stop(first)
-        yield* expectConsistent(stack, first, "absent")
-        expect(yield* poolStats).toEqual(initial)
-      }).pipe(Effect.ensuring(stopQuietly(first)))
-    )
-  })
+          // Fill the table with other routes until nginx answers 507 (never evicting one).
+          let filled = 0
+          for (;;) {
+            const answer = yield* routeApi(
+              stack,
+              "PUT",
+              `/routes/${randomUUID()}?upstream=127.0.0.1:9&allocation=${randomUUID()}&generation=${1e12 + filled}`
+            )
+            if (answer.status === 507) break
+            expect(answer.status).toBe(200)
+            filled += 1
+          }
+          expect(filled).toBeGreaterThan(50)
+
+          const error = yield* failingStart(second)
+          expect(stepAndReport(error)).toEqual({ tag: "StepFailed", step: "nginx-config", rollback: ["dns:done", "allocate:done"] })
+          expect(error.message).toContain("route table is full")
+          expect(yield* poolStats).toEqual(before)
+          yield* expectConsistent(stack, second, "absent")
+          // Nothing was evicted to make room: the first org is still served, by its gateway.
+          expect(yield* nginxRoutesSteadily(stack, first)).toBe(firstGateway)
+
+          // A restart empties the shared memory. Until the service has pushed every active route
+          // back, nginx answers 503 (retry), never 404 and never another gateway.
+          yield* stack.nginx.stop
+          yield* stack.nginx.start
+          const restartedAt = Date.now()
+          const answers = new Set<string>()
+          for (;;) {
+            const response = yield* rawGet({ port: stack.nginx.listenPort, path: "/", headers: { host: hostnameOf(stack, first) } })
+            if (response.status === 200) {
+              expect(JSON.parse(response.body)).toMatchObject({ gateway: firstGateway })
+              break
+            }
+            answers.add(String(response.status))
+            expect(response.status).toBe(503)
+            expect(Date.now() - restartedAt).toBeLessThan(5000)
+            yield* Effect.sleep("5 millis")
+          }
+          // Back without any start; the other routes (not the service's allocations) are gone.
+          expect([...(yield* edgeRoutes(stack)).routes.keys()]).toEqual([first])
+          const unknown = yield* rawGet({ port: stack.nginx.listenPort, path: "/", headers: { host: hostnameOf(stack, newOrg()) } })
+          expect(unknown.status).toBe(404)
+          yield* expectConsistent(stack, first, "active")
+          yield* allocator.stop(first)
+          yield* expectConsistent(stack, first, "absent")
+        }).pipe(Effect.ensuring(stopQuietly(first)))
+      )
+    }, { timeout: 60_000 })
+
+    it.effect("a broken foreign file in NGINX_CONF_DIR changes nothing: starts and stops need no reload", () => {
+      const org = newOrg()
+      return withStack((stack) =>
+        Effect.gen(function*() {
+          const allocator = yield* Allocator
+          const before = yield* poolStats
+          const broken = path.join(stack.nginx.confDir, "broken.conf")
+          yield* Effect.promise(() => writeFile(broken, "this is { not nginx syntax\n")).pipe(
+            Effect.zipRight(allocator.start(org)),
+            Effect.zipRight(expectConsistent(stack, org, "active")),
+            Effect.zipRight(allocator.stop(org)),
+            Effect.zipRight(expectConsistent(stack, org, "absent")),
+            Effect.ensuring(Effect.promise(() => rm(broken, { force: true })))
+          )
+          expect(yield* poolStats).toEqual(before)
+        }).pipe(Effect.ensuring(stopQuietly(org)))
+      )
+    })
+  }
 
   it.effect("handshake: the gateway answers 500 -> StepFailed at handshake, every earlier step undone", () =>
     withStack((stack) =>
@@ -362,7 +451,7 @@ layer(
             expect(dnsUndo?.message).toContain("PowerDNS remove")
             // DNS points at nginx, not at the gateway: with the route gone, releasing is safe.
             expect(yield* poolStats).toEqual(before)
-            expect(yield* routeFileExists(stack, org)).toBe(false)
+            expect(yield* routeExists(stack, org)).toBe(false)
             expect(yield* nginxRoutesSteadily(stack, org)).toBeNull()
             expect((yield* allocator.status(org).pipe(Effect.either))._tag).toBe("Left")
             return error
@@ -408,3 +497,6 @@ layer(
       expect(stats).toMatchObject({ total: stack.gateways.length, free: stack.gateways.length, allocated: 0 })
     }))
 })
+
+suite("lua")
+suite("reload")

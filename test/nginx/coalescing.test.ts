@@ -5,11 +5,12 @@ import { randomUUID } from "node:crypto"
 import { mkdtempSync, writeFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
-import type { AllocationId, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import { type AllocationId, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
 import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
 import { Settings } from "../../src/config.ts"
 import { EdgeLockLocal } from "../../src/nginx/Edge.ts"
-import { Nginx, NginxLive } from "../../src/nginx/Nginx.ts"
+import { Nginx } from "../../src/nginx/Nginx.ts"
+import { NginxLive } from "../../src/nginx/NginxLive.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../../src/telemetry/Metrics.ts"
 import { configFrom } from "../support/stack.ts"
 
@@ -32,6 +33,7 @@ const NginxFor = (mode: "coalesce" | "each") =>
           NGINX_CONF_DIR: handle.confDir,
           NGINX_MAIN_CONF: handle.mainConf,
           NGINX_LISTEN: `127.0.0.1:${handle.listenPort}`,
+          NGINX_ROUTING: "reload",
           NGINX_RELOAD_MODE: mode
         }))
       ))
@@ -40,14 +42,15 @@ const NginxFor = (mode: "coalesce" | "each") =>
 const route = () => ({
   organizationId: randomUUID() as OrganizationId,
   allocationId: randomUUID() as AllocationId,
-  upstream: "127.0.0.1:9" as Upstream
+  upstream: "127.0.0.1:9" as Upstream,
+  generation: Generation.make(1)
 })
 
 /** What a start does at nginx: write its route, reload, and wait until nginx serves it. */
 const publish = (r: ReturnType<typeof route>) =>
   Effect.flatMap(Nginx, (nginx) =>
     nginx.writeRoute(r).pipe(
-      Effect.zipRight(nginx.reload),
+      Effect.zipRight(nginx.apply),
       Effect.zipRight(nginx.awaitRoute(r.organizationId, r.allocationId))
     ))
 
@@ -99,8 +102,8 @@ layer(RealNginxLive, { excludeTestServices: true, timeout: 60_000 })("nginx relo
         // Workers of the previous generation accept for ~100 ms after a reload; by now none may.
         const afterAdd = yield* Effect.forEach(Array.from({ length: 40 }), () => nginx.probeRoute(r.organizationId))
         expect(afterAdd.every((served) => served === r.allocationId)).toBe(true)
-        yield* nginx.removeRoute(r.organizationId, r.allocationId)
-        yield* nginx.reload
+        yield* nginx.removeRoute(r)
+        yield* nginx.apply
         yield* nginx.awaitUnrouted(r.organizationId, r.allocationId)
         const afterRemove = yield* Effect.forEach(Array.from({ length: 40 }), () => nginx.probeRoute(r.organizationId))
         expect(afterRemove.every((served) => served === null)).toBe(true)
@@ -113,8 +116,8 @@ layer(RealNginxLive, { excludeTestServices: true, timeout: 60_000 })("nginx relo
       const leaving = Array.from({ length: 16 }, route)
       yield* Effect.all(leaving.map(publish), { concurrency: "unbounded" })
       const unpublish = (r: ReturnType<typeof route>) =>
-        nginx.removeRoute(r.organizationId, r.allocationId).pipe(
-          Effect.zipRight(nginx.reload),
+        nginx.removeRoute(r).pipe(
+          Effect.zipRight(nginx.apply),
           Effect.zipRight(nginx.awaitUnrouted(r.organizationId, r.allocationId))
         )
       const arriving = Array.from({ length: 16 }, route)

@@ -1,7 +1,7 @@
 import { SqlError } from "@effect/sql"
 import { Clock, Context, Deferred, Effect, Layer, Option, Ref } from "effect"
 import { NoGatewayAvailable } from "../../src/domain/errors.ts"
-import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import { type AllocationId, type GatewayId, type GatewayName, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
 import { Dns, DnsError } from "../../src/dns/Dns.ts"
 import { Handshake, HandshakeError } from "../../src/handshake/Handshake.ts"
 import { Journal, type JournalEntry, type JournalRecord } from "../../src/journal/Journal.ts"
@@ -123,7 +123,7 @@ const poolOf = (world: World) => {
         const existing = yield* findLive(organizationId)
         if (Option.isSome(existing)) {
           const a = existing.value
-          return { allocationId: a.allocationId, gatewayId: a.gatewayId, upstream: a.upstream, state: a.state, reused: true }
+          return { allocationId: a.allocationId, gatewayId: a.gatewayId, upstream: a.upstream, generation: a.generation, state: a.state, reused: true }
         }
         // Available (free, active, out of quarantine), least recently allocated first.
         const nowMs = yield* Clock.currentTimeMillis
@@ -133,14 +133,15 @@ const poolOf = (world: World) => {
         if (free === undefined) return yield* new NoGatewayAvailable()
         claims += 1
         lastAllocated.set(free.gatewayId, claims)
+        const generation = Generation.make(claims)
         yield* Ref.update(world.gateways, (gs) => gs.map((g) => g.gatewayId === free.gatewayId ? { ...g, allocationId } : g))
         const now = new Date()
         yield* Ref.update(world.allocations, (all) =>
           new Map(all).set(allocationId, {
-            allocationId, organizationId, gatewayId: free.gatewayId, upstream: free.upstream, state: "starting",
+            allocationId, organizationId, gatewayId: free.gatewayId, upstream: free.upstream, generation, state: "starting",
             runner, error: null, createdAt: now, updatedAt: now, finishedAt: null
           }))
-        return { allocationId, gatewayId: free.gatewayId, upstream: free.upstream, state: "starting" as const, reused: false }
+        return { allocationId, gatewayId: free.gatewayId, upstream: free.upstream, generation, state: "starting" as const, reused: false }
       })),
     release: (allocationId, finalState, runner) =>
       op("pool.release", Effect.gen(function*() {
@@ -179,6 +180,10 @@ const poolOf = (world: World) => {
     whileActive: (allocationId, effect) =>
       op("pool.whileActive", Ref.get(world.allocations)).pipe(Effect.flatMap((all) =>
         all.get(allocationId)?.state === "active" ? Effect.map(effect, Option.some) : Effect.succeed(Option.none())
+      )),
+    withActiveAllocations: (effect) =>
+      op("pool.withActiveAllocations", Ref.get(world.allocations)).pipe(Effect.flatMap((all) =>
+        effect([...all.values()].filter(isLive).filter((a) => a.state === "active"))
       )),
     findLive: (organizationId) => op("pool.findLive", findLive(organizationId)),
     getAllocation: (allocationId) =>
@@ -327,12 +332,14 @@ const nginxOf = (world: World) => {
         }),
       effect
     )
+  // Models reload mode: a written route is served once `apply` runs.
   return Nginx.of({
     edge: { id: "test-edge", confDir: "/nonexistent/test-edge" },
+    routing: "reload",
     install: Effect.void,
     writeRoute: (route) =>
       op("writeRoute", "write", Ref.update(world.routeFiles, (m) => new Map(m).set(route.organizationId, route.allocationId))),
-    removeRoute: (org, allocationId) =>
+    removeRoute: ({ allocationId, organizationId: org }) =>
       op("removeRoute", "remove", Ref.modify(world.routeFiles, (m) => {
         const named = m.get(org)
         if (named === undefined) return ["absent" as const, m]
@@ -341,7 +348,7 @@ const nginxOf = (world: World) => {
         next.delete(org)
         return ["removed" as const, next]
       })),
-    reload: op("reload", "reload", Effect.flatMap(Ref.get(world.routeFiles), (files) => Ref.set(world.served, files))),
+    apply: op("reload", "reload", Effect.flatMap(Ref.get(world.routeFiles), (files) => Ref.set(world.served, files))),
     awaitRoute: (org, allocationId) =>
       op("awaitRoute", "probe", Effect.flatMap(Ref.get(world.served), (served) =>
         served.get(org) === allocationId
@@ -353,8 +360,16 @@ const nginxOf = (world: World) => {
           ? Effect.void
           : Effect.never)),
     probeRoute: (org) => op("probeRoute", "probe", Effect.map(Ref.get(world.served), (served) => served.get(org) ?? null)),
-    listRoutes: Effect.map(Ref.get(world.routeFiles), (m) =>
-      [...m.entries()].map(([organizationId, allocationId]) => ({ organizationId, allocationId })))
+    listRoutes: Effect.gen(function*() {
+      const allocations = yield* Ref.get(world.allocations)
+      return [...(yield* Ref.get(world.routeFiles)).entries()].map(([organizationId, allocationId]) => ({
+        organizationId,
+        allocationId,
+        generation: allocations.get(allocationId)?.generation ?? Generation.make(0)
+      }))
+    }),
+    tableState: Effect.succeedNone,
+    restoreAll: () => Effect.void
   })
 }
 

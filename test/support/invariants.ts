@@ -1,17 +1,20 @@
 // The invariants of docs/architecture.md, asked of the real systems (Postgres, PowerDNS, the route files, nginx and the
 // service's API), never of the service's memory:
-//  1. an org is active in the API <=> its DNS A record exists <=> routes/org-{uuid}.conf exists
+//  1. an org is active in the API <=> its DNS A record exists <=> nginx holds its route (the route
+//     table's entry, lua mode; routes/org-{uuid}.conf, reload mode)
 //     <=> nginx routes its hostname (to the allocation's gateway); a gateway serves at most one
 //     org, an org has at most one gateway;
 //  2. free + allocated = total;
 //  and, once things settled, no allocation is left starting, stopping or rolling_back.
 import { Data, Duration, Effect, type Scope } from "effect"
+import { readFileSync } from "node:fs"
 import { readdir, readFile } from "node:fs/promises"
 import * as http from "node:http"
 import { createRequire } from "node:module"
 import path from "node:path"
 import { listRecords } from "../../src/dev/PowerDnsProcess.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
+import { EDGE_FILE, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
 import { type Endpoint, request } from "./server.ts"
 
 // ---------------------------------------------------------------------------------------------
@@ -103,8 +106,52 @@ export const dnsRecords = (stack: LocalStack) =>
     })
   )
 
+/** The stack's routing mode (NGINX_ROUTING; lua unless the stack says reload). */
+export const routingOf = (stack: LocalStack): "lua" | "reload" => stack.env.NGINX_ROUTING === "reload" ? "reload" : "lua"
+
+/** The secret the service wrote for its edge: it guards nginx's probe and the route API. */
+export const edgeSecretOf = (stack: LocalStack) =>
+  (JSON.parse(readFileSync(path.join(stack.nginx.confDir, EDGE_FILE), "utf8")) as { probeSecret: string }).probeSecret
+
+/** One request to the route API (lua mode): status and body. */
+export const routeApi = (stack: LocalStack, method: string, pathAndQuery: string, body?: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      const response = await fetch(`http://127.0.0.1:${stack.nginx.routeApiPort}${pathAndQuery}`, {
+        method,
+        headers: { [PROBE_SECRET_HEADER]: edgeSecretOf(stack) },
+        ...(body === undefined ? {} : { body }),
+        signal: AbortSignal.timeout(5000)
+      })
+      return { status: response.status, body: await response.text() }
+    },
+    catch: (cause) => new ProbeError({ message: `route API ${method} ${pathAndQuery}: ${String(cause)}` })
+  })
+
+/**
+ * Every route the service gave nginx, by org, with its text (lua: the table's line
+ * "{org} {upstream} {allocation} {generation}"; reload: the route file), and any other file left
+ * in routes/ (reload mode's temp files).
+ */
+export const edgeRoutes = (stack: LocalStack) =>
+  routingOf(stack) === "lua"
+    ? Effect.map(
+      Effect.orDie(routeApi(stack, "GET", "/routes")),
+      (answer) => ({
+        routes: new Map(answer.body.split("\n").slice(1).filter((line) => line !== "").map((line) => [line.split(" ")[0] ?? "", line] as const)),
+        others: [] as Array<string>
+      })
+    )
+    : routeFiles(stack)
+
+/** The org's route as text (see `edgeRoutes`), or undefined when nginx has none for it. */
+export const edgeRouteOf = (stack: LocalStack, org: string) =>
+  routingOf(stack) === "lua"
+    ? Effect.map(Effect.orDie(routeApi(stack, "GET", `/routes/${org}`)), (answer) => answer.status === 200 ? answer.body : undefined)
+    : Effect.promise(() => readFile(routeFileOf(stack, org), "utf8").catch(() => undefined))
+
 /** The route files in `routes/` by org (with their text), and any other file left there. */
-export const routeFiles = (stack: LocalStack) =>
+const routeFiles = (stack: LocalStack) =>
   Effect.promise(async () => {
     const dir = routesDirOf(stack)
     const names = await readdir(dir).catch(() => [] as Array<string>)
@@ -177,7 +224,7 @@ export interface OrgView {
   /** `GET /gateway/{org}`: the state, "absent" on 404, or "error: ...". */
   readonly api: string
   readonly dns: boolean
-  readonly routeFile: boolean
+  readonly route: boolean
   /** The gateway nginx reaches, null for 404, or "error: ...". */
   readonly nginx: string | null
 }
@@ -232,7 +279,7 @@ export const checkInvariants = (target: InvariantTarget): Effect.Effect<Invarian
     const { allocations, gateways, orgs: everyOrg } = fromDb.right[0]!
     const [records, files, pool] = yield* Effect.all([
       dnsRecords(stack).pipe(Effect.either),
-      routeFiles(stack),
+      edgeRoutes(stack),
       request(endpoint, "GET", "/pool", { timeoutMs: 10_000 }).pipe(Effect.either)
     ], { concurrency: "unbounded" })
     if (records._tag === "Left") violations.push(`cannot list PowerDNS records: ${message(records.left)}`)
@@ -290,7 +337,7 @@ export const checkInvariants = (target: InvariantTarget): Effect.Effect<Invarian
       }
     }
 
-    // Every org anyone knows of: API <=> DNS <=> route file <=> nginx.
+    // Every org anyone knows of: API <=> DNS <=> route <=> nginx.
     const orgs = new Set<string>([
       ...(target.orgs ?? []),
       ...everyOrg,
@@ -314,7 +361,7 @@ export const checkInvariants = (target: InvariantTarget): Effect.Effect<Invarian
           org,
           api,
           dns: dns.has(org),
-          routeFile: files.routes.has(org),
+          route: files.routes.has(org),
           nginx: routed._tag === "Left" ? `error: ${routed.left.message}` : routed.right
         }
         const live = byOrg.get(org)?.[0]
@@ -327,9 +374,9 @@ export const checkInvariants = (target: InvariantTarget): Effect.Effect<Invarian
           else if (JSON.stringify(dns.get(org)) !== JSON.stringify([recordIp])) {
             problems.push(`DNS record holds ${JSON.stringify(dns.get(org))}, not [${recordIp}]`)
           }
-          if (!view.routeFile) problems.push("active without a route file")
+          if (!view.route) problems.push("active without a route")
           else if (live !== undefined && !files.routes.get(org)!.includes(`${live.upstream} ${live.id}`)) {
-            problems.push(`route file does not route to ${live.upstream} ${live.id}: ${files.routes.get(org)!.trim()}`)
+            problems.push(`route does not route to ${live.upstream} ${live.id}: ${files.routes.get(org)!.trim()}`)
           }
           if (view.nginx === null) problems.push("active but nginx answers 404")
           else if (gateway !== undefined && view.nginx !== gateway.name) {
@@ -338,7 +385,7 @@ export const checkInvariants = (target: InvariantTarget): Effect.Effect<Invarian
         } else if (api === "absent") {
           if (live !== undefined) problems.push(`API says absent, Postgres has ${live.state} allocation ${live.id}`)
           if (view.dns) problems.push("absent but a DNS record exists")
-          if (view.routeFile) problems.push("absent but a route file exists")
+          if (view.route) problems.push("absent but nginx holds a route")
           if (view.nginx !== null) problems.push(`absent but nginx routes it (${view.nginx})`)
         } else if (!api.startsWith("error")) {
           problems.push(`API state ${api}`)

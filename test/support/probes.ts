@@ -1,18 +1,17 @@
 // Effects that ask the real systems (PowerDNS, the file system, nginx, Postgres through the pool)
 // what they hold for an org, independently of what the service believes. The invariants of docs/architecture.md,
-// invariant 1: an org is active in the API <=> its DNS record exists <=> its route file exists
+// invariant 1: an org is active in the API <=> its DNS record exists <=> nginx holds its route
 // <=> nginx routes its hostname.
 import { expect } from "@effect/vitest"
 import { Data, Duration, Effect, Either, Schedule } from "effect"
 import { Resolver } from "node:dns/promises"
-import { stat } from "node:fs/promises"
 import * as http from "node:http"
-import path from "node:path"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { listRecords } from "../../src/dev/PowerDnsProcess.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { edgeRouteOf } from "./invariants.ts"
 
 /** A probe could not get an answer from the system it asks (that is not a "no"). */
 export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly message: string; readonly cause?: unknown }> {}
@@ -20,9 +19,6 @@ export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly messag
 const domainOf = (stack: LocalStack) => stack.env["DOMAIN"] ?? "domain.local"
 
 export const hostnameOf = (stack: LocalStack, org: OrganizationId) => `org-${org}.${domainOf(stack)}`
-
-export const routeFilePath = (stack: LocalStack, org: OrganizationId) =>
-  path.join(stack.nginx.confDir, "routes", `org-${org}.conf`)
 
 /** The org's A record contents as PowerDNS's HTTP API lists them (empty when there is none). */
 export const dnsApiRecord = (stack: LocalStack, org: OrganizationId) =>
@@ -78,19 +74,9 @@ export const dnsRecordExists = (stack: LocalStack, org: OrganizationId) =>
         })
       ))
 
-/** Whether `{confDir}/routes/org-{uuid}.conf` exists as a regular file (a directory is not a route). */
-export const routeFileExists = (stack: LocalStack, org: OrganizationId) =>
-  Effect.tryPromise({
-    try: async () => {
-      try {
-        return (await stat(routeFilePath(stack, org))).isFile()
-      } catch (error) {
-        if ((error as { code?: string }).code === "ENOENT") return false
-        throw error
-      }
-    },
-    catch: (cause) => new ProbeError({ message: `stat ${routeFilePath(stack, org)}: ${String(cause)}`, cause })
-  })
+/** Whether nginx holds a route for the org (the route table's entry, or the route file). */
+export const routeExists = (stack: LocalStack, org: OrganizationId) =>
+  Effect.map(edgeRouteOf(stack, org), (route) => route !== undefined)
 
 export interface RawResponse {
   readonly status: number
@@ -199,7 +185,7 @@ export interface Observation {
   /** The allocation's state as the service reports it (`allocator.status`), or "absent". */
   readonly api: string
   readonly dnsRecord: boolean
-  readonly routeFile: boolean
+  readonly route: boolean
   /**
    * The gateway nginx reaches for the org's hostname, or null; every answer when fresh
    * connections over ~200 ms did not all get the same one.
@@ -212,8 +198,8 @@ export const observe = (stack: LocalStack, org: OrganizationId) =>
   Effect.gen(function*() {
     const allocator = yield* Allocator
     const status = yield* allocator.status(org).pipe(Effect.either)
-    const [dnsRecord, routeFile, nginx] = yield* Effect.all(
-      [dnsRecordExists(stack, org), routeFileExists(stack, org), nginxRoutesSteadily(stack, org)],
+    const [dnsRecord, route, nginx] = yield* Effect.all(
+      [dnsRecordExists(stack, org), routeExists(stack, org), nginxRoutesSteadily(stack, org)],
       { concurrency: 3 }
     )
     const api = Either.match(status, {
@@ -221,7 +207,7 @@ export const observe = (stack: LocalStack, org: OrganizationId) =>
       onRight: (allocation) => allocation.state
     })
     return {
-      observation: { api, dnsRecord, routeFile, nginx } satisfies Observation,
+      observation: { api, dnsRecord, route, nginx } satisfies Observation,
       allocation: Either.getRight(status)
     }
   })
@@ -235,13 +221,13 @@ export const expectConsistent = (stack: LocalStack, org: OrganizationId, expecte
   Effect.gen(function*() {
     const { allocation, observation } = yield* observe(stack, org)
     if (expected === "absent") {
-      expect(observation).toEqual({ api: "absent", dnsRecord: false, routeFile: false, nginx: null })
+      expect(observation).toEqual({ api: "absent", dnsRecord: false, route: false, nginx: null })
       return observation
     }
     expect(allocation._tag).toBe("Some")
     const live = allocation._tag === "Some" ? allocation.value : undefined
     const name = live?.gatewayId == null ? null : yield* gatewayName(live.gatewayId)
-    expect(observation).toEqual({ api: "active", dnsRecord: true, routeFile: true, nginx: name })
+    expect(observation).toEqual({ api: "active", dnsRecord: true, route: true, nginx: name })
     expect(yield* dnsView(stack, org)).toEqual({ api: ["127.0.0.1"], resolved: ["127.0.0.1"] })
     // A gateway serves at most one org: its row points at this allocation.
     const gateways = yield* Effect.flatMap(GatewayPool, (pool) => pool.listGateways())

@@ -12,12 +12,19 @@ import { GatewayPool } from "../../src/pool/GatewayPool.ts"
 /** A real Postgres, nginx, PowerDNS and sample gateways, started for one test file. */
 export class Stack extends Context.Tag("test/Stack")<Stack, LocalStack>() {}
 
-export const StackLive = (options: { readonly gateways?: number } = {}) =>
+export const StackLive = (
+  options: { readonly gateways?: number; readonly routing?: "lua" | "reload"; readonly nginxWorkers?: number } = {}
+) =>
   Layer.scoped(
     Stack,
     Effect.suspend(() => {
       const dataDir = mkdtempSync(path.join(tmpdir(), "gateway-allocator-"))
-      return startLocalStack({ dataDir, gateways: options.gateways ?? 3 })
+      return startLocalStack({
+        dataDir,
+        gateways: options.gateways ?? 3,
+        routing: options.routing ?? "lua",
+        ...(options.nginxWorkers === undefined ? {} : { nginxWorkers: options.nginxWorkers })
+      })
     })
   ).pipe(Layer.provide(NodeContext.layer))
 

@@ -2,14 +2,14 @@
 // effect checked against the owner, every removal naming the allocation it removes. Gates
 // (test/support/TestLayers.ts) stop an operation mid-flight so a second actor can move in between.
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Layer, Option, Ref } from "effect"
+import { type Context, Effect, Fiber, Layer, Option, Ref } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
 import { Undos } from "../../src/allocation/undos.ts"
 import { makeServices } from "../../src/app.ts"
 import type { Allocation } from "../../src/domain/allocation.ts"
-import type { AllocationId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import { type AllocationId, type GatewayName, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
 import { asFailure } from "../support/failures.ts"
 import { configFrom } from "../support/stack.ts"
@@ -107,9 +107,10 @@ describe("ownership and fencing (test layers)", () => {
       const current = yield* allocator.start(org)
       expect(current.allocationId).not.toBe(old.allocationId)
 
-      const file = yield* undos.removeRouteFile(org, old.allocationId)
+      const oldRoute = { organizationId: org, allocationId: old.allocationId, generation: (yield* liveGeneration(world, old.allocationId)) }
+      const file = yield* undos.removeRoute(oldRoute)
       expect(file).toMatchObject({ _tag: "UndoSkipped" })
-      yield* undos.unroute(org, old.allocationId)
+      yield* undos.unroute(oldRoute)
       const record = yield* undos.removeRecord(org, old.allocationId)
       expect(record).toMatchObject({ _tag: "UndoSkipped", reason: expect.stringMatching(/newer allocation/) })
 
@@ -174,3 +175,7 @@ describe("ownership and fencing (test layers)", () => {
       expect((yield* Ref.get(world.served)).has(org)).toBe(false)
     }).pipe(Effect.provide(TestServices)))
 })
+
+/** The generation the (fake) pool gave an allocation at its claim. */
+const liveGeneration = (world: Context.Tag.Service<typeof TestWorld>, allocationId: AllocationId) =>
+  Effect.map(Ref.get(world.allocations), (all) => all.get(allocationId)?.generation ?? Generation.make(0))

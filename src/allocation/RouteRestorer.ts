@@ -1,0 +1,46 @@
+import { Duration, Effect, Metric, Option, Schedule } from "effect"
+import { Nginx } from "../nginx/Nginx.ts"
+import { GatewayPool } from "../pool/GatewayPool.ts"
+import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
+
+/** How often the route table's boot id is read: a restarted nginx gets its routes back within this (plus the push). */
+const WATCH_INTERVAL = Duration.millis(250)
+
+/**
+ * NGINX_ROUTING=lua: nginx's shared memory survives reloads, not restarts. After a restart the
+ * route table is empty and answers 503 for every org (not 404: "retry"); this service notices
+ * the new boot id and pushes every active allocation's route back in one request, which marks
+ * the table ready. The rows stay held (`FOR SHARE`) while it pushes, so a stop cannot remove a
+ * route the push then brings back; the table's generations and tombstones fence the rest.
+ * Nothing to do in reload mode: route files survive a restart.
+ */
+export class RouteRestorer extends Effect.Service<RouteRestorer>()("RouteRestorer", {
+  scoped: Effect.gen(function*() {
+    const nginx = yield* Nginx
+    const pool = yield* GatewayPool
+
+    /** Pushes every active route if the table is not ready; how many it pushed (none: it was ready, or reload mode). */
+    const restoreIfEmptied = Effect.gen(function*() {
+      const state = yield* nginx.tableState
+      if (Option.isNone(state) || state.value.ready) return Option.none<number>()
+      const { bootId } = state.value
+      const pushed = yield* pool.withActiveAllocations((active) =>
+        Effect.as(nginx.restoreAll(bootId, active), active.length)
+      )
+      yield* Metric.update(reconcilerRepairsTotal.pipe(Metric.tagged("kind", "route_table_restored")), 1)
+      yield* Effect.logWarning(`nginx's route table was empty (a new nginx, or a restart): ${pushed} active route(s) pushed`)
+        .pipe(Effect.annotateLogs({ boot_id: bootId }))
+      return Option.some(pushed)
+    }).pipe(Effect.withSpan("RouteRestorer.restoreIfEmptied"))
+
+    if (nginx.routing === "lua") {
+      yield* restoreIfEmptied.pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning("could not check or restore nginx's route table", cause)),
+        Effect.repeat(Schedule.spaced(WATCH_INTERVAL)),
+        Effect.forkScoped
+      )
+    }
+
+    return { restoreIfEmptied }
+  })
+}) {}

@@ -1,0 +1,148 @@
+import { Command, FileSystem, HttpClient, HttpClientRequest, Path } from "@effect/platform"
+import type { NodeContext } from "@effect/platform-node"
+import { Chunk, Duration, Effect, Option, Schema, Stream } from "effect"
+import * as crypto from "node:crypto"
+import { NginxConfig, Settings } from "../config.ts"
+import { AllocationId, type OrganizationId, orgHostname } from "../domain/ids.ts"
+import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "./config.ts"
+import { EdgeLock } from "./Edge.ts"
+import { type Edge, NginxError } from "./Nginx.ts"
+
+/**
+ * What both routing modes share: the edge's identity and secret (`.gateway-allocator-edge.json`
+ * in NGINX_CONF_DIR, made by the first process that uses the directory), atomic file writes,
+ * `nginx -s reload`, and the route probe that asks nginx itself which allocation it serves.
+ */
+export const makeEdgeKit = Effect.gen(function*() {
+  const config = yield* NginxConfig
+  const { domain, edgeUrl, limits, nginxListen } = yield* Settings
+  const edgeLock = yield* EdgeLock
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const executor = yield* Effect.context<NodeContext.NodeContext>()
+  const http = yield* HttpClient.HttpClient
+  const confDir = path.resolve(config.confDir)
+  const callTimeout = Duration.millis(limits.outsideCallMs)
+
+  const fail = (operation: NginxError["operation"], noEffect = false) => (cause: { readonly message: string }) =>
+    new NginxError({ operation, reason: cause.message, cause, noEffect })
+
+  const edgeFile = path.join(confDir, EDGE_FILE)
+  const EdgeFile = Schema.parseJson(Schema.Struct({ id: Schema.String, probeSecret: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32,}$/)) }))
+  const { id: edgeId, probeSecret: secret } = yield* Effect.gen(function*() {
+    yield* fs.makeDirectory(confDir, { recursive: true })
+    const fresh = { id: crypto.randomUUID(), probeSecret: crypto.randomBytes(24).toString("hex") }
+    // Exclusive create: of replicas starting together on a new directory, one writes it.
+    yield* fs.writeFileString(edgeFile, JSON.stringify(fresh), { flag: "wx", mode: 0o600 }).pipe(
+      Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "AlreadyExists", () => Effect.void)
+    )
+    return yield* Effect.flatMap(fs.readFileString(edgeFile), Schema.decodeUnknown(EdgeFile))
+  }).pipe(Effect.mapError(fail("install")))
+  const edge: Edge = { id: edgeId, confDir }
+
+  /** Runs `effect` while no other process reloads or removes files on this nginx. */
+  const underEdgeLock = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    edgeLock.withLock(edgeId, effect, (reason) => new NginxError({ operation: "lock", reason, noEffect: true }))
+
+  /** Temp file + rename: nginx sees the old file or the new one. A failure changed nothing. */
+  const writeAtomically = (file: string, content: string) =>
+    Effect.gen(function*() {
+      // The temp name does not end in .conf, so a concurrent reload never includes it.
+      const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`)
+      yield* fs.writeFileString(temp, content, { mode: 0o644 })
+      yield* fs.rename(temp, file).pipe(Effect.tapError(() => fs.remove(temp).pipe(Effect.ignore)))
+    })
+
+  /** `nginx -s reload`: tests the configuration, then signals the master. Refused: no signal was sent. */
+  const signalReload = Effect.gen(function*() {
+    const args = ["-s", "reload", ...Option.match(config.mainConf, { onNone: () => [], onSome: (c) => ["-c", c] })]
+    const result = yield* Effect.scoped(
+      Effect.gen(function*() {
+        const process = yield* Command.start(Command.make(config.bin, ...args))
+        const [exitCode, stderr] = yield* Effect.all(
+          [process.exitCode, process.stderr.pipe(Stream.decodeText(), Stream.runCollect)],
+          { concurrency: 2 }
+        )
+        return { exitCode, stderr: Chunk.join(stderr, "").trim() }
+      })
+    ).pipe(
+      Effect.provide(executor),
+      Effect.mapError(fail("reload")),
+      Effect.timeoutFail({
+        duration: callTimeout,
+        onTimeout: () => new NginxError({ operation: "reload", reason: `nginx -s reload did not finish within ${Duration.format(callTimeout)}` })
+      })
+    )
+    if (result.exitCode !== 0) {
+      return yield* new NginxError({ operation: "reload", reason: `exit ${result.exitCode}: ${lastLines(result.stderr)}`, noEffect: true })
+    }
+  })
+
+  const probeUrl = edgeUrl + PROBE_PATH
+  const probeTimeout = Duration.min(PROBE_TIMEOUT, callTimeout)
+  /** One request through the org server block, answered by nginx: "{allocation served} {worker pid}". */
+  const probe = (organizationId: OrganizationId) =>
+    http.execute(
+      HttpClientRequest.get(probeUrl).pipe(
+        HttpClientRequest.setHeaders({
+          host: orgHostname(organizationId, domain),
+          // A fresh connection each time: a kept-alive one would stay with one worker.
+          connection: "close",
+          [PROBE_SECRET_HEADER]: secret
+        })
+      )
+    ).pipe(
+      Effect.mapError((cause) => new NginxError({ operation: "probe", reason: cause.message, cause })),
+      Effect.flatMap((response) =>
+        response.status === 200
+          ? Effect.mapError(response.text, (cause) => new NginxError({ operation: "probe", reason: cause.message, cause }))
+          : Effect.fail(new NginxError({ operation: "probe", reason: `HTTP ${response.status}` }))
+      ),
+      Effect.map(parseProbe),
+      Effect.timeoutFail({
+        duration: probeTimeout,
+        onTimeout: () => new NginxError({ operation: "probe", reason: `no answer within ${Duration.format(probeTimeout)}` })
+      })
+    )
+
+  /** The allocation nginx serves for the org right now, or null. */
+  const probeRoute = (organizationId: OrganizationId) =>
+    probe(organizationId).pipe(
+      Effect.flatMap(({ allocation }) =>
+        allocation === ""
+          ? Effect.succeed(null)
+          : Schema.decodeUnknown(AllocationId)(allocation).pipe(
+            Effect.mapError((cause) => new NginxError({ operation: "probe", reason: `unreadable answer: ${allocation.slice(0, 80)}`, cause }))
+          )
+      ),
+      Effect.withSpan("Nginx.probeRoute")
+    )
+
+  /** Fails with what nginx serves unless `accept` holds of it: for retrying until it does. */
+  const probeUntil = (organizationId: OrganizationId, accept: (served: string) => boolean) =>
+    probe(organizationId).pipe(
+      Effect.filterOrFail(
+        (answer) => accept(answer.allocation),
+        (answer) =>
+          new NginxError({
+            operation: "probe",
+            reason: `nginx serves ${answer.allocation === "" ? "no route" : `allocation ${answer.allocation}`}`
+          })
+      )
+    )
+
+  return { config, domain, listen: nginxListen, confDir, edge, secret, callTimeout, fs, path, http, fail, underEdgeLock, writeAtomically, signalReload, probe, probeRoute, probeUntil }
+})
+
+export type EdgeKit = Effect.Effect.Success<typeof makeEdgeKit>
+
+/** One probe's bound: nginx answers it itself, in microseconds, unless it is stalled. */
+const PROBE_TIMEOUT = Duration.seconds(2)
+
+/** The probe answers "{allocation id} {worker pid}"; the id is empty when no route matches. */
+const parseProbe = (body: string) => {
+  const [allocation = "", pid = "0"] = body.split(" ")
+  return { allocation: allocation.trim(), pid: Number(pid) }
+}
+
+export const lastLines = (text: string) => text.split("\n").slice(-3).join(" | ") || "no output"

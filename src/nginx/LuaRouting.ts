@@ -1,0 +1,164 @@
+import { HttpClientRequest } from "@effect/platform"
+import { Duration, Effect, Option, Schedule, Schema } from "effect"
+import { routeApiUrl } from "../config.ts"
+import { AllocationId, Generation, OrganizationId } from "../domain/ids.ts"
+import { PROBE_SECRET_HEADER } from "./config.ts"
+import type { EdgeKit } from "./EdgeKit.ts"
+import { renderLuaConfig } from "./luaConfig.ts"
+import { Nginx, NginxError, type Route, type RouteKey } from "./Nginx.ts"
+
+/**
+ * NGINX_ROUTING=lua: routes live in nginx's shared memory (see luaConfig.ts), written through the
+ * route API nginx serves on NGINX_ROUTE_API_LISTEN. A write is live on every worker when it
+ * returns, so `apply` has nothing to do and one probe proves a change. nginx is reloaded once,
+ * at install, never for a route.
+ */
+export const makeLuaRouting = (kit: EdgeKit) =>
+  Effect.gen(function*() {
+    const { config, confDir, domain, path, fail, http, secret, callTimeout } = kit
+    const api = routeApiUrl(config.routeApiListen)
+    const file = renderLuaConfig({
+      domain,
+      listen: kit.listen,
+      routeApiListen: config.routeApiListen,
+      tableSize: config.routeTableSize,
+      secret
+    })
+
+    /** One route API request: its status and body, bounded like every outside call. */
+    const call = (operation: NginxError["operation"], request: HttpClientRequest.HttpClientRequest) =>
+      http.execute(HttpClientRequest.setHeader(request, PROBE_SECRET_HEADER, secret)).pipe(
+        Effect.flatMap((response) => Effect.map(response.text, (body) => ({ status: response.status, body: body.trim() }))),
+        Effect.mapError((cause) => new NginxError({ operation, reason: `route API: ${cause.message}`, cause })),
+        Effect.timeoutFail({
+          duration: callTimeout,
+          onTimeout: () => new NginxError({ operation, reason: `the route API did not answer within ${Duration.format(callTimeout)}` })
+        })
+      )
+
+    /** An answer the route API gives for a refusal: nothing changed. */
+    const refused = (operation: NginxError["operation"], answer: { readonly status: number; readonly body: string }) =>
+      new NginxError({
+        operation,
+        reason: answer.status === 409
+          ? `refused, the table holds a newer entry: ${answer.body}`
+          : answer.status === 507
+          ? `the route table is full (${answer.body}): raise NGINX_ROUTE_TABLE_SIZE; no route is ever evicted to make room`
+          : answer.status === 401
+          ? "the route API refused the edge secret: is another nginx listening on NGINX_ROUTE_API_LISTEN?"
+          : `route API answered HTTP ${answer.status}: ${answer.body.slice(0, 200)}`,
+        noEffect: answer.status === 409 || answer.status === 507 || answer.status === 401 || answer.status === 400
+      })
+
+    const routeUrl = (organizationId: OrganizationId) => `${api}/routes/${organizationId}`
+
+    const tableState = call("table", HttpClientRequest.get(`${api}/boot`)).pipe(
+      Effect.flatMap((answer) => {
+        const match = /^boot (\S+) ready ([01]) version (\S+)$/.exec(answer.body)
+        return answer.status === 200 && match !== null
+          ? Effect.succeed({ bootId: match[1] ?? "", ready: match[2] === "1", version: match[3] ?? "" })
+          : Effect.fail(refused("table", answer))
+      })
+    )
+
+    // nginx answers a probe in microseconds; a route written is served at once: poll fast.
+    const probeSchedule = Schedule.spaced(Duration.millis(2))
+
+    /**
+     * Writes the file and reloads nginx once; done when the route API answers with this file's
+     * version. An nginx without the Lua module refuses the file: that stops the start-up with
+     * what to install, or NGINX_ROUTING=reload.
+     */
+    const install = Effect.gen(function*() {
+      yield* kit.writeAtomically(path.join(confDir, "gateway-allocator.conf"), file.text).pipe(Effect.mapError(fail("install")))
+      yield* kit.signalReload.pipe(
+        kit.underEdgeLock,
+        Effect.mapError((error) =>
+          /unknown directive "(lua_shared_dict|\w+_by_lua_block)"/.test(error.reason)
+            ? new NginxError({
+              operation: "install",
+              reason: `NGINX_ROUTING=lua needs nginx's Lua module, and this nginx has none (${error.reason}). ` +
+                "Install it (Debian: apt-get install libnginx-mod-http-lua; its main config loads it through " +
+                "modules-enabled, or add load_module lines for ndk_http_module.so and ngx_http_lua_module.so), " +
+                "or set NGINX_ROUTING=reload"
+            })
+            : error
+        )
+      )
+      yield* tableState.pipe(
+        Effect.filterOrFail(
+          (state) => state.version === file.version,
+          () => new NginxError({ operation: "install", reason: "nginx still runs an older gateway-allocator.conf" })
+        ),
+        Effect.retry(Schedule.spaced(Duration.millis(20))),
+        Effect.timeoutFail({
+          duration: callTimeout,
+          onTimeout: () =>
+            new NginxError({
+              operation: "reload",
+              reason: `the route API on ${config.routeApiListen} does not answer with the new configuration (see nginx's error log)`
+            })
+        })
+      )
+    }).pipe(Effect.withSpan("Nginx.install", { attributes: { "nginx.routing": "lua" } }))
+
+    const RouteLine = Schema.Struct({ organizationId: OrganizationId, upstream: Schema.String, allocationId: AllocationId, generation: Generation })
+    const decodeLines = Schema.decodeUnknown(Schema.Array(RouteLine))
+
+    return Nginx.of({
+      edge: kit.edge,
+      routing: "lua",
+      install,
+      writeRoute: Effect.fn("Nginx.writeRoute")(function*(route: Route) {
+        const answer = yield* call(
+          "write",
+          HttpClientRequest.put(routeUrl(route.organizationId)).pipe(
+            HttpClientRequest.setUrlParams({ upstream: route.upstream, allocation: route.allocationId, generation: String(route.generation) })
+          )
+        )
+        if (answer.status !== 200) return yield* refused("write", answer)
+      }),
+      removeRoute: Effect.fn("Nginx.removeRoute")(function*(route: RouteKey) {
+        const answer = yield* call(
+          "remove",
+          HttpClientRequest.del(routeUrl(route.organizationId)).pipe(
+            HttpClientRequest.setUrlParams({ allocation: route.allocationId, generation: String(route.generation) })
+          )
+        )
+        const outcome = answer.body.split(" ")[0]
+        if (answer.status === 200 && (outcome === "removed" || outcome === "absent" || outcome === "other")) return outcome
+        return yield* refused("remove", answer)
+      }),
+      apply: Effect.void,
+      awaitRoute: Effect.fn("Nginx.awaitRoute")(function*(organizationId, allocationId) {
+        yield* kit.probeUntil(organizationId, (served) => served === allocationId).pipe(Effect.retry(probeSchedule))
+      }),
+      awaitUnrouted: Effect.fn("Nginx.awaitUnrouted")(function*(organizationId, allocationId) {
+        yield* kit.probeUntil(organizationId, (served) => served !== allocationId).pipe(Effect.retry(probeSchedule))
+      }),
+      probeRoute: kit.probeRoute,
+      listRoutes: Effect.gen(function*() {
+        const answer = yield* call("list", HttpClientRequest.get(`${api}/routes`))
+        if (answer.status !== 200) return yield* refused("list", answer)
+        const lines = answer.body.split("\n").slice(1).filter((line) => line !== "").map((line) => {
+          const [organizationId, upstream, allocationId, generation] = line.split(" ")
+          return { organizationId, upstream, allocationId, generation }
+        })
+        const routes = yield* decodeLines(lines).pipe(Effect.mapError(fail("list")))
+        return routes.map(({ allocationId, generation, organizationId }): RouteKey => ({ organizationId, allocationId, generation }))
+      }).pipe(Effect.withSpan("Nginx.listRoutes")),
+      tableState: Effect.map(tableState, ({ bootId, ready }) => Option.some({ bootId, ready })),
+      restoreAll: Effect.fn("Nginx.restoreAll")(function*(bootId: string, routes: ReadonlyArray<Route>) {
+        yield* Effect.annotateCurrentSpan({ "nginx.routes": routes.length })
+        const body = routes.map((r) => `${r.organizationId} ${r.upstream} ${r.allocationId} ${r.generation}\n`).join("")
+        const answer = yield* call(
+          "table",
+          HttpClientRequest.post(`${api}/routes`).pipe(
+            HttpClientRequest.setUrlParams({ boot: bootId }),
+            HttpClientRequest.bodyText(body, "text/plain")
+          )
+        )
+        if (answer.status !== 200) return yield* refused("table", answer)
+      })
+    })
+  })

@@ -1,0 +1,16 @@
+import { NodeContext, NodeHttpClient } from "@effect/platform-node"
+import { Effect, Layer } from "effect"
+import { NginxConfig } from "../config.ts"
+import { makeEdgeKit } from "./EdgeKit.ts"
+import { makeLuaRouting } from "./LuaRouting.ts"
+import { Nginx } from "./Nginx.ts"
+import { makeReloadRouting } from "./ReloadRouting.ts"
+
+/** The implementation NGINX_ROUTING picks. */
+export const NginxLive = Layer.scoped(
+  Nginx,
+  Effect.gen(function*() {
+    const kit = yield* makeEdgeKit
+    return (yield* NginxConfig).routing === "lua" ? yield* makeLuaRouting(kit) : yield* makeReloadRouting(kit)
+  })
+).pipe(Layer.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layer)))
