@@ -88,6 +88,8 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
   readonly routeApiPort?: number
   /** worker_processes (default 1). */
   readonly workers?: number
+  /** Load nginx's Lua module when it is installed (default); false: an nginx without it. */
+  readonly luaModule?: boolean
 }) {
   const fs = yield* FileSystem.FileSystem
   const dir = path.resolve(options.dir)
@@ -97,7 +99,9 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
   const errorLog = path.join(dir, "error.log")
   const listenPort = options.listenPort ?? (yield* freePort)
   const routeApiPort = options.routeApiPort ?? (yield* freePort)
-  const modules = yield* Effect.filter(NGINX_LUA_MODULES, (file) => fs.exists(file).pipe(Effect.orElseSucceed(() => false)))
+  const modules = options.luaModule === false
+    ? []
+    : yield* Effect.filter(NGINX_LUA_MODULES, (file) => fs.exists(file).pipe(Effect.orElseSucceed(() => false)))
   const fail = (message: string) => (cause: unknown) => new NginxProcessError({ message, cause })
 
   yield* fs.makeDirectory(path.join(confDir, "routes"), { recursive: true }).pipe(

@@ -34,6 +34,7 @@ import { describeIsolation, type IsolationReport, startIsolationChecker } from "
 import {
   type ApiAnswer,
   nginxMasterPid,
+  nginxPids,
   powerDnsPid,
   registerGateways,
   type RequestError,
@@ -286,7 +287,8 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         discard: true
       })
       rmSync(brokenFile, { force: true })
-      yield* signalPid(nginxMasterPid(stack), "SIGCONT")
+      yield* stack.nginx.start.pipe(Effect.orDie)
+      yield* Effect.forEach(nginxPids(stack), (pid) => signalPid(pid, "SIGCONT"))
       if (yield* stack.powerDns.isRunning) yield* signalPid(powerDnsPid(stack), "SIGCONT")
       yield* stack.powerDns.start
       for (const server of servers) yield* server.signal("SIGCONT")
@@ -302,6 +304,8 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         "PowerDNS frozen (SIGSTOP)": 0.7,
         "nginx broken foreign file": 1.5,
         "nginx master frozen (SIGSTOP)": 0.7,
+        "nginx frozen, master and workers (SIGSTOP)": 0.7,
+        "nginx restarted (lua: route table emptied)": 0.8,
         "replica frozen (SIGSTOP)": 0.7,
         "replica lease lost": 1.2
       })
@@ -379,6 +383,23 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         const pid = nginxMasterPid(stack)
         yield* signalPid(pid, "SIGSTOP")
         yield* sleep(Math.min(lasting, 1500)).pipe(Effect.ensuring(signalPid(pid, "SIGCONT")))
+        faulted.delete("nginx")
+      } else if (kind === "nginx frozen, master and workers (SIGSTOP)") {
+        // Every call to nginx hangs: route writes and removals (lua), probes, the health wait.
+        if (faulted.has("nginx")) return
+        faulted.add("nginx")
+        count(faults, kind)
+        const pids = nginxPids(stack)
+        yield* Effect.forEach(pids, (pid) => signalPid(pid, "SIGSTOP"))
+        yield* sleep(Math.min(lasting, 1500)).pipe(Effect.ensuring(Effect.forEach(pids, (pid) => signalPid(pid, "SIGCONT"))))
+        faulted.delete("nginx")
+      } else if (kind === "nginx restarted (lua: route table emptied)") {
+        // Shared memory does not survive a restart: 503 for every org until the routes are pushed back.
+        if (faulted.has("nginx")) return
+        faulted.add("nginx")
+        count(faults, kind)
+        yield* stack.nginx.stop
+        yield* sleep(Math.min(lasting, 500)).pipe(Effect.ensuring(stack.nginx.start.pipe(Effect.orDie)))
         faulted.delete("nginx")
       } else if (kind === "PowerDNS stopped") {
         if (faulted.has("pdns")) return

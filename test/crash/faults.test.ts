@@ -5,7 +5,7 @@
 import { expect, layer } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer } from "effect"
 import { randomUUID } from "node:crypto"
-import { existsSync, rmSync, writeFileSync } from "node:fs"
+import { rmSync, writeFileSync } from "node:fs"
 import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import {
@@ -16,7 +16,7 @@ import {
   journalOf,
   nginxRoutes,
   openDb,
-  routeFileOf
+  hasRoute
 } from "../support/invariants.ts"
 import {
   gatewayStatus,
@@ -160,7 +160,7 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
             "dns:failed",
             "allocate:done"
           ])
-          expect(existsSync(routeFileOf(stack, org))).toBe(false)
+          expect((yield* hasRoute(stack, org))).toBe(false)
           expect(yield* nginxRoutes(stack, org)).toBeNull()
           expect((yield* gatewayStatus(server, org)).status).toBe(404)
           const pool = yield* db.query<{ free: number }>(

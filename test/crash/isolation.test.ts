@@ -4,13 +4,13 @@
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
-import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import { mkdtempSync, readFileSync } from "node:fs"
 import * as http from "node:http"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
-import { allocationsOf, hostnameOf, journalOf, nginxRoutes, openDb, routeFileOf } from "../support/invariants.ts"
+import { allocationsOf, hostnameOf, journalOf, nginxRoutes, openDb, edgeRouteOf, hasRoute } from "../support/invariants.ts"
 import {
   gatewayStatus,
   powerDnsPid,
@@ -80,7 +80,7 @@ layer(StackLive({ gateways: 3 }), { timeout: 180_000, excludeTestServices: true 
         expect(yield* reaches(stack, org), `round ${round}`).toBe(gateway)
         yield* Effect.sleep(Duration.millis(300))
         expect(yield* reaches(stack, org), `round ${round}, 300 ms later`).toBe(gateway)
-        expect(readFileSync(routeFileOf(stack, org), "utf8")).toContain(started.json.allocation_id)
+        expect((yield* edgeRouteOf(stack, org))).toContain(started.json.allocation_id)
       }
       for (const server of [a, b]) expect(logOf(server)).not.toMatch(/recovering an interrupted stop/)
       expect((yield* stopGateway(b, org)).status).toBe(200)
@@ -167,10 +167,10 @@ layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true 
       const xAnswer = yield* Fiber.join(answerToX)
       expect(xAnswer.status, xAnswer.text).toBe(502)
       expect(xAnswer.json.message).toMatch(/taken over by another runner|lease is not held/)
-      expect(existsSync(routeFileOf(stack, x))).toBe(false)
+      expect((yield* hasRoute(stack, x))).toBe(false)
       const statusY = yield* gatewayStatus(b, y)
       expect(statusY.json).toMatchObject({ state: "active", allocation_id: startedY.json.allocation_id })
-      expect(existsSync(routeFileOf(stack, y))).toBe(true)
+      expect((yield* hasRoute(stack, y))).toBe(true)
       // The gateway never received X's handshake.
       const handshakes = yield* gateway.handshakes
       expect(handshakes.filter((h) => typeof h === "object" && h !== null && "organization_id" in h && h.organization_id === x))

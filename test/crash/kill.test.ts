@@ -5,7 +5,6 @@
 import { expect, layer } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer } from "effect"
 import { randomUUID } from "node:crypto"
-import { existsSync } from "node:fs"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import {
   awaitInvariants,
@@ -16,10 +15,10 @@ import {
   type JournalRow,
   nginxRoutes,
   openDb,
-  routeFileOf
+  hasRoute
 } from "../support/invariants.ts"
 import {
-  nginxMasterPid,
+  nginxPids,
   powerDnsPid,
   registerGateways,
   request,
@@ -112,7 +111,7 @@ const leftBehind = (crash: Crash, org: string, gatewayId: string): Effect.Effect
       nginxRoutes(crash.stack, org).pipe(Effect.orElseSucceed(() => "error")),
       gatewayHolder(crash.db, gatewayId)
     ], { concurrency: 3 })
-    return { dns: dns.length > 0, route: existsSync(routeFileOf(crash.stack, org)), nginx, gatewayHeld: holder !== null }
+    return { dns: dns.length > 0, route: (yield* hasRoute(crash.stack, org)), nginx, gatewayHeld: holder !== null }
   })
 
 interface LeftBehind {
@@ -256,38 +255,24 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
         expect([FORWARD.slice(0, 7), FORWARD]).toContainEqual(outcome.requestRows)
       })), { timeout: 90_000 })
 
-  it.effect("during nginx-reload (nginx master stopped: the reload is signalled, never served)", () =>
+  it.effect("during nginx-config (nginx frozen, master and workers: the route write hangs), nginx resumed after the kill", () =>
     scenario((crash) =>
       Effect.gen(function*() {
         const org = randomUUID()
-        const master = nginxMasterPid(crash.stack)
-        // A stopped master: `nginx -s reload` parses the config, signals it and returns 0, and the
-        // old workers keep serving the old configuration, so the route probe never succeeds.
-        yield* signalPid(master, "SIGSTOP")
+        const pids = nginxPids(crash.stack)
+        // Frozen nginx: the route API accepts the connection (the kernel's backlog) and never answers.
+        yield* Effect.forEach(pids, (pid) => signalPid(pid, "SIGSTOP"))
         const start = yield* Effect.gen(function*() {
           const start = yield* beginStart(crash.server, org)
-          yield* awaitJournal(crash.db, org, "nginx-reload", "started")
+          yield* awaitJournal(crash.db, org, "nginx-config", "started")
           yield* Effect.sleep(Duration.millis(700))
-          expect(existsSync(routeFileOf(crash.stack, org))).toBe(true)
-          expect(yield* nginxRoutes(crash.stack, org)).toBeNull()
           yield* crash.server.kill("SIGKILL")
           return start
-        }).pipe(Effect.ensuring(signalPid(master, "SIGCONT")))
-        const outcome = yield* restartAndRecover(crash, org, start, {
-          inspect: () =>
-            Effect.gen(function*() {
-              // The master, resumed, acts on the reload it was sent: the dead start's route goes
-              // live with nobody left to own it. Only the reconciler can take it back.
-              let routed: string | null = null
-              const deadline = Date.now() + 5000
-              while (routed === null && Date.now() < deadline) {
-                routed = yield* nginxRoutes(crash.stack, org).pipe(Effect.orElseSucceed(() => null))
-                if (routed === null) yield* Effect.sleep(Duration.millis(50))
-              }
-              expect(routed).toMatch(/^gateway-/)
-            })
-        })
-        expect(outcome.requestRows).toEqual(FORWARD.slice(0, 6))
+        }).pipe(Effect.ensuring(Effect.forEach(pids, (pid) => signalPid(pid, "SIGCONT"))))
+        // Resumed, nginx may still act on the write it had been sent, for a start nobody runs any
+        // more: only the reconciler can take it back, and `restartAndRecover` checks that it did.
+        const outcome = yield* restartAndRecover(crash, org, start)
+        expect(outcome.requestRows).toEqual(FORWARD.slice(0, 4))
       })), { timeout: 90_000 })
 
   it.effect("during dns (pdns_server stopped: the PATCH hangs), PowerDNS resumed after the kill", () =>

@@ -18,10 +18,9 @@ import {
   hostnameOf,
   nginxRoutesSteadily,
   poolStats,
-  rawGet,
-  routeExists
+  rawGet
 } from "../support/probes.ts"
-import { edgeRoutes, routeApi, routeFileOf } from "../support/invariants.ts"
+import { edgeRoutes, hasRoute, routeApi, routeFileOf } from "../support/invariants.ts"
 import { asFailure, type Failure } from "../support/failures.ts"
 import { ServicesLive, setAllGateways, Stack, StackLive, withStack } from "../support/stack.ts"
 
@@ -179,7 +178,7 @@ const suite = (routing: "lua" | "reload") =>
                 // Checked while the blocker is still there: no temp file was left behind either.
                 const leftovers = (yield* Effect.promise(() => readdir(routesDir))).filter((file) => file.includes(org))
                 expect(leftovers).toEqual([`org-${org}.conf`])
-                expect(yield* routeExists(stack, org)).toBe(false)
+                expect(yield* hasRoute(stack, org)).toBe(false)
                 expect(yield* nginxRoutesSteadily(stack, org)).toBeNull()
               })
             ),
@@ -451,7 +450,7 @@ const suite = (routing: "lua" | "reload") =>
             expect(dnsUndo?.message).toContain("PowerDNS remove")
             // DNS points at nginx, not at the gateway: with the route gone, releasing is safe.
             expect(yield* poolStats).toEqual(before)
-            expect(yield* routeExists(stack, org)).toBe(false)
+            expect(yield* hasRoute(stack, org)).toBe(false)
             expect(yield* nginxRoutesSteadily(stack, org)).toBeNull()
             expect((yield* allocator.status(org).pipe(Effect.either))._tag).toBe("Left")
             return error

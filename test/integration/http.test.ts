@@ -4,12 +4,11 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { randomUUID } from "node:crypto"
-import { readdir } from "node:fs/promises"
-import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { ApiServer, call, del, get, HttpApiLive, post } from "../support/http.ts"
 import { expectConsistent } from "../support/probes.ts"
+import { edgeRoutes } from "../support/invariants.ts"
 import { setAllGateways, StackLive, withStack } from "../support/stack.ts"
 
 const STEP_TIMEOUT_MS = 2000
@@ -22,8 +21,8 @@ const poolNumbers = Effect.map(get("/pool"), (response) => {
   return { total, free, allocated }
 })
 
-const routeFiles = (stack: LocalStack) =>
-  Effect.promise(() => readdir(path.join(stack.nginx.confDir, "routes")))
+/** The orgs nginx holds a route for. */
+const routesOf = (stack: LocalStack) => Effect.map(edgeRoutes(stack), ({ routes }) => [...routes.keys()].sort())
 
 /** Stops the org if a test left it running (a failed assertion must not leak a gateway). */
 const stopQuietly = (org: OrganizationId) => Effect.asVoid(post("/gateway/stop", { organization_id: org }))
@@ -200,7 +199,7 @@ layer(
         Effect.gen(function*() {
           const before = yield* poolNumbers
           const gatewaysBefore = (yield* get("/pool")).json.gateways
-          const filesBefore = yield* routeFiles(stack)
+          const filesBefore = yield* routesOf(stack)
           const org = newOrg()
 
           const cases = [
@@ -243,7 +242,7 @@ layer(
 
           expect(yield* poolNumbers).toEqual(before)
           expect((yield* get("/pool")).json.gateways).toEqual(gatewaysBefore)
-          expect(yield* routeFiles(stack)).toEqual(filesBefore)
+          expect(yield* routesOf(stack)).toEqual(filesBefore)
           yield* expectConsistent(stack, org, "absent")
         })
       ))
@@ -341,11 +340,11 @@ layer(
         })
       ))
 
-    it.effect("twelve failed starts in a row leave GET /pool's free unchanged and nothing in routes/", () =>
+    it.effect("twelve failed starts in a row leave GET /pool's free unchanged and no route left at nginx", () =>
       withStack((stack) =>
         Effect.gen(function*() {
           const before = yield* poolNumbers
-          const filesBefore = yield* routeFiles(stack)
+          const filesBefore = yield* routesOf(stack)
           yield* setAllGateways(stack, { handshake: "fail" })
           const orgs = Array.from({ length: 12 }, newOrg)
           for (const org of orgs) {
@@ -359,7 +358,7 @@ layer(
             expect(numbers).toEqual(before)
             expect(numbers.free + numbers.allocated).toBe(numbers.total)
           }
-          expect(yield* routeFiles(stack)).toEqual(filesBefore)
+          expect(yield* routesOf(stack)).toEqual(filesBefore)
           for (const org of orgs) yield* expectConsistent(stack, org, "absent")
         })
       ))

@@ -150,6 +150,9 @@ export const edgeRouteOf = (stack: LocalStack, org: string) =>
     ? Effect.map(Effect.orDie(routeApi(stack, "GET", `/routes/${org}`)), (answer) => answer.status === 200 ? answer.body : undefined)
     : Effect.promise(() => readFile(routeFileOf(stack, org), "utf8").catch(() => undefined))
 
+/** Whether nginx holds a route for the org (see `edgeRouteOf`). */
+export const hasRoute = (stack: LocalStack, org: string) => Effect.map(edgeRouteOf(stack, org), (route) => route !== undefined)
+
 /** The route files in `routes/` by org (with their text), and any other file left there. */
 const routeFiles = (stack: LocalStack) =>
   Effect.promise(async () => {

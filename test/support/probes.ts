@@ -11,7 +11,7 @@ import { listRecords } from "../../src/dev/PowerDnsProcess.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
-import { edgeRouteOf } from "./invariants.ts"
+import { hasRoute } from "./invariants.ts"
 
 /** A probe could not get an answer from the system it asks (that is not a "no"). */
 export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly message: string; readonly cause?: unknown }> {}
@@ -73,10 +73,6 @@ export const dnsRecordExists = (stack: LocalStack, org: OrganizationId) =>
           }, DNS ${JSON.stringify(view.resolved)}`
         })
       ))
-
-/** Whether nginx holds a route for the org (the route table's entry, or the route file). */
-export const routeExists = (stack: LocalStack, org: OrganizationId) =>
-  Effect.map(edgeRouteOf(stack, org), (route) => route !== undefined)
 
 export interface RawResponse {
   readonly status: number
@@ -199,7 +195,7 @@ export const observe = (stack: LocalStack, org: OrganizationId) =>
     const allocator = yield* Allocator
     const status = yield* allocator.status(org).pipe(Effect.either)
     const [dnsRecord, route, nginx] = yield* Effect.all(
-      [dnsRecordExists(stack, org), routeExists(stack, org), nginxRoutesSteadily(stack, org)],
+      [dnsRecordExists(stack, org), hasRoute(stack, org), nginxRoutesSteadily(stack, org)],
       { concurrency: 3 }
     )
     const api = Either.match(status, {

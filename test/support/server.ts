@@ -324,6 +324,21 @@ const pidFromFile = (file: string, command: string): number => {
 /** The stack's nginx master (from its pid file), checked to be an nginx process. */
 export const nginxMasterPid = (stack: LocalStack) => pidFromFile(path.join(path.dirname(stack.nginx.confDir), "nginx.pid"), "nginx")
 
+/** The stack's nginx master and its workers (every process whose parent is the master); none while it is stopped. */
+export const nginxPids = (stack: LocalStack): ReadonlyArray<number> => {
+  if (!existsSync(path.join(path.dirname(stack.nginx.confDir), "nginx.pid"))) return []
+  const master = nginxMasterPid(stack)
+  const children = readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+      return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === master
+    } catch {
+      return false // gone meanwhile
+    }
+  })
+  return [master, ...children.map(Number)]
+}
+
 /** The stack's pdns_server (from its pid file in its socket-dir), checked to be pdns_server. */
 export const powerDnsPid = (stack: LocalStack) => pidFromFile(path.join(path.dirname(stack.powerDns.logFile), "pdns.pid"), "pdns_server")
 
