@@ -5,8 +5,6 @@
 import { expect, layer } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer } from "effect"
 import { randomUUID } from "node:crypto"
-import { rmSync, writeFileSync } from "node:fs"
-import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import {
   awaitInvariants,
@@ -15,14 +13,16 @@ import {
   dnsRecordOf,
   journalOf,
   nginxRoutes,
-  openDb,
-  hasRoute
+  hasRoute,
+  openDb
 } from "../support/invariants.ts"
 import {
   gatewayStatus,
+  nginxPids,
   registerGateways,
   type ServiceProcess,
   startGateway,
+  signalPid,
   startServer,
   stopGateway
 } from "../support/server.ts"
@@ -192,7 +192,7 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
         yield* expectInvariants(faults, [org])
       })), { timeout: 60_000 })
 
-  it.effect("a stop that failed (broken nginx file) is finished by the reconciler even while clients keep starting the org", () =>
+  it.effect("a stop that failed (nginx frozen) is finished by the reconciler even while clients keep starting the org", () =>
     withFaults((faults) =>
       Effect.gen(function*() {
         const { db, server, stack } = faults
@@ -201,19 +201,19 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
         expect(first.status, first.text).toBe(200)
         const allocationId: string = first.json.allocation_id
 
-        // nginx refuses every reload while a broken foreign file sits in its directory: the stop
-        // cannot take the route down, so the allocation stays `stopping` ("a retry, or
-        // the reconciler, finishes it").
-        const broken = path.join(stack.nginx.confDir, "broken-by-test.conf")
-        const stop = yield* Effect.sync(() => writeFileSync(broken, "this is { not nginx syntax\n")).pipe(
+        // nginx frozen whole (master and workers): the route removal times out, so the stop
+        // cannot prove the route gone and the allocation stays `stopping` ("a retry, or the
+        // reconciler, finishes it").
+        const pids = nginxPids(stack)
+        const stop = yield* Effect.forEach(pids, (pid) => signalPid(pid, "SIGSTOP")).pipe(
           Effect.zipRight(stopGateway(server, org)),
-          Effect.ensuring(Effect.sync(() => rmSync(broken, { force: true })))
+          Effect.ensuring(Effect.forEach(pids, (pid) => signalPid(pid, "SIGCONT")))
         )
         expect(stop.status, stop.text).toBe(502)
         expect(stop.json).toMatchObject({ _tag: "StopFailed", step: "nginx-reload" })
         expect((yield* gatewayStatus(server, org)).json?.state).toBe("stopping")
 
-        // nginx is fine again. A client keeps asking for the org meanwhile (its start waits for
+        // nginx runs again. A client keeps asking for the org meanwhile (its start waits for
         // the stop to settle, up to the step timeout, and it asks again).
         const fixedAt = Date.now()
         const answers: Array<string> = []
@@ -234,7 +234,7 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
         }
         const finishedAfterMs = Date.now() - fixedAt
         yield* Fiber.interrupt(client)
-        console.log(`stopping allocation ${state} ${finishedAfterMs} ms after nginx was fixed; the client's starts: ${answers.join(", ")}`)
+        console.log(`stopping allocation ${state} ${finishedAfterMs} ms after nginx resumed; the client's starts: ${answers.join(", ")}`)
         // The reconciler's next pass finishes it: a start that only waits for the org to settle
         // is not working on that allocation.
         expect(state).toBe("released")
