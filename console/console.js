@@ -345,18 +345,16 @@ function renderRollbacks(data, gatewayName) {
     .filter((allocation, index, all) => all.findIndex((other) => other.allocation_id === allocation.allocation_id) === index)
     .filter((allocation) => allocation.steps.some((entry) => entry.actor === "reconciler"))
   renderInto($("#rollback-list", HTMLElement), [rollbacks.map(summary), reconciled.map(summary), selectedId], () => [
-    ...table(["Organization", "Gateway", "When", "Failed step", "Rollback", "By", ""], rollbacks.map((allocation) => {
+    ...table(["Organization", "Failed step", "Rollback", ""], rollbacks.map((allocation) => {
       const incomplete = allocation.rollback.some(unfinished)
-      const actors = [...new Set(allocation.steps.filter((entry) => entry.event.startsWith("undo")).map((entry) => entry.actor))]
+      const byReconciler = allocation.steps.some((entry) => entry.event.startsWith("undo") && entry.actor === "reconciler")
       return h("tr", { "data-allocation": allocation.allocation_id, class: incomplete ? "incomplete" : undefined },
-        h("td", { class: "mono" }, allocation.organization_id),
-        h("td", {}, gatewayName(allocation.gateway_id)),
-        h("td", {}, time(allocation.created_at)),
+        h("td", { class: "mono" }, allocation.organization_id, h("small", {}, `${gatewayName(allocation.gateway_id)}, ${time(allocation.created_at)}`)),
         h("td", {}, failureOf(allocation)?.step ?? (allocation.state === "rolling_back" ? "(rolling back)" : "")),
         h("td", { class: "chips" },
           incomplete ? badge(allocation.state === "rolling_back" ? "incomplete" : "was incomplete", "bad") : null,
+          byReconciler ? badge("by the reconciler", "warn") : null,
           ...allocation.rollback.map((outcome) => badge(`${outcome.step}: ${outcome.status}`, unfinished(outcome) ? "bad" : outcome.status === "done" ? "ok" : "muted"))),
-        h("td", {}, actors.join(", ")),
         h("td", { class: "actions" }, actionButton("Steps", "open", allocation.allocation_id)))
     }), "No failed start recently."),
     h("h3", {}, "Taken over by the reconciler"),
@@ -388,7 +386,7 @@ function barsOf(entries) {
   /** @type {Bar[]} */
   const bars = []
   for (const entry of entries) {
-    const undo = entry.event.startsWith("undo_")
+    const undo = entry.event.startsWith("undo")
     const key = `${undo}:${entry.step}:${entry.actor}`
     if (entry.event === "started" || entry.event === "undo_started") {
       open.set(key, entry)
