@@ -429,7 +429,10 @@ const safeLink = (url) => {
 function renderDetail(gatewayName) {
   const body = $("#detail-body", HTMLElement)
   const allocation = selected
-  if (allocation === null) return
+  if (allocation === null) {
+    renderInto(body, null, () => [h("p", { class: "muted" }, "Select an allocation to see its steps and undos.")])
+    return
+  }
   renderInto(body, [allocation, gatewayName(allocation.gateway_id)], () => {
     const bars = barsOf(allocation.steps)
     const t0 = Math.min(...bars.map((bar) => bar.start))
@@ -557,6 +560,9 @@ function onAction(action, id) {
   }
 }
 
+/** What the service said is gone from the page with the token. */
+const VIEWS = ["#pool-counts", "#pool-gateways", "#live", "#finished", "#rollback-list", "#repairs", "#detail-body", "#message"]
+
 /** @param {string} message */
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY)
@@ -564,6 +570,11 @@ function signOut(message) {
   snapshot = null
   selected = null
   selectedId = null
+  for (const selector of VIEWS) {
+    const view = $(selector, HTMLElement)
+    rendered.delete(view)
+    view.replaceChildren()
+  }
   $("#app", HTMLElement).hidden = true
   $("#sign-out", HTMLElement).hidden = true
   $("#login", HTMLElement).hidden = false

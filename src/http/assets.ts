@@ -14,7 +14,7 @@ const isOurPackage = Schema.decodeUnknownOption(Schema.parseJson(Schema.Struct({
  * from src/http under tsx and from dist/ once bundled, so a path relative to it would break one
  * of the two.
  */
-export const packageRoot = Effect.fn("packageRoot")(function*(from: string = import.meta.url) {
+export const packageRoot = Effect.fnUntraced(function*(from: string = import.meta.url) {
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
   let directory = path.dirname(yield* path.fromFileUrl(new URL(from)).pipe(Effect.orElseFail(() => new AssetsNotFound({ from }))))

@@ -132,6 +132,9 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
         ))
   }))
 
+const traceLink = (traceId: string | null, template: Option.Option<string>) =>
+  traceId === null ? null : Option.getOrNull(Option.map(template, (url) => url.replaceAll("{trace_id}", traceId)))
+
 /** An allocation as the API shows it, with its journal and a link to its trace when traces are exported. */
 const allocationBody = (
   allocation: Allocation & { readonly hostname: string; readonly steps: ReadonlyArray<JournalEntry> },
@@ -149,9 +152,7 @@ const allocationBody = (
   finished_at: allocation.finishedAt?.toISOString() ?? null,
   error: allocation.error ?? null,
   trace_id: allocation.traceId,
-  trace_url: allocation.traceId === null
-    ? null
-    : Option.getOrNull(Option.map(traceUrl, (template) => template.replaceAll("{trace_id}", allocation.traceId ?? ""))),
+  trace_url: traceLink(allocation.traceId, traceUrl),
   steps: allocation.steps.map((entry) => ({
     step: entry.step,
     event: entry.event,

@@ -5,7 +5,7 @@
 // enters the token, as an operator would.
 //
 // CONSOLE_SCREENSHOT=1 writes docs/console.png (the README's picture) after the rolled-back start.
-import { Effect, Exit, Layer, Scope } from "effect"
+import { Context, Effect, Exit, Layer, Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { createServer, type Server } from "node:http"
@@ -15,7 +15,15 @@ import { type BrowserContext, chromium, type Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import { freePort } from "../../src/lib/ports.ts"
-import { PROJECT_ROOT, registerGateways, type ServiceProcess, startServer } from "../support/server.ts"
+import {
+  powerDnsPid,
+  PROJECT_ROOT,
+  registerGateways,
+  request,
+  type ServiceProcess,
+  signalPid,
+  startServer
+} from "../support/server.ts"
 import { setAllGateways, Stack, StackLive } from "../support/stack.ts"
 
 const CHROMIUM = "/usr/bin/chromium"
@@ -81,7 +89,7 @@ beforeAll(async () => {
   const started = await Effect.runPromise(
     Effect.gen(function*() {
       const context = yield* Layer.buildWithScope(StackLive(), scope)
-      const local = yield* Effect.flatMap(Stack, Effect.succeed).pipe(Effect.provide(context))
+      const local = Context.get(context, Stack)
       const service = yield* startServer(local, {
         name: "console",
         env: {
@@ -137,6 +145,9 @@ const openConsole = async () => {
 }
 
 const count = (page: Page, name: string) => page.locator(`#pool-counts [data-count="${name}"] dd`)
+
+/** Every sample gateway back to answering "ok". */
+const resetGateways = () => Effect.runPromise(Effect.forEach(stack.gateways, (gateway) => gateway.reset, { discard: true }))
 
 /** Starts an org from the console's form. */
 const startFromConsole = async (page: Page, org: string) => {
@@ -253,8 +264,36 @@ describe("operator console in Chromium (real stack)", () => {
         await page.screenshot({ path: path.join(PROJECT_ROOT, "docs", "console.png") })
       }
     } finally {
-      await Effect.runPromise(Effect.forEach(stack.gateways, (gateway) => gateway.reset, { discard: true }))
+      await resetGateways()
     }
+    await page.close()
+  })
+
+  it("an undo that cannot finish (PowerDNS frozen mid-start): the rollback is highlighted, the reconciler's repair counted", async () => {
+    const page = await openConsole()
+    const frozen = randomUUID()
+    const pdns = powerDnsPid(stack)
+    // The handshake fails late enough to freeze PowerDNS once the record is in.
+    await Effect.runPromise(setAllGateways(stack, { handshake: "fail", handshakeDelayMs: 1500 }))
+    try {
+      await startFromConsole(page, frozen)
+      await expect.poll(async () => {
+        const answer = await Effect.runPromise(request(server, "GET", `/allocations?organization_id=${frozen}`))
+        const steps: Array<{ step: string; event: string }> = answer.json?.allocations?.[0]?.steps ?? []
+        return steps.some((entry) => entry.step === "dns" && entry.event === "completed")
+      }, { timeout: SHOWN_MS, interval: 50 }).toBe(true)
+      await Effect.runPromise(signalPid(pdns, "SIGSTOP"))
+      await page.locator("#message").getByText("HTTP 502 StepFailed at handshake").waitFor({ timeout: 30_000 })
+    } finally {
+      await Effect.runPromise(signalPid(pdns, "SIGCONT"))
+      await resetGateways()
+    }
+    const rollback = page.locator("#rollback-list tr.incomplete").filter({ hasText: frozen })
+    await rollback.getByText("was incomplete").waitFor({ timeout: SHOWN_MS })
+    await expect.poll(() => rollback.locator(".badge").allTextContents(), { timeout: SHOWN_MS })
+      .toEqual(expect.arrayContaining([expect.stringMatching(/^dns: (failed|timed_out)$/), "allocate: done"]))
+    // The record the undo left behind is drift: the reconciler removes it once PowerDNS answers.
+    await page.locator("#repairs").getByText("orphan record removed").waitFor({ timeout: 15_000 })
     await page.close()
   })
 
@@ -271,7 +310,7 @@ describe("operator console in Chromium (real stack)", () => {
     await page.close()
   })
 
-  it("stop an org (a second click confirms): it leaves the live list and shows as released; filters narrow the lists", async () => {
+  it("stop an org (a second click confirms): it leaves the live list and shows as released; filters narrow the lists; forget the token", async () => {
     const page = await openConsole()
     const live = page.locator(`#live tr[data-org="${org}"]`)
     await live.getByRole("button", { name: "Stop" }).click()
@@ -290,6 +329,13 @@ describe("operator console in Chromium (real stack)", () => {
     await expect.poll(() => page.locator("#finished tr[data-org]").evaluateAll((rows) => rows.map((row) => row.getAttribute("data-org"))), {
       timeout: SHOWN_MS
     }).toEqual([org])
+
+    // Forgetting the token takes what the service said off the page.
+    await page.getByRole("button", { name: "Forget token" }).click()
+    await page.locator("#login-error").getByText("Token forgotten.").waitFor()
+    expect(await page.locator("#app").isHidden()).toBe(true)
+    expect(await page.locator("#live").textContent()).toBe("")
+    expect(await page.evaluate("sessionStorage.length")).toBe(0)
     await page.close()
   })
 
