@@ -164,6 +164,7 @@ const allocationsPath = (query) => {
 /** The reconciler's drift repairs counted by this replica, by kind, from /metrics (no auth). */
 async function repairCounts() {
   const response = await fetch("/metrics", { cache: "no-store" })
+  /** @type {Map<string, number>} */
   const counts = new Map()
   if (!response.ok) return counts
   for (const line of (await response.text()).split("\n")) {
@@ -219,7 +220,7 @@ async function load() {
     merged(LIVE_STATES.map((state) => list(allocationsPath({ state, limit: 500 })))),
     merged(finalStates.map((state) => list(allocationsPath({ state, organization_id: filter.organization_id, limit: RECENT })))),
     merged([list(allocationsPath({ state: "rolled_back", limit: RECENT }))]),
-    repairCounts().catch(() => new Map())
+    repairCounts().catch(() => /** @type {Map<string, number>} */ (new Map()))
   ])
   return { pool, live, finished: finished.slice(0, RECENT), rolledBack, repairs }
 }
@@ -248,10 +249,10 @@ function setStatus(text, failed) {
   status.classList.toggle("error", failed)
 }
 
-/** @param {string} text @param {boolean} failed @param {Node} [extra] */
-function say(text, failed, extra) {
+/** @param {string} text @param {boolean} failed */
+function say(text, failed) {
   const message = $("#message", HTMLElement)
-  message.replaceChildren(text, ...(extra === undefined ? [] : [" ", extra]))
+  message.textContent = text
   message.className = failed ? "error" : "ok"
 }
 
@@ -484,32 +485,39 @@ function renderDetail(gatewayName) {
 // ---------------------------------------------------------------------------------------------
 // Actions
 
-/** @param {string} id */
-async function open(id) {
-  selectedId = id
-  selected = await api("GET", `/allocations/${id}`)
-  render()
-  $("#detail", HTMLElement).scrollIntoView({ block: "nearest" })
+/** Says what went wrong (a refused token has said so already). @param {unknown} error */
+function report(error) {
+  if (error instanceof ApiError && error.status === 401) return
+  say(error instanceof Error ? error.message : String(error), true)
+}
+
+/** Shows one allocation's steps and undos. @param {string} id */
+async function show(id) {
+  try {
+    selectedId = id
+    selected = await api("GET", `/allocations/${id}`)
+    render()
+    $("#detail", HTMLElement).scrollIntoView({ block: "nearest" })
+  } catch (error) {
+    report(error)
+  }
 }
 
 /**
- * Runs an action, says how it went, refreshes.
- * @param {() => Promise<string | Node[]>} action
+ * Runs an action, says how it went, refreshes. A failed start that made an allocation opens it.
+ * @param {() => Promise<string>} action
  */
 async function act(action) {
   try {
-    const done = await action()
-    if (typeof done === "string") say(done, false)
-    else say("", false, h("span", {}, ...done))
+    say(await action(), false)
   } catch (error) {
-    if (error instanceof ApiError && error.status === 401) return
-    if (error instanceof ApiError && typeof error.body === "object" && error.body !== null && "allocation_id" in error.body &&
-      typeof error.body.allocation_id === "string") {
-      const id = error.body.allocation_id
-      say(error.message, true, h("button", { type: "button", class: "link", "data-action": "open", "data-id": id }, "see its steps"))
-      void open(id)
-    } else {
-      say(error instanceof Error ? error.message : String(error), true)
+    report(error)
+    const made = error instanceof ApiError && typeof error.body === "object" && error.body !== null && "allocation_id" in error.body
+      ? error.body.allocation_id
+      : undefined
+    if (typeof made === "string") {
+      $("#message", HTMLElement).append(" ", h("button", { type: "button", class: "link", "data-action": "open", "data-id": made }, "see its steps"))
+      void show(made)
     }
   }
   await refresh()
@@ -536,9 +544,7 @@ function confirmed(key) {
 function onAction(action, id) {
   switch (action) {
     case "open":
-      return open(id).catch((/** @type {unknown} */ error) => {
-        if (!(error instanceof ApiError && error.status === 401)) say(error instanceof Error ? error.message : String(error), true)
-      })
+      return show(id)
     case "drain":
     case "undrain":
       return act(async () => {
@@ -619,7 +625,7 @@ onSubmit("#add-gateway", (data, form) =>
 onSubmit("#start-org", (data) =>
   act(async () => {
     const started = await api("POST", "/gateway/start", { organization_id: field(data, "organization_id") })
-    void open(started.allocation_id)
+    void show(started.allocation_id)
     return `${started.organization_id} ${started.reused ? "already had" : "started on"} ${started.gateway_hostname}`
   }))
 

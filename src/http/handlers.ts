@@ -1,6 +1,6 @@
 import { HttpApiBuilder, HttpMiddleware } from "@effect/platform"
 import { createHash, timingSafeEqual } from "node:crypto"
-import { Array, Duration, Effect, Layer, Option, Redacted } from "effect"
+import { Array as Arr, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { Allocator } from "../allocation/Allocator.ts"
 import { ApiToken, Settings, TraceUrlConfig } from "../config.ts"
 import type { PoolError } from "../db/errors.ts"
@@ -180,7 +180,7 @@ export const AllocationsHandlers = HttpApiBuilder.group(Api, "allocations", (han
             limit: urlParams.limit
           })
           const entries = yield* journal.entriesFor(allocations.map((allocation) => allocation.allocationId))
-          const byAllocation = Array.groupBy(entries, (entry) => entry.allocationId)
+          const byAllocation = Arr.groupBy(entries, (entry) => entry.allocationId)
           return {
             allocations: allocations.map((allocation) =>
               allocationBody({
