@@ -191,10 +191,37 @@ export const WebhookUrl = Config.option(
   )
 )
 
+const otlpEndpoint = Config.option(Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
 export const OtlpConfig = Config.all({
-  endpoint: Config.option(Config.nonEmptyString("OTEL_EXPORTER_OTLP_ENDPOINT")),
+  endpoint: otlpEndpoint,
   metricIntervalMs: Config.integer("OTEL_METRIC_EXPORT_INTERVAL").pipe(Config.withDefault(60_000))
 })
+
+/**
+ * Where the console links a trace, `{trace_id}` replaced: TRACE_URL, or else Jaeger's UI (port
+ * 16686) on the host of OTEL_EXPORTER_OTLP_ENDPOINT. None without an endpoint: traces go nowhere.
+ */
+export const TraceUrlConfig = Config.all({
+  endpoint: otlpEndpoint,
+  template: Config.option(
+    Config.string("TRACE_URL").pipe(
+      Config.validate({
+        message: "TRACE_URL must be an http(s) URL containing {trace_id}",
+        validation: (url) => /^https?:\/\//.test(url) && url.includes("{trace_id}")
+      })
+    )
+  )
+}).pipe(
+  Config.map(({ endpoint, template }) =>
+    Option.flatMap(endpoint, (otlp) =>
+      Option.orElse(template, () =>
+        Option.map(
+          Option.liftThrowable(() => new URL(otlp))(),
+          (url) => `${url.protocol}//${url.hostname}:16686/trace/{trace_id}`
+        )))
+  )
+)
 
 export const LogFormat = Config.literal("json", "pretty", "logfmt")("LOG_FORMAT").pipe(
   Config.withDefault("json" as const)

@@ -45,6 +45,7 @@ const welcome = (stack: LocalStack, port: number) => {
     "",
     "gateway-allocator dev stack is up",
     `  API          ${api}   (token: ${stack.apiToken})`,
+    `  console      ${api}/console   (enter the token above)`,
     `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in ${stack.nginx.confDir}/routes)`,
     `  PowerDNS     ${stack.powerDns.apiUrl}   (DNS on 127.0.0.1:${stack.powerDns.dnsPort}, zone ${stack.powerDns.zone})`,
     `  gateways     ${stack.gateways.map((g) => `${g.name}=${g.upstream}`).join("  ")}`,

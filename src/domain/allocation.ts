@@ -30,6 +30,8 @@ const allocationFields = {
   generation: Generation,
   runner: Schema.String,
   error: Schema.Unknown,
+  /** The trace of the start that made it (null before the console's migration). */
+  traceId: Schema.NullOr(Schema.String),
   createdAt: Schema.DateFromSelf,
   updatedAt: Schema.DateFromSelf
 }

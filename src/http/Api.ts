@@ -74,9 +74,23 @@ export const AllocationResponse = Schema.Struct({
   updated_at: Schema.String,
   finished_at: Schema.NullOr(Schema.String),
   error: Schema.NullOr(Schema.Unknown),
+  /** The trace of the start that made it. */
+  trace_id: Schema.NullOr(Schema.String),
+  /** Where to look at that trace (TRACE_URL), when traces are exported (OTEL_EXPORTER_OTLP_ENDPOINT). */
+  trace_url: Schema.NullOr(Schema.String),
   steps: Schema.Array(JournalEntry),
   rollback: Schema.Array(UndoOutcome)
 })
+
+export const AllocationsQuery = Schema.Struct({
+  state: Schema.optional(AllocationState),
+  organization_id: Schema.optional(OrganizationId),
+  limit: Schema.optionalWith(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 500)), {
+    default: () => 50
+  })
+})
+
+export const AllocationsResponse = Schema.Struct({ allocations: Schema.Array(AllocationResponse) })
 
 export const PoolGateway = Schema.Struct({
   gateway_id: GatewayId,
@@ -152,6 +166,13 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
 {}
 
 export class AllocationsGroup extends HttpApiGroup.make("allocations")
+  .add(
+    HttpApiEndpoint.get("list", "/allocations")
+      .setUrlParams(AllocationsQuery)
+      .addSuccess(described(AllocationsResponse, "Allocations, newest first, each with its step journal and rollback outcomes"))
+      .addError(ServiceUnavailable)
+      .annotate(OpenApi.Summary, "Allocations, newest first: of one `state` and one `organization_id` when given (`limit` 1-500, 50 by default)")
+  )
   .add(
     HttpApiEndpoint.get("get", "/allocations/:allocation_id")
       .setPath(Schema.Struct({ allocation_id: AllocationId }))

@@ -1,12 +1,14 @@
 import { HttpApiBuilder, HttpMiddleware } from "@effect/platform"
 import { createHash, timingSafeEqual } from "node:crypto"
-import { Duration, Effect, Layer, Option, Redacted } from "effect"
+import { Array as Arr, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { Allocator } from "../allocation/Allocator.ts"
-import { ApiToken } from "../config.ts"
+import { ApiToken, Settings, TraceUrlConfig } from "../config.ts"
 import type { PoolError } from "../db/errors.ts"
+import type { Allocation } from "../domain/allocation.ts"
 import type { AllocationNotFound, StartError } from "../domain/errors.ts"
+import { orgHostname } from "../domain/ids.ts"
 import { undoStatusOf, type UndoOutcome } from "../domain/steps.ts"
-import type { JournalEntry } from "../journal/Journal.ts"
+import { Journal, type JournalEntry } from "../journal/Journal.ts"
 import type { Gateway } from "../domain/gateway.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { recordPool } from "../telemetry/Metrics.ts"
@@ -130,38 +132,73 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
         ))
   }))
 
+const traceLink = (traceId: string | null, template: Option.Option<string>) =>
+  traceId === null ? null : Option.getOrNull(Option.map(template, (url) => url.replaceAll("{trace_id}", traceId)))
+
+/** An allocation as the API shows it, with its journal and a link to its trace when traces are exported. */
+const allocationBody = (
+  allocation: Allocation & { readonly hostname: string; readonly steps: ReadonlyArray<JournalEntry> },
+  traceUrl: Option.Option<string>
+) => ({
+  allocation_id: allocation.allocationId,
+  organization_id: allocation.organizationId,
+  gateway_id: allocation.gatewayId,
+  gateway_hostname: allocation.hostname,
+  upstream: allocation.upstream,
+  state: allocation.state,
+  runner: allocation.runner,
+  created_at: allocation.createdAt.toISOString(),
+  updated_at: allocation.updatedAt.toISOString(),
+  finished_at: allocation.finishedAt?.toISOString() ?? null,
+  error: allocation.error ?? null,
+  trace_id: allocation.traceId,
+  trace_url: traceLink(allocation.traceId, traceUrl),
+  steps: allocation.steps.map((entry) => ({
+    step: entry.step,
+    event: entry.event,
+    actor: entry.actor,
+    detail: entry.detail,
+    duration_ms: entry.durationMs,
+    at: entry.at.toISOString()
+  })),
+  rollback: rollbackFromJournal(allocation.steps)
+})
+
 export const AllocationsHandlers = HttpApiBuilder.group(Api, "allocations", (handlers) =>
   Effect.gen(function*() {
     const allocator = yield* Allocator
-    return handlers.handle("get", ({ path }) =>
-      allocator.describe(path.allocation_id).pipe(
-        Effect.map((allocation) => ({
-          allocation_id: allocation.allocationId,
-          organization_id: allocation.organizationId,
-          gateway_id: allocation.gatewayId,
-          gateway_hostname: allocation.hostname,
-          upstream: allocation.upstream,
-          state: allocation.state,
-          runner: allocation.runner,
-          created_at: allocation.createdAt.toISOString(),
-          updated_at: allocation.updatedAt.toISOString(),
-          finished_at: allocation.finishedAt?.toISOString() ?? null,
-          error: allocation.error ?? null,
-          steps: allocation.steps.map((entry) => ({
-            step: entry.step,
-            event: entry.event,
-            actor: entry.actor,
-            detail: entry.detail,
-            duration_ms: entry.durationMs,
-            at: entry.at.toISOString()
-          })),
-          rollback: rollbackFromJournal(allocation.steps)
-        })),
-        Effect.catchTags({
-          AllocationNotFound: (error) => Effect.fail(notFound(error)),
-          PoolError: (error) => Effect.fail(unavailable(error))
-        })
-      ))
+    const pool = yield* GatewayPool
+    const journal = yield* Journal
+    const settings = yield* Settings
+    const traceUrl = yield* TraceUrlConfig
+    return handlers
+      .handle("list", ({ urlParams }) =>
+        Effect.gen(function*() {
+          const allocations = yield* pool.listAllocations({
+            state: urlParams.state,
+            organizationId: urlParams.organization_id,
+            limit: urlParams.limit
+          })
+          const entries = yield* journal.entriesFor(allocations.map((allocation) => allocation.allocationId))
+          const byAllocation = Arr.groupBy(entries, (entry) => entry.allocationId)
+          return {
+            allocations: allocations.map((allocation) =>
+              allocationBody({
+                ...allocation,
+                hostname: orgHostname(allocation.organizationId, settings.domain),
+                steps: byAllocation[allocation.allocationId] ?? []
+              }, traceUrl)
+            )
+          }
+        }).pipe(Effect.mapError(unavailable)))
+      .handle("get", ({ path }) =>
+        allocator.describe(path.allocation_id).pipe(
+          Effect.map((allocation) => allocationBody(allocation, traceUrl)),
+          Effect.catchTags({
+            AllocationNotFound: (error) => Effect.fail(notFound(error)),
+            PoolError: (error) => Effect.fail(unavailable(error))
+          })
+        ))
   }))
 
 export const PoolHandlers = HttpApiBuilder.group(Api, "pool", (handlers) =>

@@ -14,6 +14,7 @@ import { Cause, Effect, Layer, Option } from "effect"
 import { ListenConfig } from "../config.ts"
 import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api } from "./Api.ts"
+import { ConsoleLive } from "./console.ts"
 import { AllocationsHandlers, AuthorizationLive, GatewayHandlers, HealthHandlers, PoolHandlers } from "./handlers.ts"
 
 /** The HttpApi with its handlers (GET /metrics reads the process's Effect metrics); needs the Allocator and the GatewayPool. */
@@ -72,7 +73,7 @@ const JsonBodyErrorsLive = HttpApiBuilder.middleware((app) =>
 
 /** The API served on whatever HttpServer is provided. */
 export const HttpAppLive = HttpApiBuilder.serve((app) => HttpMiddleware.logger(limitBodies(app))).pipe(
-  Layer.provide([DocsLive, JsonBodyErrorsLive]),
+  Layer.provide([DocsLive, ConsoleLive, JsonBodyErrorsLive]),
   Layer.provide(ApiLive),
   HttpMiddleware.withTracerDisabledWhen((request) => quietPaths.has(request.url.split("?")[0] ?? "")),
   HttpServer.withLogAddress

@@ -1,7 +1,7 @@
 import { SqlClient } from "@effect/sql"
 import { Effect, Schema } from "effect"
 import { PoolError } from "../db/errors.ts"
-import type { AllocationId } from "../domain/ids.ts"
+import { AllocationId } from "../domain/ids.ts"
 import { Actor, StepEvent, StepName } from "../domain/steps.ts"
 
 export const JournalEntry = Schema.Struct({
@@ -13,6 +13,9 @@ export const JournalEntry = Schema.Struct({
   at: Schema.DateFromSelf
 })
 export type JournalEntry = typeof JournalEntry.Type
+
+export const AllocationJournalEntry = Schema.Struct({ allocationId: AllocationId, ...JournalEntry.fields })
+export type AllocationJournalEntry = typeof AllocationJournalEntry.Type
 
 export interface JournalRecord {
   readonly allocationId: AllocationId
@@ -45,6 +48,15 @@ export class Journal extends Effect.Service<Journal>()("Journal", {
       return yield* Schema.decodeUnknown(Schema.Array(JournalEntry))(rows)
     }, Effect.mapError((cause) => new PoolError({ cause })))
 
-    return { record, entries }
+    /** The journals of several allocations at once, each in order (the allocation listing). */
+    const entriesFor = Effect.fn("Journal.entriesFor")(function*(allocationIds: ReadonlyArray<AllocationId>) {
+      if (allocationIds.length === 0) return []
+      const rows = yield* sql`
+        select allocation_id as "allocationId", step, event, actor, detail, duration_ms as "durationMs", at
+          from allocation_steps where allocation_id in ${sql.in(allocationIds)} order by id`
+      return yield* Schema.decodeUnknown(Schema.Array(AllocationJournalEntry))(rows)
+    }, Effect.mapError((cause) => new PoolError({ cause })))
+
+    return { record, entries, entriesFor }
   })
 }) {}

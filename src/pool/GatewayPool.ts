@@ -4,6 +4,7 @@ import { tryLock, namedLock } from "../db/advisoryLock.ts"
 import { PoolError, sqlState } from "../db/errors.ts"
 import {
   Allocation,
+  type AllocationState,
   Claim,
   type FinalState,
   LiveAllocation,
@@ -31,11 +32,17 @@ export const PoolStats = Schema.Struct({
 })
 export type PoolStats = typeof PoolStats.Type
 
+export interface AllocationFilter {
+  readonly state?: AllocationState | undefined
+  readonly organizationId?: OrganizationId | undefined
+  readonly limit: number
+}
+
 const Quarantined = Schema.Struct({ consecutiveFailures: Schema.Number, quarantinedUntil: Schema.DateFromSelf })
 
 // Rows are selected under the domain's field names and decoded with the domain's schemas.
 const allocationColumns = `id as "allocationId", organization_id as "organizationId", gateway_id as "gatewayId",
-  upstream, generation, state, runner, error, created_at as "createdAt", updated_at as "updatedAt", finished_at as "finishedAt"`
+  upstream, generation, state, runner, error, trace_id as "traceId", created_at as "createdAt", updated_at as "updatedAt", finished_at as "finishedAt"`
 const gatewayColumns = `id as "gatewayId", name, upstream, allocation_id as "allocationId", state, health,
   quarantined_until as "quarantinedUntil", consecutive_failures as "consecutiveFailures", last_failure as "lastFailure"`
 
@@ -60,9 +67,11 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       organizationId: OrganizationId,
       runner: string
     ) {
+      // This span is in the start's trace: the allocation records it, so the console can link to it.
+      const traceId = yield* Effect.currentSpan.pipe(Effect.map((span) => span.traceId), Effect.orElseSucceed(() => null))
       const rows = yield* sql`
         select allocation_id as "allocationId", gateway_id as "gatewayId", upstream, generation, state, reused
-          from proc_organizations_start_gateway(${allocationId}, ${organizationId}, ${runner})`.pipe(
+          from proc_organizations_start_gateway_traced(${allocationId}, ${organizationId}, ${runner}, ${traceId})`.pipe(
         Effect.mapError((error) => sqlState(error) === "GA001" ? new NoGatewayAvailable() : poolError(error))
       )
       return yield* Schema.decodeUnknown(Claim)(rows[0]).pipe(Effect.mapError(poolError))
@@ -303,6 +312,19 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       return yield* decodeFirst(LiveAllocation)(rows)
     }, Effect.mapError(poolError))
 
+    /** Allocations, newest first, of one state and one org when given (the console, `GET /allocations`). */
+    const listAllocations = Effect.fn("GatewayPool.listAllocations")(function*(filter: AllocationFilter) {
+      const rows = yield* sql`
+        select ${sql.literal(allocationColumns)} from allocations
+         where ${sql.and([
+        ...(filter.state === undefined ? [] : [sql`state = ${filter.state}`]),
+        ...(filter.organizationId === undefined ? [] : [sql`organization_id = ${filter.organizationId}`])
+      ])}
+         order by created_at desc, id desc
+         limit ${filter.limit}`
+      return yield* decodeAll(Allocation)(rows)
+    }, Effect.mapError(poolError))
+
     /** Every allocation that holds its org and gateway. */
     const liveAllocations = Effect.fn("GatewayPool.liveAllocations")(function*() {
       const rows = yield* sql`select ${sql.literal(allocationColumns)} from allocations where state in ${live}`
@@ -327,6 +349,7 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       transition,
       findLive,
       getAllocation,
+      listAllocations,
       stats,
       addGateway,
       removeGateway,

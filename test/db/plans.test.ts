@@ -21,7 +21,7 @@ const plan = (query: string) =>
   )
 
 layer(Database, { excludeTestServices: true, timeout: 120_000 })("query plans at 10,000 gateways", (it) => {
-  it.effect("claiming a free gateway and finding an org's allocation use their indexes", () =>
+  it.effect("claiming a free gateway, finding an org's allocation and listing allocations use their indexes", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       yield* sql`insert into gateways (name, upstream)
@@ -47,5 +47,13 @@ layer(Database, { excludeTestServices: true, timeout: 120_000 })("query plans at
         "select * from allocations a where a.state in ('starting', 'stopping', 'rolling_back') order by a.updated_at"
       )
       expect(recoverable).toContain("allocations_live_by_state")
+      // GET /allocations (the console polls it): newest first, of everything or of one org.
+      const newest = yield* plan("select * from allocations order by created_at desc, id desc limit 50")
+      expect(newest).toContain("allocations_newest")
+      const ofOrg = yield* plan(
+        "select * from allocations where organization_id = '3f1e2d4c-5b6a-4978-8a9b-0c1d2e3f4a5b' order by created_at desc, id desc limit 50"
+      )
+      expect(ofOrg).toContain("allocations_by_org")
+      expect(newest + ofOrg).not.toContain("Seq Scan")
     }))
 })

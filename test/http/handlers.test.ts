@@ -21,7 +21,7 @@ import { Conflict, NoGatewayAvailable, NotFound, StepFailed, StepTimedOut, Unaut
 import { HttpAppLive } from "../../src/http/server.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
 import { configFrom } from "../support/stack.ts"
-import { OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+import { clearFaults, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
 
 const API_TOKEN = "handlers-in-memory-token"
 
@@ -329,6 +329,91 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
         })
       ))
 
+    it.live("GET /allocations: newest first, each with its journal; filtered by state and organization_id (any case); limit", () =>
+      withApi((client) =>
+        Effect.gen(function*() {
+          const [first, failed, last] = [newOrg(), newOrg(), newOrg()]
+          yield* start(client, first)
+          yield* client.api.gateway.stop({ payload: { organization_id: first } })
+          yield* setFault("handshake.handshake", "fail")
+          yield* startError(client, failed)
+          yield* clearFaults
+          yield* start(client, last)
+          const list = (urlParams: Parameters<Client["api"]["allocations"]["list"]>[0]["urlParams"]) =>
+            Effect.map(client.api.allocations.list({ urlParams }), ({ allocations }) => allocations)
+
+          const all = yield* list({ limit: 50 })
+          expect(client.lastStatus()).toBe(200)
+          expect(all.map((a) => [a.organization_id, a.state])).toEqual([
+            [last, "active"],
+            [failed, "rolled_back"],
+            [first, "released"]
+          ])
+          // Each the same body as GET /allocations/{id}.
+          const one = yield* client.api.allocations.get({ path: { allocation_id: all[1]?.allocation_id ?? ("" as AllocationId) } })
+          expect(all[1]).toEqual(one)
+          expect(stepsOf(one.rollback)).toEqual(["nginx-reload:done", "nginx-config:done", "dns:done", "allocate:done"])
+
+          expect((yield* list({ state: "rolled_back", limit: 50 })).map((a) => a.organization_id)).toEqual([failed])
+          expect((yield* list({ organization_id: first, limit: 50 })).map((a) => a.state)).toEqual(["released"])
+          expect((yield* list({ state: "active", organization_id: first, limit: 50 }))).toEqual([])
+          expect((yield* list({ limit: 2 })).map((a) => a.organization_id)).toEqual([last, failed])
+
+          // Raw, as a browser sends it: an upper-case org id, no limit.
+          const http = yield* HttpClient.HttpClient
+          const raw = yield* http.execute(
+            HttpClientRequest.get(`/allocations?organization_id=${failed.toUpperCase()}`).pipe(HttpClientRequest.bearerToken(API_TOKEN))
+          )
+          expect(raw.status).toBe(200)
+          const body = (yield* raw.json) as { allocations: Array<{ organization_id: string }> }
+          expect(body.allocations.map((a) => a.organization_id)).toEqual([failed])
+        })
+      ))
+
+    it.live("GET /allocations: at most 50 without a limit, up to 500 with one", () =>
+      withApi((client) =>
+        Effect.gen(function*() {
+          // PowerDNS refuses: a failed start that does not set its gateway aside, so every one claims.
+          yield* setFault("dns.upsert", "fail")
+          for (let i = 0; i < 51; i++) yield* startError(client, newOrg())
+          expect((yield* client.api.allocations.list({ urlParams: { limit: 500 } })).allocations).toHaveLength(51)
+          const http = yield* HttpClient.HttpClient
+          const raw = yield* http.execute(HttpClientRequest.get("/allocations").pipe(HttpClientRequest.bearerToken(API_TOKEN)))
+          expect(((yield* raw.json) as { allocations: Array<unknown> }).allocations).toHaveLength(50)
+        })
+      ))
+
+    it.live("GET /allocations: a bad query is a 400 naming the parameter; no token is a 401", () =>
+      withApi(() =>
+        Effect.gen(function*() {
+          const http = yield* HttpClient.HttpClient
+          const get = (query: string, token: string | null = API_TOKEN) =>
+            http.execute(
+              HttpClientRequest.get(`/allocations?${query}`).pipe(
+                token === null ? (request) => request : HttpClientRequest.bearerToken(token)
+              )
+            ).pipe(Effect.flatMap((response) => Effect.map(response.text, (text) => ({ status: response.status, text }))))
+          for (
+            const [query, named] of [
+              ["state=finished", "state"],
+              ["state=", "state"],
+              ["organization_id=not-a-uuid", "organization_id"],
+              ["limit=0", "limit"],
+              ["limit=501", "limit"],
+              ["limit=ten", "limit"],
+              ["limit=2.5", "limit"]
+            ]
+          ) {
+            const answer = yield* get(query)
+            expect({ query, status: answer.status }).toEqual({ query, status: 400 })
+            expect(answer.text).toContain(named)
+          }
+          for (const limit of ["1", "500"]) expect((yield* get(`limit=${limit}`)).status).toBe(200)
+          expect((yield* get("state=active", null)).status).toBe(401)
+          expect((yield* get("state=active", "wrong-token-but-long-enough")).status).toBe(401)
+        })
+      ))
+
     it.live("GET /allocations/{id} of an unknown id: NotFound (404)", () =>
       withApi((client) =>
         Effect.gen(function*() {
@@ -443,6 +528,35 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
       ))
   })
 
+  describe("console", () => {
+    it.live("GET /console and its two files: no auth, their content types, the Content-Security-Policy and nosniff; nothing else", () =>
+      withApi(() =>
+        Effect.gen(function*() {
+          const http = yield* HttpClient.HttpClient
+          const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+          for (
+            const [path, type, content] of [
+              ["/console", "text/html; charset=utf-8", "<script type=\"module\" src=\"/console/console.js\">"],
+              ["/console/console.js", "text/javascript; charset=utf-8", "// @ts-check"],
+              ["/console/console.css", "text/css; charset=utf-8", ".waterfall"]
+            ]
+          ) {
+            const response = yield* http.execute(HttpClientRequest.get(path))
+            expect({ path, status: response.status }).toEqual({ path, status: 200 })
+            expect(response.headers["content-type"]).toBe(type)
+            expect(response.headers["content-security-policy"]).toBe(csp)
+            expect(response.headers["x-content-type-options"]).toBe("nosniff")
+            expect(yield* response.text).toContain(content)
+          }
+          for (const path of ["/console/index.html", "/console/tsconfig.json", "/console/..%2Fpackage.json", "/console/../package.json"]) {
+            const response = yield* http.execute(HttpClientRequest.get(path))
+            expect({ path, status: response.status }).toEqual({ path, status: 404 })
+          }
+        })
+      ))
+  })
+
   describe("auth", () => {
     it.live("Unauthorized (401) without a token or with a wrong one, on every protected group; nothing changes", () =>
       withApi((authorized) =>
@@ -456,6 +570,7 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
               yield* client.api.gateway.stop({ payload: { organization_id: org } }).pipe(Effect.flip),
               yield* client.api.allocations.get({ path: { allocation_id: randomUUID() as AllocationId } })
                 .pipe(Effect.flip),
+              yield* client.api.allocations.list({ urlParams: { limit: 50 } }).pipe(Effect.flip),
               yield* client.api.pool.get().pipe(Effect.flip),
               yield* client.api.pool.addGateway({
                 payload: { name: "never-added" as GatewayName, upstream: "127.0.0.1:9" as Upstream }

@@ -4,7 +4,7 @@ import { NoGatewayAvailable } from "../../src/domain/errors.ts"
 import { type AllocationId, type GatewayId, type GatewayName, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
 import { Dns, DnsError } from "../../src/dns/Dns.ts"
 import { Handshake, HandshakeError } from "../../src/handshake/Handshake.ts"
-import { Journal, type JournalEntry, type JournalRecord } from "../../src/journal/Journal.ts"
+import { type AllocationJournalEntry, Journal, type JournalRecord } from "../../src/journal/Journal.ts"
 import { Nginx, NginxError } from "../../src/nginx/Nginx.ts"
 import { type Notice, Notifier } from "../../src/telemetry/Notifier.ts"
 import { PoolError } from "../../src/db/errors.ts"
@@ -139,7 +139,7 @@ const poolOf = (world: World) => {
         yield* Ref.update(world.allocations, (all) =>
           new Map(all).set(allocationId, {
             allocationId, organizationId, gatewayId: free.gatewayId, upstream: free.upstream, generation, state: "starting",
-            runner, error: null, createdAt: now, updatedAt: now, finishedAt: null
+            runner, error: null, traceId: null, createdAt: now, updatedAt: now, finishedAt: null
           }))
         return { allocationId, gatewayId: free.gatewayId, upstream: free.upstream, generation, state: "starting" as const, reused: false }
       })),
@@ -188,6 +188,13 @@ const poolOf = (world: World) => {
     findLive: (organizationId) => op("pool.findLive", findLive(organizationId)),
     getAllocation: (allocationId) =>
       Effect.map(Ref.get(world.allocations), (all) => Option.fromNullable(all.get(allocationId))),
+    // Insertion order is creation order: newest first is the reverse.
+    listAllocations: (filter) =>
+      Effect.map(Ref.get(world.allocations), (all) =>
+        [...all.values()].reverse().filter((a) =>
+          (filter.state === undefined || a.state === filter.state) &&
+          (filter.organizationId === undefined || a.organizationId === filter.organizationId)
+        ).slice(0, filter.limit)),
     stats: () =>
       op("pool.stats", Effect.zip(Ref.get(world.gateways), Clock.currentTimeMillis)).pipe(Effect.map(([gs, now]) => {
         const inQuarantine = (g: Gateway) => (g.quarantinedUntil?.getTime() ?? 0) > now
@@ -285,19 +292,23 @@ const poolOf = (world: World) => {
   })
 }
 
+const entryOf = (e: JournalRecord): AllocationJournalEntry => ({
+  allocationId: e.allocationId,
+  step: e.step,
+  event: e.event,
+  actor: e.actor,
+  detail: e.detail ?? null,
+  durationMs: e.durationMs ?? null,
+  at: new Date(0)
+})
+
 const journalOf = (world: World) =>
   Journal.make({
     record: (entry) => Ref.update(world.journal, (all) => [...all, entry]),
     entries: (allocationId) =>
-      Effect.map(Ref.get(world.journal), (all) =>
-        all.filter((e) => e.allocationId === allocationId).map((e): JournalEntry => ({
-          step: e.step,
-          event: e.event,
-          actor: e.actor,
-          detail: e.detail ?? null,
-          durationMs: e.durationMs ?? null,
-          at: new Date(0)
-        })))
+      Effect.map(Ref.get(world.journal), (all) => all.filter((e) => e.allocationId === allocationId).map(entryOf)),
+    entriesFor: (allocationIds) =>
+      Effect.map(Ref.get(world.journal), (all) => all.filter((e) => allocationIds.includes(e.allocationId)).map(entryOf))
   })
 
 const dnsOf = (world: World) => {

@@ -12,6 +12,7 @@ const contract: ReadonlyArray<readonly [string, string, ReadonlyArray<number>]> 
   ["post", "/gateway/start", [200, 400, 401, 502, 503, 504]],
   ["post", "/gateway/stop", [200, 400, 401, 404]],
   ["get", "/gateway/{organization_id}", [200, 400, 401, 404]],
+  ["get", "/allocations", [200, 400, 401]],
   ["get", "/allocations/{allocation_id}", [200, 400, 401, 404]],
   ["get", "/pool", [200, 401]],
   ["post", "/pool/gateways", [201, 400, 401, 409]],
