@@ -9,6 +9,20 @@ export const EDGE_FILE = ".gateway-allocator-edge.json"
 /** The header a probe carries the edge's probe secret in (see `renderMainConfig`). */
 export const PROBE_SECRET_HEADER = "x-gateway-allocator-probe"
 
+/**
+ * How the org server block proxies to `$gateway_allocator_upstream` in both routing modes:
+ * HTTP/1.1 with WebSocket upgrades, the original Host, and long timeouts for long-lived streams.
+ */
+export const PROXY_TO_UPSTREAM = `        proxy_pass http://$gateway_allocator_upstream;
+        proxy_http_version 1.1;
+        proxy_set_header Host $host;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection $gateway_allocator_connection;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_read_timeout 1h;
+        proxy_send_timeout 1h;`
+
 export const routeFileName = (organizationId: OrganizationId) => `org-${organizationId}.conf`
 
 export const escapeRegex = (value: string) => value.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
@@ -76,15 +90,7 @@ server {
         if ($gateway_allocator_upstream = "") {
             return 404;
         }
-        proxy_pass http://$gateway_allocator_upstream;
-        proxy_http_version 1.1;
-        proxy_set_header Host $host;
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection $gateway_allocator_connection;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_read_timeout 1h;
-        proxy_send_timeout 1h;
+${PROXY_TO_UPSTREAM}
     }
 }
 `

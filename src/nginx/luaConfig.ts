@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto"
-import { escapeRegex, PROBE_PATH, PROBE_SECRET_HEADER } from "./config.ts"
+import { escapeRegex, PROBE_PATH, PROBE_SECRET_HEADER, PROXY_TO_UPSTREAM } from "./config.ts"
 
 /**
  * NGINX_ROUTING=lua: the service's http-context file. Routes live in one `lua_shared_dict`, a
@@ -75,15 +75,7 @@ server {
             ngx.header["Retry-After"] = "1"
             return ngx.exit(503)
         }
-        proxy_pass http://$gateway_allocator_upstream;
-        proxy_http_version 1.1;
-        proxy_set_header Host $host;
-        proxy_set_header Upgrade $http_upgrade;
-        proxy_set_header Connection $gateway_allocator_connection;
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_read_timeout 1h;
-        proxy_send_timeout 1h;
+${PROXY_TO_UPSTREAM}
     }
 }
 

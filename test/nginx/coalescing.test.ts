@@ -1,43 +1,14 @@
-import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer, Metric } from "effect"
+import { Effect, Metric } from "effect"
 import { randomUUID } from "node:crypto"
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { rmSync, writeFileSync } from "node:fs"
 import path from "node:path"
 import { type AllocationId, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
-import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
-import { Settings } from "../../src/config.ts"
-import { EdgeLockLocal } from "../../src/nginx/Edge.ts"
 import { Nginx } from "../../src/nginx/Nginx.ts"
-import { NginxLive } from "../../src/nginx/NginxLive.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../../src/telemetry/Metrics.ts"
-import { configFrom } from "../support/stack.ts"
+import { InstalledNginx, RealNginx, RealNginxLive } from "../support/nginx.ts"
 
-class RealNginx extends Context.Tag("test/RealNginx")<RealNginx, NginxHandle>() {}
-
-const RealNginxLive = Layer.scoped(
-  RealNginx,
-  Effect.suspend(() => startNginx({ dir: mkdtempSync(path.join(tmpdir(), "ga-nginx-")) }))
-).pipe(Layer.provide(NodeContext.layer))
-
-const NginxFor = (mode: "coalesce" | "each") =>
-  Layer.unwrapEffect(
-    Effect.map(RealNginx, (handle) =>
-      Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) => nginx.install)).pipe(
-        Layer.provideMerge(NginxLive),
-        Layer.provide(Settings.Default),
-        // One process drives this nginx: its own serialisation is the whole story.
-        Layer.provide(EdgeLockLocal),
-        Layer.provide(configFrom({
-          NGINX_CONF_DIR: handle.confDir,
-          NGINX_MAIN_CONF: handle.mainConf,
-          NGINX_LISTEN: `127.0.0.1:${handle.listenPort}`,
-          NGINX_ROUTING: "reload",
-          NGINX_RELOAD_MODE: mode
-        }))
-      ))
-  )
+const NginxFor = (mode: "coalesce" | "each") => InstalledNginx({ NGINX_ROUTING: "reload", NGINX_RELOAD_MODE: mode })
 
 const route = () => ({
   organizationId: randomUUID() as OrganizationId,
@@ -60,7 +31,7 @@ const reloadCount = Effect.map(
   (state) => Number(state.count)
 )
 
-layer(RealNginxLive, { excludeTestServices: true, timeout: 60_000 })("nginx reloads (real nginx)", (it) => {
+layer(RealNginxLive(), { excludeTestServices: true, timeout: 60_000 })("nginx reloads (real nginx)", (it) => {
   it.effect("coalesce: 24 concurrent publishes share a few reloads, and every route is live", () =>
     Effect.gen(function*() {
       const routes = Array.from({ length: 24 }, route)

@@ -2,54 +2,24 @@
 // own Nginx layer: a route is live on every worker when its write returns, with no reload;
 // the table fences late writes and removals by generation and allocation; a full table is an
 // error, never an eviction; a restart empties the table (503 until the routes are pushed back).
-import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer, Metric } from "effect"
+import { type Context, Effect, Metric } from "effect"
 import { randomUUID } from "node:crypto"
-import { mkdtempSync, readFileSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { readFileSync } from "node:fs"
 import path from "node:path"
-import { Settings } from "../../src/config.ts"
-import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
+import type { NginxHandle } from "../../src/dev/NginxProcess.ts"
 import { type AllocationId, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
-import { EdgeLockLocal } from "../../src/nginx/Edge.ts"
 import { Nginx, type Route } from "../../src/nginx/Nginx.ts"
-import { NginxLive } from "../../src/nginx/NginxLive.ts"
 import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
 import { nginxReloadsTotal } from "../../src/telemetry/Metrics.ts"
+import { InstalledNginx, RealNginx, RealNginxLive } from "../support/nginx.ts"
 import { rawGet } from "../support/probes.ts"
-import { configFrom } from "../support/stack.ts"
 
 const WORKERS = 4
 const DOMAIN = "domain.local"
 
-class RealNginx extends Context.Tag("test/RealNginx")<RealNginx, NginxHandle>() {}
-
-const RealNginxLive = (options: { readonly luaModule?: boolean } = {}) =>
-  Layer.scoped(
-    RealNginx,
-    Effect.suspend(() => startNginx({ dir: mkdtempSync(path.join(tmpdir(), "ga-lua-")), workers: WORKERS, ...options }))
-  ).pipe(Layer.provide(NodeContext.layer))
-
 /** The service's Nginx layer in lua mode over the real nginx, installed. */
-const LuaNginx = (overrides: Readonly<Record<string, string>> = {}) =>
-  Layer.unwrapEffect(
-    Effect.map(RealNginx, (handle) =>
-      Layer.effectDiscard(Effect.flatMap(Nginx, (nginx) => nginx.install)).pipe(
-        Layer.provideMerge(NginxLive),
-        Layer.provide(Settings.Default),
-        Layer.provide(EdgeLockLocal),
-        Layer.provide(configFrom({
-          NGINX_CONF_DIR: handle.confDir,
-          NGINX_MAIN_CONF: handle.mainConf,
-          NGINX_LISTEN: `127.0.0.1:${handle.listenPort}`,
-          NGINX_ROUTE_API_LISTEN: `127.0.0.1:${handle.routeApiPort}`,
-          NGINX_ROUTING: "lua",
-          DOMAIN,
-          ...overrides
-        }))
-      ))
-  )
+const LuaNginx = (overrides: Readonly<Record<string, string>> = {}) => InstalledNginx({ NGINX_ROUTING: "lua", DOMAIN, ...overrides })
 
 let generations = 1000
 const route = (organizationId = randomUUID() as OrganizationId): Route => ({
@@ -61,7 +31,7 @@ const route = (organizationId = randomUUID() as OrganizationId): Route => ({
 
 const reloads = Effect.map(Metric.value(nginxReloadsTotal.pipe(Metric.tagged("outcome", "ok"))), (s) => Number(s.count))
 
-layer(RealNginxLive(), { excludeTestServices: true, timeout: 60_000 })("lua route table (real nginx, 4 workers)", (it) => {
+layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout: 60_000 })("lua route table (real nginx, 4 workers)", (it) => {
   it.effect("a route written is served by every worker on the next fresh connection; removed, it is gone everywhere; no reload", () =>
     Effect.gen(function*() {
       const nginx = yield* Nginx
@@ -155,7 +125,7 @@ layer(RealNginxLive(), { excludeTestServices: true, timeout: 60_000 })("lua rout
     }).pipe(Effect.provide(LuaNginx())))
 })
 
-layer(RealNginxLive(), { excludeTestServices: true, timeout: 60_000 })("lua route table, a small one (real nginx)", (it) => {
+layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout: 60_000 })("lua route table, a small one (real nginx)", (it) => {
   it.effect("a full table refuses the write (an error, noEffect) and evicts nothing", () =>
     Effect.gen(function*() {
       const nginx = yield* Nginx
@@ -179,7 +149,7 @@ layer(RealNginxLive(), { excludeTestServices: true, timeout: 60_000 })("lua rout
     }).pipe(Effect.provide(LuaNginx({ NGINX_ROUTE_TABLE_SIZE: "128k" }))))
 })
 
-layer(RealNginxLive({ luaModule: false }), { excludeTestServices: true, timeout: 60_000 })("lua mode on an nginx without the Lua module", (it) => {
+layer(RealNginxLive({ workers: WORKERS, luaModule: false }), { excludeTestServices: true, timeout: 60_000 })("lua mode on an nginx without the Lua module", (it) => {
   it.effect("install fails, naming the package to install and NGINX_ROUTING=reload", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(Effect.provide(Effect.void, LuaNginx()))
