@@ -19,17 +19,26 @@ export class RouteRestorer extends Effect.Service<RouteRestorer>()("RouteRestore
     const nginx = yield* Nginx
     const pool = yield* GatewayPool
 
+    // The boot id this process last saw: a new one after that is a restart, worth a warning.
+    let lastBoot = Option.none<string>()
+
     /** Pushes every active route if the table is not ready; how many it pushed (none: it was ready, or reload mode). */
     const restoreIfEmptied = Effect.gen(function*() {
       const state = yield* nginx.tableState
-      if (Option.isNone(state) || state.value.ready) return Option.none<number>()
-      const { bootId } = state.value
+      if (Option.isNone(state)) return Option.none<number>()
+      const { bootId, ready } = state.value
+      const restarted = Option.exists(lastBoot, (seen) => seen !== bootId)
+      lastBoot = Option.some(bootId)
+      if (ready) return Option.none<number>()
       const pushed = yield* pool.withActiveAllocations((active) =>
         Effect.as(nginx.restoreAll(bootId, active), active.length)
       )
       yield* Metric.update(reconcilerRepairsTotal.pipe(Metric.tagged("kind", "route_table_restored")), 1)
-      yield* Effect.logWarning(`nginx's route table was empty (a new nginx, or a restart): ${pushed} active route(s) pushed`)
-        .pipe(Effect.annotateLogs({ boot_id: bootId }))
+      yield* (restarted ? Effect.logWarning : Effect.logInfo)(
+        restarted
+          ? `nginx restarted (its route table came back empty): ${pushed} active route(s) pushed back`
+          : `nginx's route table was not filled yet (a new nginx, or one restarted while no replica watched): ${pushed} active route(s) pushed`
+      ).pipe(Effect.annotateLogs({ boot_id: bootId }))
       return Option.some(pushed)
     }).pipe(Effect.withSpan("RouteRestorer.restoreIfEmptied"))
 

@@ -46,7 +46,9 @@ const welcome = (stack: LocalStack, port: number) => {
     "gateway-allocator dev stack is up",
     `  API          ${api}   (token: ${stack.apiToken})`,
     `  console      ${api}/console   (enter the token above)`,
-    `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in ${stack.nginx.confDir}/routes)`,
+    stack.env.NGINX_ROUTING === "reload"
+      ? `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in ${stack.nginx.confDir}/routes)`
+      : `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in its shared memory; route API on 127.0.0.1:${stack.nginx.routeApiPort})`,
     `  PowerDNS     ${stack.powerDns.apiUrl}   (DNS on 127.0.0.1:${stack.powerDns.dnsPort}, zone ${stack.powerDns.zone})`,
     `  gateways     ${stack.gateways.map((g) => `${g.name}=${g.upstream}`).join("  ")}`,
     "",
