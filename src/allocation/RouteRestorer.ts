@@ -1,4 +1,4 @@
-import { Duration, Effect, Metric, Option, Schedule } from "effect"
+import { Duration, Effect, Metric, Option, Ref, Schedule } from "effect"
 import { Nginx } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
@@ -20,15 +20,14 @@ export class RouteRestorer extends Effect.Service<RouteRestorer>()("RouteRestore
     const pool = yield* GatewayPool
 
     // The boot id this process last saw: a new one after that is a restart, worth a warning.
-    let lastBoot = Option.none<string>()
+    const lastBoot = yield* Ref.make(Option.none<string>())
 
     /** Pushes every active route if the table is not ready; how many it pushed (none: it was ready, or reload mode). */
     const restoreIfEmptied = Effect.gen(function*() {
       const state = yield* nginx.tableState
       if (Option.isNone(state)) return Option.none<number>()
       const { bootId, ready } = state.value
-      const restarted = Option.exists(lastBoot, (seen) => seen !== bootId)
-      lastBoot = Option.some(bootId)
+      const restarted = Option.exists(yield* Ref.getAndSet(lastBoot, Option.some(bootId)), (seen) => seen !== bootId)
       if (ready) return Option.none<number>()
       const pushed = yield* pool.withActiveAllocations((active) =>
         Effect.as(nginx.restoreAll(bootId, active), active.length)
