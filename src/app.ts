@@ -44,7 +44,8 @@ export const AppLive = Layer.suspend(() =>
  * or the real stack) and the same wiring runs.
  */
 export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
-  Layer.merge(Reconciler.Default, RouteRestorer.Default).pipe(
+  Reconciler.Default.pipe(
+    Layer.provideMerge(RouteRestorer.Default),
     Layer.provideMerge(Allocator.Default),
     Layer.provideMerge(GatewayHealth.Default),
     Layer.provideMerge(Layer.merge(StepRunner.Default, Undos.Default)),

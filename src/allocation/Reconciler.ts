@@ -11,6 +11,7 @@ import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { Ownership } from "./Ownership.ts"
 import { type Run, StepRunner } from "./StepRunner.ts"
+import { RouteRestorer } from "./RouteRestorer.ts"
 import { Undos } from "./undos.ts"
 
 export interface ReconcileSummary {
@@ -52,6 +53,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
     const pool = yield* GatewayPool
     const dns = yield* Dns
     const nginx = yield* Nginx
+    const routeRestorer = yield* RouteRestorer
     const undos = yield* Undos
     const steps = yield* StepRunner
     const ownership = yield* Ownership
@@ -198,6 +200,9 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         { concurrency: 4 }
       )
       const finished = outcomes.filter(Option.isSome)
+      // An emptied route table (nginx restarted) is refilled in one push first: drift repair
+      // would otherwise restore its routes one by one.
+      yield* routeRestorer.restoreIfEmptied
       // Drift is judged once the orphans are gone, or their files and records would look owned.
       const drift = yield* pool.exclusively("reconciler-drift", repairDrift)
       return {
