@@ -71,6 +71,10 @@ export const makeLuaRouting = (kit: EdgeKit) =>
      */
     const install = Effect.gen(function*() {
       yield* kit.writeAtomically(path.join(confDir, "gateway-allocator.conf"), file.text).pipe(Effect.mapError(fail("install")))
+      // nginx already runs this very file (a restart of the service, another replica): a reload
+      // would only drop every client's kept-alive connections.
+      const running = yield* Effect.option(tableState)
+      if (Option.exists(running, (state) => state.version === file.version)) return
       yield* kit.signalReload.pipe(
         kit.underEdgeLock,
         Effect.mapError((error) =>

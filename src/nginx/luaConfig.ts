@@ -277,7 +277,7 @@ end
 
 local args = ngx.req.get_uri_args()
 if method == "PUT" then
-    if not valid(org, args.upstream or "", args.allocation, args.generation) or not args.upstream then
+    if type(args.upstream) ~= "string" or not valid(org, args.upstream, args.allocation, args.generation) then
         return answer(400, "PUT needs upstream, allocation and generation\\n")
     end
     local outcome, detail = put(org, args.upstream, args.allocation, tonumber(args.generation))

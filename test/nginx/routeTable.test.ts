@@ -87,6 +87,20 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
       ])
     }).pipe(Effect.provide(LuaNginx())))
 
+  it.effect("installing the same file again (a service restart, another replica) does not reload nginx", () =>
+    Effect.gen(function*() {
+      const nginx = yield* Nginx
+      const handle = yield* RealNginx
+      const r = route()
+      yield* nginx.writeRoute(r)
+      const before = yield* probeEveryWorker(handle, r.organizationId)
+      yield* nginx.install
+      const after = yield* probeEveryWorker(handle, r.organizationId)
+      // The same workers (no new generation), still serving the route.
+      expect(after.pids).toEqual(before.pids)
+      expect(after.answers).toEqual(new Set([r.allocationId]))
+    }).pipe(Effect.provide(LuaNginx())))
+
   it.effect("the route API answers only with the edge secret", () =>
     Effect.gen(function*() {
       const handle = yield* RealNginx
@@ -185,5 +199,5 @@ const probeEveryWorker = (handle: NginxHandle, org: string) =>
       answers.add(allocation)
       workers.add(pid)
     }
-    return { workers: workers.size, answers }
+    return { workers: workers.size, pids: workers, answers }
   })
