@@ -42,11 +42,12 @@ export class RouteRestorer extends Effect.Service<RouteRestorer>()("RouteRestore
     }).pipe(Effect.withSpan("RouteRestorer.restoreIfEmptied"))
 
     if (nginx.routing === "lua") {
-      yield* restoreIfEmptied.pipe(
-        Effect.catchAllCause((cause) => Effect.logWarning("could not check or restore nginx's route table", cause)),
-        Effect.repeat(Schedule.spaced(WATCH_INTERVAL)),
-        Effect.forkScoped
+      const watch = restoreIfEmptied.pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning("could not check or restore nginx's route table", cause))
       )
+      // Once before the service takes requests (an empty table answers 503 for everyone), then on.
+      yield* watch
+      yield* watch.pipe(Effect.schedule(Schedule.spaced(WATCH_INTERVAL)), Effect.forkScoped)
     }
 
     return { restoreIfEmptied }

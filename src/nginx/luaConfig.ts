@@ -8,16 +8,17 @@ import { escapeRegex, PROBE_PATH, PROBE_SECRET_HEADER, PROXY_TO_UPSTREAM } from 
  *
  * The table, keyed by org id:
  * - `R {upstream} {allocation} {generation}`: the org's route;
- * - `T - {allocation} {generation}`: a tombstone, kept TOMBSTONE_TTL_S after a removal;
+ * - `#gone:{org}`: the greatest generation removed for the org, kept TOMBSTONE_TTL_S (a tombstone);
  * - `#boot`: made on first use of a fresh zone (a new nginx, or a restart: shared memory survives
  *   reloads, not restarts), so the service can tell the table was emptied;
  * - `#ready`: the boot id once the service has pushed every active route into this table. Until
  *   then an unknown org is answered 503 (retry), not 404;
  * - `#lock:{org}`: a short lock for one org's compare-and-set.
  *
- * Fencing lives in the table: a write older (by generation) than what the table holds for the org,
- * tombstones included, is refused; a removal names its allocation and changes nothing for
- * another's. So a late write or removal (a zombie runner, a restore racing a stop) is harmless.
+ * Fencing lives in the table: a write older (by generation) than the org's route or tombstone is
+ * refused; a removal names its allocation, removes only that allocation's route, and always
+ * raises the tombstone to its generation (even when it found nothing, or another allocation's
+ * route). So a late write or removal (a zombie runner, a restore racing a stop) is harmless.
  */
 export const renderLuaConfig = (options: {
   readonly domain: string
@@ -156,9 +157,9 @@ end
 
 local function parse(value)
     if not value then return nil end
-    local kind, upstream, allocation, generation = value:match("^(%u) (%S+) (%S+) (%d+)$")
-    if not kind then return nil end
-    return { live = kind == "R", upstream = upstream, allocation = allocation, generation = tonumber(generation) }
+    local upstream, allocation, generation = value:match("^R (%S+) (%S+) (%d+)$")
+    if not upstream then return nil end
+    return { upstream = upstream, allocation = allocation, generation = tonumber(generation) }
 end
 
 -- One org's compare-and-set at a time, across workers (safe_add is atomic in the zone).
@@ -178,15 +179,20 @@ local function locked(org, f)
     return "error", "the org's lock stayed taken"
 end
 
+-- The greatest generation removed for the org (its tombstone), or -1.
+local function gone(org)
+    return tonumber(routes:get("#gone:" .. org)) or -1
+end
+
 local function put(org, upstream, allocation, generation)
     return locked(org, function()
+        local removed = gone(org)
+        if generation <= removed then return "stale", "removed generation " .. removed end
         local current = parse(routes:get(org))
         if current then
-            if current.live and current.allocation == allocation and current.generation == generation then
-                return "unchanged"
-            end
+            if current.allocation == allocation and current.generation == generation then return "unchanged" end
             if current.generation >= generation then
-                return "stale", (current.live and "route of " or "removed ") .. current.allocation .. " generation " .. current.generation
+                return "stale", "route of " .. current.allocation .. " generation " .. current.generation
             end
         end
         local ok, err = routes:safe_set(org, "R " .. upstream .. " " .. allocation .. " " .. generation)
@@ -198,15 +204,16 @@ end
 local function remove(org, allocation, generation)
     return locked(org, function()
         local current = parse(routes:get(org))
-        if current and current.allocation ~= allocation then
-            if current.live then return "other", current.allocation end
-            if current.generation >= generation then return "absent" end
+        local mine = current ~= nil and current.allocation == allocation
+        if mine then routes:delete(org) end
+        -- The tombstone fences a late write of this allocation, or of any older one.
+        if generation > gone(org) then
+            local ok, err = routes:safe_set("#gone:" .. org, generation, ${TOMBSTONE_TTL_S})
+            if not ok then ngx.log(ngx.ERR, "gateway-allocator: no room for the tombstone of ", org, ": ", err) end
         end
-        local removed = current ~= nil and current.live
-        -- The tombstone fences a late write of this allocation (or an older one).
-        local ok = routes:safe_set(org, "T - " .. allocation .. " " .. generation, ${TOMBSTONE_TTL_S})
-        if not ok and removed then routes:delete(org) end
-        return removed and "removed" or "absent"
+        if mine then return "removed" end
+        if current then return "other", current.allocation end
+        return "absent"
     end)
 end
 
@@ -239,7 +246,7 @@ if uri == "/routes" and method == "GET" then
     for _, org in ipairs(routes:get_keys(0)) do
         if org:sub(1, 1) ~= "#" then
             local route = parse(routes:get(org))
-            if route and route.live then lines[#lines + 1] = route_line(org, route) end
+            if route then lines[#lines + 1] = route_line(org, route) end
         end
     end
     return answer(200, table.concat(lines))
@@ -271,7 +278,7 @@ if not org or #org ~= 36 then return answer(404, "no such route API path\\n") en
 
 if method == "GET" then
     local route = parse(routes:get(org))
-    if not route or not route.live then return answer(404, "no route\\n") end
+    if not route then return answer(404, "no route\\n") end
     return answer(200, route_line(org, route))
 end
 

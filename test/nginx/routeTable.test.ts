@@ -78,6 +78,13 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
       const neverWritten = route(randomUUID() as OrganizationId)
       expect(yield* nginx.removeRoute(neverWritten)).toBe("absent")
       expect((yield* nginx.writeRoute(neverWritten).pipe(Effect.flip)).noEffect).toBe(true)
+      // A removal that finds an older allocation's route leaves it, and still fences its own.
+      const stale = route(randomUUID() as OrganizationId)
+      const removedFirst = route(stale.organizationId)
+      yield* nginx.writeRoute(stale)
+      expect(yield* nginx.removeRoute(removedFirst)).toBe("other")
+      expect((yield* nginx.writeRoute(removedFirst).pipe(Effect.flip)).noEffect).toBe(true)
+      expect(yield* nginx.probeRoute(stale.organizationId)).toBe(stale.allocationId)
       // The org's next allocation (a greater generation) is accepted.
       const next = route(org)
       yield* nginx.writeRoute(next)
