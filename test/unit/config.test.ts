@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Either, Redacted } from "effect"
-import { ApiToken, Settings } from "../../src/config.ts"
+import { ApiToken, NginxConfig, routeApiUrl, Settings } from "../../src/config.ts"
 
 const withEnv = (env: Record<string, string>) => Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
 
@@ -46,5 +46,28 @@ describe("configuration", () => {
         recoveryDeadlineMs: 7600,
         settleWaitMs: 7600
       })
+    }))
+
+  it.effect("nginx routing: lua by default; a bad mode, a route API off loopback or a tiny table is refused", () =>
+    Effect.gen(function*() {
+      const nginxFrom = (env: Record<string, string>) => Effect.either(NginxConfig).pipe(withEnv({ NGINX_CONF_DIR: "/etc/x", ...env }))
+      const defaults = yield* nginxFrom({})
+      expect(Either.map(defaults, (c) => [c.routing, c.routeApiListen, c.routeTableSize])).toEqual(
+        Either.right(["lua", "127.0.0.1:8089", "64m"])
+      )
+      const mode = yield* nginxFrom({ NGINX_ROUTING: "files" })
+      expect(Either.isLeft(mode) && String(mode.left)).toMatch(/NGINX_ROUTING/)
+      for (const listen of ["0.0.0.0:8089", "10.0.0.1:8089", "example.com:80"]) {
+        const refused = yield* nginxFrom({ NGINX_ROUTE_API_LISTEN: listen })
+        expect(Either.isLeft(refused) && String(refused.left), listen).toMatch(/loopback/)
+      }
+      const tiny = yield* nginxFrom({ NGINX_ROUTE_TABLE_SIZE: "64k" })
+      expect(Either.isLeft(tiny) && String(tiny.left)).toMatch(/NGINX_ROUTE_TABLE_SIZE must be .* at least 128k/)
+      expect(Either.isRight(yield* nginxFrom({ NGINX_ROUTE_TABLE_SIZE: "512k", NGINX_ROUTING: "reload" }))).toBe(true)
+      expect([routeApiUrl("8089"), routeApiUrl("localhost:9"), routeApiUrl("[::1]:9")]).toEqual([
+        "http://127.0.0.1:8089",
+        "http://127.0.0.1:9",
+        "http://[::1]:9"
+      ])
     }))
 })
