@@ -161,7 +161,7 @@ const program = Effect.gen(function*() {
   log(`server source: ${results.project.source} (${String(results.project.commit).slice(0, 10)})`)
   log(`starting the local stack under ${workDir}`)
   const stackStart = performance.now()
-  const stack = yield* startLocalStack({ dataDir: path.join(workDir, "data"), gateways: 8 })
+  const stack = yield* startLocalStack({ dataDir: path.join(workDir, "data"), gateways: 8, gatewayHost: "0.0.0.0" })
   results.setup.stackStartMs = round(performance.now() - stackStart)
   // Registered after the stack: runs before it stops, so no server outlives its nginx/Postgres.
   yield* Effect.addFinalizer(() => Effect.promise(() => stopAllChildren()))

@@ -177,6 +177,16 @@ export interface Results {
 
 const WARMUP = 3
 const POOL_HEADROOM = 300
+
+/**
+ * The pool's `i`-th upstream: one gateway process is in the pool once (upstreams are unique), so
+ * each entry gets its own loopback address, `127.{a}.{b}.{c}` (all of 127/8 is loopback on Linux),
+ * at the port of sample gateway `i % ports.length` (they listen on 0.0.0.0).
+ */
+export const poolUpstream = (i: number, ports: ReadonlyArray<number>): string => {
+  const host = Math.floor(i / ports.length)
+  return `127.${1 + Math.floor(host / 62_500)}.${Math.floor(host / 250) % 250}.${1 + (host % 250)}:${ports[i % ports.length]}`
+}
 const THROUGHPUT_MAX_STARTS = 256
 const THROUGHPUT_MAX_MS = 20_000
 const FILL_CONCURRENCY = 64
@@ -203,6 +213,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
   const domain = stack.env.DOMAIN ?? "domain.local"
   const cores = os.cpus().length
   const upstreams = stack.gateways.map((gateway) => gateway.upstream)
+  const ports = stack.gateways.map((gateway) => gateway.port)
   const probeRoute = new ProbeRoute(nginx, domain)
   const benchRecord = `bench-raw.${domain}.`
   const poolSize = options.maxRoutes + POOL_HEADROOM
@@ -762,22 +773,22 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     const latencies: Array<number> = []
     await forEachConcurrent(Array.from({ length: viaApi }, (_, i) => i), 8, async (i) => {
       const answer = expectStatus(
-        await api.addGateway(`bench-api-${String(i).padStart(3, "0")}`, upstreams[i % upstreams.length]!),
+        await api.addGateway(`bench-api-${String(i).padStart(3, "0")}`, poolUpstream(i, ports)),
         201,
         "POST /pool/gateways"
       )
       latencies.push(answer.ms)
     })
     const sqlStart = now()
-    const values = upstreams.map((u) => `'${u.replace(/[^0-9a-z.:[\]-]/gi, "")}'`).join(", ")
+    const rows = Array.from({ length: poolSize - viaApi }, (_, k) => viaApi + k)
     await Effect.runPromise(
       Effect.scoped(
         Effect.gen(function*() {
           const sql = yield* PgClient.make({ url: stack.databaseUrl, maxConnections: 1 })
           yield* sql.unsafe(
             `insert into gateways (name, upstream)
-             select 'bench-gw-' || lpad(g::text, 5, '0'), (array[${values}])[1 + g % ${upstreams.length}]
-               from generate_series(1, ${poolSize - viaApi}) g`
+             select 'bench-gw-' || lpad(g::text, 5, '0'), u from unnest($1::int[], $2::text[]) as t(g, u)`,
+            [rows, rows.map((i) => poolUpstream(i, ports))]
           )
           // Now rather than by autovacuum in the middle of the raw measurements.
           yield* sql.unsafe("vacuum analyze gateways")

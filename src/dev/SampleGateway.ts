@@ -49,6 +49,9 @@ export interface SampleGatewayOptions {
   readonly behaviour?: Partial<Behaviour>
 }
 
+const isLoopback = (address: string | undefined): boolean =>
+  address !== undefined && (address.startsWith("127.") || address.startsWith("::ffff:127.") || address === "::1")
+
 const decodeControl = Schema.decodeUnknownEither(Schema.parseJson(Schema.partialWith(Behaviour, { exact: true })))
 const decodeJson = Schema.decodeUnknownEither(Schema.parseJson(Schema.Unknown))
 
@@ -149,6 +152,10 @@ export const startSampleGateway = Effect.fn("SampleGateway.start")(function*(opt
     Effect.async<http.Server, SampleGatewayError>((resume) => {
       const server = http.createServer(handle)
       server.on("upgrade", upgrade)
+      // Bound to every address (to answer on all of 127/8), it still serves loopback only.
+      server.on("connection", (socket: net.Socket) => {
+        if (!isLoopback(socket.remoteAddress)) socket.destroy()
+      })
       server.once("error", (cause) =>
         resume(Effect.fail(new SampleGatewayError({ message: `sample gateway cannot listen: ${cause.message}`, cause }))))
       server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => resume(Effect.succeed(server)))

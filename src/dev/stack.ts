@@ -26,6 +26,8 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
   readonly dataDir: string
   readonly domain?: string
   readonly gateways?: number
+  /** Where the sample gateways listen (127.0.0.1 by default; the bench uses 0.0.0.0 to reach them on all of 127/8). */
+  readonly gatewayHost?: string
   readonly apiToken?: string
   /** NGINX_ROUTING for the service (default lua). */
   readonly routing?: "lua" | "reload"
@@ -75,6 +77,7 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
     (name, i) =>
       startSampleGateway({
         name,
+        ...optional("host", options.gatewayHost),
         ...optional("port", options.ports?.firstGateway === undefined ? undefined : options.ports.firstGateway + i)
       }),
     { concurrency: "unbounded" }
