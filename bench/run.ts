@@ -139,6 +139,7 @@ const program = Effect.gen(function*() {
     setup: {},
     rawByRoutes: [],
     throughput: [],
+    keptAlive: [],
     throughputRatio: {},
     latencyByRoutes: [],
     fills: [],

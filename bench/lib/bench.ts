@@ -25,11 +25,14 @@ import {
   pdnsReplace,
   type PowerDnsTarget,
   ProbeRoute,
+  probeSecretOf,
   timedProbe
 } from "./outside.ts"
 import { cpuDelta, cpuSnapshot } from "./cpu.ts"
 import { startPdnsProxy } from "./pdnsProxy.ts"
 import { memoryOf, processTree, type Server, startServer, stopChild } from "./server.ts"
+import { type BystanderTally, startBystander } from "./bystander.ts"
+import { measurePropagation, type PropagationFigures, routeApi, type RouteTableTarget } from "./routeTable.ts"
 import { forEachConcurrent, median, now, round, runWorkers, sleep, type Summary, summarize } from "./stats.ts"
 
 export interface BenchOptions {
@@ -77,10 +80,13 @@ export interface Breakdown {
   readonly rest: number
 }
 
+/** How the server under measurement routes: NGINX_ROUTING=lua, or reload with NGINX_RELOAD_MODE. */
+export type ServerMode = "lua" | "coalesce" | "each"
+
 export interface LatencyFigures {
   readonly routes: number
   readonly concurrency: 1
-  readonly mode: "coalesce"
+  readonly mode: ServerMode
   readonly latency: Summary
   readonly stop: Summary
   readonly breakdown: Breakdown
@@ -90,7 +96,7 @@ export interface LatencyFigures {
 }
 
 export interface ThroughputFigures {
-  readonly mode: "coalesce" | "each"
+  readonly mode: ServerMode
   readonly concurrency: number
   /** "stubbed": the benchmark's proxy answered the PowerDNS writes itself (nginx-only figure). */
   readonly dns: "powerdns" | "stubbed"
@@ -141,6 +147,23 @@ export interface RollbackFigures {
   readonly ratioToReload: number
 }
 
+export interface LuaFigures {
+  readonly raw: {
+    readonly pdnsPatch: Summary
+    readonly routePut: Summary
+    readonly routeDelete: Summary
+    readonly probe: Summary
+    readonly health: Summary
+    readonly handshake: Summary
+  }
+  readonly startC1?: LatencyFigures & { readonly rawSumMs: number; readonly rawComponents: Record<string, number>; readonly ratio: number }
+  /** The failing start's 502 against a successful start, both p50 at c=1. */
+  readonly rollback?: RollbackFigures & { readonly startP50: number; readonly ratioToStart: number }
+  readonly propagation?: PropagationFigures
+  /** nginx restarted with this many active allocations: the next server's start-up, which pushes them all. */
+  readonly restore?: { readonly routes: number; readonly startupMs: number }
+}
+
 export interface Results {
   complete: boolean
   error?: string
@@ -167,6 +190,10 @@ export interface Results {
   fills: Array<FillFigures>
   rollback: Array<RollbackFigures>
   memory?: Record<string, unknown>
+  /** NGINX_ROUTING=lua: raw calls, c=1 start, rollback, propagation to every worker, restore after a restart. */
+  lua?: LuaFigures
+  /** A bystander org's kept-alive connections while other orgs start and stop, per mode. */
+  keptAlive: Array<{ readonly mode: ServerMode; readonly operations: number } & BystanderTally>
   /** The server's RSS after each phase. */
   memoryTimeline?: Array<{ phase: string; server: number; routes: number; rssMiB: number; hwmMiB: number }>
   /** Failed calls by phase, status and message, with counts. */
@@ -176,6 +203,8 @@ export interface Results {
 }
 
 const WARMUP = 3
+/** worker_processes of the stack's nginx in lua mode (src/dev/stack.ts). */
+const LUA_WORKERS = 4
 const POOL_HEADROOM = 300
 
 /**
@@ -258,11 +287,11 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
   let server: Server | undefined
   let serverCount = 0
   const startups: Array<{ mode: string; ms: number; idleRssMiB: number }> = []
-  const launch = async (mode: "coalesce" | "each") => {
+  const launch = async (mode: ServerMode) => {
     serverCount += 1
     const port = await Effect.runPromise(freePort)
     const logFile = path.join(options.workDir, `server-${serverCount}-${mode}.log`)
-    log(`server #${serverCount} (NGINX_RELOAD_MODE=${mode}) starting on port ${port}`)
+    log(`server #${serverCount} (${mode === "lua" ? "NGINX_ROUTING=lua" : `NGINX_ROUTING=reload, NGINX_RELOAD_MODE=${mode}`}) starting on port ${port}`)
     server = await startServer({
       projectRoot: options.serverRoot,
       port,
@@ -281,7 +310,8 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
         // no quarantine, so each start measures one rollback and the pool stays whole.
         START_ATTEMPTS: "1",
         GATEWAY_QUARANTINE_MS: "1",
-        NGINX_RELOAD_MODE: mode,
+        NGINX_ROUTING: mode === "lua" ? "lua" : "reload",
+        NGINX_RELOAD_MODE: mode === "lua" ? "coalesce" : mode,
         ...(options.serverNodeOptions === undefined ? {} : { NODE_OPTIONS: options.serverNodeOptions })
       }
     })
@@ -298,6 +328,16 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     await stopChild(stopping.child)
     return memory
   }
+
+  /** The route API of the stack's nginx (lua mode), with the edge secret the first server wrote. */
+  const routeTarget = (): RouteTableTarget => ({
+    listenPort: stack.nginx.listenPort,
+    routeApiPort: stack.nginx.routeApiPort,
+    secret: probeSecretOf(nginx.confDir),
+    domain,
+    workers: LUA_WORKERS
+  })
+  const routeApiText = (method: string, pathAndQuery: string, body?: string) => routeApi(routeTarget(), method, pathAndQuery, body)
 
   const active = new Set<string>()
   const memoryTimeline: Array<{ phase: string; server: number; routes: number; rssMiB: number; hwmMiB: number }> = []
@@ -403,6 +443,65 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     }
   }
 
+  /**
+   * lua mode's raw outside calls: a PowerDNS PATCH, a route PUT and DELETE through the route API,
+   * the route probe (of a route of the benchmark's own in the table), the gateway's health and
+   * handshake.
+   */
+  const measureRawLua = async (): Promise<LuaFigures["raw"]> => {
+    const n = reps(50)
+    log(`raw outside calls, lua (${n} each)`)
+    const org = randomUUID()
+    const host = `org-${org}.${domain}`
+    let generation = 9_500_000_000
+    const put = async () => {
+      generation += 1
+      const answer = await routeApiText("PUT", `/routes/${org}?upstream=127.0.0.1:9&allocation=${randomUUID()}&generation=${generation}`)
+      if (answer.status !== 200) throw new Error(`route API PUT answered ${answer.status}: ${answer.body}`)
+      return answer.ms
+    }
+    const routePut = await sample(n, put)
+    const deletes: Array<number> = []
+    for (let i = 0; i < n; i++) {
+      checkAbort()
+      generation += 1
+      const allocation = randomUUID()
+      await routeApiText("PUT", `/routes/${org}?upstream=127.0.0.1:9&allocation=${allocation}&generation=${generation}`)
+      deletes.push((await routeApiText("DELETE", `/routes/${org}?allocation=${allocation}&generation=${generation}`)).ms)
+    }
+    await put()
+    const probed = await sample(n, () => timedProbe(nginx, host))
+    generation += 1
+    await routeApiText("DELETE", `/routes/${org}?allocation=${randomUUID()}&generation=${generation}`)
+    return {
+      pdnsPatch: await sample(n, () => pdnsReplace(pdns, benchRecord)),
+      routePut,
+      routeDelete: summarize(deletes),
+      probe: probed,
+      health: await sample(n, () => gatewayHealth(upstreams[0]!)),
+      handshake: await sample(n, () => gatewayHandshake(upstreams[0]!))
+    }
+  }
+
+  /** A bystander org's kept-alive connections while `operations` other orgs start and stop. */
+  const measureKeptAlive = async (api: ApiClient, mode: ServerMode, operations: number) => {
+    log(`kept-alive connections of a bystander org during ${operations} starts and stops of others (${mode})`)
+    const bystander = randomUUID()
+    expectStatus(await startOk(api, bystander), 200, "start (bystander)")
+    const traffic = startBystander({ port: nginx.port, host: `org-${bystander}.${domain}`, connections: 8 })
+    await sleep(200)
+    for (let i = 0; i < operations; i++) {
+      checkAbort()
+      const org = randomUUID()
+      expectStatus(await startOk(api, org), 200, "start (kept-alive case)")
+      await stopWithRetry(api, org, "stop (kept-alive case)")
+    }
+    const tally = await traffic.stop()
+    await stopWithRetry(api, bystander, "stop (bystander)")
+    results.keptAlive.push({ mode, operations, ...tally })
+    log(`  ${tally.broken} of ${tally.requests} requests broken (${tally.reused} on reused connections)`)
+  }
+
   /** Median journal duration_ms per forward step over some allocations, and the rest of the client-seen time. */
   const journalBreakdown = async (
     api: ApiClient,
@@ -431,8 +530,8 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
   }
 
   /** Sequential starts, each followed by its stop (not timed), with the journal's step times. */
-  const measureLatency = async (api: ApiClient, routes: number, count: number): Promise<LatencyFigures> => {
-    log(`start latency at c=1 with ${routes} active routes (${count} starts)`)
+  const measureLatency = async (api: ApiClient, routes: number, count: number, mode: ServerMode = "coalesce"): Promise<LatencyFigures> => {
+    log(`start latency at c=1 with ${routes} active routes (${count} starts, ${mode})`)
     const latencies: Array<number> = []
     const stops: Array<number> = []
     const steps: Record<string, Array<number>> = { dns: [], "nginx-config": [], "nginx-reload": [], handshake: [] }
@@ -471,7 +570,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     return {
       routes,
       concurrency: 1,
-      mode: "coalesce",
+      mode,
       cpuPerStartAndStopMs,
       latency: summarize(latencies),
       stop: summarize(stops),
@@ -587,6 +686,15 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       await response.arrayBuffer()
       if (response.status !== 204) throw new Error(`PowerDNS bulk PATCH answered HTTP ${response.status}`)
     }
+    if (server?.mode === "lua") {
+      // The route table: one bulk request, as the service does after an nginx restart.
+      const boot = /^boot (\S+)/.exec((await routeApiText("GET", "/boot")).body)?.[1] ?? ""
+      const lines = rows.map((row) => `${row.organization_id} ${row.upstream} ${row.allocation_id} ${row.generation}\n`).join("")
+      const pushed = await routeApiText("POST", `/routes?boot=${boot}`, lines)
+      if (pushed.status !== 200) throw new Error(`route API bulk push answered ${pushed.status}: ${pushed.body}`)
+      for (const row of rows) active.add(row.organization_id)
+      return { count: rows.length, ms: round(now() - start) }
+    }
     const routesDir = path.join(nginx.confDir, "routes")
     await forEachConcurrent(rows, 16, async (row) => {
       const file = path.join(routesDir, routeFileName(row.organization_id as OrganizationId))
@@ -623,7 +731,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
 
   const throughputCase = async (
     api: ApiClient,
-    mode: "coalesce" | "each",
+    mode: ServerMode,
     concurrency: number,
     dns: "powerdns" | "stubbed" = "powerdns"
   ): Promise<{ figures: ThroughputFigures; orgs: Array<string> }> => {
@@ -762,8 +870,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       reloadP50,
       ratioToReload: round(journal.p50 / reloadP50)
     }
-    results.rollback.push(figures)
-    log(`  rollback p50 ${journal.p50} ms (journal), one reload p50 ${reloadP50} ms`)
+    log(`  rollback p50 ${journal.p50} ms (journal), 502 answered p50 ${figures.response.p50} ms`)
     return figures
   }
 
@@ -811,13 +918,46 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
   results.setup.serverStartups = startups
   const runCpuBefore = cpuNow()
   try {
-    // Server A, coalesce: raw costs, c=1 latency, rollback, 100 and 1,000 routes, coalesce throughput.
-    let { api } = await launch("coalesce")
+    // Server L, lua (the default): what a start costs with no reload (raw calls, c=1, rollback,
+    // propagation to every worker, a bystander's connections, 100 routes). Its allocations are
+    // stopped before server A.
+    let { api } = await launch("lua")
     await addPool(api)
+    noteMemory("started, pool filled")
+    // Let start-up work (the first reconcile pass, lazy imports) finish first.
+    await sleep(3000)
+    const rawLua = await measureRawLua()
+    const luaC1 = await measureLatency(api, 0, reps(50), "lua")
+    const luaComponents = {
+      pdnsPatch: rawLua.pdnsPatch.p50,
+      routePut: rawLua.routePut.p50,
+      probe: rawLua.probe.p50,
+      health: rawLua.health.p50,
+      handshake: rawLua.handshake.p50
+    }
+    const luaRawSum = round(Object.values(luaComponents).reduce((a, b) => a + b, 0))
+    const luaRollback = await measureRollback(api, 0, Number.NaN)
+    results.lua = {
+      raw: rawLua,
+      startC1: { ...luaC1, rawSumMs: luaRawSum, rawComponents: luaComponents, ratio: round(luaC1.latency.p50 / luaRawSum) },
+      rollback: { ...luaRollback, startP50: luaC1.latency.p50, ratioToStart: round(luaRollback.response.p50 / luaC1.latency.p50) }
+    }
+    log(`  lua c=1: p50 ${luaC1.latency.p50} ms; raw sum ${luaRawSum} ms; failed start p50 ${luaRollback.response.p50} ms`)
+    log(`route-table propagation to every worker (${reps(100)} writes and removals)`)
+    results.lua = { ...results.lua, propagation: await measurePropagation(routeTarget(), reps(100)) }
+    await measureKeptAlive(api, "lua", reps(50))
+    if (options.maxRoutes >= 100) {
+      await fillTo(api, 100, runStart + options.budgetMs)
+      results.latencyByRoutes.push(await measureLatency(api, active.size, reps(20), "lua"))
+    }
+    await stopAll(api, [...active])
+    noteMemory("end of server L")
+    await shutdown()
+
+    // Server A, coalesce: raw costs, c=1 latency, rollback, 100 and 1,000 routes, coalesce throughput.
+    ;({ api } = await launch("coalesce"))
     await probeRoute.write()
     await nginxReload(nginx)
-    noteMemory("started, pool filled")
-    // Let start-up work (the first reconcile pass, lazy imports, old nginx workers) finish first.
     await sleep(3000)
 
     const raw0 = await measureRaw(0, true)
@@ -848,7 +988,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       )
     }
     log(`  c=1: p50 ${c1.latency.p50} ms, p99 ${c1.latency.p99} ms; raw sum ${rawSum} ms; ratio ${results.startC1.ratio}`)
-    await measureRollback(api, 0, raw0.reload.p50)
+    results.rollback.push(await measureRollback(api, 0, raw0.reload.p50))
 
     for (const level of [100, 1000].filter((l) => l <= options.maxRoutes)) {
       await fillTo(api, level, runStart + options.budgetMs)
@@ -857,7 +997,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       results.rawByRoutes.push(await measureRaw(active.size, false))
     }
     const rawBase = results.rawByRoutes.at(-1)!
-    await measureRollback(api, active.size, rawBase.reload.p50)
+    results.rollback.push(await measureRollback(api, active.size, rawBase.reload.p50))
 
     for (const concurrency of [8, 64]) {
       const { orgs } = await throughputCase(api, "coalesce", concurrency)
@@ -868,6 +1008,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       const { orgs } = await throughputCase(api, "coalesce", 64, "stubbed")
       await stopAll(api, orgs, true)
     }
+    await measureKeptAlive(api, "coalesce", reps(50))
     noteMemory("end of server A")
     const memoryA = await shutdown()
 
@@ -897,12 +1038,31 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       }
     }
 
-    // Server C, coalesce, fresh (its peak RSS covers the fill): the 10,000-route level.
-    ;({ api } = await launch("coalesce"))
+    // Server C, lua, fresh (its peak RSS covers the fill), after an nginx restart: the route table
+    // starts empty and the server's start-up pushes every active route back in one request. Then
+    // lua throughput at ~1,000 routes and the 10,000-route level.
+    await Effect.runPromise(stack.nginx.stop)
+    await Effect.runPromise(stack.nginx.start)
+    const toRestore = active.size
+    ;({ api } = await launch("lua"))
     const serverC = server!
-    // The last each-mode case's starts are stopped by this (coalescing) server, which is faster. Not
-    // stubbed: this server's first reconcile pass may have restored their DNS records meanwhile.
+    const table = await routeApiText("GET", "/boot")
+    if (!/ ready 1 /.test(table.body)) throw new Error(`the route table is not ready after the server's start-up: ${table.body}`)
+    results.lua = { ...results.lua, restore: { routes: toRestore, startupMs: round(serverC.startupMs) } }
+    log(`  nginx restarted: ${toRestore} routes pushed back; server up (table ready) in ${Math.round(serverC.startupMs)} ms`)
+    // The last each-mode case's starts are stopped by this server. Not stubbed: its first reconcile
+    // pass may have restored their DNS records meanwhile.
     await stopAll(api, leftovers.orgs)
+    for (const concurrency of [8, 64]) {
+      const { orgs } = await throughputCase(api, "lua", concurrency)
+      noteMemory(`throughput lua c=${concurrency}`)
+      await stopAll(api, orgs)
+      const coalesce = results.throughput.find((t) => t.mode === "coalesce" && t.concurrency === concurrency && t.dns === "powerdns")
+      const lua = results.throughput.at(-1)
+      if (coalesce !== undefined && lua !== undefined) {
+        results.throughputRatio[`lua vs coalesce c${concurrency}`] = round(lua.startsPerSecond / coalesce.startsPerSecond)
+      }
+    }
     if (active.size < options.maxRoutes) {
       // About 75 s stay for the last level's measurements, the memory figures and the reports.
       const fill = await fillTo(api, options.maxRoutes, runStart + options.budgetMs - 75_000)
@@ -913,7 +1073,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
         log(`  ${synthetic.count} created directly in ${(synthetic.ms / 1000).toFixed(1)} s; ${active.size} active`)
         await sleep(500)
       }
-      results.latencyByRoutes.push(await measureLatency(api, active.size, reps(20)))
+      results.latencyByRoutes.push(await measureLatency(api, active.size, reps(20), "lua"))
       noteMemory(`c=1 latency at ${active.size}`)
       results.rawByRoutes.push(await measureRaw(active.size, false))
     }

@@ -3,7 +3,7 @@ import type { RawFigures, Results } from "./bench.ts"
 import { round, type Summary } from "./stats.ts"
 
 export const computeTargets = (results: Results): Results["targets"] => {
-  const targets: Results["targets"] = []
+  const targets: Results["targets"] = [...luaTargets(results)]
   const c64 = results.throughputRatio.c64
   if (c64 !== undefined) {
     targets.push({
@@ -25,7 +25,7 @@ export const computeTargets = (results: Results): Results["targets"] => {
       pass: results.startC1.ratio <= 1.2
     })
   }
-  const levels = results.latencyByRoutes
+  const levels = results.latencyByRoutes.filter((l) => l.mode !== "lua")
   const small = levels.find((l) => l.routes >= 100 && l.routes < 1000)
   const large = levels.at(-1)
   if (small !== undefined && large !== undefined && large !== small) {
@@ -65,6 +65,83 @@ export const computeTargets = (results: Results): Results["targets"] => {
   return targets
 }
 
+/** Issue 11's targets: NGINX_ROUTING=lua, all from the same run. */
+const luaTargets = (results: Results): Results["targets"] => {
+  const targets: Results["targets"] = []
+  const lua = results.lua
+  if (lua?.startC1 !== undefined) {
+    targets.push({
+      id: "lua-start-latency",
+      description: "lua: start p50 at c=1 <= 1.3x the raw sum of its outside calls (PATCH + route PUT + probe + health + handshake)",
+      value: lua.startC1.ratio,
+      limit: 1.3,
+      unit: "x",
+      pass: lua.startC1.ratio <= 1.3
+    })
+  }
+  if (lua?.rollback !== undefined) {
+    targets.push({
+      id: "lua-rollback",
+      description: "lua: a failed start (handshake refused, full rollback) p50 <= 1.3x a successful start",
+      value: lua.rollback.ratioToStart,
+      limit: 1.3,
+      unit: "x",
+      pass: lua.rollback.ratioToStart <= 1.3
+    })
+  }
+  const c64 = results.throughputRatio["lua vs coalesce c64"]
+  if (c64 !== undefined) {
+    targets.push({
+      id: "lua-throughput",
+      description: "lua: throughput at c=64 with ~1,000 routes >= 2x reload/coalesce",
+      value: c64,
+      limit: 2,
+      unit: "x",
+      pass: c64 >= 2
+    })
+  }
+  const levels = results.latencyByRoutes.filter((l) => l.mode === "lua")
+  const small = levels.find((l) => l.routes >= 100 && l.routes < 1000)
+  const large = levels.at(-1)
+  if (small !== undefined && large !== undefined && large !== small) {
+    const ratio = round(large.latency.p50 / small.latency.p50)
+    targets.push({
+      id: "lua-latency-at-scale",
+      description: `lua: start p50 at ${large.routes.toLocaleString("en")} routes <= 1.2x at ${small.routes}`,
+      value: ratio,
+      limit: 1.2,
+      unit: "x",
+      pass: ratio <= 1.2,
+      ...(large.routes < 10_000 ? { note: `only ${large.routes} routes were reached` } : {})
+    })
+  }
+  if (lua?.propagation !== undefined) {
+    for (const [what, summary] of [["write", lua.propagation.put], ["removal", lua.propagation.remove]] as const) {
+      targets.push({
+        id: `lua-propagation-${what}`,
+        description: `lua: from a route ${what} returning to every worker serving it (4 workers, ${lua.propagation.connectionsPerTrial} fresh connections) p99 <= 5 ms`,
+        value: summary.p99,
+        limit: 5,
+        unit: "ms",
+        pass: summary.p99 <= 5,
+        note: `${lua.propagation.staleAnswers} answers showed the old state after the ${what} returned`
+      })
+    }
+  }
+  const kept = results.keptAlive.find((k) => k.mode === "lua")
+  if (kept !== undefined) {
+    targets.push({
+      id: "lua-bystander",
+      description: `lua: a bystander org's kept-alive requests broken during ${kept.operations} starts and stops of other orgs = 0`,
+      value: kept.broken,
+      limit: 0,
+      unit: "requests",
+      pass: kept.broken === 0
+    })
+  }
+  return targets
+}
+
 const ms = (value: number) => (Number.isFinite(value) ? value.toFixed(value >= 100 ? 0 : 1) : "-")
 const pp = (s: Summary | undefined) => (s === undefined ? "- | -" : `${ms(s.p50)} | ${ms(s.p99)}`)
 
@@ -89,6 +166,70 @@ export const renderMarkdown = (results: Results): string => {
       ` PowerDNS proxy: ${results.settings.pdnsProxy}.` + foreignLoad(results),
     ""
   )
+
+  if (results.lua !== undefined) {
+    const lua = results.lua
+    const c1 = lua.startC1
+    lines.push(
+      "**NGINX_ROUTING=lua** (routes in nginx's shared memory, no reload; raw calls made directly, idle service; ms):",
+      "",
+      "| call | n | p50 | p99 |",
+      "|---|---:|---:|---:|",
+      `| PowerDNS PATCH (A rrset, REPLACE) | ${lua.raw.pdnsPatch.n} | ${pp(lua.raw.pdnsPatch)} |`,
+      `| route API PUT | ${lua.raw.routePut.n} | ${pp(lua.raw.routePut)} |`,
+      `| route API DELETE | ${lua.raw.routeDelete.n} | ${pp(lua.raw.routeDelete)} |`,
+      `| route probe through nginx (fresh connection) | ${lua.raw.probe.n} | ${pp(lua.raw.probe)} |`,
+      `| gateway GET health | ${lua.raw.health.n} | ${pp(lua.raw.health)} |`,
+      `| gateway POST handshake | ${lua.raw.handshake.n} | ${pp(lua.raw.handshake)} |`,
+      ""
+    )
+    if (c1 !== undefined) {
+      const b = c1.breakdown
+      lines.push(
+        `Start at c=1 (${c1.latency.n} starts, 0 other routes): p50 ${ms(c1.latency.p50)} ms, p99 ${ms(c1.latency.p99)} ms; raw sum ` +
+          `(PATCH + PUT + probe + health + handshake, p50s) ${ms(c1.rawSumMs)} ms: **${c1.ratio}x**. Journal medians: dns ${ms(b.dns)}, ` +
+          `nginx-config ${ms(b.nginxConfig)}, nginx-reload (the proof) ${ms(b.nginxReload)}, handshake ${ms(b.handshake)}, rest ${ms(b.rest)} ms. ` +
+          `Stop p50 ${ms(c1.stop.p50)} ms.`,
+        ""
+      )
+    }
+    if (lua.rollback !== undefined) {
+      lines.push(
+        `Failed start (handshake refused, every undo run): 502 answered p50 ${ms(lua.rollback.response.p50)} ms, ` +
+          `p99 ${ms(lua.rollback.response.p99)} ms (**${lua.rollback.ratioToStart}x** a successful start); rollback in the journal p50 ` +
+          `${ms(lua.rollback.journal.p50)} ms, of which the nginx-reload undo (DELETE + proof) ${ms(lua.rollback.unrouteUndo)} ms.`,
+        ""
+      )
+    }
+    if (lua.propagation !== undefined) {
+      const pr = lua.propagation
+      lines.push(
+        `Propagation (${pr.trials} writes and removals, ${pr.connectionsPerTrial} fresh connections after each, ${pr.workersSeen} workers seen): ` +
+          `every worker served a write within p50 ${ms(pr.put.p50)} / p99 ${ms(pr.put.p99)} ms of its answer, and no longer served a ` +
+          `removal within p50 ${ms(pr.remove.p50)} / p99 ${ms(pr.remove.p99)} ms; **${pr.staleAnswers}** answers showed the old state after ` +
+          `the change returned (the figure is the slowest worker's first answer: how nginx spreads fresh connections, not a delay of the table).`,
+        ""
+      )
+    }
+    if (lua.restore !== undefined) {
+      lines.push(
+        `nginx restarted with ${lua.restore.routes.toLocaleString("en")} active allocations: the next server was up, with the table ` +
+          `refilled in one request, ${ms(lua.restore.startupMs)} ms after it was spawned.`,
+        ""
+      )
+    }
+  }
+
+  if (results.keptAlive.length > 0) {
+    lines.push(
+      "**A bystander org's kept-alive connections** (8 clients, a request every ~5 ms each) while other orgs start and stop:",
+      "",
+      "| mode | starts + stops | requests | broken | on reused connections |",
+      "|---|---:|---:|---:|---:|",
+      ...results.keptAlive.map((k) => `| ${k.mode} | ${k.operations} | ${k.requests} | ${k.broken} | ${k.reused} |`),
+      ""
+    )
+  }
 
   if (results.raw !== undefined) {
     const raw = results.raw

@@ -37,8 +37,13 @@ export interface PropagationFigures {
 const CONNECTIONS = 200
 const AT_ONCE = 20
 
-/** One route API call; resolves with its status, timing the round trip. */
-const routeApi = (target: RouteTableTarget, method: string, path: string): Promise<{ status: number; ms: number }> =>
+/** One route API call (with the edge secret): its status and body, timing the round trip. */
+export const routeApi = (
+  target: Pick<RouteTableTarget, "routeApiPort" | "secret">,
+  method: string,
+  path: string,
+  body?: string
+): Promise<{ status: number; body: string; ms: number }> =>
   new Promise((resolve, reject) => {
     const start = now()
     const request = http.request({
@@ -49,11 +54,12 @@ const routeApi = (target: RouteTableTarget, method: string, path: string): Promi
       headers: { [PROBE_SECRET_HEADER]: target.secret },
       agent: false
     }, (response) => {
-      response.resume()
-      response.on("end", () => resolve({ status: response.statusCode ?? 0, ms: now() - start }))
+      const chunks: Array<Buffer> = []
+      response.on("data", (chunk: Buffer) => chunks.push(chunk))
+      response.on("end", () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8"), ms: now() - start }))
     })
     request.on("error", reject)
-    request.end()
+    request.end(body)
   })
 
 export const measurePropagation = async (target: RouteTableTarget, trials: number): Promise<PropagationFigures> => {

@@ -7,7 +7,7 @@ export interface Server {
   readonly pid: number
   readonly port: number
   readonly baseUrl: string
-  readonly mode: "coalesce" | "each"
+  readonly mode: "lua" | "coalesce" | "each"
   readonly logFile: string
   /** Spawn to the first 200 of GET /healthz. */
   readonly startupMs: number
@@ -63,7 +63,7 @@ export const startServer = async (options: {
   readonly projectRoot: string
   readonly env: Readonly<Record<string, string>>
   readonly port: number
-  readonly mode: "coalesce" | "each"
+  readonly mode: "lua" | "coalesce" | "each"
   readonly logFile: string
   readonly timeoutMs?: number
 }): Promise<Server> => {
