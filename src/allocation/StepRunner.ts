@@ -1,4 +1,4 @@
-import { Cause, Clock, Data, Duration, Effect, Exit, FiberRef, HashMap, Option, Predicate, Ref, type Scope } from "effect"
+import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberRef, HashMap, Option, Predicate, Ref, type Scope } from "effect"
 import { Settings } from "../config.ts"
 import { NoGatewayAvailable, OwnershipLost, type StepError, StepFailed, StepTimedOut } from "../domain/errors.ts"
 import type { AllocationId, OrganizationId } from "../domain/ids.ts"
@@ -229,8 +229,14 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
 
         const journalForward = options.journalForward ?? true
         const startedAt = yield* Clock.currentTimeMillis
-        if (journalForward) yield* record(run, name, "started")
-        const fenced = (options.fenced ?? true) ? Effect.zipRight(ownership.check(run.allocationId), options.run) : options.run
+        // The "started" row and the fence are independent round trips: made at once (the row is
+        // written whatever the fence says), then the step.
+        const fence = (options.fenced ?? true) ? ownership.check(run.allocationId) : Effect.void
+        const fenced = Effect.gen(function*() {
+          const started = yield* Effect.fork(journalForward ? record(run, name, "started") : Effect.void)
+          yield* fence.pipe(Effect.ensuring(Fiber.await(started)))
+          return yield* options.run
+        })
         const exit = yield* fenced.pipe(
           Effect.timeoutFail({
             duration: Duration.millis(stepTimeoutMs),
