@@ -143,6 +143,16 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
       )
 
     /**
+     * The journal row that opens a step or an undo, and the fence check: independent round trips,
+     * made at once (the row is written whatever the fence says).
+     */
+    const opening = <A, E>(run: Run, step: StepName, event: StepEvent | undefined, check: Effect.Effect<A, E>) =>
+      Effect.gen(function*() {
+        const row = yield* Effect.fork(event === undefined ? Effect.void : record(run, step, event))
+        return yield* check.pipe(Effect.ensuring(Fiber.await(row)))
+      })
+
+    /**
      * Runs one undo: uninterruptible as a whole, the undo itself bounded by the undo timeout. Only
      * the allocation's owner undoes anything: a runner that lost it skips (the owner tears it down).
      */
@@ -153,9 +163,10 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     ): Effect.Effect<UndoOutcome, never, R> =>
       Effect.gen(function*() {
         const startedAt = yield* Clock.currentTimeMillis
-        yield* record(run, step, "undo_started")
-        const fenced = ownership.check(run.allocationId).pipe(
-          Effect.catchTag("OwnershipLost", (lost) => Effect.succeed(new UndoSkipped({ reason: lost.message }))),
+        const owned = ownership.check(run.allocationId).pipe(
+          Effect.catchTag("OwnershipLost", (lost) => Effect.succeed(new UndoSkipped({ reason: lost.message })))
+        )
+        const fenced = opening(run, step, "undo_started", owned).pipe(
           Effect.flatMap((skipped) => skipped === undefined ? effect : Effect.succeed(skipped))
         )
         // Finalizers are uninterruptible: without `interruptible` the timeout could not stop a hung undo.
@@ -229,14 +240,8 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
 
         const journalForward = options.journalForward ?? true
         const startedAt = yield* Clock.currentTimeMillis
-        // The "started" row and the fence are independent round trips: made at once (the row is
-        // written whatever the fence says), then the step.
         const fence = (options.fenced ?? true) ? ownership.check(run.allocationId) : Effect.void
-        const fenced = Effect.gen(function*() {
-          const started = yield* Effect.fork(journalForward ? record(run, name, "started") : Effect.void)
-          yield* fence.pipe(Effect.ensuring(Fiber.await(started)))
-          return yield* options.run
-        })
+        const fenced = Effect.zipRight(opening(run, name, journalForward ? "started" : undefined, fence), options.run)
         const exit = yield* fenced.pipe(
           Effect.timeoutFail({
             duration: Duration.millis(stepTimeoutMs),
