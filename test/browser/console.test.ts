@@ -293,7 +293,7 @@ describe("operator console in Chromium (real stack)", () => {
     await expect.poll(() => rollback.locator(".badge").allTextContents(), { timeout: SHOWN_MS })
       .toEqual(expect.arrayContaining([expect.stringMatching(/^dns: (failed|timed_out)$/), "allocate: done"]))
     // The record the undo left behind is drift: the reconciler removes it once PowerDNS answers.
-    await page.locator("#repairs").getByText("orphan record removed").waitFor({ timeout: 15_000 })
+    await page.locator("#repairs").getByText("orphan record removed").waitFor({ timeout: 30_000 })
     await page.close()
   })
 
