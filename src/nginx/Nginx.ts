@@ -1,5 +1,6 @@
 import { Command, FileSystem, HttpClient, HttpClientRequest, Path } from "@effect/platform"
-import { NodeContext, NodeHttpClient } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Chunk, Context, Data, Duration, Effect, Layer, Metric, Option, Schedule, Schema, Stream } from "effect"
 import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
