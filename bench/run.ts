@@ -32,7 +32,9 @@ const options = {
     | "off",
   // Run the server from a commit (git archive) instead of the working tree, e.g. BENCH_REF=HEAD.
   ref: process.env.BENCH_REF,
-  serverNodeOptions: process.env.BENCH_SERVER_NODE_OPTIONS
+  serverNodeOptions: process.env.BENCH_SERVER_NODE_OPTIONS,
+  // `tsx`: the server the old way (node --import tsx src/main.ts), for comparison.
+  runtime: (process.env.BENCH_SERVER === "tsx" ? "tsx" : "compiled") as "compiled" | "tsx"
 }
 
 const t0 = performance.now()
@@ -98,7 +100,10 @@ const projectInfo = (serverRoot: string, commit: string) => {
 /** The server's files at `ref` (git archive), with the project's node_modules linked in. */
 const snapshot = (ref: string, dir: string): string => {
   mkdirSync(dir, { recursive: true })
-  const archive = spawnSync("git", ["-C", projectRoot, "archive", "--format=tar", ref, "--", "src", "database", "package.json", "tsconfig.json"], {
+  // What the server needs, as far as the ref has it (scripts/ and the lock file build dist/).
+  const wanted = new Set(["src", "database", "scripts", "package.json", "package-lock.json", "tsconfig.json"])
+  const paths = git("ls-tree", "--name-only", ref).split("\n").filter((name) => wanted.has(name))
+  const archive = spawnSync("git", ["-C", projectRoot, "archive", "--format=tar", ref, "--", ...paths], {
     maxBuffer: 256 * 1024 * 1024,
     timeout: 60_000
   })

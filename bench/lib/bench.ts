@@ -30,7 +30,7 @@ import {
 } from "./outside.ts"
 import { cpuDelta, cpuSnapshot } from "./cpu.ts"
 import { startPdnsProxy } from "./pdnsProxy.ts"
-import { memoryOf, processTree, type Server, startServer, stopChild } from "./server.ts"
+import { memoryOf, processTree, type Server, serverArgs, type ServerRuntime, startServer, stopChild } from "./server.ts"
 import { type BystanderTally, startBystander } from "./bystander.ts"
 import { measurePropagation, type PropagationFigures, routeApi, type RouteTableTarget } from "./routeTable.ts"
 import { forEachConcurrent, median, now, round, runWorkers, sleep, type Summary, summarize } from "./stats.ts"
@@ -48,6 +48,8 @@ export interface BenchOptions {
   readonly budgetMs: number
   /** NODE_OPTIONS for the server only (BENCH_SERVER_NODE_OPTIONS), e.g. heap limits. */
   readonly serverNodeOptions?: string | undefined
+  /** How the server runs: compiled (`npm start`'s command over dist/) or through tsx. */
+  readonly runtime: ServerRuntime
   /** The proxy in front of PowerDNS (see pdnsProxy.ts): "pass" by default. */
   readonly pdnsProxy: "pass" | "serialize" | "off"
   /** Where the server logs are copied at the end (they are *.log, ignored by git). */
@@ -286,14 +288,20 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
   // ---- the server ------------------------------------------------------------------------------
   let server: Server | undefined
   let serverCount = 0
-  const startups: Array<{ mode: string; ms: number; idleRssMiB: number }> = []
-  const launch = async (mode: ServerMode) => {
+  const startups: Array<{ mode: string; via: string; ms: number; idleRssMiB: number; shutdownMs?: number }> = []
+  const command = serverArgs(options.serverRoot, options.runtime)
+  results.settings.serverRuntime = command.runtime
+  results.settings.serverCommand = `node ${command.args.join(" ")}`
+  log(`server command: node ${command.args.join(" ")}`)
+  /** A server: `node` with the start script's arguments, or `npm start` itself (its start-up as an operator sees it). */
+  const launch = async (mode: ServerMode, via: "node" | "npm start" = "node") => {
     serverCount += 1
     const port = await Effect.runPromise(freePort)
     const logFile = path.join(options.workDir, `server-${serverCount}-${mode}.log`)
-    log(`server #${serverCount} (${mode === "lua" ? "NGINX_ROUTING=lua" : `NGINX_ROUTING=reload, NGINX_RELOAD_MODE=${mode}`}) starting on port ${port}`)
+    log(`server #${serverCount} (${mode === "lua" ? "NGINX_ROUTING=lua" : `NGINX_ROUTING=reload, NGINX_RELOAD_MODE=${mode}`}, ${via}) starting on port ${port}`)
     server = await startServer({
       projectRoot: options.serverRoot,
+      ...(via === "node" ? { args: command.args } : { command: "npm", args: ["start", "--silent"] }),
       port,
       mode,
       logFile,
@@ -315,17 +323,28 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
         ...(options.serverNodeOptions === undefined ? {} : { NODE_OPTIONS: options.serverNodeOptions })
       }
     })
-    // Idle RSS right after start-up: the baseline the per-allocation cost adds to.
-    startups.push({ mode, ms: round(server.startupMs), idleRssMiB: round(memoryOf(server.pid)?.rssMiB ?? Number.NaN) })
+    // Idle RSS right after start-up: the baseline the per-allocation cost adds to (npm start: its node process).
+    const nodePid = via === "node" ? server.pid : processTree(server.pid).find((pid) => isServerNode(pid))
+    startups.push({ mode, via, ms: round(server.startupMs), idleRssMiB: round(memoryOf(nodePid ?? server.pid)?.rssMiB ?? Number.NaN) })
     log(`server #${serverCount} up in ${Math.round(server.startupMs)} ms (pid ${server.pid})`)
     return { server, api: new ApiClient(server.baseUrl, stack.apiToken) }
+  }
+  const isServerNode = (pid: number) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("dist/main.js")
+    } catch {
+      return false
+    }
   }
   const shutdown = async () => {
     if (server === undefined) return
     const stopping = server
     server = undefined
     const memory = memoryOf(stopping.pid)
-    await stopChild(stopping.child)
+    const shutdownMs = await stopChild(stopping.child)
+    const startup = startups.at(-1)
+    if (startup !== undefined) startup.shutdownMs = round(shutdownMs)
+    log(`server #${serverCount} stopped in ${Math.round(shutdownMs)} ms (SIGTERM to exit)`)
     return memory
   }
 
@@ -1100,6 +1119,12 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       serverAPeakRssMiB: round(memoryA?.hwmMiB ?? Number.NaN)
     }
     await shutdown()
+    if (command.runtime === "compiled") {
+      // As an operator starts it: `npm start` (dist/ built) to the first /healthz 200, Postgres
+      // running with every allocation of the run in it; then its graceful shutdown.
+      await launch("coalesce", "npm start")
+      await shutdown()
+    }
   } finally {
     if (proxy !== undefined) {
       results.setup.pdnsProxy = proxy.stats()

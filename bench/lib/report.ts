@@ -51,15 +51,32 @@ export const computeTargets = (results: Results): Results["targets"] => {
       pass: rollback.ratioToReload <= 1.5
     })
   }
+  // Issue 12 (lean in production) tightened issue 4's < 200 MiB.
   const rss = results.memory?.serverPeakRssMiB
   if (typeof rss === "number") {
     targets.push({
       id: "memory",
-      description: `server peak RSS (VmHWM) at ${Number(results.memory?.routes).toLocaleString("en")} active allocations < 200 MiB`,
+      description: `server peak RSS (VmHWM) at ${Number(results.memory?.routes).toLocaleString("en")} active allocations <= 150 MiB`,
       value: rss,
-      limit: 200,
+      limit: 150,
       unit: "MiB",
-      pass: rss < 200
+      pass: rss <= 150
+    })
+  }
+  const startups = startupsOf(results)
+  const idle = startups.find((s) => s.via === "node")?.idleRssMiB
+  if (idle !== undefined) {
+    targets.push({ id: "idle-memory", description: "server RSS right after start-up <= 100 MiB", value: idle, limit: 100, unit: "MiB", pass: idle <= 100 })
+  }
+  const npmStart = startups.find((s) => s.via === "npm start")
+  if (npmStart !== undefined) {
+    targets.push({
+      id: "startup",
+      description: "`npm start` (built) to the first /healthz 200, Postgres running, <= 1.5 s",
+      value: npmStart.ms,
+      limit: 1500,
+      unit: "ms",
+      pass: npmStart.ms <= 1500
     })
   }
   return targets
@@ -141,6 +158,16 @@ const luaTargets = (results: Results): Results["targets"] => {
   }
   return targets
 }
+
+interface Startup {
+  readonly mode: string
+  readonly via?: string
+  readonly ms: number
+  readonly idleRssMiB: number
+  readonly shutdownMs?: number
+}
+const startupsOf = (results: Results): ReadonlyArray<Startup> =>
+  ((results.setup.serverStartups ?? []) as ReadonlyArray<Startup>).map((s) => ({ ...s, via: s.via ?? "node" }))
 
 const ms = (value: number) => (Number.isFinite(value) ? value.toFixed(value >= 100 ? 0 : 1) : "-")
 const pp = (s: Summary | undefined) => (s === undefined ? "- | -" : `${ms(s.p50)} | ${ms(s.p99)}`)
@@ -369,8 +396,23 @@ export const renderMarkdown = (results: Results): string => {
     )
   }
 
+  const startups = startupsOf(results)
+  if (startups.length > 0) {
+    lines.push(
+      `**Start-up and shutdown** (server command \`${String(results.settings.serverCommand ?? "node --import tsx src/main.ts")}\`; ` +
+        "start-up: spawn to the first /healthz 200, Postgres, nginx and PowerDNS running; shutdown: SIGTERM to exit):",
+      "",
+      "| server | started with | NGINX_RELOAD_MODE | start-up ms | RSS right after start-up MiB | shutdown ms |",
+      "|---:|---|---|---:|---:|---:|"
+    )
+    startups.forEach((s, i) => {
+      lines.push(`| ${i + 1} | ${s.via === "npm start" ? "`npm start`" : "node"} | ${s.mode} | ${ms(s.ms)} | ${s.idleRssMiB} | ${ms(s.shutdownMs ?? Number.NaN)} |`)
+    })
+    lines.push("")
+  }
+
   if (results.targets.length > 0) {
-    lines.push("**Targets of issue 4:**", "", "| target | measured | limit | result |", "|---|---:|---:|---|")
+    lines.push("**Targets of issues 4 and 12:**", "", "| target | measured | limit | result |", "|---|---:|---:|---|")
     for (const t of results.targets) {
       lines.push(
         `| ${t.description}${t.note === undefined ? "" : ` (${t.note})`} | ${t.value} ${t.unit} | ${t.limit} ${t.unit} | ${t.pass ? "PASS" : "**FAIL**"} |`

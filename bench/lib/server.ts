@@ -1,7 +1,29 @@
-// The service as a child process (`node --import tsx src/main.ts`), the way it runs in production.
-import { type ChildProcess, spawn } from "node:child_process"
+// The service as a child process: compiled, as `npm start` runs it in production (the command of
+// package.json's start script, dist/ built first), or the old way through tsx, for comparison.
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
 import { closeSync, existsSync, openSync, readdirSync, readFileSync } from "node:fs"
+import path from "node:path"
 import { now, sleep } from "./stats.ts"
+
+/** `compiled`: `node ... dist/main.js` (package.json's start script); `tsx`: `node --import tsx src/main.ts`. */
+export type ServerRuntime = "compiled" | "tsx"
+
+/**
+ * The server's node arguments in `root`. Compiled: builds dist/ when missing or stale (the same
+ * check `npm start` runs first), then the start script's own arguments, so the benchmark runs the
+ * server exactly as production does. A tree without a build (an old BENCH_REF) runs through tsx.
+ */
+export const serverArgs = (root: string, runtime: ServerRuntime): { readonly runtime: ServerRuntime; readonly args: Array<string> } => {
+  const prestart = path.join(root, "scripts", "prestart.mjs")
+  if (runtime === "tsx" || !existsSync(prestart)) return { runtime: "tsx", args: ["--import", "tsx", "src/main.ts"] }
+  const build = spawnSync(process.execPath, [prestart], { cwd: root, stdio: "inherit", timeout: 120_000 })
+  if (build.status !== 0) throw new Error(`building dist/ in ${root} failed (${build.status ?? build.signal})`)
+  const start: unknown = JSON.parse(readFileSync(path.join(root, "package.json"), "utf8")).scripts?.start
+  // `exec node ...`: npm's SIGTERM reaches node itself, not a shell that would not pass it on.
+  const words = (typeof start === "string" ? start.trim().split(/\s+/) : []).filter((word, i) => !(i === 0 && word === "exec"))
+  if (words[0] !== "node") throw new Error(`package.json's start script is not \`[exec] node ...\`: ${String(start)}`)
+  return { runtime: "compiled", args: words.slice(1) }
+}
 
 export interface Server {
   readonly pid: number
@@ -32,16 +54,21 @@ const waitExit = (child: ChildProcess, timeoutMs: number): Promise<boolean> =>
       })
     })
 
-/** SIGTERM (the service's graceful shutdown), SIGKILL after `graceMs`. */
-export const stopChild = async (child: ChildProcess, graceMs = 20_000): Promise<void> => {
+/** SIGTERM (the service's graceful shutdown), SIGKILL after `graceMs`; the ms from SIGTERM to exit (NaN if killed). */
+export const stopChild = async (child: ChildProcess, graceMs = 20_000): Promise<number> => {
+  const start = now()
+  let ms = 0
   if (!exited(child)) {
     child.kill("SIGTERM")
-    if (!(await waitExit(child, graceMs))) {
+    if (await waitExit(child, graceMs)) ms = now() - start
+    else {
+      ms = Number.NaN
       child.kill("SIGKILL")
       await waitExit(child, 5000)
     }
   }
   liveChildren.delete(child)
+  return ms
 }
 
 export const stopAllChildren = () => Promise.all([...liveChildren].map((child) => stopChild(child)))
@@ -61,13 +88,16 @@ export const tail = (file: string, lines = 30): string => {
  */
 export const startServer = async (options: {
   readonly projectRoot: string
+  /** node's arguments (serverArgs), or a whole command line (e.g. `npm start`). */
+  readonly args: ReadonlyArray<string>
+  readonly command?: string
   readonly env: Readonly<Record<string, string>>
   readonly port: number
   readonly mode: "lua" | "coalesce" | "each"
   readonly logFile: string
   readonly timeoutMs?: number
 }): Promise<Server> => {
-  const node = [process.execPath, "--import", "tsx", "src/main.ts"]
+  const node = [options.command ?? process.execPath, ...options.args]
   const argv = existsSync(SETPRIV) ? [SETPRIV, "--pdeathsig", "SIGTERM", "--", ...node] : node
   const fd = openSync(options.logFile, "a")
   const start = now()

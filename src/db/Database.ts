@@ -1,9 +1,11 @@
 import { FileSystem, Path } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
 import { Migrator } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Option, Redacted } from "effect"
+import path from "node:path"
 import { DatabaseConfig } from "../config.ts"
+import { packageRoot } from "../lib/packageRoot.ts"
 import { holdLock, namedLock } from "./advisoryLock.ts"
 import { startEmbeddedPostgres } from "./EmbeddedPostgres.ts"
 
@@ -33,7 +35,7 @@ export const sqlFileLoader = (directory: string): Migrator.Loader<FileSystem.Fil
     )
   )
 
-const migrationsDirectory = new URL("../../database/", import.meta.url).pathname
+const migrationsDirectory = path.join(packageRoot, "database")
 
 /**
  * Applies `database/*.sql`, once each. Replicas starting together on a fresh database would race

@@ -14,7 +14,7 @@
 // In both cases `{dataDir}/postgres.password` holds the password and `{dataDir}/postgres.log`
 // what the server wrote.
 import { FileSystem } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import { PgClient } from "@effect/sql-pg"
 import { Data, Deferred, Duration, Effect, Exit, Option, Redacted, Ref, Runtime, Schedule } from "effect"

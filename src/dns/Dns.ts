@@ -1,5 +1,5 @@
 import { HttpClient, type HttpClientError, HttpClientRequest } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Context, Data, Duration, Effect, Layer, Option, Predicate, Redacted, Schedule, Schema } from "effect"
 import { DnsProviderConfig, PowerDnsConfig, Settings } from "../config.ts"
 import { makeGroupCommit } from "../lib/GroupCommit.ts"
@@ -139,7 +139,7 @@ export const DnsPowerDns = Layer.scoped(
       )
     })
   })
-).pipe(Layer.provide(NodeHttpClient.layerUndici))
+).pipe(Layer.provide(NodeHttpClient.layer))
 
 /** Wildcard DNS: nothing to create or delete per org. */
 export const DnsNone = Layer.succeed(

@@ -1,5 +1,5 @@
 import { HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeHttpClient } from "@effect/platform-node"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Context, Data, Duration, Effect, Layer, Schedule } from "effect"
 import { HandshakeConfig, Settings } from "../config.ts"
 import type { AllocationId, GatewayId, OrganizationId, Upstream } from "../domain/ids.ts"
@@ -49,7 +49,15 @@ export const HandshakeLive = Layer.effect(
     const { handshakePath, healthPath } = yield* HandshakeConfig
     const { edgeUrl, limits } = yield* Settings
     const healthTimeout = Duration.min(HEALTH_REQUEST_TIMEOUT, Duration.millis(limits.outsideCallMs))
-    const client = (yield* HttpClient.HttpClient).pipe(HttpClient.filterStatusOk)
+    // Thousands of gateways, each asked now and then, and only the status matters: a request asks
+    // the gateway to close and is aborted when its scope closes. Kept alive or left unread, each
+    // held its socket until a timeout or a GC (measured: +100-400 MiB during one health pass over
+    // 10,300 gateways).
+    const client = (yield* HttpClient.HttpClient).pipe(
+      HttpClient.mapRequest(HttpClientRequest.setHeader("connection", "close")),
+      HttpClient.filterStatusOk,
+      HttpClient.withScope
+    )
 
     // A booting gateway refuses connections or answers 5xx for a while: keep asking.
     const healthSchedule = Schedule.exponential(Duration.millis(10)).pipe(
@@ -59,6 +67,7 @@ export const HandshakeLive = Layer.effect(
     /** One `GET {HEALTH_PATH}`, bounded: 2xx or a HandshakeError saying what answered instead. */
     const askHealth = (request: HttpClientRequest.HttpClientRequest, via: string) =>
       client.execute(request).pipe(
+        Effect.scoped,
         Effect.mapError((cause) =>
           new HandshakeError({
             operation: "health",
@@ -76,7 +85,7 @@ export const HandshakeLive = Layer.effect(
       awaitHealthy: Effect.fn("Handshake.awaitHealthy")(function*(hostname) {
         yield* askHealth(
           HttpClientRequest.get(`${edgeUrl}${healthPath}`).pipe(
-            HttpClientRequest.setHeaders({ host: hostname, connection: "close" })
+            HttpClientRequest.setHeaders({ host: hostname })
           ),
           " through nginx"
         ).pipe(Effect.retry(healthSchedule))
@@ -88,6 +97,7 @@ export const HandshakeLive = Layer.effect(
         yield* client.execute(
           HttpClientRequest.post(`http://${upstream}${handshakePath}`).pipe(HttpClientRequest.bodyUnsafeJson(body))
         ).pipe(
+          Effect.scoped,
           Effect.mapError((cause) =>
             new HandshakeError({
               operation: "handshake",
@@ -102,4 +112,4 @@ export const HandshakeLive = Layer.effect(
       })
     })
   })
-).pipe(Layer.provide(NodeHttpClient.layerUndici))
+).pipe(Layer.provide(NodeHttpClient.layer))

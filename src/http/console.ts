@@ -1,7 +1,7 @@
 import { FileSystem, HttpApiBuilder, HttpServerResponse, Path } from "@effect/platform"
-import { NodeContext } from "@effect/platform-node"
-import { Effect, Either, Layer } from "effect"
-import { packageRoot } from "./assets.ts"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import { Effect, Layer } from "effect"
+import { packageRoot } from "../lib/packageRoot.ts"
 
 /** The console's files: only these are served, each at its own route (nothing taken from the URL). */
 const assets = [
@@ -31,21 +31,15 @@ export const ConsoleLive = HttpApiBuilder.Router.use((router) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const path = yield* Path.Path
-    // A missing console must not keep the service down: its routes say what is wrong instead.
-    const root = yield* Effect.either(packageRoot())
-    if (Either.isLeft(root)) yield* Effect.logError(`console: ${root.left.message}`)
     for (const asset of assets) {
       yield* router.get(
         asset.route,
-        Either.match(root, {
-          onLeft: (error) => Effect.succeed(unavailable(error.message)),
-          onRight: (directory) =>
-            fs.readFile(path.join(directory, "console", asset.file)).pipe(
-              Effect.map((bytes) => HttpServerResponse.uint8Array(bytes, { contentType: asset.contentType, headers: consoleHeaders })),
-              Effect.catchAll((error) =>
-                Effect.as(Effect.logError(`console: ${error.message}`), unavailable(`cannot read ${asset.file}`)))
-            )
-        })
+        // A missing or unreadable file must not keep the service down: its route says so.
+        fs.readFile(path.join(packageRoot, "console", asset.file)).pipe(
+          Effect.map((bytes) => HttpServerResponse.uint8Array(bytes, { contentType: asset.contentType, headers: consoleHeaders })),
+          Effect.catchAll((error) =>
+            Effect.as(Effect.logError(`console: ${error.message}`), unavailable(`cannot read ${asset.file}`)))
+        )
       )
     }
   })

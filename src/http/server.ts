@@ -1,6 +1,5 @@
 import {
   HttpApiBuilder,
-  HttpApiSwagger,
   type HttpApp,
   HttpMiddleware,
   HttpServer,
@@ -8,13 +7,14 @@ import {
   HttpServerRequest,
   HttpServerResponse
 } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { createServer } from "node:http"
 import { Cause, Effect, Layer, Option } from "effect"
 import { ListenConfig } from "../config.ts"
 import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api } from "./Api.ts"
 import { ConsoleLive } from "./console.ts"
+import { DocsPageLive } from "./docs.ts"
 import { AllocationsHandlers, AuthorizationLive, GatewayHandlers, HealthHandlers, PoolHandlers } from "./handlers.ts"
 
 /** The HttpApi with its handlers (GET /metrics reads the process's Effect metrics); needs the Allocator and the GatewayPool. */
@@ -25,11 +25,11 @@ export const ApiLive = HttpApiBuilder.api(Api).pipe(
 
 /**
  * `GET /openapi.json` (the HttpApi's own OpenAPI document) and `GET /docs` (Swagger UI over it;
- * its script and styles are inlined in the page, nothing is fetched from a CDN). No auth.
+ * its script and styles come from this service, nothing is fetched from a CDN). No auth.
  */
 export const DocsLive = Layer.mergeAll(
   HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" }),
-  HttpApiSwagger.layer({ path: "/docs" })
+  DocsPageLive
 )
 
 /** Scrapes and health probes are neither traced nor logged per request. */

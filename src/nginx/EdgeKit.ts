@@ -1,5 +1,5 @@
 import { Command, FileSystem, HttpClient, HttpClientRequest, Path } from "@effect/platform"
-import type { NodeContext } from "@effect/platform-node"
+import type * as NodeContext from "@effect/platform-node/NodeContext"
 import { Chunk, Duration, Effect, Option, Schema, Stream } from "effect"
 import * as crypto from "node:crypto"
 import { NginxConfig, Settings } from "../config.ts"

@@ -1,4 +1,5 @@
-import { NodeContext, NodeHttpClient } from "@effect/platform-node"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Effect, Layer } from "effect"
 import { NginxConfig } from "../config.ts"
 import { makeEdgeKit } from "./EdgeKit.ts"

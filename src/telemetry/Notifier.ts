@@ -1,4 +1,4 @@
-import { NodeHttpClient } from "@effect/platform-node"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Context, Effect, Layer, Option } from "effect"
 import { WebhookUrl } from "../config.ts"
 import type { StepName, UndoOutcome } from "../domain/steps.ts"
@@ -57,7 +57,7 @@ export const NotifierWebhook = (options: WebhookOptions) =>
             Effect.zipRight(webhook.send(notice, noticeAnnotations(notice)))
           )
       }))
-  ).pipe(Layer.provide(NodeHttpClient.layerUndici))
+  ).pipe(Layer.provide(NodeHttpClient.layer))
 
 /** ROLLBACK_WEBHOOK_URL set: notices go to the webhook; unset: they are only logged. */
 export const NotifierLive = Layer.unwrapEffect(

@@ -1,4 +1,4 @@
-// The service as a child process (`node --import tsx src/main.ts`), the way it runs in
+// The service as a child process (`node --import tsx src/main.ts`, or `npm start`), the way it runs in
 // production, over a local stack: what crash tests need (kill -9, SIGSTOP, restart) and what the
 // in-process layers cannot give. Several servers may share one stack (same Postgres, same
 // NGINX_CONF_DIR, same PowerDNS): they are replicas.
@@ -37,6 +37,8 @@ export interface ServerOptions {
   readonly env?: Readonly<Record<string, string>>
   /** How long to wait for `GET /healthz` to answer 200 (default 60 s). */
   readonly startTimeoutMs?: number
+  /** The command line (default `node --import tsx src/main.ts`, the sources as they are), e.g. `npm start`. */
+  readonly command?: readonly [string, ...Array<string>]
 }
 
 export interface ServiceProcess {
@@ -124,12 +126,12 @@ export const startServer = (
     let runs = 0
 
     const spawnOnce = Effect.gen(function*() {
-      const node = [process.execPath, "--import", "tsx", "src/main.ts"]
-      const argv = existsSync(SETPRIV) ? [SETPRIV, "--pdeathsig", "SIGKILL", "--", ...node] : node
+      const [command, ...args] = options.command ?? [process.execPath, "--import", "tsx", "src/main.ts"]
+      const argv = existsSync(SETPRIV) ? [SETPRIV, "--pdeathsig", "SIGKILL", "--", command, ...args] : [command, ...args]
       const fd = openSync(logFile, "a")
       const spawned = yield* Effect.try({
         try: () =>
-          spawn(argv[0]!, argv.slice(1), {
+          spawn(argv[0] ?? command, argv.slice(1), {
             cwd: PROJECT_ROOT,
             // Only what the service needs: no NODE_OPTIONS or VITEST_* leaking from the runner.
             env: { PATH: process.env["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin", HOME: process.env["HOME"] ?? "/root", ...env },

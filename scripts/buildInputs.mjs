@@ -1,0 +1,20 @@
+// What dist/ is built from, hashed: the build records it, `npm start` compares it (scripts/prestart.mjs).
+import { createHash } from "node:crypto"
+import { readdirSync, readFileSync } from "node:fs"
+import path from "node:path"
+
+export const root = path.resolve(import.meta.dirname, "..")
+export const buildInfoFile = path.join(root, "dist", "build-info.json")
+
+const files = (dir) =>
+  readdirSync(path.join(root, dir), { withFileTypes: true, recursive: true })
+    .filter((entry) => entry.isFile())
+    .map((entry) => path.relative(root, path.join(entry.parentPath, entry.name)))
+
+/** sha256 over the sources, the lock file and the build script, by path and content. */
+export const inputsHash = () => {
+  const hash = createHash("sha256")
+  const inputs = [...files("src"), "package-lock.json", "scripts/build.mjs", "scripts/buildInputs.mjs"].sort()
+  for (const file of inputs) hash.update(`${file}\0`).update(readFileSync(path.join(root, file))).update("\0")
+  return hash.digest("hex")
+}
