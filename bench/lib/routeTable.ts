@@ -35,6 +35,7 @@ export interface PropagationFigures {
 }
 
 const CONNECTIONS = 200
+const MAX_CONNECTIONS = 4000
 const AT_ONCE = 20
 
 /** One route API call (with the edge secret): its status and body, timing the round trip. */
@@ -70,22 +71,30 @@ export const measurePropagation = async (target: RouteTableTarget, trials: numbe
   const workers = new Set<string>()
   let stale = 0
 
-  /** Fresh connections after `t0`: per worker, when it first answered as `expected`. */
+  /**
+   * Fresh connections after `t0`, AT_ONCE at a time, until every worker has answered (at least
+   * CONNECTIONS, at most MAX_CONNECTIONS: nginx does not spread connections evenly): per worker,
+   * when it first answered as `expected`; the slowest worker's time.
+   */
   const everyWorker = async (host: string, expected: string, t0: number) => {
     const firstSeen = new Map<string, number>()
-    await forEachConcurrent(Array.from({ length: CONNECTIONS }), AT_ONCE, async () => {
-      const answer = await probe(target.listenPort, host, target.secret)
-      const at = now() - t0
-      const [allocation = "", pid = ""] = answer.body.split(" ")
-      workers.add(pid)
-      if (allocation.trim() !== expected) {
-        stale += 1
-        return
-      }
-      if (!firstSeen.has(pid)) firstSeen.set(pid, at)
-    })
+    let sent = 0
+    while (sent < CONNECTIONS || (firstSeen.size < target.workers && sent < MAX_CONNECTIONS)) {
+      sent += AT_ONCE
+      await forEachConcurrent(Array.from({ length: AT_ONCE }), AT_ONCE, async () => {
+        const answer = await probe(target.listenPort, host, target.secret)
+        const at = now() - t0
+        const [allocation = "", pid = ""] = answer.body.split(" ")
+        workers.add(pid)
+        if (allocation.trim() !== expected) {
+          stale += 1
+          return
+        }
+        if (!firstSeen.has(pid)) firstSeen.set(pid, at)
+      })
+    }
     if (firstSeen.size < target.workers) {
-      throw new Error(`only ${firstSeen.size} of ${target.workers} workers answered ${CONNECTIONS} fresh connections`)
+      throw new Error(`only ${firstSeen.size} of ${target.workers} workers answered ${sent} fresh connections`)
     }
     return Math.max(...firstSeen.values())
   }
