@@ -26,7 +26,7 @@ import type { PoolError } from "../db/errors.ts"
 import { recordStart, rollbacksIncompleteTotal, startAttempts } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { Ownership } from "./Ownership.ts"
-import { type Rollback, type Run, StepRunner, UndoSkipped } from "./StepRunner.ts"
+import { describeCause, type Rollback, type Run, StepRunner, UndoSkipped } from "./StepRunner.ts"
 import { Undos } from "./undos.ts"
 
 export interface Started {
@@ -239,7 +239,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         // crash in the middle of a rollback is finished by the reconciler.
         Effect.onError((cause) =>
           pool.transition(run.allocationId, runner.id, ["starting"], "rolling_back", {
-            error: Cause.pretty(cause).slice(0, 2000)
+            error: describeCause(cause).slice(0, 2000)
           }).pipe(
             Effect.interruptible,
             Effect.timeout(Duration.millis(settings.undoTimeoutMs)),

@@ -87,7 +87,12 @@ const stepOutcome = (exit: Exit.Exit<unknown, unknown>): StepOutcome | "interrup
   return Option.exists(Cause.failureOption(exit.cause), (error) => error instanceof StepTimedOut) ? "timed_out" : "failed"
 }
 
-const describe = (cause: Cause.Cause<{ readonly message: string }>): string =>
+/**
+ * What went wrong, in words: the failure's message, or the whole cause when there is none (a
+ * defect, an interruption). No stack for a plain failure: rendering one (source-mapped in the
+ * bundle) costs more than the rest of a failed start.
+ */
+export const describeCause = (cause: Cause.Cause<{ readonly message: string }>): string =>
   Option.match(Cause.failureOption(cause), {
     onNone: () => Cause.pretty(cause),
     onSome: (error) => error.message
@@ -177,7 +182,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
           onFailure: (cause) =>
             Option.exists(Cause.failureOption(cause), Cause.isTimeoutException)
               ? ["timed_out", `undo timed out after ${undoTimeoutMs} ms`]
-              : ["failed", describe(cause)]
+              : ["failed", describeCause(cause)]
         })
         const outcome: UndoOutcome = message === undefined
           ? { step, status, duration_ms: durationMs }
