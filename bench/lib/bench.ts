@@ -1094,7 +1094,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
       }
       results.latencyByRoutes.push(await measureLatency(api, active.size, reps(20), "lua"))
       noteMemory(`c=1 latency at ${active.size}`)
-      results.rawByRoutes.push(await measureRaw(active.size, false))
+      // (No reload-mode raw figures here: this server is lua, whose file does not include routes/.)
     }
     const nginxMaster = nginxPid()
     const nginxRss = (nginxMaster === undefined ? [] : processTree(nginxMaster))
@@ -1122,7 +1122,7 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
     if (command.runtime === "compiled") {
       // As an operator starts it: `npm start` (dist/ built) to the first /healthz 200, Postgres
       // running with every allocation of the run in it; then its graceful shutdown.
-      await launch("coalesce", "npm start")
+      await launch("lua", "npm start")
       await shutdown()
     }
   } finally {
