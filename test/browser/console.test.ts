@@ -16,12 +16,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import { freePort } from "../../src/lib/ports.ts"
 import {
-  powerDnsPid,
   PROJECT_ROOT,
   registerGateways,
   request,
   type ServiceProcess,
-  signalPid,
   startServer
 } from "../support/server.ts"
 import { setAllGateways, Stack, StackLive } from "../support/stack.ts"
@@ -269,11 +267,12 @@ describe("operator console in Chromium (real stack)", () => {
     await page.close()
   })
 
-  it("an undo that cannot finish (PowerDNS frozen mid-start): the rollback is highlighted, the reconciler's repair counted", async () => {
+  it("an undo that cannot finish (PowerDNS stopped mid-start): the rollback is highlighted, the reconciler's repair counted", async () => {
     const page = await openConsole()
     const frozen = randomUUID()
-    const pdns = powerDnsPid(stack)
-    // The handshake fails late enough to freeze PowerDNS once the record is in.
+    // The handshake fails late enough to stop PowerDNS once the record is in. Stopped, not frozen:
+    // a frozen PowerDNS would still carry out the undo's timed-out DELETE when it resumes, leaving
+    // the reconciler nothing to repair.
     await Effect.runPromise(setAllGateways(stack, { handshake: "fail", handshakeDelayMs: 1500 }))
     try {
       await startFromConsole(page, frozen)
@@ -282,10 +281,10 @@ describe("operator console in Chromium (real stack)", () => {
         const steps: Array<{ step: string; event: string }> = answer.json?.allocations?.[0]?.steps ?? []
         return steps.some((entry) => entry.step === "dns" && entry.event === "completed")
       }, { timeout: SHOWN_MS, interval: 50 }).toBe(true)
-      await Effect.runPromise(signalPid(pdns, "SIGSTOP"))
+      await Effect.runPromise(stack.powerDns.stop)
       await page.locator("#message").getByText("HTTP 502 StepFailed at handshake").waitFor({ timeout: 30_000 })
     } finally {
-      await Effect.runPromise(signalPid(pdns, "SIGCONT"))
+      await Effect.runPromise(stack.powerDns.start)
       await resetGateways()
     }
     const rollback = page.locator("#rollback-list tr.incomplete").filter({ hasText: frozen })
