@@ -93,12 +93,12 @@ export const makeReloadRouting = (kit: EdgeKit) =>
       fs.readFileString(file).pipe(
         Effect.map((content) => Option.fromNullable(routeOf(content))),
         Effect.flatMap(Option.match({
-          onNone: () => Effect.succeed(Option.none<{ allocationId: AllocationId; generation: Generation }>()),
+          onNone: () => Effect.succeed(Option.none<NamedRoute>()),
           onSome: (named) => Effect.map(Schema.decodeUnknown(NamedRoute)(named), Option.some)
         })),
         Effect.catchIf(
           (error) => error._tag === "SystemError" && error.reason === "NotFound",
-          () => Effect.succeed(Option.none<{ allocationId: AllocationId; generation: Generation }>())
+          () => Effect.succeed(Option.none<NamedRoute>())
         )
       )
 
@@ -183,7 +183,9 @@ export const makeReloadRouting = (kit: EdgeKit) =>
     })
   })
 
+/** What a route file names: its allocation and generation. */
 const NamedRoute = Schema.Struct({ allocationId: AllocationId, generation: Generation })
+type NamedRoute = typeof NamedRoute.Type
 
 // New workers take a few milliseconds to answer after the signal: poll fast, then back off.
 // (2, 3, 4.5, ... ms, then every 10 ms: the route goes live ~15-50 ms after the signal, and a

@@ -137,6 +137,15 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       return yield* decodeFirst(LiveAllocation)(rows)
     }, Effect.mapError(poolError))
 
+    /** Runs `effect` in one transaction; the transaction's own failures (begin, commit) are PoolErrors. */
+    const inTransaction = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, Exclude<E, SqlError.SqlError> | PoolError, R> =>
+      sql.withTransaction(effect).pipe(
+        Effect.catchIf(
+          (error): error is SqlError.SqlError => error instanceof SqlError.SqlError,
+          (error) => Effect.fail(poolError(error))
+        )
+      )
+
     /**
      * Runs `effect` while the allocation is active, holding its row (`for share`) so that nothing
      * can take it down meanwhile: a stop's takeover waits for `effect` to end. None when it is not
@@ -146,18 +155,13 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       allocationId: AllocationId,
       effect: Effect.Effect<A, E, R>
     ): Effect.Effect<Option.Option<A>, E | PoolError, R> =>
-      sql.withTransaction(
+      inTransaction(
         Effect.gen(function*() {
           const rows = yield* sql`select id from allocations where id = ${allocationId} and state = 'active' for share`.pipe(
             Effect.mapError(poolError)
           )
           return rows.length === 0 ? Option.none<A>() : Option.some(yield* effect)
         })
-      ).pipe(
-        Effect.catchIf(
-          (error): error is SqlError.SqlError => error instanceof SqlError.SqlError,
-          (error) => Effect.fail(poolError(error))
-        )
       )
 
     /**
@@ -167,7 +171,7 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
     const withActiveAllocations = <A, E, R>(
       effect: (allocations: ReadonlyArray<LiveAllocation>) => Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | PoolError, R> =>
-      sql.withTransaction(
+      inTransaction(
         Effect.gen(function*() {
           const rows = yield* sql`select ${sql.literal(allocationColumns)} from allocations where state = 'active' for share`.pipe(
             Effect.flatMap(decodeAll(LiveAllocation)),
@@ -175,11 +179,6 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
           )
           return yield* effect(rows)
         })
-      ).pipe(
-        Effect.catchIf(
-          (error): error is SqlError.SqlError => error instanceof SqlError.SqlError,
-          (error) => Effect.fail(poolError(error))
-        )
       )
 
     const findLive = Effect.fn("GatewayPool.findLive")(function*(organizationId: OrganizationId) {

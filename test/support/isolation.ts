@@ -19,7 +19,7 @@ import * as http from "node:http"
 import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
-import { type Db, hostnameOf, openDb, routeFileOf } from "./invariants.ts"
+import { type Db, edgeRouteOf, hostnameOf, openDb } from "./invariants.ts"
 
 const LIVE = ["starting", "active", "stopping", "rolling_back"]
 
@@ -63,7 +63,7 @@ export interface CrossingSample {
   /** The org's own live allocations in the snapshots ("none" when it had none). */
   readonly ownBefore: string
   readonly ownAfter: string
-  /** Looked at right after the round: the org's route file and what nginx's route probe answers. */
+  /** Looked at right after the round: the org's route as nginx holds it and what nginx's route probe answers. */
   readonly diagnosis: string
 }
 
@@ -76,7 +76,7 @@ export interface StaleRouteSample {
   readonly holderAfter: string
   readonly ownBefore: string
   readonly ownAfter: string
-  /** As for a crossing: the org's route file and nginx's route probe right after the round. */
+  /** As for a crossing: the org's route as nginx holds it and nginx's route probe right after the round. */
   readonly diagnosis: string
 }
 
@@ -267,10 +267,14 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
       Effect.either
     )
 
-    /** What the org's route file and nginx's route probe say right now (for a crossing's sample). */
+    /** What nginx holds as the org's route and what its route probe says right now (for a crossing's sample). */
     const diagnose = (org: string) =>
       Effect.gen(function*() {
-        const file = yield* Effect.promise(() => readFile(routeFileOf(stack, org), "utf8").catch(() => "(no route file)"))
+        // The route nginx holds for the org, in either mode (table entry or route file).
+        const route = yield* edgeRouteOf(stack, org).pipe(
+          Effect.map((text) => text ?? "(none)"),
+          Effect.catchAllCause(() => Effect.succeed("(could not read it)"))
+        )
         // nginx answers its route probe (the allocation its map holds, the worker's pid) only with
         // the edge's secret, which the service keeps in its NGINX_CONF_DIR.
         const secret = yield* Effect.promise(() =>
@@ -288,7 +292,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
           Effect.map((response) => `${response.status} "${response.body.replace(/\s+/g, " ").trim().slice(0, 120)}"`),
           Effect.catchAll((error) => Effect.succeed(`no answer (${error.message})`))
         )
-        return `route file: ${file.trim()}; nginx route probe right after (allocation, worker pid): ${probe}`
+        return `route held: ${route.trim()}; nginx route probe right after (allocation, worker pid): ${probe}`
       })
 
     const round = Effect.gen(function*() {
