@@ -1,4 +1,4 @@
-import { Cause, Duration, Effect, Exit, Fiber, FiberMap, Metric, Option, Ref, Schedule } from "effect"
+import { Cause, Duration, Effect, Either, Exit, Fiber, FiberMap, Metric, Option, Ref, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { Settings } from "../config.ts"
 import type { LiveAllocation } from "../domain/allocation.ts"
@@ -219,20 +219,25 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           )
         )
 
-        // The commit point: only now does the allocation count as active.
-        const activated = yield* pool.transition(allocationId, runner.id, ["starting"], "active").pipe(
-          Effect.mapError((error) => new StepFailed({ step: "handshake", reason: `could not activate: ${error.message}` }))
-        )
-        if (!activated) {
+        // The commit point: only now does the allocation count as active. Alongside it, and
+        // independent of it: the last step's journal row, and the gateway's health (it served a
+        // start: healthy, its backoff starts over).
+        const [activation] = yield* Effect.all([
+          Effect.either(pool.transition(allocationId, runner.id, ["starting"], "active")),
+          steps.flushJournal(run),
+          pool.markHealthy(gatewayId, true).pipe(
+            Effect.catchAll((error) => Effect.logWarning(`could not mark gateway ${gatewayId} healthy: ${error.message}`))
+          )
+        ], { concurrency: "unbounded" })
+        if (Either.isLeft(activation)) {
+          return yield* new StepFailed({ step: "handshake", reason: `could not activate: ${activation.left.message}` })
+        }
+        if (!activation.right) {
           return yield* new StepFailed({
             step: "handshake",
             reason: "the allocation left the starting state while it ran (another runner took it over)"
           })
         }
-        // It served a start: healthy, its backoff starts over.
-        yield* pool.markHealthy(gatewayId, true).pipe(
-          Effect.catchAll((error) => Effect.logWarning(`could not mark gateway ${gatewayId} healthy: ${error.message}`))
-        )
         return { organizationId, gatewayId, hostname, allocationId, reused: false } satisfies Started
       }).pipe(
         // Runs before the Scope's finalizers: the row says `rolling_back` while undos run, so a
@@ -282,7 +287,11 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const runAttempt = (run: Run, attempt: number) =>
       Effect.gen(function*() {
         const claimed = yield* Ref.make(Option.none<GatewayId>())
-        const worked = yield* ownership.exclusive(run.allocationId, steps.attempt((rollback) => pipeline(run, rollback, claimed)))
+        const worked = yield* ownership.exclusive(
+          run.allocationId,
+          // A row still waiting (an interrupted step writes none of its own) is written before the attempt ends.
+          steps.attempt((rollback) => pipeline(run, rollback, claimed)).pipe(Effect.ensuring(steps.flushJournal(run)))
+        )
         if (Option.isNone(worked)) return yield* Effect.dieMessage(`allocation ${run.allocationId} is already being worked on`)
         const result: AttemptResult = { ...worked.value, gatewayId: yield* Ref.get(claimed) }
         yield* reportRollback(run, result)

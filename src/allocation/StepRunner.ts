@@ -12,7 +12,7 @@ import {
   type UndoOutcome,
   type UndoStatus
 } from "../domain/steps.ts"
-import { Journal } from "../journal/Journal.ts"
+import { Journal, type JournalRecord } from "../journal/Journal.ts"
 import { Ownership } from "./Ownership.ts"
 import { recordStep, recordUndo } from "../telemetry/Metrics.ts"
 
@@ -133,19 +133,52 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const ownership = yield* Ownership
     const { stepTimeoutMs, undoTimeoutMs } = yield* Settings
 
-    /** Journal writes never fail a step or an undo: a lost row is logged, the work goes on. */
+    /**
+     * A step's `completed` row waits for the allocation's next journal write and goes out in the
+     * same insert, so a start makes one journal round trip per step, not two. The journal is what
+     * the API and the console show, never what recovery reads (the reconciler compares the outside
+     * systems with the allocations), so a crash can cost a waiting row, not a repair. One fiber
+     * works on an allocation at a time (Ownership.exclusive): no two writers share an entry.
+     */
+    const waiting = new Map<AllocationId, Array<JournalRecord>>()
+
+    const row = (
+      run: Run,
+      step: StepName,
+      event: StepEvent,
+      extra: { readonly detail?: string | undefined; readonly durationMs?: number | undefined }
+    ): JournalRecord => ({ allocationId: run.allocationId, step, event, actor: run.actor, ...extra })
+
+    /** Writes the allocation's waiting rows, then `more`. Journal writes never fail a step or an undo: a lost row is logged, the work goes on. */
+    const write = (run: Run, more: ReadonlyArray<JournalRecord>) =>
+      Effect.suspend(() => {
+        const rows = [...(waiting.get(run.allocationId) ?? []), ...more]
+        waiting.delete(run.allocationId)
+        return journal.record(rows)
+      }).pipe(
+        Effect.interruptible,
+        Effect.timeout(Duration.millis(undoTimeoutMs)),
+        Effect.catchAllCause((cause) => Effect.logWarning("journal write failed", cause)),
+        Effect.annotateLogs({ organization_id: run.organizationId, allocation_id: run.allocationId, actor: run.actor })
+      )
+
     const record = (
       run: Run,
       step: StepName,
       event: StepEvent,
       extra: { readonly detail?: string | undefined; readonly durationMs?: number | undefined } = {}
-    ) =>
-      journal.record({ allocationId: run.allocationId, step, event, actor: run.actor, ...extra }).pipe(
-        Effect.interruptible,
-        Effect.timeout(Duration.millis(undoTimeoutMs)),
-        Effect.catchAllCause((cause) => Effect.logWarning("journal write failed", cause)),
-        Effect.annotateLogs({ ...annotations(run, step), journal_event: event })
-      )
+    ) => write(run, [row(run, step, event, extra)]).pipe(Effect.annotateLogs({ step, journal_event: event }))
+
+    /** Queues a row for the allocation's next write (see `waiting`). */
+    const recordLater = (run: Run, step: StepName, event: StepEvent, extra: { readonly durationMs?: number | undefined }) =>
+      Effect.sync(() => {
+        const rows = waiting.get(run.allocationId) ?? []
+        rows.push(row(run, step, event, extra))
+        waiting.set(run.allocationId, rows)
+      })
+
+    /** Writes the rows still waiting: the last step's, when the start has no further row to write. */
+    const flushJournal = (run: Run) => Effect.suspend(() => waiting.has(run.allocationId) ? write(run, []) : Effect.void)
 
     /**
      * The journal row that opens a step or an undo, and the fence check: independent round trips,
@@ -260,7 +293,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
         const durationMs = (yield* Clock.currentTimeMillis) - startedAt
 
         if (Exit.isSuccess(exit)) {
-          if (journalForward) yield* record(run, name, "completed", { durationMs })
+          if (journalForward) yield* recordLater(run, name, "completed", { durationMs })
           yield* recordStep(name, "completed", durationMs)
           yield* Effect.logDebug(`step ${name} completed`)
           return exit.value
@@ -304,6 +337,6 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const annotateSpansFromHere = (key: string, value: string) =>
       FiberRef.update(FiberRef.currentTracerSpanAnnotations, HashMap.set<string, unknown>(key, value))
 
-    return { step, skip, undo, undoAll, attempt, annotateSpansFromHere }
+    return { step, skip, undo, undoAll, attempt, flushJournal, annotateSpansFromHere }
   })
 }) {}

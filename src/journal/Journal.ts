@@ -34,11 +34,19 @@ export class Journal extends Effect.Service<Journal>()("Journal", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
 
-    const record = Effect.fn("Journal.record")(function*(entry: JournalRecord) {
-      yield* sql`
-        insert into allocation_steps (allocation_id, step, event, actor, detail, duration_ms)
-        values (${entry.allocationId}, ${entry.step}, ${entry.event}, ${entry.actor},
-                ${entry.detail ?? null}, ${entry.durationMs === undefined ? null : Math.round(entry.durationMs)})`
+    /** Writes rows in one insert, in their order (ids and `at` follow it). */
+    const record = Effect.fn("Journal.record")(function*(entries: ReadonlyArray<JournalRecord>) {
+      if (entries.length === 0) return
+      yield* sql`insert into allocation_steps ${
+        sql.insert(entries.map((entry) => ({
+          allocation_id: entry.allocationId,
+          step: entry.step,
+          event: entry.event,
+          actor: entry.actor,
+          detail: entry.detail ?? null,
+          duration_ms: entry.durationMs === undefined ? null : Math.round(entry.durationMs)
+        })))
+      }`
     }, Effect.mapError((cause) => new PoolError({ cause })))
 
     const entries = Effect.fn("Journal.entries")(function*(allocationId: AllocationId) {

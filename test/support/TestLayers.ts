@@ -304,7 +304,7 @@ const entryOf = (e: JournalRecord): AllocationJournalEntry => ({
 
 const journalOf = (world: World) =>
   Journal.make({
-    record: (entry) => Ref.update(world.journal, (all) => [...all, entry]),
+    record: (entries) => Ref.update(world.journal, (all) => [...all, ...entries]),
     entries: (allocationId) =>
       Effect.map(Ref.get(world.journal), (all) => all.filter((e) => e.allocationId === allocationId).map(entryOf)),
     entriesFor: (allocationIds) =>
