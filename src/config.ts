@@ -1,7 +1,9 @@
 // Every environment variable the service reads, in one place: each is defined (default,
 // validation, normalisation) here and read by exactly one layer. What several services share
-// (the domain and the time limits) is the `Settings` service, read once.
+// (the domain and the time limits) is the `Settings` service, read once; PowerDNS's config also
+// reads DOMAIN, to check that PDNS_ZONE contains it.
 import { Config, ConfigError, Effect, Either, LogLevel, Option, Redacted } from "effect"
+import { isIPv4 } from "node:net"
 
 const hostnamePattern = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/
 const listenPattern = /^((\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|[a-z0-9.-]+):)?\d{1,5}$/i
@@ -119,9 +121,22 @@ export const PowerDnsConfig = Config.all({
   apiUrl: Config.url("PDNS_API_URL").pipe(Config.map((url) => url.toString().replace(/\/$/, ""))),
   apiKey: Config.redacted("PDNS_API_KEY"),
   serverId: Config.string("PDNS_SERVER_ID").pipe(Config.withDefault("localhost")),
-  /** Unset: `{DOMAIN}.` */
-  zone: Config.option(Config.string("PDNS_ZONE")),
-  recordIp: Config.string("DNS_RECORD_IP").pipe(Config.withDefault("127.0.0.1")),
+  /** The zone the records go in, with its trailing dot: PDNS_ZONE, which must contain DOMAIN, or `{DOMAIN}.`. */
+  zone: Config.all({ domain, zone: Config.option(Config.string("PDNS_ZONE")) }).pipe(
+    Config.mapOrFail(({ domain, zone }) => {
+      const name = Option.getOrElse(zone, () => domain).trim().toLowerCase().replace(/\.$/, "")
+      return name === domain || domain.endsWith(`.${name}`)
+        ? Either.right(`${name}.`)
+        : Either.left(ConfigError.InvalidData(
+          ["PDNS_ZONE"],
+          `PDNS_ZONE (${name}.) must contain DOMAIN (${domain}): the records are org-{uuid}.${domain}.`
+        ))
+    })
+  ),
+  recordIp: Config.string("DNS_RECORD_IP").pipe(
+    Config.withDefault("127.0.0.1"),
+    Config.validate({ message: "DNS_RECORD_IP must be an IPv4 address (the A records point at it)", validation: (ip) => isIPv4(ip) })
+  ),
   ttl: Config.integer("DNS_TTL").pipe(Config.withDefault(60))
 })
 

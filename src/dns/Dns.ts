@@ -1,4 +1,4 @@
-import { HttpClient, type HttpClientError, HttpClientRequest } from "@effect/platform"
+import { HttpClient, type HttpClientError, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Context, Data, Duration, Effect, Layer, Option, Predicate, Redacted, Schedule, Schema } from "effect"
 import { DnsProviderConfig, PowerDnsConfig, Settings } from "../config.ts"
@@ -30,6 +30,9 @@ export class Dns extends Context.Tag("Dns")<Dns, {
   readonly listOrgRecords: Effect.Effect<ReadonlyArray<OrganizationId>, DnsError>
 }>() {}
 
+/** PowerDNS's error answer. */
+const PowerDnsError = Schema.parseJson(Schema.Struct({ error: Schema.String }))
+
 const ZoneRrsets = Schema.Struct({
   rrsets: Schema.Array(Schema.Struct({ name: Schema.String, type: Schema.String }))
 })
@@ -48,9 +51,8 @@ export const DnsPowerDns = Layer.scoped(
     const config = yield* PowerDnsConfig
     const { domain, limits } = yield* Settings
     const callTimeout = Duration.millis(limits.outsideCallMs)
-    const zone = Option.getOrElse(config.zone, () => `${domain}.`)
     const zoneUrl = `${config.apiUrl}/api/v1/servers/${encodeURIComponent(config.serverId)}/zones/${
-      encodeURIComponent(zone)
+      encodeURIComponent(config.zone)
     }`
     const client = (yield* HttpClient.HttpClient).pipe(
       HttpClient.mapRequest(HttpClientRequest.setHeader("X-API-Key", Redacted.value(config.apiKey))),
@@ -62,6 +64,16 @@ export const DnsPowerDns = Layer.scoped(
       readonly operation: "upsert" | "remove"
       readonly rrset: { readonly name: string } & Record<string, unknown>
     }
+
+    /** What PowerDNS said when it refused: its status and its `{"error": ...}` (read, so the connection is free again). */
+    const refusal = (response: HttpClientResponse.HttpClientResponse) =>
+      response.text.pipe(
+        Effect.map((body) => {
+          const said = Schema.decodeOption(PowerDnsError)(body).pipe(Option.map((answer) => answer.error), Option.getOrElse(() => body))
+          return `HTTP ${response.status}${said.trim() === "" ? "" : `: ${said.trim().slice(0, 300)}`}`
+        }),
+        Effect.orElseSucceed(() => `HTTP ${response.status}`)
+      )
 
     // 5xx (e.g. SQLite's "database is locked") and transport errors are worth a quick retry.
     const transient = (error: HttpClientError.HttpClientError) =>
@@ -75,13 +87,17 @@ export const DnsPowerDns = Layer.scoped(
       ).pipe(
         Effect.retry({ while: transient, schedule: Schedule.exponential(Duration.millis(25)), times: 3 }),
         Effect.asVoid,
-        Effect.mapError((cause) =>
-          new DnsError({
-            operation: changes[0]?.operation ?? "upsert",
-            reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
-            cause,
-            noEffect: cause._tag === "ResponseError" ? cause.response.status < 500 : neverDelivered(cause)
-          })
+        Effect.catchAll((cause) =>
+          Effect.flatMap(
+            cause._tag === "ResponseError" ? refusal(cause.response) : Effect.succeed(cause.message),
+            (reason) =>
+              new DnsError({
+                operation: changes[0]?.operation ?? "upsert",
+                reason,
+                cause,
+                noEffect: cause._tag === "ResponseError" ? cause.response.status < 500 : neverDelivered(cause)
+              })
+          )
         ),
         Effect.timeoutFail({
           duration: callTimeout,

@@ -24,14 +24,18 @@ const RealPowerDnsLive = Layer.scoped(
   )
 ).pipe(Layer.provide(NodeContext.layer))
 
-const DnsLive = Layer.unwrapEffect(
-  Effect.map(RealPowerDns, (pdns) =>
-    DnsPowerDns.pipe(Layer.provide(Settings.Default), Layer.provide(configFrom({
-      PDNS_API_URL: pdns.apiUrl,
-      PDNS_API_KEY: "test-key",
-      DOMAIN: "domain.local"
-    }))))
-)
+const dnsLayer = (env: Readonly<Record<string, string>> = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(RealPowerDns, (pdns) =>
+      DnsPowerDns.pipe(Layer.provide(Settings.Default), Layer.provide(configFrom({
+        PDNS_API_URL: pdns.apiUrl,
+        PDNS_API_KEY: "test-key",
+        DOMAIN: "domain.local",
+        ...env
+      }))))
+  )
+
+const DnsLive = dnsLayer()
 
 const orgRecords = Effect.gen(function*() {
   const pdns = yield* RealPowerDns
@@ -64,6 +68,33 @@ layer(Layer.provideMerge(DnsLive, RealPowerDnsLive), { excludeTestServices: true
         const error = yield* dns.upsert(randomUUID() as OrganizationId).pipe(Effect.flip, Effect.ensuring(Effect.orDie(pdns.start)))
         expect(error._tag).toBe("DnsError")
         expect(error.operation).toBe("upsert")
+      }))
+
+    it.effect("a change PowerDNS refuses: the error says what PowerDNS said, and that nothing changed", () =>
+      Effect.gen(function*() {
+        const dns = yield* Dns
+        const pdns = yield* RealPowerDns
+        const org = randomUUID() as OrganizationId
+        // Someone else's CNAME at the org's name: PowerDNS refuses an A record beside it (422).
+        yield* Effect.promise(() =>
+          fetch(`${pdns.apiUrl}/api/v1/servers/localhost/zones/domain.local.`, {
+            method: "PATCH",
+            headers: { "X-API-Key": "test-key", "content-type": "application/json" },
+            body: JSON.stringify({
+              rrsets: [{
+                name: `org-${org}.domain.local.`,
+                type: "CNAME",
+                ttl: 60,
+                changetype: "REPLACE",
+                records: [{ content: "elsewhere.domain.local.", disabled: false }]
+              }]
+            })
+          }).then((response) => expect(response.status).toBe(204))
+        )
+        const error = yield* dns.upsert(org).pipe(Effect.flip)
+        expect(error.noEffect).toBe(true)
+        expect(error.message).toMatch(/^PowerDNS upsert: HTTP 422: RRset org-.* IN A: Conflicts with pre-existing RRset/)
+        expect(yield* orgRecords).not.toContain(`org-${org}.domain.local.`)
       }))
   }
 )

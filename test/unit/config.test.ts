@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Either, Redacted } from "effect"
-import { ApiToken, NginxConfig, routeApiUrl, Settings } from "../../src/config.ts"
+import { ApiToken, NginxConfig, PowerDnsConfig, routeApiUrl, Settings } from "../../src/config.ts"
 
 const withEnv = (env: Record<string, string>) => Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
 
@@ -29,6 +29,21 @@ describe("configuration", () => {
       expect(Either.map(settings, (s) => s.domain)).toEqual(Either.right("example.com"))
       const bad = yield* settingsFrom({ DOMAIN: "not a domain" })
       expect(Either.isLeft(bad) && String(bad.left)).toMatch(/DOMAIN must be a DNS name/)
+    }))
+
+  it.effect("PDNS_ZONE must contain DOMAIN (default: DOMAIN's own zone); DNS_RECORD_IP must be an IPv4 address", () =>
+    Effect.gen(function*() {
+      const base = { PDNS_API_URL: "http://127.0.0.1:8081", PDNS_API_KEY: "key", DOMAIN: "gw.example.com" }
+      const zoneOf = (env: Record<string, string>) => Effect.either(Effect.map(PowerDnsConfig, (c) => c.zone)).pipe(withEnv({ ...base, ...env }))
+      expect(yield* zoneOf({})).toEqual(Either.right("gw.example.com."))
+      expect(yield* zoneOf({ PDNS_ZONE: "Example.com." })).toEqual(Either.right("example.com."))
+      expect(yield* zoneOf({ PDNS_ZONE: "gw.example.com" })).toEqual(Either.right("gw.example.com."))
+      for (const zone of ["other.com.", "ample.com", "x.gw.example.com."]) {
+        const refused = yield* zoneOf({ PDNS_ZONE: zone })
+        expect(Either.isLeft(refused) && String(refused.left), zone).toMatch(/PDNS_ZONE \(.*\) must contain DOMAIN \(gw\.example\.com\)/)
+      }
+      const badIp = yield* Effect.either(PowerDnsConfig).pipe(withEnv({ ...base, DNS_RECORD_IP: "gateway.example.com" }))
+      expect(Either.isLeft(badIp) && String(badIp.left)).toMatch(/DNS_RECORD_IP must be an IPv4 address/)
     }))
 
   it.effect("timeouts must be positive; the derived limits follow from them", () =>
