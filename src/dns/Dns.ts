@@ -1,8 +1,9 @@
 import { HttpClient, type HttpClientError, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
-import { Context, Data, Duration, Effect, Layer, Option, Predicate, Redacted, Schedule, Schema } from "effect"
+import { Context, Data, Duration, Effect, Layer, Option, Redacted, Schedule, Schema } from "effect"
 import { DnsProviderConfig, PowerDnsConfig, Settings } from "../config.ts"
 import { makeGroupCommit } from "../lib/GroupCommit.ts"
+import { transportCode } from "../lib/transport.ts"
 import { type OrganizationId, orgHostname, parseOrgLabel } from "../domain/ids.ts"
 
 export class DnsError extends Data.TaggedError("DnsError")<{
@@ -39,9 +40,8 @@ const ZoneRrsets = Schema.Struct({
 
 /** A request that never reached the server: refused or unresolvable before anything was sent. */
 const neverDelivered = (error: HttpClientError.HttpClientError): boolean => {
-  const code = (value: unknown): unknown => Predicate.hasProperty(value, "code") ? value.code : undefined
-  const inner = Predicate.hasProperty(error.cause, "cause") ? error.cause.cause : undefined
-  return [code(error.cause), code(inner)].some((c) => c === "ECONNREFUSED" || c === "ENOTFOUND")
+  const code = transportCode(error)
+  return code === "ECONNREFUSED" || code === "ENOTFOUND"
 }
 
 /** PowerDNS's HTTP API: one A rrset per org, REPLACEd on upsert and DELETEd on remove (204 both). */

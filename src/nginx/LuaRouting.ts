@@ -1,7 +1,8 @@
 import { HttpClientRequest } from "@effect/platform"
-import { Duration, Effect, Option, Schedule, Schema } from "effect"
+import { Duration, Effect, Option, Predicate, Schedule, Schema } from "effect"
 import { routeApiUrl } from "../config.ts"
 import { AllocationId, Generation, OrganizationId } from "../domain/ids.ts"
+import { transportCode } from "../lib/transport.ts"
 import { PROBE_SECRET_HEADER } from "./config.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
 import { renderLuaConfig } from "./luaConfig.ts"
@@ -61,6 +62,25 @@ export const makeLuaRouting = (kit: EdgeKit) =>
       })
     )
 
+    /**
+     * What holds the route API's address when it is not this nginx's route API: an answer in
+     * another format, or a connection accepted and then broken. Refused (nothing listens yet) or
+     * no answer in time (a frozen nginx, say) say nothing about an occupant.
+     */
+    const occupantOfRouteApi = call("install", HttpClientRequest.get(`${api}/boot`)).pipe(
+      Effect.map((answer) =>
+        answer.status === 200 && answer.body.startsWith("boot ")
+          ? Option.none<string>()
+          : Option.some(`it answered HTTP ${answer.status}: ${answer.body.slice(0, 100)}`)
+      ),
+      Effect.catchAll((error) => {
+        const code = Predicate.hasProperty(error.cause, "cause") ? transportCode(error.cause) : undefined
+        return Effect.succeed(
+          code === undefined || code === "ECONNREFUSED" ? Option.none<string>() : Option.some(`the connection failed with ${code}`)
+        )
+      })
+    )
+
     // nginx answers a probe in microseconds; a route written is served at once: poll fast.
     const probeSchedule = Schedule.spaced(Duration.millis(2))
 
@@ -75,6 +95,16 @@ export const makeLuaRouting = (kit: EdgeKit) =>
       // would only drop every client's kept-alive connections.
       const running = yield* Effect.option(tableState)
       if (Option.exists(running, (state) => state.version === file.version)) return
+      if (Option.isNone(running)) {
+        const occupant = yield* occupantOfRouteApi
+        if (Option.isSome(occupant)) {
+          return yield* new NginxError({
+            operation: "install",
+            reason: `NGINX_ROUTE_API_LISTEN (${config.routeApiListen}) is held by another process (${occupant.value}), so ` +
+              "nginx could not listen there: choose a free loopback address"
+          })
+        }
+      }
       yield* kit.signalReload.pipe(
         kit.underEdgeLock,
         Effect.mapError((error) =>

@@ -1,6 +1,7 @@
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { randomUUID } from "node:crypto"
-import { Data, Duration, Effect, Predicate, Queue, Redacted, Ref, Schedule, type Scope } from "effect"
+import { Data, Duration, Effect, Queue, Redacted, Ref, Schedule, type Scope } from "effect"
+import { transportCode } from "../lib/transport.ts"
 
 /**
  * A JSON webhook that never blocks its callers: `send` only enqueues (a bounded queue; when it is
@@ -51,11 +52,8 @@ export const originOf = (url: string) => {
 
 /** A transport error without the request line (which names the URL). */
 const describeTransport = (error: { readonly reason: string; readonly cause?: unknown }) => {
-  const cause = error.cause
-  const code = Predicate.hasProperty(cause, "code") && typeof cause.code === "string" ? cause.code : undefined
-  const inner = Predicate.hasProperty(cause, "cause") ? cause.cause : undefined
-  const innerCode = Predicate.hasProperty(inner, "code") && typeof inner.code === "string" ? inner.code : undefined
-  return `${error.reason} error${code ?? innerCode ? ` (${code ?? innerCode})` : ""}`
+  const code = transportCode(error)
+  return `${error.reason} error${code === undefined ? "" : ` (${code})`}`
 }
 
 // 408 and 429 say "later"; any other 4xx will not change on a retry.

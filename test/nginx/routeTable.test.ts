@@ -6,6 +6,8 @@ import { expect, layer } from "@effect/vitest"
 import { type Context, Effect, Metric } from "effect"
 import { randomUUID } from "node:crypto"
 import { readFileSync } from "node:fs"
+import * as http from "node:http"
+import * as net from "node:net"
 import path from "node:path"
 import type { NginxHandle } from "../../src/dev/NginxProcess.ts"
 import { type AllocationId, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
@@ -178,6 +180,37 @@ layer(RealNginxLive({ workers: WORKERS, luaModule: false }), { excludeTestServic
       expect(error.message).toContain("libnginx-mod-http-lua")
       expect(error.message).toContain("NGINX_ROUTING=reload")
     }))
+})
+
+/** A TCP server on the route API's port before the service installs: Postgres's way (a binary error, then close) or another HTTP server. */
+const occupy = (port: number, kind: "postgres" | "http") =>
+  Effect.acquireRelease(
+    Effect.async<net.Server, Error>((resume) => {
+      const server = kind === "http"
+        ? http.createServer((_request, response) => response.writeHead(404).end("not found"))
+        : net.createServer((socket) => socket.write(Buffer.from([0x45, 0, 0, 0, 8, 0x53, 0x46, 0]), () => socket.destroy()))
+      server.once("error", (error) => resume(Effect.fail(error)))
+      server.listen(port, "127.0.0.1", () => resume(Effect.succeed(server)))
+    }),
+    (server) =>
+      Effect.async<void>((resume) => {
+        if (server instanceof http.Server) server.closeAllConnections()
+        server.close(() => resume(Effect.void))
+      })
+  )
+
+layer(RealNginxLive({ workers: 1 }), { excludeTestServices: true, timeout: 60_000 })("lua mode with NGINX_ROUTE_API_LISTEN held by another process", (it) => {
+  for (const kind of ["postgres", "http"] as const) {
+    it.scoped(`install fails at start-up naming NGINX_ROUTE_API_LISTEN (held by ${kind === "postgres" ? "a Postgres-like server" : "an HTTP server"})`, () =>
+      Effect.gen(function*() {
+        const handle = yield* RealNginx
+        yield* occupy(handle.routeApiPort, kind)
+        const error = yield* Effect.flip(Effect.provide(Effect.void, LuaNginx()))
+        expect(error).toMatchObject({ _tag: "NginxError", operation: "install" })
+        expect(error.message).toContain(`NGINX_ROUTE_API_LISTEN (127.0.0.1:${handle.routeApiPort}) is held by another process`)
+        expect(error.message).toMatch(kind === "http" ? /it answered HTTP 404: not found/ : /the connection failed with \w+/)
+      }))
+  }
 })
 
 const stateOf = (nginx: Context.Tag.Service<typeof Nginx>) =>
