@@ -7,6 +7,7 @@ import {
   type Attempt,
   InTransition,
   type NoGatewayAvailable,
+  type OwnershipLost,
   StartFailed,
   type StartError,
   type StepError,
@@ -18,7 +19,7 @@ import { isUnfinished, type RollbackReport, type StartOutcome, summarise } from 
 import { Dns } from "../dns/Dns.ts"
 import { Handshake, HandshakeError } from "../handshake/Handshake.ts"
 import { Journal } from "../journal/Journal.ts"
-import { Nginx } from "../nginx/Nginx.ts"
+import { Nginx, type NginxError, type Route, type RouteLost } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { GatewayHealth } from "../pool/GatewayHealth.ts"
 import { Runner } from "../pool/Runner.ts"
@@ -44,6 +45,9 @@ export interface Stopped {
 }
 
 const settlePoll = Schedule.spaced(Duration.millis(100))
+
+/** How often one start writes its route again after nginx lost it (each loss is one nginx restart). */
+const ROUTE_REWRITES = 2
 
 /** One attempt's end: its exit, its rollback, and the gateway it claimed (if it got that far). */
 interface AttemptResult {
@@ -153,6 +157,22 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         Effect.tap((claimed) => Effect.annotateCurrentSpan("gateway_id", claimed.gatewayId))
       )
 
+    /**
+     * Proves nginx serves the route. lua: a route gone from the table since its write (nginx
+     * restarted, its table came back empty, and the restorer pushes active allocations only) is
+     * written again by its owner, fenced like the first write and undone by the same undo,
+     * instead of waiting out the step's timeout.
+     */
+    const proveRoute = (route: Route, rewrites: number): Effect.Effect<void, NginxError | RouteLost | OwnershipLost | PoolError> =>
+      nginx.awaitRoute(route.organizationId, route.allocationId).pipe(
+        Effect.catchTag("RouteLost", (lost) =>
+          rewrites <= 0 ? Effect.fail(lost) : Effect.logWarning(`${lost.message}: writing it again`).pipe(
+            Effect.zipRight(ownership.check(route.allocationId)),
+            Effect.zipRight(nginx.writeRoute(route)),
+            Effect.zipRight(proveRoute(route, rewrites - 1))
+          ))
+      )
+
     /** The five steps. Each registers its undo before it runs; the Scope runs them on failure. */
     const pipeline = (run: Run, rollback: Rollback, claimedGateway: Ref.Ref<Option.Option<GatewayId>>) =>
       Effect.gen(function*() {
@@ -193,7 +213,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
 
         // reload mode: the reload, then the proof; lua mode: the proof alone (the write is live).
         yield* steps.step(run, rollback, "nginx-reload", {
-          run: nginx.apply.pipe(Effect.zipRight(nginx.awaitRoute(organizationId, allocationId))),
+          run: nginx.apply.pipe(Effect.zipRight(proveRoute(route, ROUTE_REWRITES))),
           undo: () => undos.unroute(route)
         })
 

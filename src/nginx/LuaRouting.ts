@@ -6,7 +6,7 @@ import { transportCode } from "../lib/transport.ts"
 import { PROBE_SECRET_HEADER } from "./config.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
 import { renderLuaConfig } from "./luaConfig.ts"
-import { Nginx, NginxError, type Route, type RouteKey } from "./Nginx.ts"
+import { Nginx, NginxError, type Route, type RouteKey, RouteLost } from "./Nginx.ts"
 
 /**
  * NGINX_ROUTING=lua: routes live in nginx's shared memory (see luaConfig.ts), written through the
@@ -165,7 +165,17 @@ export const makeLuaRouting = (kit: EdgeKit) =>
       }),
       apply: Effect.void,
       awaitRoute: Effect.fn("Nginx.awaitRoute")(function*(organizationId, allocationId) {
-        yield* kit.probeUntil(organizationId, (served) => served === allocationId).pipe(Effect.retry(probeSchedule))
+        yield* kit.probe(organizationId).pipe(
+          Effect.filterOrFail(
+            (answer) => answer.allocation === allocationId,
+            (answer): NginxError | RouteLost =>
+              answer.allocation === ""
+                ? new RouteLost({ organizationId, allocationId })
+                : new NginxError({ operation: "probe", reason: `nginx serves allocation ${answer.allocation}` })
+          ),
+          // A probe nginx did not answer (restarting, say) is asked again; an empty table is not.
+          Effect.retry({ schedule: probeSchedule, while: (error) => error._tag !== "RouteLost" })
+        )
       }),
       awaitUnrouted: Effect.fn("Nginx.awaitUnrouted")(function*(organizationId, allocationId) {
         yield* kit.probeUntil(organizationId, (served) => served !== allocationId).pipe(Effect.retry(probeSchedule))

@@ -13,6 +13,20 @@ export class NginxError extends Data.TaggedError("NginxError")<{
   }
 }
 
+/**
+ * lua: the org's route vanished after its write returned (a write is live when it returns, so
+ * nothing of this allocation's can be missing unless nginx restarted and its table came back
+ * empty). Its owner may write it again, fenced like any write.
+ */
+export class RouteLost extends Data.TaggedError("RouteLost")<{
+  readonly organizationId: OrganizationId
+  readonly allocationId: AllocationId
+}> {
+  override get message() {
+    return `nginx serves no route for org ${this.organizationId} any more (restarted since the route was written?)`
+  }
+}
+
 /** What a removal names: the org, and the allocation (and its generation) whose route it removes. */
 export interface RouteKey {
   readonly organizationId: OrganizationId
@@ -68,8 +82,11 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
    * NGINX_RELOAD_MODE); lua: nothing to do, a write is live when it returns.
    */
   readonly apply: Effect.Effect<void, NginxError>
-  /** Probes until nginx serves `allocationId` for the org's hostname. Unbounded: callers set the timeout. */
-  readonly awaitRoute: (organizationId: OrganizationId, allocationId: AllocationId) => Effect.Effect<void, NginxError>
+  /**
+   * Probes until nginx serves `allocationId` for the org's hostname. Unbounded: callers set the
+   * timeout. lua: fails at once with RouteLost when nginx serves no route for the org at all.
+   */
+  readonly awaitRoute: (organizationId: OrganizationId, allocationId: AllocationId) => Effect.Effect<void, NginxError | RouteLost>
   /** Probes until nginx no longer serves `allocationId` for the org's hostname (and, reload mode, no older worker generation accepts). */
   readonly awaitUnrouted: (organizationId: OrganizationId, allocationId: AllocationId) => Effect.Effect<void, NginxError>
   /** One probe: the allocation nginx serves for the org's hostname right now, or null. */

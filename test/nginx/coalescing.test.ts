@@ -58,7 +58,7 @@ layer(RealNginxLive(), { excludeTestServices: true, timeout: 60_000 })("nginx re
       rmSync(broken)
       for (const result of results) {
         expect(result._tag).toBe("Left")
-        if (result._tag === "Left") expect(result.left.operation).toBe("reload")
+        if (result._tag === "Left") expect(result.left).toMatchObject({ _tag: "NginxError", operation: "reload" })
       }
       // The last good configuration still serves the earlier route.
       expect(yield* nginx.probeRoute(live.organizationId)).toBe(live.allocationId)

@@ -3,7 +3,8 @@ import { ConfigProvider, Context, Effect, Layer } from "effect"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
-import { ServicesLive as AppServicesLive } from "../../src/app.ts"
+import { makeServices, OutsideLive, ServicesLive as AppServicesLive } from "../../src/app.ts"
+import { Nginx } from "../../src/nginx/Nginx.ts"
 import type { Behaviour } from "../../src/dev/SampleGateway.ts"
 import { type LocalStack, startLocalStack } from "../../src/dev/stack.ts"
 import type { GatewayName, Upstream } from "../../src/domain/ids.ts"
@@ -45,7 +46,21 @@ export const configFrom = (env: Readonly<Record<string, string>>) =>
  * The service's own layers (allocator, pool, journal, PowerDNS, nginx, handshake) configured for
  * the stack, nginx installed, the sample gateways registered in the pool.
  */
-export const ServicesLive = (overrides: Readonly<Record<string, string>> = {}) =>
+type NginxService = Context.Tag.Service<typeof Nginx>
+
+/** The service's own layers, with its real Nginx wrapped when a test asks. */
+const servicesFor = (stack: LocalStack, wrap: ((nginx: NginxService, stack: LocalStack) => NginxService) | undefined) =>
+  wrap === undefined
+    ? AppServicesLive
+    : makeServices(Layer.effect(Nginx, Effect.map(Nginx, (nginx) => wrap(nginx, stack))).pipe(Layer.provideMerge(OutsideLive)))
+
+export const ServicesLive = (
+  overrides: Readonly<Record<string, string>> = {},
+  options: {
+    /** Wraps the service's real Nginx (to act on the real nginx at a precise point of a start). */
+    readonly nginx?: (nginx: NginxService, stack: LocalStack) => NginxService
+  } = {}
+) =>
   Layer.unwrapEffect(
     Effect.map(Stack, (stack) =>
       Layer.effectDiscard(
@@ -53,7 +68,7 @@ export const ServicesLive = (overrides: Readonly<Record<string, string>> = {}) =
           Effect.forEach(stack.gateways, (gateway) =>
             pool.addGateway(gateway.name as GatewayName, gateway.upstream as Upstream)))
       ).pipe(
-        Layer.provideMerge(AppServicesLive),
+        Layer.provideMerge(servicesFor(stack, options.nginx)),
         Layer.provide(configFrom({
           STEP_TIMEOUT_MS: "3000",
           UNDO_TIMEOUT_MS: "3000",
