@@ -80,7 +80,12 @@ export class Settings extends Effect.Service<Settings>()("Settings", {
       ),
       /** The first quarantine of a gateway that failed; it doubles with each failure in a row, up to 10 min. */
       gatewayQuarantineMs: milliseconds("GATEWAY_QUARANTINE_MS", 30_000),
-      gatewayHealthIntervalMs: milliseconds("GATEWAY_HEALTH_INTERVAL_MS", 10_000)
+      gatewayHealthIntervalMs: milliseconds("GATEWAY_HEALTH_INTERVAL_MS", 10_000),
+      /** A health pass asks the next this-many gateways a claim would take, and as many others in rotation. */
+      gatewayHealthBatch: Config.integer("GATEWAY_HEALTH_BATCH").pipe(
+        Config.withDefault(64),
+        Config.validate({ message: "GATEWAY_HEALTH_BATCH must be between 1 and 10000", validation: (n) => n >= 1 && n <= 10_000 })
+      )
     })
     return {
       ...settings,

@@ -1,4 +1,4 @@
-import { Clock, Duration, Effect, Either, Metric, Option } from "effect"
+import { Clock, Duration, Effect, Either, Metric, Option, Ref } from "effect"
 import { Settings } from "../config.ts"
 import { type Gateway, type QuarantineReason, QUARANTINES_WORTH_A_NOTICE } from "../domain/gateway.ts"
 import type { GatewayId } from "../domain/ids.ts"
@@ -65,14 +65,25 @@ export class GatewayHealth extends Effect.Service<GatewayHealth>()("GatewayHealt
         yield* setAside(gateway.gatewayId, `health check: ${answer.left.reason}`, "health_check")
       }).pipe(Effect.annotateLogs({ gateway_id: gateway.gatewayId }))
 
-    /** One pass over the free gateways, unless another replica is running one. */
+    // Where this replica's rotation over the free gateways goes on from (none: from the start).
+    const rotation = yield* Ref.make(Option.none<GatewayId>())
+
+    /**
+     * One pass, unless another replica is running one. It asks the gateways that matter next, not
+     * the whole pool (a pass over 10,000 idle gateways every interval kept a core busy): the next
+     * GATEWAY_HEALTH_BATCH a claim would take, every one whose quarantine has run out, and as many
+     * others in rotation, so each free gateway is asked at least once every (free / batch)
+     * intervals. A pool of up to twice the batch is asked whole, every pass.
+     */
     const runOnce = pool.exclusively(
       "gateway-health",
       Effect.gen(function*() {
         const nowMs = yield* Clock.currentTimeMillis
-        const free = (yield* pool.listGateways()).filter((gateway) => gateway.allocationId === null)
-        yield* Effect.forEach(free, (gateway) => check(gateway, nowMs), { concurrency: 8, discard: true })
-        return free.length
+        const { candidates, rotationEnd } = yield* pool.healthCandidates(settings.gatewayHealthBatch, yield* Ref.get(rotation))
+        yield* Ref.set(rotation, rotationEnd)
+        yield* Effect.forEach(candidates, (gateway) => check(gateway, nowMs), { concurrency: 8, discard: true })
+        yield* Effect.annotateCurrentSpan({ "gateways.checked": candidates.length })
+        return candidates.length
       })
     ).pipe(Effect.withSpan("HealthChecker.run"))
 

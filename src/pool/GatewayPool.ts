@@ -13,7 +13,7 @@ import {
 } from "../domain/allocation.ts"
 import { NoGatewayAvailable } from "../domain/errors.ts"
 import { Gateway, type GatewayState, QUARANTINE_CAP_MS } from "../domain/gateway.ts"
-import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../domain/ids.ts"
+import { type AllocationId, GatewayId, type GatewayName, type OrganizationId, type Upstream } from "../domain/ids.ts"
 
 export class GatewayNameTaken extends Data.TaggedError("GatewayNameTaken")<{ readonly name: string }> {}
 /** The upstream is in the pool already (under another name): one gateway process, one org. */
@@ -50,6 +50,7 @@ const decodeAll = <A, I>(schema: Schema.Schema<A, I>) => Schema.decodeUnknown(Sc
 const decodeFirst = <A, I>(schema: Schema.Schema<A, I>) => (rows: ReadonlyArray<unknown>) =>
   rows.length === 0 ? Effect.succeed(Option.none<A>()) : Effect.map(Schema.decodeUnknown(schema)(rows[0]), Option.some)
 const Flag = Schema.Struct({ value: Schema.Boolean })
+const RotationEnd = Schema.Struct({ rotationEnd: Schema.NullOr(GatewayId) })
 
 /**
  * The gateway pool in Postgres: claiming and releasing gateways, allocation states, and the
@@ -281,6 +282,37 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
     }, Effect.mapError(poolError))
 
     /**
+     * The free gateways one health pass asks (see GatewayHealth): the next `batch` a claim would
+     * take (its order), every one whose quarantine has run out, and the next `batch` by id after
+     * `after` (a rotation over the rest). `rotationEnd`: where the next rotation starts; none when
+     * this one reached the end.
+     */
+    const healthCandidates = Effect.fn("GatewayPool.healthCandidates")(function*(batch: number, after: Option.Option<GatewayId>) {
+      const from = Option.getOrNull(after)
+      const rows = yield* sql`
+        with on_deck as (
+          select g.id from gateways g
+           where g.allocation_id is null and g.state = 'active'
+             and (g.quarantined_until is null or g.quarantined_until <= now())
+           order by g.last_allocated_at nulls first, g.created_at, g.id
+           limit ${batch}),
+        due as (
+          select g.id from gateways g where g.allocation_id is null and g.quarantined_until <= now()),
+        rotation as (
+          select g.id from gateways g
+           where g.allocation_id is null and (${from}::uuid is null or g.id > ${from}::uuid)
+           order by g.id limit ${batch})
+        select ${sql.literal(gatewayColumns)},
+               (select case when count(*) = ${batch} then max(r.id::text) end from rotation r) as "rotationEnd"
+          from gateways
+         where id in (select id from on_deck union select id from due union select id from rotation)
+         order by created_at, id`
+      const candidates = yield* decodeAll(Gateway)(rows)
+      const end = yield* decodeFirst(RotationEnd)(rows)
+      return { candidates, rotationEnd: Option.flatMap(end, (row) => Option.fromNullable(row.rotationEnd)) }
+    }, Effect.mapError(poolError))
+
+    /**
      * Allocations left mid-pipeline: in a transitional state and run by a dead runner (its
      * advisory lock is gone), by this runner (the caller skips those it is still working on), or
      * untouched past the deadline, whoever runs them.
@@ -353,6 +385,7 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       addGateway,
       removeGateway,
       listGateways,
+      healthCandidates,
       quarantine,
       markHealthy,
       setGatewayState,

@@ -1,13 +1,13 @@
 import { SqlClient } from "@effect/sql"
 import { expect, layer } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import { DatabaseLive } from "../../src/db/Database.ts"
 import { QUARANTINE_CAP_MS } from "../../src/domain/gateway.ts"
-import type { AllocationId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
 import { configFrom } from "../support/stack.ts"
 
@@ -75,5 +75,48 @@ layer(Pool, { excludeTestServices: true, timeout: 120_000 })("gateway quarantine
       expect(stats).toMatchObject({ available: 0, quarantined: 1, draining: 1 })
       expect(stats.free + stats.allocated).toBe(stats.total)
       expect((yield* claim().pipe(Effect.flip))._tag).toBe("NoGatewayAvailable")
+    }))
+})
+
+layer(Pool, { excludeTestServices: true, timeout: 120_000 })("the gateways a health pass asks, in Postgres", (it) => {
+  it.effect("the next ones a claim would take, those whose quarantine ran out, and a rotation by id that covers every free one; never an allocated one", () =>
+    Effect.gen(function*() {
+      const pool = yield* GatewayPool
+      const sql = yield* SqlClient.SqlClient
+      const all = yield* Effect.forEach([1, 2, 3, 4, 5, 6], (i) => pool.addGateway(`hc-${i}` as GatewayName, `hc-${i}.test:9001` as Upstream))
+      const [g1, g2, g3, g4] = all
+      if (g1 === undefined || g2 === undefined || g3 === undefined || g4 === undefined) return expect.fail("gateways")
+      // g1 served a start (a claim takes it last now); g2's quarantine ran out; g4 is in quarantine.
+      const claimed = yield* pool.claim(randomUUID() as AllocationId, randomUUID() as OrganizationId, "test-runner")
+      expect(claimed.gatewayId).toBe(g1.gatewayId)
+      yield* pool.release(claimed.allocationId, "released", "test-runner")
+      yield* pool.quarantine(g2.gatewayId, "dead", 60_000)
+      yield* sql`update gateways set quarantined_until = now() - interval '1 second' where id = ${g2.gatewayId}`
+      yield* pool.quarantine(g4.gatewayId, "dead", 60_000)
+
+      const first = yield* pool.healthCandidates(2, Option.none())
+      const ids = (candidates: ReadonlyArray<{ readonly gatewayId: GatewayId }>) => candidates.map((g) => g.gatewayId)
+      // On deck: g2 (out of quarantine, never allocated) and g3; g2 is also due.
+      expect(ids(first.candidates)).toEqual(expect.arrayContaining([g2.gatewayId, g3.gatewayId]))
+      expect(first.candidates.length).toBeLessThanOrEqual(4)
+      expect(Option.isSome(first.rotationEnd)).toBe(true)
+
+      // The rotation goes on from where it ended and reaches every free gateway, then starts over.
+      const rotated = new Set<GatewayId>()
+      let cursor = Option.none<GatewayId>()
+      for (let pass = 0; pass < 4; pass++) {
+        const next = yield* pool.healthCandidates(2, cursor)
+        for (const id of ids(next.candidates)) rotated.add(id)
+        cursor = next.rotationEnd
+        if (Option.isNone(cursor)) break
+      }
+      expect(Option.isNone(cursor)).toBe(true)
+      expect([...rotated].sort()).toEqual(ids(all).sort())
+
+      // An allocated gateway is never asked: its org's traffic is its own.
+      const taken = yield* pool.claim(randomUUID() as AllocationId, randomUUID() as OrganizationId, "test-runner")
+      for (const after of [Option.none<GatewayId>(), Option.some(g1.gatewayId)]) {
+        expect(ids((yield* pool.healthCandidates(10, after)).candidates)).not.toContain(taken.gatewayId)
+      }
     }))
 })

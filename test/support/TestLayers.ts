@@ -265,6 +265,26 @@ const poolOf = (world: World) => {
         yield* Ref.update(world.gateways, (gs) => gs.filter((g) => g.gatewayId !== gatewayId))
       }),
     listGateways: () => Effect.map(Ref.get(world.gateways), (gs) => [...gs]),
+    healthCandidates: (batch, after) =>
+      Effect.gen(function*() {
+        const nowMs = yield* Clock.currentTimeMillis
+        const free = (yield* Ref.get(world.gateways)).filter((g) => g.allocationId === null)
+        const expired = (g: Gateway) => g.quarantinedUntil !== null && g.quarantinedUntil.getTime() <= nowMs
+        // The claim's order: available, least recently allocated first.
+        const onDeck = free
+          .filter((g) => g.state === "active" && (g.quarantinedUntil === null || expired(g)))
+          .sort((a, b) => (lastAllocated.get(a.gatewayId) ?? -1) - (lastAllocated.get(b.gatewayId) ?? -1))
+          .slice(0, batch)
+        const rotation = free
+          .filter((g) => Option.match(after, { onNone: () => true, onSome: (id) => g.gatewayId > id }))
+          .sort((a, b) => (a.gatewayId < b.gatewayId ? -1 : 1))
+          .slice(0, batch)
+        const picked = new Set([...onDeck, ...free.filter(expired), ...rotation].map((g) => g.gatewayId))
+        return {
+          candidates: free.filter((g) => picked.has(g.gatewayId)),
+          rotationEnd: rotation.length === batch ? Option.fromNullable(rotation[rotation.length - 1]?.gatewayId) : Option.none()
+        }
+      }),
     recoverable: (runner) =>
       Effect.gen(function*() {
         const dead = yield* Ref.get(world.deadRunners)

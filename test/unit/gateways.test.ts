@@ -1,7 +1,7 @@
 // Dead gateways set aside, starts retried on another gateway, draining: the ordering logic over
 // the in-memory outside systems (the backoff arithmetic lives in Postgres: test/db/quarantine.test.ts).
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Ref, TestClock } from "effect"
+import { Duration, Effect, Layer, Option, Ref, TestClock } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { makeServices } from "../../src/app.ts"
@@ -14,20 +14,24 @@ import { calls, clearFaults, OutsideTest, setFault, TestWorld } from "../support
 const UPSTREAMS = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
 const QUARANTINE_MS = 30_000
 
-const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayPool, (pool) =>
-    Effect.forEach(UPSTREAMS, (upstream, i) => pool.addGateway(`gw-${i + 1}` as GatewayName, upstream as Upstream)))
-).pipe(
-  Layer.provideMerge(makeServices(OutsideTest)),
-  Layer.provide(configFrom({
-    STEP_TIMEOUT_MS: "1000",
-    UNDO_TIMEOUT_MS: "500",
-    START_ATTEMPTS: "3",
-    GATEWAY_QUARANTINE_MS: String(QUARANTINE_MS),
-    GATEWAY_HEALTH_INTERVAL_MS: "3600000",
-    RECONCILE_INTERVAL_MS: "3600000"
-  }))
-)
+const servicesWith = (upstreams: ReadonlyArray<string>, env: Readonly<Record<string, string>> = {}) =>
+  Layer.effectDiscard(
+    Effect.flatMap(GatewayPool, (pool) =>
+      Effect.forEach(upstreams, (upstream, i) => pool.addGateway(`gw-${i + 1}` as GatewayName, upstream as Upstream)))
+  ).pipe(
+    Layer.provideMerge(makeServices(OutsideTest)),
+    Layer.provide(configFrom({
+      STEP_TIMEOUT_MS: "1000",
+      UNDO_TIMEOUT_MS: "500",
+      START_ATTEMPTS: "3",
+      GATEWAY_QUARANTINE_MS: String(QUARANTINE_MS),
+      GATEWAY_HEALTH_INTERVAL_MS: "3600000",
+      RECONCILE_INTERVAL_MS: "3600000",
+      ...env
+    }))
+  )
+
+const TestServices = servicesWith(UPSTREAMS)
 
 const newOrg = () => randomUUID() as OrganizationId
 
@@ -137,6 +141,31 @@ describe("dead gateways (test layers)", () => {
       expect(yield* gatewayAt(gw2.upstream)).toMatchObject({ health: "unhealthy", consecutiveFailures: 1 })
       expect((yield* gatewayAt(gw2.upstream))?.lastFailure).toMatch(/health check/)
     }).pipe(Effect.provide(TestServices)))
+
+  it.effect("a large pool: a pass asks the next gateways a claim would take and a rotation of the rest, and every gateway within free / batch passes", () =>
+    Effect.gen(function*() {
+      const checker = yield* GatewayHealth
+      const all = yield* gateways
+      const [head, , , , , , , , , last] = all
+      if (head === undefined || last === undefined) return expect.fail("no gateways")
+      // Dead: the gateway a claim takes first, and the one a claim takes last.
+      yield* setFault(`handshake.checkHealth@${head.upstream}`, "fail")
+      yield* setFault(`handshake.checkHealth@${last.upstream}`, "fail")
+      const first = yield* checker.runOnce
+      // 2 on deck + 2 in rotation (fewer when they overlap), not the 10 of the pool.
+      expect(Option.getOrThrow(first)).toBeGreaterThanOrEqual(2)
+      expect(Option.getOrThrow(first)).toBeLessThanOrEqual(4)
+      expect(yield* gatewayAt(head.upstream)).toMatchObject({ health: "unhealthy", consecutiveFailures: 1 })
+      // The rotation reaches the last one within 10 / 2 passes.
+      for (let pass = 2; pass <= 5; pass++) {
+        const checked = yield* checker.runOnce
+        expect(Option.getOrThrow(checked)).toBeLessThanOrEqual(4)
+      }
+      expect(yield* gatewayAt(last.upstream)).toMatchObject({ health: "unhealthy", consecutiveFailures: 1 })
+      // Every other gateway answered and is healthy, none quarantined.
+      const healthy = (yield* gateways).filter((g) => g.gatewayId !== head.gatewayId && g.gatewayId !== last.gatewayId)
+      expect(healthy.every((g) => g.quarantinedUntil === null)).toBe(true)
+    }).pipe(Effect.provide(servicesWith(Array.from({ length: 10 }, (_, i) => `127.0.0.1:${9101 + i}`), { GATEWAY_HEALTH_BATCH: "2" }))))
 
   it.effect("a draining gateway keeps its org and is not handed out again; active again, it is", () =>
     Effect.gen(function*() {
