@@ -225,16 +225,23 @@ async function load() {
   return { pool, live, finished: finished.slice(0, RECENT), rolledBack, repairs }
 }
 
+/** Bumped at every sign-in and sign-out: a refresh still loading from an earlier session renders nothing. */
+let session = 0
+
 async function refresh() {
   window.clearTimeout(timer)
   if (token() === null) return
+  const started = session
   try {
-    snapshot = await load()
-    if (selectedId !== null) selected = await api("GET", `/allocations/${selectedId}`)
+    const loaded = await load()
+    const detail = selectedId === null ? selected : await api("GET", `/allocations/${selectedId}`)
+    if (started !== session) return
+    snapshot = loaded
+    selected = detail
     setStatus(`Updated ${new Date().toLocaleTimeString()}, every ${POLL_MS / 1000} s`, false)
     render()
   } catch (error) {
-    if (error instanceof ApiError && error.status === 401) return
+    if (started !== session || (error instanceof ApiError && error.status === 401)) return
     setStatus(error instanceof Error ? error.message : String(error), true)
   }
   // One timer at a time, however many refreshes ran at once (polling, actions).
@@ -571,6 +578,7 @@ const VIEWS = ["#pool-counts", "#pool-gateways", "#live", "#finished", "#rollbac
 
 /** @param {string} message */
 function signOut(message) {
+  session += 1
   sessionStorage.removeItem(TOKEN_KEY)
   window.clearTimeout(timer)
   snapshot = null
@@ -590,6 +598,7 @@ function signOut(message) {
 }
 
 function signIn() {
+  session += 1
   $("#login", HTMLElement).hidden = true
   $("#app", HTMLElement).hidden = false
   $("#sign-out", HTMLElement).hidden = false

@@ -170,14 +170,19 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     ) => write(run, [row(run, step, event, extra)]).pipe(Effect.annotateLogs({ step, journal_event: event }))
 
     /** Queues a row for the allocation's next write (see `waiting`). */
-    const recordLater = (run: Run, step: StepName, event: StepEvent, extra: { readonly durationMs?: number | undefined }) =>
+    const recordLater = (
+      run: Run,
+      step: StepName,
+      event: StepEvent,
+      extra: { readonly detail?: string | undefined; readonly durationMs?: number | undefined }
+    ) =>
       Effect.sync(() => {
         const rows = waiting.get(run.allocationId) ?? []
         rows.push(row(run, step, event, extra))
         waiting.set(run.allocationId, rows)
       })
 
-    /** Writes the rows still waiting: the last step's, when the start has no further row to write. */
+    /** Writes the rows still waiting: the last step's or undo's, when nothing else follows. */
     const flushJournal = (run: Run) => Effect.suspend(() => waiting.has(run.allocationId) ? write(run, []) : Effect.void)
 
     /**
@@ -220,7 +225,9 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
         const outcome: UndoOutcome = message === undefined
           ? { step, status, duration_ms: durationMs }
           : { step, status, message, duration_ms: durationMs }
-        yield* record(run, step, undoEvent[status], { detail: message, durationMs })
+        // Like a step's closing row, it goes out with the allocation's next row (the next undo's
+        // opening, or the flush that ends the rollback or the stop).
+        yield* recordLater(run, step, undoEvent[status], { detail: message, durationMs })
         yield* recordUndo(step, status, run.actor)
         yield* Effect.annotateCurrentSpan({ "undo.status": status, outcome: status })
         if (status === "failed" || status === "timed_out") {
@@ -250,6 +257,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
           report.push(outcome)
           if (options.untilUnfinished && (outcome.status === "failed" || outcome.status === "timed_out")) break
         }
+        yield* flushJournal(run)
         return report
       })
 
