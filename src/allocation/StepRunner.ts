@@ -23,6 +23,9 @@ export interface Run {
   readonly actor: Actor
 }
 
+/** What a journal row may say besides its step and event. */
+type RowDetail = { readonly detail?: string | undefined; readonly durationMs?: number | undefined }
+
 /** An undo that deliberately did nothing, with the reason (journaled and reported as skipped). */
 export class UndoSkipped extends Data.TaggedClass("UndoSkipped")<{ readonly reason: string }> {}
 
@@ -146,7 +149,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
       run: Run,
       step: StepName,
       event: StepEvent,
-      extra: { readonly detail?: string | undefined; readonly durationMs?: number | undefined }
+      extra: RowDetail
     ): JournalRecord => ({ allocationId: run.allocationId, step, event, actor: run.actor, ...extra })
 
     /** Writes the allocation's waiting rows, then `more`. Journal writes never fail a step or an undo: a lost row is logged, the work goes on. */
@@ -166,7 +169,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
       run: Run,
       step: StepName,
       event: StepEvent,
-      extra: { readonly detail?: string | undefined; readonly durationMs?: number | undefined } = {}
+      extra: RowDetail = {}
     ) => write(run, [row(run, step, event, extra)]).pipe(Effect.annotateLogs({ step, journal_event: event }))
 
     /** Queues a row for the allocation's next write (see `waiting`). */
@@ -174,7 +177,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
       run: Run,
       step: StepName,
       event: StepEvent,
-      extra: { readonly detail?: string | undefined; readonly durationMs?: number | undefined }
+      extra: RowDetail
     ) =>
       Effect.sync(() => {
         const rows = waiting.get(run.allocationId) ?? []

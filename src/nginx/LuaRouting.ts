@@ -1,5 +1,5 @@
 import { HttpClientRequest } from "@effect/platform"
-import { Duration, Effect, Option, Predicate, Schedule, Schema } from "effect"
+import { Duration, Effect, Either, Option, Schedule, Schema } from "effect"
 import { routeApiUrl } from "../config.ts"
 import { AllocationId, Generation, OrganizationId } from "../domain/ids.ts"
 import { transportCode } from "../lib/transport.ts"
@@ -53,33 +53,39 @@ export const makeLuaRouting = (kit: EdgeKit) =>
 
     const routeUrl = (organizationId: OrganizationId) => `${api}/routes/${organizationId}`
 
-    const tableState = call("table", HttpClientRequest.get(`${api}/boot`)).pipe(
-      Effect.flatMap((answer) => {
-        const match = /^boot (\S+) ready ([01]) version (\S+)$/.exec(answer.body)
-        return answer.status === 200 && match !== null
-          ? Effect.succeed({ bootId: match[1] ?? "", ready: match[2] === "1", version: match[3] ?? "" })
-          : Effect.fail(refused("table", answer))
-      })
+    const bootRequest = HttpClientRequest.get(`${api}/boot`)
+
+    /** The route API's `GET /boot` answer, parsed; none when it is not in the route API's format. */
+    const parseBoot = (answer: { readonly status: number; readonly body: string }) => {
+      const match = /^boot (\S+) ready ([01]) version (\S+)$/.exec(answer.body)
+      return answer.status === 200 && match !== null
+        ? Option.some({ bootId: match[1] ?? "", ready: match[2] === "1", version: match[3] ?? "" })
+        : Option.none()
+    }
+
+    const tableState = call("table", bootRequest).pipe(
+      Effect.flatMap((answer) =>
+        Option.match(parseBoot(answer), { onNone: () => Effect.fail(refused("table", answer)), onSome: Effect.succeed })
+      )
     )
 
     /**
-     * What holds the route API's address when it is not this nginx's route API: an answer in
-     * another format, or a connection accepted and then broken. Refused (nothing listens yet) or
-     * no answer in time (a frozen nginx, say) say nothing about an occupant.
+     * What holds the route API's address, from the install's first `GET /boot`, when it is not
+     * this nginx's route API: an answer in another format, or a connection accepted and then
+     * broken. Refused (nothing listens yet) or no answer in time (a frozen nginx, say) say nothing
+     * about an occupant.
      */
-    const occupantOfRouteApi = call("install", HttpClientRequest.get(`${api}/boot`)).pipe(
-      Effect.map((answer) =>
-        answer.status === 200 && answer.body.startsWith("boot ")
-          ? Option.none<string>()
-          : Option.some(`it answered HTTP ${answer.status}: ${answer.body.slice(0, 100)}`)
-      ),
-      Effect.catchAll((error) => {
-        const code = Predicate.hasProperty(error.cause, "cause") ? transportCode(error.cause) : undefined
-        return Effect.succeed(
-          code === undefined || code === "ECONNREFUSED" ? Option.none<string>() : Option.some(`the connection failed with ${code}`)
-        )
+    const occupantOf = (first: Either.Either<{ readonly status: number; readonly body: string }, NginxError>) =>
+      Either.match(first, {
+        onRight: (answer) =>
+          answer.status === 200 && answer.body.startsWith("boot ")
+            ? Option.none<string>()
+            : Option.some(`it answered HTTP ${answer.status}: ${answer.body.slice(0, 100)}`),
+        onLeft: (error) => {
+          const code = transportCode(error.cause)
+          return code === undefined || code === "ECONNREFUSED" ? Option.none<string>() : Option.some(`the connection failed with ${code}`)
+        }
       })
-    )
 
     // nginx answers a probe in microseconds; a route written is served at once: poll fast.
     const probeSchedule = Schedule.spaced(Duration.millis(2))
@@ -93,10 +99,11 @@ export const makeLuaRouting = (kit: EdgeKit) =>
       yield* kit.writeAtomically(path.join(confDir, "gateway-allocator.conf"), file.text).pipe(Effect.mapError(fail("install")))
       // nginx already runs this very file (a restart of the service, another replica): a reload
       // would only drop every client's kept-alive connections.
-      const running = yield* Effect.option(tableState)
+      const first = yield* Effect.either(call("install", bootRequest))
+      const running = Either.isRight(first) ? parseBoot(first.right) : Option.none()
       if (Option.exists(running, (state) => state.version === file.version)) return
       if (Option.isNone(running)) {
-        const occupant = yield* occupantOfRouteApi
+        const occupant = occupantOf(first)
         if (Option.isSome(occupant)) {
           return yield* new NginxError({
             operation: "install",
