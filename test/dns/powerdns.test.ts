@@ -1,13 +1,14 @@
-import { NodeContext } from "@effect/platform-node"
+import { HttpClient, type HttpClientRequest } from "@effect/platform"
+import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
-import { Context, Effect, Layer, Redacted } from "effect"
+import { Context, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import { listRecords, type PowerDnsHandle, startPowerDns } from "../../src/dev/PowerDnsProcess.ts"
 import { Settings } from "../../src/config.ts"
-import { Dns, DnsPowerDns } from "../../src/dns/Dns.ts"
+import { Dns, DnsPowerDnsOver } from "../../src/dns/Dns.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { configFrom } from "../support/stack.ts"
 
@@ -24,18 +25,55 @@ const RealPowerDnsLive = Layer.scoped(
   )
 ).pipe(Layer.provide(NodeContext.layer))
 
-const dnsLayer = (env: Readonly<Record<string, string>> = {}) =>
+const dnsLayer = (client: Layer.Layer<HttpClient.HttpClient> = NodeHttpClient.layer) =>
   Layer.unwrapEffect(
     Effect.map(RealPowerDns, (pdns) =>
-      DnsPowerDns.pipe(Layer.provide(Settings.Default), Layer.provide(configFrom({
-        PDNS_API_URL: pdns.apiUrl,
-        PDNS_API_KEY: "test-key",
-        DOMAIN: "domain.local",
-        ...env
-      }))))
+      DnsPowerDnsOver.pipe(
+        Layer.provide(client),
+        Layer.provide(Settings.Default),
+        Layer.provide(configFrom({ PDNS_API_URL: pdns.apiUrl, PDNS_API_KEY: "test-key", DOMAIN: "domain.local" }))
+      ))
   )
 
 const DnsLive = dnsLayer()
+
+const PatchBody = Schema.parseJson(Schema.Struct({ rrsets: Schema.Array(Schema.Struct({ name: Schema.String })) }))
+const rrsetNames = (request: HttpClientRequest.HttpClientRequest): ReadonlyArray<string> =>
+  request.body._tag === "Uint8Array"
+    ? Schema.decodeUnknownOption(PatchBody)(new TextDecoder().decode(request.body.body)).pipe(
+      Option.match({ onNone: () => [], onSome: (body) => body.rrsets.map((rrset) => rrset.name) })
+    )
+    : []
+
+/** Node's HttpClient, noting the rrset names of every PATCH it sends on to PowerDNS. */
+const recordingPatches = (patches: Array<ReadonlyArray<string>>) =>
+  Layer.effect(
+    HttpClient.HttpClient,
+    Effect.map(HttpClient.HttpClient, (client) =>
+      HttpClient.tapRequest(client, (request) =>
+        Effect.sync(() => {
+          if (request.method === "PATCH") patches.push(rrsetNames(request))
+        })))
+  ).pipe(Layer.provide(NodeHttpClient.layer))
+
+/** Someone else's CNAME at `name`, put there through PowerDNS's API: PowerDNS refuses an A record beside it (422). */
+const putCname = (name: string) =>
+  Effect.flatMap(RealPowerDns, (pdns) =>
+    Effect.promise(() =>
+      fetch(`${pdns.apiUrl}/api/v1/servers/localhost/zones/domain.local.`, {
+        method: "PATCH",
+        headers: { "X-API-Key": "test-key", "content-type": "application/json" },
+        body: JSON.stringify({
+          rrsets: [{
+            name,
+            type: "CNAME",
+            ttl: 60,
+            changetype: "REPLACE",
+            records: [{ content: "elsewhere.domain.local.", disabled: false }]
+          }]
+        })
+      }).then((response) => expect(response.status).toBe(204))
+    ))
 
 const orgRecords = Effect.gen(function*() {
   const pdns = yield* RealPowerDns
@@ -73,28 +111,47 @@ layer(Layer.provideMerge(DnsLive, RealPowerDnsLive), { excludeTestServices: true
     it.effect("a change PowerDNS refuses: the error says what PowerDNS said, and that nothing changed", () =>
       Effect.gen(function*() {
         const dns = yield* Dns
-        const pdns = yield* RealPowerDns
         const org = randomUUID() as OrganizationId
-        // Someone else's CNAME at the org's name: PowerDNS refuses an A record beside it (422).
-        yield* Effect.promise(() =>
-          fetch(`${pdns.apiUrl}/api/v1/servers/localhost/zones/domain.local.`, {
-            method: "PATCH",
-            headers: { "X-API-Key": "test-key", "content-type": "application/json" },
-            body: JSON.stringify({
-              rrsets: [{
-                name: `org-${org}.domain.local.`,
-                type: "CNAME",
-                ttl: 60,
-                changetype: "REPLACE",
-                records: [{ content: "elsewhere.domain.local.", disabled: false }]
-              }]
-            })
-          }).then((response) => expect(response.status).toBe(204))
-        )
+        yield* putCname(`org-${org}.domain.local.`)
         const error = yield* dns.upsert(org).pipe(Effect.flip)
         expect(error.noEffect).toBe(true)
         expect(error.message).toMatch(/^PowerDNS upsert: HTTP 422: RRset org-.* IN A: Conflicts with pre-existing RRset/)
         expect(yield* orgRecords).not.toContain(`org-${org}.domain.local.`)
       }))
+
+    it.effect("one org's conflict among concurrent changes fails that org alone: its batch is split", () => {
+      const patches: Array<ReadonlyArray<string>> = []
+      return Effect.gen(function*() {
+        const dns = yield* Dns
+        const name = (org: OrganizationId) => `org-${org}.domain.local.`
+        const conflicted = randomUUID() as OrganizationId
+        yield* putCname(name(conflicted))
+        const removed = Array.from({ length: 3 }, () => randomUUID() as OrganizationId)
+        yield* Effect.forEach(removed, dns.upsert, { concurrency: "unbounded" })
+        const added = Array.from({ length: 10 }, () => randomUUID() as OrganizationId)
+        patches.length = 0
+
+        const [outcome, ...others] = yield* Effect.all(
+          [dns.upsert(conflicted), ...added.map(dns.upsert), ...removed.map(dns.remove)].map(Effect.either),
+          { concurrency: "unbounded" }
+        )
+
+        // The conflicting change did share a PATCH with others, and was then refused alone.
+        const withIt = patches.filter((names) => names.includes(name(conflicted)))
+        expect(withIt[0]?.length).toBeGreaterThan(1)
+        expect(withIt.at(-1)).toEqual([name(conflicted)])
+        const error = outcome !== undefined && Either.isLeft(outcome) ? outcome.left : undefined
+        expect(error?.message).toMatch(
+          new RegExp(`^PowerDNS upsert: HTTP 422: RRset ${name(conflicted).replaceAll(".", "\\.")} IN A: Conflicts with pre-existing RRset`)
+        )
+        expect(error?.noEffect).toBe(true)
+        expect(others.filter(Either.isLeft).map((failure) => failure.left.message)).toEqual([])
+        const present = yield* orgRecords
+        for (const org of added) expect(present.has(name(org))).toBe(true)
+        for (const org of removed) expect(present.has(name(org))).toBe(false)
+        expect(present.has(name(conflicted))).toBe(false)
+        yield* Effect.forEach(added, dns.remove, { concurrency: "unbounded" })
+      }).pipe(Effect.provide(dnsLayer(recordingPatches(patches))))
+    })
   }
 )
