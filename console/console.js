@@ -4,15 +4,18 @@
 
 /**
  * @typedef {{ gateway_id: string, name: string, upstream: string, allocation_id: string | null,
- *   state: "active" | "draining", health: string, quarantined_until: string | null, last_failure: string | null }} PoolGateway
+ *   state: "active" | "draining", health: "unknown" | "healthy" | "unhealthy" | "unreleased",
+ *   unreleased_allocation_id: string | null, quarantined_until: string | null, last_failure: string | null }} PoolGateway
  * @typedef {{ total: number, free: number, allocated: number, available: number, quarantined: number,
- *   draining: number, gateways: PoolGateway[] }} Pool
+ *   draining: number, unreleased: number, gateways: PoolGateway[] }} Pool
  * @typedef {{ step: string, event: string, actor: string, detail: string | null, duration_ms: number | null, at: string }} JournalEntry
  * @typedef {{ step: string, status: string, message?: string, duration_ms: number }} UndoOutcome
  * @typedef {{ allocation_id: string, organization_id: string, gateway_id: string | null, gateway_hostname: string,
  *   upstream: string, state: string, runner: string, created_at: string, updated_at: string, finished_at: string | null,
  *   error: unknown, trace_id: string | null, trace_url: string | null, steps: JournalEntry[], rollback: UndoOutcome[] }} Allocation
- * @typedef {{ pool: Pool, live: Allocation[], finished: Allocation[], rolledBack: Allocation[], repairs: Map<string, number> }} Snapshot
+ * @typedef {{ dependency: string, reason: string, since: string }} NotReady
+ * @typedef {{ pool: Pool, live: Allocation[], finished: Allocation[], rolledBack: Allocation[], repairs: Map<string, number>,
+ *   notReady: NotReady[] }} Snapshot
  */
 
 const TOKEN_KEY = "gateway-allocator.token"
@@ -161,6 +164,20 @@ const allocationsPath = (query) => {
   return `/allocations?${params}`
 }
 
+/**
+ * What /readyz (no auth) says is not usable now: none while Postgres, PowerDNS and an nginx edge
+ * answer; unreadable answers count as the service itself.
+ * @returns {Promise<NotReady[]>}
+ */
+async function readiness() {
+  const response = await fetch("/readyz", { cache: "no-store" })
+  if (response.ok) return []
+  const body = /** @type {any} */ (parseJson(await response.text()))
+  return Array.isArray(body?.not_ready)
+    ? body.not_ready
+    : [{ dependency: "service", reason: `/readyz answered HTTP ${response.status}`, since: new Date().toISOString() }]
+}
+
 /** The reconciler's drift repairs counted by this replica, by kind, from /metrics (no auth). */
 async function repairCounts() {
   const response = await fetch("/metrics", { cache: "no-store" })
@@ -214,15 +231,16 @@ async function load() {
   const merged = async (loading) =>
     (await Promise.all(loading)).flatMap((answer) => answer.allocations).sort((a, b) => b.created_at.localeCompare(a.created_at))
   const finalStates = filter.state === "" ? FINAL_STATES : FINAL_STATES.filter((state) => state === filter.state)
-  const [pool, live, finished, rolledBack, repairs] = await Promise.all([
+  const [pool, live, finished, rolledBack, repairs, notReady] = await Promise.all([
     api("GET", "/pool"),
     // Every live allocation (the pool shows whom each gateway serves); the filters apply on display.
     merged(LIVE_STATES.map((state) => list(allocationsPath({ state, limit: 500 })))),
     merged(finalStates.map((state) => list(allocationsPath({ state, organization_id: filter.organization_id, limit: RECENT })))),
     merged([list(allocationsPath({ state: "rolled_back", limit: RECENT }))]),
-    repairCounts().catch(() => /** @type {Map<string, number>} */ (new Map()))
+    repairCounts().catch(() => /** @type {Map<string, number>} */ (new Map())),
+    readiness().catch(() => /** @type {NotReady[]} */ ([]))
   ])
-  return { pool, live, finished: finished.slice(0, RECENT), rolledBack, repairs }
+  return { pool, live, finished: finished.slice(0, RECENT), rolledBack, repairs, notReady }
 }
 
 /** Bumped at every sign-in and sign-out: a refresh still loading from an earlier session renders nothing. */
@@ -276,8 +294,15 @@ function render() {
   const gatewayName = (id) => id === null ? "(removed)" : gatewayNames.get(id) ?? id
   const confirming = pendingConfirm?.key ?? null
 
-  renderInto($("#pool-counts", HTMLElement), [pool.total, pool.free, pool.allocated, pool.available, pool.quarantined, pool.draining], () =>
-    ["total", "free", "allocated", "available", "quarantined", "draining"].flatMap((name) => [
+  // Not ready: starts will fail until what is named here answers again.
+  renderInto($("#readiness", HTMLElement), snapshot.notReady, () =>
+    snapshot === null || snapshot.notReady.length === 0
+      ? []
+      : [h("strong", {}, "Not ready: "),
+        ...snapshot.notReady.map((item) => h("span", { "data-dependency": item.dependency }, `${item.dependency} (since ${time(item.since)}: ${item.reason}) `))])
+
+  renderInto($("#pool-counts", HTMLElement), [pool.total, pool.free, pool.allocated, pool.available, pool.quarantined, pool.draining, pool.unreleased], () =>
+    ["total", "free", "allocated", "available", "quarantined", "draining", "unreleased"].flatMap((name) => [
       h("div", { "data-count": name }, h("dt", {}, name), h("dd", {}, String(pool[/** @type {keyof Pool} */ (name)])))
     ]))
 
@@ -290,7 +315,8 @@ function render() {
           h("td", {}, gateway.name),
           h("td", { class: "mono" }, gateway.upstream),
           h("td", {}, stateBadge(gateway.state)),
-          h("td", {}, badge(gateway.health, gateway.health === "healthy" ? "ok" : gateway.health === "unhealthy" ? "bad" : "muted")),
+          // unreleased: its release failed, so it may still hold an org's connections: not handed out.
+          h("td", {}, badge(gateway.health, gateway.health === "healthy" ? "ok" : gateway.health === "unknown" ? "muted" : "bad")),
           h("td", { class: "mono" }, allocation === undefined
             ? (gateway.allocation_id === null ? "" : "(allocated)")
             : h("button", { type: "button", class: "link", "data-action": "open", "data-id": allocation.allocation_id }, allocation.organization_id)),

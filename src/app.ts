@@ -3,8 +3,8 @@
 // is a `Context.Tag` with one layer per implementation. Tests swap layers, never modules.
 //
 //   AppLive        the HTTP API, logging and tracing, over
-//   makeServices   the allocation core: Allocator, Reconciler and RouteRestorer, over GatewayHealth, StepRunner, Undos and
-//                  Ownership, over
+//   makeServices   the allocation core: Allocator, Reconciler and RouteRestorer, over Dependencies (readiness),
+//                  GatewayHealth, StepRunner, Undos and Ownership, over
 //   OutsideLive    one layer per outside system: Postgres (pool, journal, runner lease), PowerDNS,
 //                  nginx, the gateways' HTTP, the webhook; all over Settings (shared settings).
 import { Effect, Layer } from "effect"
@@ -26,6 +26,7 @@ import { NginxLive } from "./nginx/NginxLive.ts"
 import { GatewayPool } from "./pool/GatewayPool.ts"
 import { GatewayHealth } from "./pool/GatewayHealth.ts"
 import { Runner } from "./pool/Runner.ts"
+import { Dependencies } from "./telemetry/Dependencies.ts"
 import { LoggingLive } from "./telemetry/Logging.ts"
 import { NotifierLive } from "./telemetry/Notifier.ts"
 import { TracingLive } from "./telemetry/Tracing.ts"
@@ -46,6 +47,7 @@ export const AppLive = Layer.suspend(() =>
 export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
   Reconciler.Default.pipe(
     Layer.provideMerge(RouteRestorer.Default),
+    Layer.provideMerge(Dependencies.Default),
     Layer.provideMerge(Allocator.Default),
     Layer.provideMerge(GatewayHealth.Default),
     Layer.provideMerge(Layer.merge(StepRunner.Default, Undos.Default)),

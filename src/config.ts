@@ -166,14 +166,27 @@ export const NginxConfig = Config.all({
     })
   ),
   /**
-   * The route table's shared memory (nginx size syntax). One route takes ~256 bytes of it: the
-   * default holds 100,000 routes and their tombstones with room to spare. A full table refuses
-   * new routes (the start fails at nginx-config); it never evicts one.
+   * The route table's shared memory (nginx size syntax): routes only. One route takes 256 bytes
+   * of it (512 with an upstream over ~150 characters): the default holds ~260,000. A full table
+   * refuses new routes (the start fails at nginx-config); it never evicts one.
    */
   routeTableSize: Config.string("NGINX_ROUTE_TABLE_SIZE").pipe(
     Config.withDefault("64m"),
     Config.validate({
       message: "NGINX_ROUTE_TABLE_SIZE must be a size nginx understands, at least 128k (e.g. 64m, 512k)",
+      validation: (s) => routeTableBytes(s) >= 128 * 1024
+    })
+  ),
+  /**
+   * The fences' shared memory (lua mode): a removal's fence takes 128 bytes and lasts
+   * STEP_TIMEOUT_MS plus one outside call (15 s by default), one per org removed in that time.
+   * The default holds ~32,000: 2,000 removals a second. When it has no room, a removal fails
+   * (and is retried); routes never share it.
+   */
+  fenceTableSize: Config.string("NGINX_FENCE_TABLE_SIZE").pipe(
+    Config.withDefault("4m"),
+    Config.validate({
+      message: "NGINX_FENCE_TABLE_SIZE must be a size nginx understands, at least 128k (e.g. 4m, 512k)",
       validation: (s) => routeTableBytes(s) >= 128 * 1024
     })
   )
@@ -194,9 +207,29 @@ export const routeApiUrl = (listen: string): string => {
   return `http://${host === "localhost" ? "127.0.0.1" : host}:${listen.slice(colon + 1)}`
 }
 
+/** A gateway protocol path: absolute, no spaces (it is put in a URL as it is). */
+const protocolPath = (name: string, fallback: string) =>
+  Config.string(name).pipe(
+    Config.withDefault(fallback),
+    Config.validate({ message: `${name} must be an absolute path (e.g. ${fallback})`, validation: (p) => /^\/\S*$/.test(p) })
+  )
+
 export const HandshakeConfig = Config.all({
-  healthPath: Config.string("HEALTH_PATH").pipe(Config.withDefault("/collab/ping")),
-  handshakePath: Config.string("HANDSHAKE_PATH").pipe(Config.withDefault("/collab/start"))
+  healthPath: protocolPath("HEALTH_PATH", "/collab/ping"),
+  handshakePath: protocolPath("HANDSHAKE_PATH", "/collab/start"),
+  /**
+   * RELEASE_PATH: the handshake's undo, `POST` once the org's routing is gone; the gateway closes
+   * the allocation's connections and forgets the org. Set empty: no release call (the service
+   * warns at start-up that an org's open connections can outlive its allocation).
+   */
+  releasePath: Config.string("RELEASE_PATH").pipe(
+    Config.withDefault("/collab/stop"),
+    Config.validate({
+      message: "RELEASE_PATH must be an absolute path (e.g. /collab/stop), or empty for no release call",
+      validation: (p) => p === "" || /^\/\S*$/.test(p)
+    }),
+    Config.map((p) => (p === "" ? Option.none<string>() : Option.some(p)))
+  )
 })
 
 /** ROLLBACK_WEBHOOK_URL, checked at start-up: an absolute http(s) URL. */

@@ -5,9 +5,10 @@ import type { LiveAllocation } from "../domain/allocation.ts"
 import {
   AllocationNotFound,
   type Attempt,
+  type ClaimRefused,
   InTransition,
-  type NoGatewayAvailable,
   type OwnershipLost,
+  ShuttingDown,
   StartFailed,
   type StartError,
   type StepError,
@@ -15,7 +16,7 @@ import {
   StopFailed
 } from "../domain/errors.ts"
 import { AllocationId, type GatewayId, type OrganizationId, orgHostname } from "../domain/ids.ts"
-import { isUnfinished, type RollbackReport, type StartOutcome, summarise } from "../domain/steps.ts"
+import { haltsTeardown, isUnfinished, type RollbackReport, type StartOutcome, summarise } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
 import { Handshake, HandshakeError } from "../handshake/Handshake.ts"
 import { Journal } from "../journal/Journal.ts"
@@ -27,7 +28,8 @@ import type { PoolError } from "../db/errors.ts"
 import { recordStart, rollbacksIncompleteTotal, startAttempts } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { Ownership } from "./Ownership.ts"
-import { describeCause, type Rollback, type Run, StepRunner, UndoSkipped } from "./StepRunner.ts"
+import { describeCause } from "../lib/describeCause.ts"
+import { type Rollback, type Run, StepRunner, type Undo, UndoSkipped } from "./StepRunner.ts"
 import { Undos } from "./undos.ts"
 
 export interface Started {
@@ -38,10 +40,17 @@ export interface Started {
   readonly reused: boolean
 }
 
+/**
+ * What the gateway said to its release: it closed the org's connections (`done`), it has not yet
+ * (`pending`: held back until a retry succeeds), or RELEASE_PATH is empty (`not_configured`).
+ */
+export type GatewayRelease = "done" | "pending" | "not_configured"
+
 export interface Stopped {
   readonly organizationId: OrganizationId
   readonly gatewayId: GatewayId
   readonly allocationId: AllocationId
+  readonly gatewayRelease: GatewayRelease
 }
 
 const settlePoll = Schedule.spaced(Duration.millis(100))
@@ -51,7 +60,7 @@ const ROUTE_REWRITES = 2
 
 /** One attempt's end: its exit, its rollback, and the gateway it claimed (if it got that far). */
 interface AttemptResult {
-  readonly exit: Exit.Exit<Started, StepError | NoGatewayAvailable>
+  readonly exit: Exit.Exit<Started, StepError | ClaimRefused>
   readonly rollback: RollbackReport
   readonly gatewayId: Option.Option<GatewayId>
 }
@@ -99,6 +108,8 @@ const startOutcome = (exit: Exit.Exit<Started, StartError>): StartOutcome =>
         onSome: (error) =>
           error._tag === "NoGatewayAvailable"
             ? "no_gateway"
+            : error._tag === "ShuttingDown"
+            ? "shutting_down"
             : error.error._tag === "StepTimedOut"
             ? "step_timed_out"
             : "step_failed"
@@ -127,27 +138,53 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const gatewayHealth = yield* GatewayHealth
     const starts = yield* singleFlight<Started, StartError>()
     const stops = yield* singleFlight<Stopped, StopError>()
-    // Shutdown (the HTTP server has already stopped taking requests): in-flight starts get a
-    // grace period to finish; then the FiberMap's own finalizer interrupts them, and each one
-    // rolls back through its Scope.
-    yield* Effect.addFinalizer(() =>
-      Effect.gen(function*() {
-        const running = yield* FiberMap.size(starts.fibers)
-        if (running === 0) return
-        yield* Effect.logInfo(`shutdown: waiting up to ${settings.shutdownGraceMs} ms for ${running} start(s)`)
+    // Set once shutdown begins: from then on no gateway is claimed and no attempt begins.
+    const shuttingDown = yield* Ref.make(false)
+
+    /**
+     * Shutdown, run before the HTTP server closes (its open requests wait on these starts): no new
+     * gateway is claimed and no new attempt begins; in-flight starts get SHUTDOWN_GRACE_MS to
+     * finish, then are interrupted and roll back through their Scopes (each undo bounded by
+     * UNDO_TIMEOUT_MS); stops in flight finish (their undos are bounded too). Says what it waits
+     * for. Idempotent: the service's own finalizer runs it again, to find nothing left.
+     */
+    const drain = Effect.gen(function*() {
+      yield* Ref.set(shuttingDown, true)
+      const inFlight = [...starts.fibers].map(([organizationId]) => organizationId)
+      if (inFlight.length > 0) {
+        yield* Effect.logInfo(
+          `shutdown: no new gateway is claimed; waiting up to ${settings.shutdownGraceMs} ms for ${inFlight.length} start(s) in flight`
+        ).pipe(Effect.annotateLogs({ organizations: inFlight }))
         // Finalizers are uninterruptible: without `interruptible` the timeout could never fire.
-        const drained = yield* FiberMap.awaitEmpty(starts.fibers).pipe(
+        const finished = yield* FiberMap.awaitEmpty(starts.fibers).pipe(
           Effect.interruptible,
           Effect.timeout(Duration.millis(settings.shutdownGraceMs)),
           Effect.isSuccess
         )
-        if (!drained) yield* Effect.logWarning("shutdown: interrupting the starts still running; they roll back")
-      })
-    )
+        if (!finished) {
+          const left = [...starts.fibers]
+          yield* Effect.logWarning(
+            `shutdown: the grace period is over; rolling back the ${left.length} start(s) still running (each undo within ${settings.undoTimeoutMs} ms)`
+          ).pipe(Effect.annotateLogs({ organizations: left.map(([organizationId]) => organizationId) }))
+          yield* Fiber.interruptAll(left.map(([, fiber]) => fiber))
+        }
+      }
+      const stopping = yield* FiberMap.size(stops.fibers)
+      if (stopping > 0) {
+        yield* Effect.logInfo(`shutdown: waiting for ${stopping} stop(s) in flight to finish`)
+        yield* FiberMap.awaitEmpty(stops.fibers).pipe(Effect.ignore)
+      }
+      if (inFlight.length + stopping > 0) yield* Effect.logInfo("shutdown: every start and stop has finished or rolled back")
+    })
+    yield* Effect.addFinalizer(() => drain)
+
+    /** Refuses to begin once shutdown has: nothing is claimed after the signal. */
+    const notShuttingDown = Effect.flatMap(Ref.get(shuttingDown), (down) => down ? Effect.fail(new ShuttingDown()) : Effect.void)
 
     /** Claims a gateway, or finds the org's allocation; waits while another runner moves it. */
     const claim = (run: Run) =>
-      pool.claim(run.allocationId, run.organizationId, runner.id).pipe(
+      notShuttingDown.pipe(
+        Effect.zipRight(pool.claim(run.allocationId, run.organizationId, runner.id)),
         Effect.filterOrFail(
           (claimed) => !claimed.reused || claimed.state === "active",
           (claimed) => new InTransition({ state: claimed.state })
@@ -206,6 +243,17 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           })
         }
 
+        // The release is registered here, ahead of the routing steps' undos, so that a rollback
+        // runs it after them: the gateway closes the org's connections once nginx routes it no
+        // new one. It asks only a gateway the handshake may have reached.
+        const handshakeSent = yield* Ref.make(false)
+        const releaseGateway: Undo<HandshakeError, never> = () =>
+          Effect.flatMap(Ref.get(handshakeSent), (sent) =>
+            sent
+              ? undos.releaseGateway({ organizationId, allocationId, gatewayId, upstream })
+              : Effect.succeed(new UndoSkipped({ reason: "nothing to release: the handshake was never sent" })))
+        const releaseSlot = yield* steps.reserveUndo(run, rollback, "handshake", releaseGateway)
+
         yield* steps.step(run, rollback, "nginx-config", {
           run: nginx.writeRoute(route),
           undo: () => undos.removeRoute(route)
@@ -219,6 +267,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
 
         yield* steps.step(run, rollback, "handshake", {
           run: handshake.awaitHealthy(hostname).pipe(
+            Effect.zipRight(Ref.set(handshakeSent, true)),
             Effect.zipRight(handshake.handshake(upstream, {
               organization_id: organizationId,
               gateway_id: gatewayId,
@@ -226,11 +275,11 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
               gateway_hostname: hostname
             }))
           ),
-          undo: () => Effect.succeed(new UndoSkipped({ reason: "nothing to undo: the gateway was never initialised" }))
+          undo: releaseSlot
         }).pipe(
           // Its own failure: set aside before the rollback gives it back, so no start takes it meanwhile.
           Effect.tapError((error) =>
-            error._tag === "NoGatewayAvailable"
+            error._tag === "NoGatewayAvailable" || error._tag === "ShuttingDown"
               ? Effect.void
               : Option.match(gatewayFault(error), {
                 onNone: () => Effect.void,
@@ -283,7 +332,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           organization_id: run.organizationId,
           allocation_id: run.allocationId,
           gateway_id: Option.getOrNull(attempt.gatewayId),
-          step: Option.getOrUndefined(Option.flatMap(error, (e) => e._tag === "NoGatewayAvailable" ? Option.none() : Option.some(e.step))),
+          step: Option.getOrUndefined(Option.flatMap(error, (e) => "step" in e ? Option.some(e.step) : Option.none())),
           message: Option.match(error, { onNone: () => "interrupted (shutdown)", onSome: (e) => e.message }),
           undos: attempt.rollback
         })
@@ -295,7 +344,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         if (attempt.rollback.length === 0) return
         const complete = !attempt.rollback.some(isUnfinished)
         const failure = Exit.isFailure(attempt.exit) ? Cause.failureOption(attempt.exit.cause) : Option.none()
-        const step = Option.flatMap(failure, (e) => e._tag === "NoGatewayAvailable" ? Option.none() : Option.some(e.step))
+        const step = Option.flatMap(failure, (e) => "step" in e ? Option.some(e.step) : Option.none())
         yield* Effect.annotateCurrentSpan({ "rollback.status": complete ? "complete" : "incomplete" })
         yield* (complete ? Effect.logWarning : Effect.logError)(
           `rollback ${complete ? "complete" : "incomplete, left to the reconciler"}: ${summarise(attempt.rollback)}`
@@ -341,8 +390,9 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         // Interrupted (shutdown) or a defect outside the steps: as it is.
         if (Option.isNone(failure)) return yield* Effect.failCause(Cause.stripFailures(result.exit.cause))
         const error = failure.value
-        // No (other) gateway to try: the last gateway's failure stands, or a 503 for a first attempt.
-        if (error._tag === "NoGatewayAvailable") {
+        // No (other) gateway to try, or shutting down: the last gateway's failure stands, or a 503
+        // for a first attempt.
+        if (error._tag === "NoGatewayAvailable" || error._tag === "ShuttingDown") {
           if (attempts.length === 0) return yield* error
           break
         }
@@ -380,22 +430,31 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         yield* recordStart(outcome)
       })
 
-    /** Starts (or joins the in-flight start of) the org's allocation. Detached from the caller. */
+    /**
+     * Starts (or joins the in-flight start of) the org's allocation. Detached from the caller. A
+     * start that shutdown interrupted (it rolled back) is answered ShuttingDown.
+     */
     const start = (organizationId: OrganizationId): Effect.Effect<Started, StartError> =>
-      starts.run(organizationId, Effect.suspend(() => runStart(organizationId)))
+      notShuttingDown.pipe(
+        Effect.zipRight(starts.run(organizationId, Effect.suspend(() => runStart(organizationId)))),
+        Effect.catchAllCause((cause) =>
+          Effect.flatMap(Ref.get(shuttingDown), (down) =>
+            down && Cause.isInterruptedOnly(cause) ? Effect.fail(new ShuttingDown()) : Effect.failCause(cause)))
+      )
 
     /**
-     * Takes the allocation down: routing first (nginx, then DNS), the pool row last, so the
-     * hostname never points at a gateway another org may already hold. Stops at the first undo
-     * that does not finish; the allocation stays `stopping` and a retry (or the reconciler)
-     * finishes it.
+     * Takes the allocation down: routing first (nginx), then the gateway's release (it closes the
+     * org's connections), DNS, and the pool row last, so the hostname never points at a gateway
+     * another org may already hold. Stops at the first routing or DNS undo that does not finish;
+     * the allocation stays `stopping` and a retry (or the reconciler) finishes it. A release that
+     * does not finish does not stop it: the gateway is held back until a retry succeeds.
      */
     const teardown = (allocation: LiveAllocation) =>
       Effect.gen(function*() {
         const { allocationId, gatewayId, organizationId } = allocation
         const run: Run = { allocationId, organizationId, actor: "stop" }
-        const report = yield* steps.undoAll(run, undos.teardown(allocation, "released"), { untilUnfinished: true })
-        const unfinished = report.find(isUnfinished)
+        const report = yield* steps.undoAll(run, undos.teardown(allocation, "released"), { haltOnBlocking: true })
+        const unfinished = report.find(haltsTeardown)
         if (unfinished !== undefined) return yield* new StopFailed({ allocationId, gatewayId, undo: unfinished })
         // Undos skipped because this runner lost the allocation did not stop it: only a released
         // row is a stop done (the new owner finishes it otherwise).
@@ -404,8 +463,16 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           const last = report.at(-1) ?? { step: "allocate" as const, status: "skipped" as const, duration_ms: 0 }
           return yield* new StopFailed({ allocationId, gatewayId, undo: last })
         }
-        yield* Effect.logInfo("allocation stopped")
-        return { organizationId, gatewayId, allocationId } satisfies Stopped
+        const release = report.find((outcome) => outcome.step === "handshake")
+        const gatewayRelease: GatewayRelease = release === undefined || isUnfinished(release)
+          ? "pending"
+          : release.status === "skipped" ? "not_configured" : "done"
+        yield* Effect.logInfo(
+          gatewayRelease === "pending"
+            ? "allocation stopped; the gateway's release is pending (it stays out of the pool until a retry succeeds)"
+            : "allocation stopped"
+        )
+        return { organizationId, gatewayId, allocationId, gatewayRelease } satisfies Stopped
       }).pipe(
         Effect.annotateLogs({ organization_id: allocation.organizationId, allocation_id: allocation.allocationId }),
         Effect.annotateSpans({
@@ -468,6 +535,6 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       return { ...allocation.value, hostname: orgHostname(allocation.value.organizationId, settings.domain), steps: entries }
     })
 
-    return { start, stop, status, describe: describeAllocation }
+    return { start, stop, status, describe: describeAllocation, drain }
   })
 }) {}

@@ -1,4 +1,4 @@
-import { Duration, Effect, Metric, Option, Schedule } from "effect"
+import { Duration, Effect, Either, Metric, Option, Schedule } from "effect"
 import { Settings } from "../config.ts"
 import type { LiveAllocation } from "../domain/allocation.ts"
 import type { OrganizationId } from "../domain/ids.ts"
@@ -9,6 +9,7 @@ import { GatewayPool } from "../pool/GatewayPool.ts"
 import { Runner } from "../pool/Runner.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
+import { makeOutageLog } from "../telemetry/Outage.ts"
 import { Ownership } from "./Ownership.ts"
 import { type Run, StepRunner } from "./StepRunner.ts"
 import { RouteRestorer } from "./RouteRestorer.ts"
@@ -74,7 +75,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         const report = yield* steps.undoAll(
           run,
           undos.teardown(allocation, finishingStop ? "released" : "rolled_back"),
-          { untilUnfinished: false }
+          { haltOnBlocking: false }
         )
         const left = report.filter(isUnfinished)
         yield* repaired(finishingStop ? "stop_finished" : "start_rolled_back")
@@ -112,10 +113,16 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         }), { discard: true })
 
     /**
-     * Files and records no live allocation owns are removed (compare-and-delete by the allocation
-     * the file names); active allocations missing theirs get them back, each while holding its
-     * row (a stop cannot take it down halfway through the repair, and a stopped one is not
-     * restored).
+     * Compares nginx's routes and PowerDNS's records with Postgres, both ways:
+     * - a route no live allocation owns is removed (compare-and-delete by the allocation it names);
+     * - an active allocation whose route is missing or differs in any part (upstream, allocation;
+     *   lua: generation) from its row gets its own back, written as a restore (which replaces a
+     *   forged or stale entry) while its row is held: a stop cannot take it down halfway, and a
+     *   stopped one is not restored;
+     * - a record no live allocation owns is deleted while the org's slot is held
+     *   (`whileUnclaimed`), so a start cannot claim between the check and the delete and lose
+     *   its record;
+     * - an active allocation missing its record gets it back, its row held.
      */
     const repairDrift = Effect.gen(function*() {
       // Listed before the allocations are read: anything created after the listing belongs to
@@ -127,9 +134,12 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         Option.exists(allocation, (a) => a.allocationId === route.allocationId)
       // Looked at again right before each removal: the org may have started since the listing.
       const stillOrphan = (route: RouteKey) => Effect.map(pool.findLive(route.organizationId), (a) => !ownedBy(route, a))
+      const isActive = (organizationId: OrganizationId) => live.get(organizationId)?.state === "active"
 
+      // An active org's route is judged whole below, and replaced rather than removed.
       const orphanRoutes: Array<OrganizationId> = []
-      for (const route of routes.filter((r) => !ownedBy(r, Option.fromNullable(live.get(r.organizationId))))) {
+      for (const route of routes) {
+        if (isActive(route.organizationId) || ownedBy(route, Option.fromNullable(live.get(route.organizationId)))) continue
         if (!(yield* stillOrphan(route))) continue
         if ((yield* nginx.removeRoute(route)) === "removed") {
           orphanRoutes.push(route.organizationId)
@@ -137,30 +147,57 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       }
       if (orphanRoutes.length > 0) yield* nginx.apply
 
+      // A delete that failed without a "no" may still land: the org's slot stays held for one
+      // more outside call, so that it lands (or never will) before a claim can follow it.
+      const removeOrphanRecord = (organizationId: OrganizationId) =>
+        dns.remove(organizationId).pipe(
+          Effect.tapError((error) => error.noEffect === true ? Effect.void : Effect.sleep(Duration.millis(settings.limits.outsideCallMs)))
+        )
       const orphanRecords: Array<OrganizationId> = []
       for (const organizationId of records.filter((org) => !live.has(org))) {
-        if (Option.isSome(yield* pool.findLive(organizationId))) continue
-        yield* dns.remove(organizationId)
-        orphanRecords.push(organizationId)
+        if (Option.isSome(yield* pool.whileUnclaimed(organizationId, removeOrphanRecord(organizationId)))) {
+          orphanRecords.push(organizationId)
+        }
       }
 
       const active = [...live.values()].filter((a) => a.state === "active")
-      const routed = new Set(routes.filter((r) => ownedBy(r, Option.fromNullable(live.get(r.organizationId)))).map((r) => r.allocationId))
+      const listed = new Map(routes.map((route) => [route.organizationId, route]))
+      /** How the org's route differs from its active allocation's row, if it does. */
+      const drift = (a: LiveAllocation): Option.Option<string> => {
+        const route = listed.get(a.organizationId)
+        if (route === undefined) return Option.some("missing route restored")
+        if (route.allocationId !== a.allocationId) return Option.some(`route of allocation ${route.allocationId} replaced`)
+        if (route.upstream !== a.upstream) return Option.some(`route to ${route.upstream} put back to ${a.upstream}`)
+        // Reload mode keeps the generation in a comment nothing reads: only the table fences by it.
+        if (nginx.routing === "lua" && route.generation !== a.generation) {
+          return Option.some(`route generation ${route.generation} put back to ${a.generation}`)
+        }
+        return Option.none()
+      }
       const recorded = new Set(records)
       const restoreRoute = (a: LiveAllocation) =>
         pool.whileActive(
           a.allocationId,
-          nginx.writeRoute(a).pipe(
+          nginx.writeRoute(a, { restore: true }).pipe(
             Effect.zipRight(nginx.apply),
             Effect.zipRight(nginx.awaitRoute(a.organizationId, a.allocationId)),
             Effect.timeout(Duration.millis(settings.stepTimeoutMs))
           )
         )
+      // One org's route that cannot be put back (say a fence of a forged removal refuses it, until
+      // it expires) holds up no other org's.
       const restoredRoutes = (yield* Effect.forEach(
-        active.filter((a) => !routed.has(a.allocationId)),
-        (a) => Effect.map(restoreRoute(a), Option.as(a.organizationId)),
+        active.flatMap((a) => Option.match(drift(a), { onNone: () => [], onSome: (what) => [[a, what] as const] })),
+        ([a, what]) =>
+          restoreRoute(a).pipe(
+            Effect.map(Option.as([a.organizationId, what] as const)),
+            Effect.catchAll((error) =>
+              Effect.logWarning(`drift: could not put back the route of org ${a.organizationId} (${what}), left to the next pass`, error)
+                .pipe(Effect.as(Option.none()))
+            )
+          ),
         { concurrency: 8 }
-      )).filter(Option.isSome).map((org) => org.value)
+      )).filter(Option.isSome).map((repair) => repair.value)
       const restoredRecords = dns.provider === "none" ? [] : (yield* Effect.forEach(
         active.filter((a) => !recorded.has(a.organizationId)),
         (a) => Effect.map(pool.whileActive(a.allocationId, dns.upsert(a.organizationId)), Option.as(a.organizationId)),
@@ -179,7 +216,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         yield* notifyDrift([
           ...orphanRoutes.map((org) => [org, "orphan route removed"] as const),
           ...orphanRecords.map((org) => [org, "orphan DNS record removed"] as const),
-          ...restoredRoutes.map((org) => [org, "missing route restored"] as const),
+          ...restoredRoutes,
           ...restoredRecords.map((org) => [org, "missing DNS record restored"] as const)
         ])
       }
@@ -216,9 +253,11 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
     /** One reconcile pass. */
     const runOnce = pass.pipe(Effect.withSpan("Reconciler.run", { attributes: { runner: runner.id } }))
 
+    // A pass that cannot run (Postgres away, say) is told when it starts failing, then once a minute.
+    const outage = yield* makeOutageLog("the reconcile pass")
     yield* runOnce.pipe(
       Effect.tap((summary) => Effect.logDebug("reconcile pass done").pipe(Effect.annotateLogs({ summary }))),
-      Effect.catchAllCause((cause) => Effect.logError("reconcile pass failed", cause)),
+      Effect.matchCauseEffect({ onFailure: outage.reportCause, onSuccess: () => outage.report(Either.void) }),
       Effect.repeat(Schedule.spaced(Duration.millis(settings.reconcileIntervalMs))),
       Effect.forkScoped
     )

@@ -1,7 +1,9 @@
-import { Duration, Effect, Metric, Option, Ref, Schedule } from "effect"
+import { Duration, Effect, Either, Metric, Option, Ref, Schedule } from "effect"
 import { Nginx } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
+import { Dependencies } from "../telemetry/Dependencies.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
+import { describeCause } from "../lib/describeCause.ts"
 
 /** How often the route table's boot id is read: a restarted nginx gets its routes back within this (plus the push). */
 const WATCH_INTERVAL = Duration.millis(250)
@@ -11,13 +13,17 @@ const WATCH_INTERVAL = Duration.millis(250)
  * route table is empty and answers 503 for every org (not 404: "retry"); this service notices
  * the new boot id and pushes every active allocation's route back in one request, which marks
  * the table ready. The rows stay held (`FOR SHARE`) while it pushes, so a stop cannot remove a
- * route the push then brings back; the table's generations and tombstones fence the rest.
- * Nothing to do in reload mode: route files survive a restart.
+ * route the push then brings back; the table's generations and fences fence the rest. The
+ * fences vanished with the restart too: reading the new boot id (`tableState`, before this push)
+ * makes each replica push back the fences it wrote that still matter (see LuaRouting).
+ * Nothing to do in reload mode: route files survive a restart. What the watch meets is the
+ * edge's readiness (`Dependencies`): an nginx that is gone is told once, not every 250 ms.
  */
 export class RouteRestorer extends Effect.Service<RouteRestorer>()("RouteRestorer", {
   scoped: Effect.gen(function*() {
     const nginx = yield* Nginx
     const pool = yield* GatewayPool
+    const dependencies = yield* Dependencies
 
     // The boot id this process last saw: a new one after that is a restart, worth a warning.
     const lastBoot = yield* Ref.make(Option.none<string>())
@@ -43,7 +49,11 @@ export class RouteRestorer extends Effect.Service<RouteRestorer>()("RouteRestore
 
     if (nginx.routing === "lua") {
       const watch = restoreIfEmptied.pipe(
-        Effect.catchAllCause((cause) => Effect.logWarning("could not check or restore nginx's route table", cause))
+        Effect.matchCauseEffect({
+          onSuccess: () => dependencies.report("edge", Either.void),
+          onFailure: (cause) =>
+            dependencies.report("edge", Either.left(`could not check or restore nginx's route table: ${describeCause(cause)}`))
+        })
       )
       // Once before the service takes requests (an empty table answers 503 for everyone), then on.
       yield* watch

@@ -1,9 +1,18 @@
 import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberRef, HashMap, Option, Predicate, Ref, type Scope } from "effect"
 import { Settings } from "../config.ts"
-import { NoGatewayAvailable, OwnershipLost, type StepError, StepFailed, StepTimedOut } from "../domain/errors.ts"
+import {
+  type ClaimRefused,
+  NoGatewayAvailable,
+  OwnershipLost,
+  ShuttingDown,
+  type StepError,
+  StepFailed,
+  StepTimedOut
+} from "../domain/errors.ts"
 import type { AllocationId, OrganizationId } from "../domain/ids.ts"
 import {
   type Actor,
+  haltsTeardown,
   type RollbackReport,
   type StepEvent,
   type StepName,
@@ -13,6 +22,7 @@ import {
   type UndoStatus
 } from "../domain/steps.ts"
 import { Journal, type JournalRecord } from "../journal/Journal.ts"
+import { describeCause } from "../lib/describeCause.ts"
 import { Ownership } from "./Ownership.ts"
 import { recordStep, recordUndo } from "../telemetry/Metrics.ts"
 
@@ -47,14 +57,28 @@ export interface Rollback {
   readonly spanAnnotations: Ref.Ref<HashMap.HashMap<string, unknown>>
 }
 
+/**
+ * A step's undo, registered in the start's Scope ahead of the step (`reserveUndo`), so that a
+ * rollback runs it later than reverse step order would: it does nothing unless its step was
+ * reached and may have taken effect.
+ */
+export interface UndoSlot {
+  readonly step: StepName
+  readonly state: Ref.Ref<SlotState>
+}
+
+/** Whether a registered undo runs when the Scope closes with a failure: only once its step may have taken effect. */
+type SlotState = "unreached" | "may_have_effect" | "no_effect"
+
 export interface StepOptions<A, E, R, E2, R2> {
   readonly run: Effect.Effect<A, E, R>
   /**
    * Registered as a scope finalizer *before* the step runs, and run when the scope closes with a
    * failure or an interruption if the step completed or *may* have taken effect (see
    * `hadNoEffect`). Undos are idempotent, so running one for a step that had no effect is harmless.
+   * Or the slot `reserveUndo` registered for it earlier.
    */
-  readonly undo: Undo<E2, R2>
+  readonly undo: Undo<E2, R2> | UndoSlot
   /**
    * False for the claim: it journals its own completion in the same transaction, and before it
    * there is no allocation row to journal against, nor one to own.
@@ -72,7 +96,7 @@ const annotations = (run: Run, step: StepName) => ({
 })
 
 /**
- * The step failed in a way known to have changed nothing: the pool had no gateway, the fence
+ * The step failed in a way known to have changed nothing: the claim took nothing, the fence
  * stopped it, or the outside system refused before acting (its error says `noEffect`). Only then
  * is its undo not run. Anything else (a timeout, a defect, an interruption, an error after a
  * signal was sent or a request was written) may have taken effect, and is undone.
@@ -80,7 +104,7 @@ const annotations = (run: Run, step: StepName) => ({
 const hadNoEffect = (exit: Exit.Exit<unknown, unknown>): boolean =>
   Exit.isFailure(exit) && !Cause.isInterrupted(exit.cause) && Option.isNone(Cause.dieOption(exit.cause)) &&
   Option.exists(Cause.failureOption(exit.cause), (error) =>
-    error instanceof NoGatewayAvailable || error instanceof OwnershipLost ||
+    error instanceof NoGatewayAvailable || error instanceof ShuttingDown || error instanceof OwnershipLost ||
     (Predicate.hasProperty(error, "noEffect") && error.noEffect === true))
 
 /** How a step ended, for its span, its metric and its journal row. */
@@ -90,30 +114,20 @@ const stepOutcome = (exit: Exit.Exit<unknown, unknown>): StepOutcome | "interrup
   return Option.exists(Cause.failureOption(exit.cause), (error) => error instanceof StepTimedOut) ? "timed_out" : "failed"
 }
 
-/**
- * What went wrong, in words: the failure's message, or the whole cause when there is none (a
- * defect, an interruption). No stack for a plain failure: rendering one (source-mapped in the
- * bundle) costs more than the rest of a failed start.
- */
-export const describeCause = (cause: Cause.Cause<{ readonly message: string }>): string =>
-  Option.match(Cause.failureOption(cause), {
-    onNone: () => Cause.pretty(cause),
-    onSome: (error) => error.message
-  })
 
 /**
- * The step's error: its own timeout, an empty pool (the claim's answer, passed on as it is), or a
- * StepFailed carrying what went wrong; none if it was interrupted.
+ * The step's error: its own timeout, a claim that took nothing (an empty pool, a shutdown: passed
+ * on as it is), or a StepFailed carrying what went wrong; none if it was interrupted.
  */
 const toStepError = (
   step: StepName,
   cause: Cause.Cause<{ readonly message: string }>
-): Option.Option<StepError | NoGatewayAvailable> => {
+): Option.Option<StepError | ClaimRefused> => {
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure)) {
     const error = failure.value
     return Option.some(
-      error instanceof StepTimedOut || error instanceof NoGatewayAvailable
+      error instanceof StepTimedOut || error instanceof NoGatewayAvailable || error instanceof ShuttingDown
         ? error
         : new StepFailed({ step, reason: error.message, cause: error })
     )
@@ -245,47 +259,75 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
       )
 
     /**
-     * Runs undos one after the other, each told what the ones before it did; with `untilUnfinished`
-     * it stops at the first that did not finish (a stop: the rest waits for a retry).
+     * Runs undos one after the other, each told what the ones before it did; with `haltOnBlocking`
+     * it stops at the first unfinished one that halts a teardown (a stop: the rest waits for a retry).
      */
     const undoAll = <E extends { readonly message: string }, R>(
       run: Run,
       undos: ReadonlyArray<readonly [StepName, Undo<E, R>]>,
-      options: { readonly untilUnfinished: boolean }
+      options: { readonly haltOnBlocking: boolean }
     ): Effect.Effect<RollbackReport, never, R> =>
       Effect.gen(function*() {
         const report: Array<UndoOutcome> = []
         for (const [step, make] of undos) {
           const outcome = yield* undo(run, step, make(report))
           report.push(outcome)
-          if (options.untilUnfinished && (outcome.status === "failed" || outcome.status === "timed_out")) break
+          if (options.haltOnBlocking && haltsTeardown(outcome)) break
         }
         yield* flushJournal(run)
         return report
       })
 
     /**
-     * One step of a start: registers its undo in the enclosing Scope, journals, times out, traces,
-     * and turns whatever went wrong into the step's typed error. The Scope is the step tracker.
+     * Registers the undo of step `name` in the enclosing Scope: when the Scope closes with a
+     * failure or an interruption it runs, told what the undos before it did, unless its step was
+     * never reached or is known to have changed nothing.
      */
-    const step = <A, E extends { readonly message: string }, R, E2 extends { readonly message: string }, R2>(
+    const registerUndo = <E2 extends { readonly message: string }, R2>(
       run: Run,
       rollback: Rollback,
       name: StepName,
-      options: StepOptions<A, E, R, E2, R2>
-    ): Effect.Effect<A, StepError | NoGatewayAvailable, R | R2 | Scope.Scope> =>
+      make: Undo<E2, R2>,
+      initially: SlotState
+    ): Effect.Effect<UndoSlot, never, R2 | Scope.Scope> =>
       Effect.gen(function*() {
-        // Until the step ends it counts as "may have taken effect": an interrupted step is undone.
-        const noEffect = yield* Ref.make(false)
+        const state = yield* Ref.make<SlotState>(initially)
         yield* Effect.addFinalizer((scopeExit) =>
           Effect.gen(function*() {
-            if (Exit.isSuccess(scopeExit) || (yield* Ref.get(noEffect))) return
-            const outcome = yield* undo(run, name, options.undo(yield* Ref.get(rollback.outcomes))).pipe(
+            if (Exit.isSuccess(scopeExit) || (yield* Ref.get(state)) !== "may_have_effect") return
+            const outcome = yield* undo(run, name, make(yield* Ref.get(rollback.outcomes))).pipe(
               Effect.locally(FiberRef.currentTracerSpanAnnotations, yield* Ref.get(rollback.spanAnnotations))
             )
             yield* Ref.update(rollback.outcomes, (report) => [...report, outcome])
           })
         )
+        return { step: name, state }
+      })
+
+    /**
+     * Registers a step's undo now, ahead of the step itself, so that a rollback runs it after the
+     * undos of the steps registered between (the release waits for routing to be gone).
+     */
+    const reserveUndo = <E2 extends { readonly message: string }, R2>(run: Run, rollback: Rollback, name: StepName, make: Undo<E2, R2>) =>
+      registerUndo(run, rollback, name, make, "unreached")
+
+    /**
+     * One step of a start: registers its undo in the enclosing Scope (unless it was reserved),
+     * journals, times out, traces, and turns whatever went wrong into the step's typed error. The
+     * Scope is the step tracker.
+     */
+    const step = <A, E extends { readonly message: string }, R, E2 extends { readonly message: string } = never, R2 = never>(
+      run: Run,
+      rollback: Rollback,
+      name: StepName,
+      options: StepOptions<A, E, R, E2, R2>
+    ): Effect.Effect<A, StepError | ClaimRefused, R | R2 | Scope.Scope> =>
+      Effect.gen(function*() {
+        // Until the step ends it counts as "may have taken effect": an interrupted step is undone.
+        const slot = typeof options.undo === "function"
+          ? yield* registerUndo(run, rollback, name, options.undo, "may_have_effect")
+          : options.undo
+        yield* Ref.set(slot.state, "may_have_effect")
 
         const journalForward = options.journalForward ?? true
         const startedAt = yield* Clock.currentTimeMillis
@@ -300,7 +342,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
           Effect.withSpan(name, { attributes: { ...annotations(run, name), "step.name": name } }),
           Effect.exit
         )
-        yield* Ref.set(noEffect, hadNoEffect(exit))
+        if (hadNoEffect(exit)) yield* Ref.set(slot.state, "no_effect")
         const durationMs = (yield* Clock.currentTimeMillis) - startedAt
 
         if (Exit.isSuccess(exit)) {
@@ -348,6 +390,6 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const annotateSpansFromHere = (key: string, value: string) =>
       FiberRef.update(FiberRef.currentTracerSpanAnnotations, HashMap.set<string, unknown>(key, value))
 
-    return { step, skip, undo, undoAll, attempt, flushJournal, annotateSpansFromHere }
+    return { step, reserveUndo, skip, undo, undoAll, attempt, flushJournal, annotateSpansFromHere }
   })
 }) {}

@@ -2,16 +2,25 @@ import { Effect, Option } from "effect"
 import type { PoolError } from "../db/errors.ts"
 import type { FinalState, LiveAllocation } from "../domain/allocation.ts"
 import { GatewayKept } from "../domain/errors.ts"
-import type { AllocationId, OrganizationId } from "../domain/ids.ts"
-import { routingLeft, type StepName } from "../domain/steps.ts"
+import type { AllocationId, GatewayId, OrganizationId, Upstream } from "../domain/ids.ts"
+import { releaseLeft, routingLeft, type StepName, undoOrder } from "../domain/steps.ts"
 import { Dns, type DnsError } from "../dns/Dns.ts"
+import { Handshake, type HandshakeError } from "../handshake/Handshake.ts"
 import { Nginx, type NginxError, type RouteKey } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { Runner } from "../pool/Runner.ts"
 import { type Undo, UndoSkipped } from "./StepRunner.ts"
 
 /** What an undo can fail with: the outside system's own error, or the gateway deliberately kept. */
-export type UndoError = NginxError | DnsError | PoolError | GatewayKept
+export type UndoError = NginxError | DnsError | HandshakeError | PoolError | GatewayKept
+
+/** What a release names: the gateway (where to send it) and the allocation it ends. */
+export interface ReleaseTarget {
+  readonly organizationId: OrganizationId
+  readonly allocationId: AllocationId
+  readonly gatewayId: GatewayId
+  readonly upstream: Upstream
+}
 
 /**
  * The undo of each step, in one place: a failed start's rollback, a stop and crash recovery all
@@ -23,6 +32,7 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
     const pool = yield* GatewayPool
     const dns = yield* Dns
     const nginx = yield* Nginx
+    const handshake = yield* Handshake
     const runner = yield* Runner
 
     /**
@@ -85,37 +95,56 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
       })
 
     /**
+     * handshake: the gateway closes every connection of the allocation and forgets the org. It
+     * runs once routing is gone (see `undoOrder`): no new connection of the org can arrive after.
+     * Released by allocation id: a gateway holding another allocation keeps it.
+     */
+    const releaseGateway = ({ allocationId, gatewayId, organizationId, upstream }: ReleaseTarget) =>
+      Effect.map(
+        handshake.release(upstream, { organization_id: organizationId, gateway_id: gatewayId, allocation_id: allocationId }),
+        (released) =>
+          released === "not_configured"
+            ? new UndoSkipped({ reason: "RELEASE_PATH is empty: the gateway was not asked to release" })
+            : undefined
+      )
+
+    /**
      * allocate: give the gateway back, unless a routing undo before it in the same rollback did
-     * not finish (then the gateway is kept and the reconciler retries; see GatewayKept). Keyed by
-     * the allocation and its owner: releasing a claim that never committed, or one another runner
-     * took over, changes nothing.
+     * not finish (then the gateway is kept and the reconciler retries; see GatewayKept). A release
+     * that did not finish frees the row but holds the gateway back until a retry succeeds. Keyed
+     * by the allocation and its owner: releasing a claim that never committed, or one another
+     * runner took over, changes nothing.
      */
     const release = (allocationId: AllocationId, finalState: FinalState): Undo<PoolError | GatewayKept, never> =>
     (before) =>
       Option.match(routingLeft(before), {
         onSome: (routing) => Effect.fail(new GatewayKept({ routing })),
         onNone: () =>
-          Effect.map(pool.release(allocationId, finalState, runner.id), (released) =>
-            released ? undefined : new UndoSkipped({ reason: "the gateway was already released" }))
+          Effect.map(
+            pool.release(allocationId, finalState, runner.id, Option.map(releaseLeft(before), (left) => left.message ?? left.status)),
+            (released) => released ? undefined : new UndoSkipped({ reason: "the gateway was already released" })
+          )
       })
 
     /**
-     * Takes a live allocation down, as a stop and crash recovery do: every step's undo in reverse
-     * order, routing first, the gateway last.
+     * Takes a live allocation down, as a stop and crash recovery do: every step's undo in
+     * `undoOrder`, routing first, then the release, the gateway's row last.
      */
     const teardown = (
       allocation: LiveAllocation,
       finalState: FinalState
     ): ReadonlyArray<readonly [StepName, Undo<UndoError, never>]> => {
       const { allocationId, organizationId } = allocation
-      return [
-        ["nginx-reload", () => unroute(allocation)],
-        ["nginx-config", () => removeRoute(allocation)],
-        ["dns", () => removeRecord(organizationId, allocationId)],
-        ["allocate", release(allocationId, finalState)]
-      ]
+      const undoOf: Record<StepName, Undo<UndoError, never>> = {
+        "nginx-reload": () => unroute(allocation),
+        "nginx-config": () => removeRoute(allocation),
+        handshake: () => releaseGateway(allocation),
+        dns: () => removeRecord(organizationId, allocationId),
+        allocate: release(allocationId, finalState)
+      }
+      return undoOrder.map((step) => [step, undoOf[step]] as const)
     }
 
-    return { unroute, removeRoute, removeRecord, release, teardown }
+    return { unroute, removeRoute, removeRecord, releaseGateway, release, teardown }
   })
 }) {}

@@ -10,6 +10,19 @@ export class NoGatewayAvailable extends Data.TaggedError("NoGatewayAvailable")<{
   }
 }
 
+/**
+ * The service is shutting down: it claims no new gateway and starts no new attempt. Nothing was
+ * claimed, so nothing is undone; the caller may retry on another replica.
+ */
+export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{}> {
+  override get message() {
+    return "the service is shutting down: no new gateway is claimed"
+  }
+}
+
+/** A claim that took nothing: the pool is empty, or the service is shutting down. */
+export type ClaimRefused = NoGatewayAvailable | ShuttingDown
+
 /** A step failed with its own error, or died. `reason` is what went wrong, in the step's words. */
 export class StepFailed extends Data.TaggedError("StepFailed")<{
   readonly step: StepName
@@ -63,7 +76,7 @@ export class StartFailed extends Data.TaggedError("StartFailed")<{
   }
 }
 
-export type StartError = NoGatewayAvailable | StartFailed
+export type StartError = ClaimRefused | StartFailed
 
 /** A stop could not remove the org's routing; the allocation stays `stopping` for a retry. */
 export class StopFailed extends Data.TaggedError("StopFailed")<{

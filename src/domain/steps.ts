@@ -35,6 +35,27 @@ export const isUnfinished = (outcome: UndoOutcome): boolean => outcome.status ==
 export const routingLeft = (report: RollbackReport): Option.Option<UndoOutcome> =>
   Option.fromNullable(report.find((outcome) => routingSteps.has(outcome.step) && isUnfinished(outcome)))
 
+/**
+ * The release of this rollback that did not finish, if any: the gateway may still hold the org's
+ * connections, so it is freed (the allocation is over) but held back until a retry succeeds.
+ */
+export const releaseLeft = (report: RollbackReport): Option.Option<UndoOutcome> =>
+  Option.fromNullable(report.find((outcome) => outcome.step === "handshake" && isUnfinished(outcome)))
+
+/**
+ * An unfinished undo that halts a stop there (the rest waits for a retry): any but the release,
+ * whose failure holds the gateway back by itself (`releaseLeft`) while DNS and the row go.
+ */
+export const haltsTeardown = (outcome: UndoOutcome): boolean => isUnfinished(outcome) && outcome.step !== "handshake"
+
+/**
+ * The order undos run in, in a rollback, a stop and a recovery: routing first (no new connection
+ * of the org can reach the gateway after that), then the release (the gateway closes the
+ * connections it still holds), DNS, and the gateway's row last. Reverse step order, except that
+ * the release waits for routing to be gone.
+ */
+export const undoOrder: ReadonlyArray<StepName> = ["nginx-reload", "nginx-config", "handshake", "dns", "allocate"]
+
 /** `step=status ...`, the one-line form of a rollback for logs and notices. */
 export const summarise = (report: RollbackReport): string =>
   report.map((outcome) => `${outcome.step}=${outcome.status}`).join(" ")
@@ -74,4 +95,4 @@ export const undoStatusOf = (event: StepEvent): Option.Option<UndoStatus> =>
 export type StepOutcome = "completed" | "failed" | "timed_out"
 
 /** How a start ended: the start metric's and span's `outcome`. */
-export type StartOutcome = "success" | "reused" | "no_gateway" | "step_failed" | "step_timed_out" | "interrupted"
+export type StartOutcome = "success" | "reused" | "no_gateway" | "shutting_down" | "step_failed" | "step_timed_out" | "interrupted"

@@ -1,11 +1,12 @@
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
-import { Context, Data, Duration, Effect, Layer, Schedule } from "effect"
+import { Context, Data, Duration, Effect, Layer, Option, Schedule } from "effect"
 import { HandshakeConfig, Settings } from "../config.ts"
 import type { AllocationId, GatewayId, OrganizationId, Upstream } from "../domain/ids.ts"
+import { describeTransport, neverDelivered } from "../lib/transport.ts"
 
 export class HandshakeError extends Data.TaggedError("HandshakeError")<{
-  readonly operation: "health" | "handshake"
+  readonly operation: "health" | "handshake" | "release"
   readonly reason: string
   readonly cause?: unknown
   /** The gateway answered "no" (a non-2xx status): it did not initialise itself. */
@@ -23,13 +24,25 @@ export interface HandshakeBody {
   readonly gateway_hostname: string
 }
 
+/** What a release names: the allocation whose connections the gateway closes, and its org. */
+export interface ReleaseBody {
+  readonly organization_id: OrganizationId
+  readonly gateway_id: GatewayId
+  readonly allocation_id: AllocationId
+}
+
+/** A release's outcome: the gateway confirmed it, or RELEASE_PATH is empty (no release call). */
+export type Released = "released" | "not_configured"
+
 /**
  * The gateway protocol. `GET {HEALTH_PATH}` answers 2xx once the gateway can serve: it is asked
  * through nginx, with the org's Host header, so a start also proves the path its users will take
  * (an upstream nginx cannot resolve or reach never answers 2xx, and the start fails here as that
  * gateway's failure). `POST {HANDSHAKE_PATH}` with `{organization_id, gateway_id, allocation_id,
  * gateway_hostname}` goes straight to the gateway's upstream and answers 2xx once it has
- * initialised itself for that org.
+ * initialised itself for that org. `POST {RELEASE_PATH}` with `{organization_id, gateway_id,
+ * allocation_id}` (the handshake's undo) answers 2xx once the gateway has closed every connection
+ * of that allocation and forgotten the org; releasing an allocation it does not hold is a 2xx.
  */
 export class Handshake extends Context.Tag("Handshake")<Handshake, {
   /** Polls `GET {HEALTH_PATH}` through nginx until it answers 2xx. Unbounded: the step timeout bounds it. */
@@ -38,6 +51,11 @@ export class Handshake extends Context.Tag("Handshake")<Handshake, {
   readonly checkHealth: (upstream: Upstream) => Effect.Effect<void, HandshakeError>
   /** `POST {HANDSHAKE_PATH}` to the upstream; anything but 2xx fails. */
   readonly handshake: (upstream: Upstream, body: HandshakeBody) => Effect.Effect<void, HandshakeError>
+  /**
+   * `POST {RELEASE_PATH}` to the upstream; anything but 2xx fails. Unbounded: the undo (or the
+   * health pass) bounds it, since closing many connections may take a gateway a while.
+   */
+  readonly release: (upstream: Upstream, body: ReleaseBody) => Effect.Effect<Released, HandshakeError>
 }>() {}
 
 /** One health request's bound: a gateway that cannot answer a ping this fast is not ready. */
@@ -46,7 +64,13 @@ const HEALTH_REQUEST_TIMEOUT = Duration.seconds(2)
 export const HandshakeLive = Layer.effect(
   Handshake,
   Effect.gen(function*() {
-    const { handshakePath, healthPath } = yield* HandshakeConfig
+    const { handshakePath, healthPath, releasePath } = yield* HandshakeConfig
+    if (Option.isNone(releasePath)) {
+      yield* Effect.logWarning(
+        "RELEASE_PATH is empty: gateways are never asked to release, so an org's open connections " +
+          "(WebSockets, streams) can outlive its allocation and reach the next org given its gateway"
+      )
+    }
     const { edgeUrl, limits } = yield* Settings
     const healthTimeout = Duration.min(HEALTH_REQUEST_TIMEOUT, Duration.millis(limits.outsideCallMs))
     // Thousands of gateways, each asked now and then, and only the status matters: a request asks
@@ -101,14 +125,31 @@ export const HandshakeLive = Layer.effect(
           Effect.mapError((cause) =>
             new HandshakeError({
               operation: "handshake",
-              reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
+              reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : describeTransport(cause),
               cause,
-              noEffect: cause._tag === "ResponseError"
+              // It answered "no", or the request never reached it: the gateway did not initialise itself.
+              noEffect: cause._tag === "ResponseError" || neverDelivered(cause)
             })
           )
           // Bounded by the step's own timeout: a gateway that never answers its handshake is what
           // a 504 `handshake` reports.
         )
+      }),
+      release: Effect.fn("Handshake.release")(function*(upstream, body) {
+        if (Option.isNone(releasePath)) return "not_configured" as const
+        yield* client.execute(
+          HttpClientRequest.post(`http://${upstream}${releasePath.value}`).pipe(HttpClientRequest.bodyUnsafeJson(body))
+        ).pipe(
+          Effect.scoped,
+          Effect.mapError((cause) =>
+            new HandshakeError({
+              operation: "release",
+              reason: cause._tag === "ResponseError" ? `HTTP ${cause.response.status}` : cause.message,
+              cause
+            })
+          )
+        )
+        return "released" as const
       })
     })
   })

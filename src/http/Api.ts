@@ -16,6 +16,7 @@ import {
   Conflict,
   NoGatewayAvailable,
   NotFound,
+  NotReady,
   ServiceUnavailable,
   StepFailed,
   StepTimedOut,
@@ -92,6 +93,13 @@ export const AllocationsQuery = Schema.Struct({
 
 export const AllocationsResponse = Schema.Struct({ allocations: Schema.Array(AllocationResponse) })
 
+/**
+ * A gateway's health as the API shows it: what its last health check or start said, or
+ * `unreleased` while its release failed (it may still hold an org's connections, so it is not
+ * handed out until a retry succeeds).
+ */
+export const PoolGatewayHealth = Schema.Union(GatewayHealth, Schema.Literal("unreleased"))
+
 export const PoolGateway = Schema.Struct({
   gateway_id: GatewayId,
   name: GatewayName,
@@ -99,7 +107,9 @@ export const PoolGateway = Schema.Struct({
   allocation_id: Schema.NullOr(AllocationId),
   /** `draining`: not handed out again; it keeps serving its org until that org stops. */
   state: GatewayState,
-  health: GatewayHealth,
+  health: PoolGatewayHealth,
+  /** The finished allocation whose release this gateway owes (health `unreleased`), or null. */
+  unreleased_allocation_id: Schema.NullOr(AllocationId),
   /** Not handed out before then (ISO time), or null. */
   quarantined_until: Schema.NullOr(Schema.String),
   last_failure: Schema.NullOr(Schema.String)
@@ -112,6 +122,8 @@ export const PoolResponse = Schema.Struct({
   available: Schema.Number,
   quarantined: Schema.Number,
   draining: Schema.Number,
+  /** Free gateways held back until their release succeeds (health `unreleased`). */
+  unreleased: Schema.Number,
   gateways: Schema.Array(PoolGateway)
 })
 
@@ -140,8 +152,17 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
     HttpApiEndpoint.post("stop", "/gateway/stop")
       .setPayload(OrganizationPayload)
       .addSuccess(
-        Schema.Struct({ organization_id: OrganizationId, gateway_id: GatewayId, released: Schema.Literal(true) })
-          .annotations({ description: "Routing removed and the gateway back in the pool" })
+        Schema.Struct({
+          organization_id: OrganizationId,
+          gateway_id: GatewayId,
+          released: Schema.Literal(true),
+          /**
+           * The gateway's release (it closes the org's connections): `done`; `pending` when it did
+           * not confirm (the org's routing and DNS are gone, the gateway stays out of the pool until
+           * a retry succeeds); `not_configured` when RELEASE_PATH is empty.
+           */
+          gateway_release: Schema.Literal("done", "pending", "not_configured")
+        }).annotations({ description: "Routing and DNS removed, the gateway released and back in the pool (unless its release is pending)" })
       )
       .addError(described(NotFound, "The organization has no active allocation"))
       .addError(StopFailed)
@@ -149,8 +170,11 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
       .annotate(OpenApi.Summary, "Stop the org's gateway and return it to the pool")
       .annotate(
         OpenApi.Description,
-        "Removes the org's route (nginx) and DNS record, then releases the gateway. When removing the routing " +
-          "fails, the allocation stays `stopping` and a retry (or the reconciler) finishes it."
+        "Removes the org's route (nginx), asks the gateway to release the org (it closes every connection " +
+          "of the allocation), removes the DNS record, then returns the gateway to the pool. When removing the " +
+          "routing or the record fails, the allocation stays `stopping` and a retry (or the reconciler) finishes it. " +
+          "When the gateway does not confirm its release, the stop still answers (`gateway_release: pending`) and " +
+          "the gateway stays out of the pool until a retry of its release succeeds."
       )
   )
   .add(
@@ -188,7 +212,7 @@ export class AllocationsGroup extends HttpApiGroup.make("allocations")
 export class PoolGroup extends HttpApiGroup.make("pool")
   .add(
     HttpApiEndpoint.get("get", "/pool")
-      .addSuccess(described(PoolResponse, "free + allocated = total; available <= free (not quarantined, not draining)"))
+      .addSuccess(described(PoolResponse, "free + allocated = total; available <= free (not quarantined, not draining, no release pending)"))
       .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Pool counts (total, free, allocated, available, quarantined, draining) and every gateway")
   )
@@ -232,6 +256,19 @@ export class HealthGroup extends HttpApiGroup.make("health")
       .annotate(OpenApi.Summary, "Liveness (no auth)")
   )
   .add(
+    HttpApiEndpoint.get("readyz", "/readyz")
+      .addSuccess(
+        Schema.Struct({ status: Schema.Literal("ready") })
+          .annotations({ description: "Postgres, PowerDNS (unless DNS_PROVIDER=none) and an nginx edge answered their last check" })
+      )
+      .addError(NotReady)
+      .annotate(OpenApi.Summary, "Readiness (no auth): whether starts can be served now")
+      .annotate(
+        OpenApi.Description,
+        "Each dependency is checked every 2 s. A load balancer takes a replica out of rotation on 503; /healthz stays liveness."
+      )
+  )
+  .add(
     HttpApiEndpoint.get("metrics", "/metrics")
       .addSuccess(
         HttpApiSchema.Text({ contentType: "text/plain; version=0.0.4; charset=utf-8" })
@@ -244,7 +281,7 @@ export class HealthGroup extends HttpApiGroup.make("health")
           "incomplete rollbacks, reconciler repairs, nginx reloads, and the pool gauges (refreshed on each scrape)."
       )
   )
-  .annotate(OpenApi.Description, "Operations: liveness, metrics. The reference page is GET /docs, the document GET /openapi.json")
+  .annotate(OpenApi.Description, "Operations: liveness, readiness, metrics. The reference page is GET /docs, the document GET /openapi.json")
 {}
 
 export class Api extends HttpApi.make("gateway-allocator")

@@ -74,6 +74,20 @@ export class StopFailed extends Schema.TaggedError<StopFailed>()(
   })
 ) {}
 
+/** What `GET /readyz` names when the service cannot serve starts now. */
+export const NotReadyDependency = Schema.Struct({
+  dependency: Schema.Literal("postgres", "powerdns", "edge"),
+  reason: Schema.String,
+  /** When it stopped being usable (ISO time). */
+  since: Schema.String
+})
+
+export class NotReady extends Schema.TaggedError<NotReady>()(
+  "NotReady",
+  { not_ready: Schema.Array(NotReadyDependency) },
+  HttpApiSchema.annotations({ status: 503, description: "A dependency a start needs is not usable now (each named, with why)" })
+) {}
+
 export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()(
   "ServiceUnavailable",
   { message: Schema.String },

@@ -12,6 +12,7 @@ import { Journal, type JournalEntry } from "../journal/Journal.ts"
 import type { Gateway } from "../domain/gateway.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
 import { recordPool } from "../telemetry/Metrics.ts"
+import { Dependencies } from "../telemetry/Dependencies.ts"
 import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api, Authorization } from "./Api.ts"
 import * as ApiError from "./errors.ts"
@@ -38,6 +39,7 @@ const notFound = (error: AllocationNotFound) => new ApiError.NotFound({ message:
 
 const startError = (error: StartError) => {
   if (error._tag === "NoGatewayAvailable") return new ApiError.NoGatewayAvailable({ message: error.message })
+  if (error._tag === "ShuttingDown") return new ApiError.ServiceUnavailable({ message: error.message })
   const failed = {
     step: error.step,
     ...(error.allocationId === undefined ? {} : { allocation_id: error.allocationId }),
@@ -75,7 +77,8 @@ const poolGateway = (gateway: Gateway) => ({
   upstream: gateway.upstream,
   allocation_id: gateway.allocationId,
   state: gateway.state,
-  health: gateway.health,
+  health: gateway.unreleasedAllocationId === null ? gateway.health : "unreleased" as const,
+  unreleased_allocation_id: gateway.unreleasedAllocationId,
   quarantined_until: gateway.quarantinedUntil?.toISOString() ?? null,
   last_failure: gateway.lastFailure
 })
@@ -100,7 +103,8 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
           Effect.map((stopped) => ({
             organization_id: stopped.organizationId,
             gateway_id: stopped.gatewayId,
-            released: true as const
+            released: true as const,
+            gateway_release: stopped.gatewayRelease
           })),
           Effect.catchTags({
             AllocationNotFound: (error) => Effect.fail(notFound(error)),
@@ -244,6 +248,7 @@ export const PoolHandlers = HttpApiBuilder.group(Api, "pool", (handlers) =>
 export const HealthHandlers = HttpApiBuilder.group(Api, "health", (handlers) =>
   Effect.gen(function*() {
     const pool = yield* GatewayPool
+    const dependencies = yield* Dependencies
     const prometheus = yield* PrometheusMetrics
     // The pool gauges are read from the database at most once a second, however often /metrics
     // is scraped; without the database the rest still answers.
@@ -256,6 +261,19 @@ export const HealthHandlers = HttpApiBuilder.group(Api, "health", (handlers) =>
     )
     return handlers
       .handle("healthz", () => HttpMiddleware.withLoggerDisabled(Effect.succeed({ status: "ok" as const })))
+      .handle("readyz", () =>
+        dependencies.notReady.pipe(
+          Effect.flatMap((notReady) =>
+            notReady.length === 0
+              ? Effect.succeed({ status: "ready" as const })
+              : Effect.fail(
+                new ApiError.NotReady({
+                  not_ready: notReady.map(({ dependency, reason, since }) => ({ dependency, reason, since: since.toISOString() }))
+                })
+              )
+          ),
+          HttpMiddleware.withLoggerDisabled
+        ))
       .handle("metrics", () =>
         refreshPoolGauges.pipe(
           Effect.zipRight(prometheus.scrape),

@@ -10,6 +10,7 @@ import {
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { createServer } from "node:http"
 import { Cause, Effect, Layer, Option } from "effect"
+import { Allocator } from "../allocation/Allocator.ts"
 import { ListenConfig } from "../config.ts"
 import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api } from "./Api.ts"
@@ -33,24 +34,45 @@ export const DocsLive = Layer.mergeAll(
 )
 
 /** Scrapes and health probes are neither traced nor logged per request. */
-const quietPaths: ReadonlySet<string> = new Set(["/metrics", "/healthz"])
+const quietPaths: ReadonlySet<string> = new Set(["/metrics", "/healthz", "/readyz"])
 
 const maxBodyBytes = 64 * 1024
+
+/**
+ * How much of a body of unannounced length (chunked) is read before it is judged: one over the
+ * limit is read whole (a connection closed with unread bytes is reset, and the client would lose
+ * the answer with it), up to this; past it the platform closes the connection.
+ */
+const drainBytes = 1024 * 1024
+
+const tooLarge = `request body over ${maxBodyBytes / 1024} KiB`
 
 const badRequest = (message: string, headers: Record<string, string> = {}) =>
   HttpServerResponse.json({ _tag: "BadRequest", message }, { status: 400, headers }).pipe(Effect.orDie)
 
 /**
- * Bodies are small JSON: one that announces more than 64 KiB is refused unread (the platform
- * would otherwise destroy the socket once the limit is passed, and answer nothing).
+ * Bodies are small JSON. One that announces more than 64 KiB is refused unread. One of
+ * unannounced length (chunked) is read first (the platform keeps the text, so the handler reads
+ * it again for free) and judged by its size. Left to the platform's limit, either would have its
+ * socket destroyed once the limit is passed, and the client would get a reset instead of an answer.
  */
 const limitBodies = <E, R>(app: HttpApp.Default<E, R>) =>
   Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
-    if (Number(request.headers["content-length"] ?? "0") > maxBodyBytes) {
-      return yield* badRequest(`request body over ${maxBodyBytes / 1024} KiB`, { connection: "close" })
+    if (request.headers["content-length"] !== undefined || request.headers["transfer-encoding"] === undefined) {
+      return Number(request.headers["content-length"] ?? "0") > maxBodyBytes
+        ? yield* badRequest(tooLarge, { connection: "close" })
+        : yield* HttpServerRequest.withMaxBodySize(app, Option.some(maxBodyBytes))
     }
-    return yield* HttpServerRequest.withMaxBodySize(app, Option.some(maxBodyBytes))
+    return yield* HttpServerRequest.withMaxBodySize(
+      Effect.gen(function*() {
+        const text = yield* Effect.option(request.text)
+        if (Option.isNone(text)) return yield* badRequest("request body could not be read", { connection: "close" })
+        if (Buffer.byteLength(text.value) > maxBodyBytes) return yield* badRequest(tooLarge, { connection: "close" })
+        return yield* app
+      }),
+      Option.some(drainBytes)
+    )
   })
 
 /**
@@ -79,9 +101,17 @@ export const HttpAppLive = HttpApiBuilder.serve((app) => HttpMiddleware.logger(l
   HttpServer.withLogAddress
 )
 
+/**
+ * On shutdown, before the server closes (its open requests wait on the starts they asked for):
+ * no new gateway is claimed, in-flight starts get SHUTDOWN_GRACE_MS, then roll back, and every
+ * waiting request gets its answer (`Allocator.drain`).
+ */
+const DrainOnShutdown = Layer.scopedDiscard(
+  Effect.flatMap(Allocator, (allocator) => Effect.addFinalizer(() => allocator.drain))
+)
+
 /** Serves the API on HOST:PORT. */
-export const HttpServerLive = HttpAppLive.pipe(
-  Layer.provide(
-    NodeHttpServer.layerConfig(createServer, ListenConfig)
-  )
+export const HttpServerLive = DrainOnShutdown.pipe(
+  Layer.provideMerge(HttpAppLive),
+  Layer.provide(NodeHttpServer.layerConfig(createServer, ListenConfig))
 )

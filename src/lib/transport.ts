@@ -11,3 +11,18 @@ const causeOf = (value: unknown): unknown => Predicate.hasProperty(value, "cause
  */
 export const transportCode = (error: unknown): string | undefined =>
   codeOf(causeOf(error)) ?? codeOf(causeOf(causeOf(error)))
+
+/** A client error's message with the system code under it, when it has one ("...: ECONNREFUSED"). */
+export const describeTransport = (error: { readonly message: string }): string => {
+  const code = transportCode(error)
+  return code === undefined ? error.message : `${error.message}: ${code}`
+}
+
+/**
+ * A request that never reached its server: the connection was refused, or the name did not
+ * resolve, before anything was sent. Such a call changed nothing, whatever it asked for.
+ */
+export const neverDelivered = (error: unknown): boolean => {
+  const code = transportCode(error)
+  return code === "ECONNREFUSED" || code === "ENOTFOUND"
+}

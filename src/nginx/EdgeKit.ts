@@ -1,4 +1,4 @@
-import { Command, FileSystem, HttpClient, HttpClientRequest, Path } from "@effect/platform"
+import { Command, FileSystem, Headers, HttpClient, HttpClientRequest, Path } from "@effect/platform"
 import type * as NodeContext from "@effect/platform-node/NodeContext"
 import { Chunk, Duration, Effect, Option, Schema, Stream } from "effect"
 import * as crypto from "node:crypto"
@@ -20,7 +20,12 @@ export const makeEdgeKit = Effect.gen(function*() {
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
   const executor = yield* Effect.context<NodeContext.NodeContext>()
-  const http = yield* HttpClient.HttpClient
+  // The edge secret rides in a header of every route API call and probe: the client spans record
+  // request headers, so it is redacted there like `authorization` (whoever reads traces must not
+  // be able to rewrite routes).
+  const http = (yield* HttpClient.HttpClient).pipe(
+    HttpClient.transformResponse(Effect.locally(Headers.currentRedactedNames, SECRET_HEADERS))
+  )
   const confDir = path.resolve(config.confDir)
   const callTimeout = Duration.millis(limits.outsideCallMs)
 
@@ -44,12 +49,16 @@ export const makeEdgeKit = Effect.gen(function*() {
   const underEdgeLock = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     edgeLock.withLock(edgeId, effect, (reason) => new NginxError({ operation: "lock", reason, noEffect: true }))
 
-  /** Temp file + rename: nginx sees the old file or the new one. A failure changed nothing. */
+  /**
+   * Temp file + rename: nginx sees the old file or the new one. A failure changed nothing. Owner
+   * only (0600): the service's file carries the edge secret, and nginx's master reads its
+   * configuration as root.
+   */
   const writeAtomically = (file: string, content: string) =>
     Effect.gen(function*() {
       // The temp name does not end in .conf, so a concurrent reload never includes it.
       const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`)
-      yield* fs.writeFileString(temp, content, { mode: 0o644 })
+      yield* fs.writeFileString(temp, content, { mode: 0o600 })
       yield* fs.rename(temp, file).pipe(Effect.tapError(() => fs.remove(temp).pipe(Effect.ignore)))
     })
 
@@ -135,6 +144,9 @@ export const makeEdgeKit = Effect.gen(function*() {
 })
 
 export type EdgeKit = Effect.Effect.Success<typeof makeEdgeKit>
+
+/** Headers whose values never reach a span: the platform's defaults and the edge secret's. */
+const SECRET_HEADERS: ReadonlyArray<string> = ["authorization", "cookie", "set-cookie", "x-api-key", PROBE_SECRET_HEADER]
 
 /** One probe's bound: nginx answers it itself, in microseconds, unless it is stalled. */
 const PROBE_TIMEOUT = Duration.seconds(2)

@@ -1,36 +1,83 @@
 import { HttpClientRequest } from "@effect/platform"
-import { Duration, Effect, Either, Option, Schedule, Schema } from "effect"
-import { routeApiUrl } from "../config.ts"
+import { Duration, Effect, Either, Option, Ref, Schedule, Schema } from "effect"
+import { routeApiUrl, Settings } from "../config.ts"
 import { AllocationId, Generation, OrganizationId } from "../domain/ids.ts"
-import { transportCode } from "../lib/transport.ts"
+import { describeTransport, neverDelivered, transportCode } from "../lib/transport.ts"
 import { PROBE_SECRET_HEADER } from "./config.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
-import { renderLuaConfig } from "./luaConfig.ts"
-import { Nginx, NginxError, type Route, type RouteKey, RouteLost } from "./Nginx.ts"
+import { MAX_FENCE_MS, renderLuaConfig } from "./luaConfig.ts"
+import { Nginx, NginxError, type Route, type RouteKey, RouteLost, type WriteOptions } from "./Nginx.ts"
 
 /**
  * NGINX_ROUTING=lua: routes live in nginx's shared memory (see luaConfig.ts), written through the
  * route API nginx serves on NGINX_ROUTE_API_LISTEN. A write is live on every worker when it
  * returns, so `apply` has nothing to do and one probe proves a change. nginx is reloaded once,
  * at install, never for a route.
+ *
+ * Every write carries its deadline (`until`: now plus one outside call), and every removal the
+ * fence it needs (`fence_ms`: STEP_TIMEOUT_MS plus one outside call, the longest a write can land
+ * after its owner's fence check), so the table keeps fences seconds, not minutes. Fences live in
+ * nginx's shared memory and vanish with a restart: this process remembers the ones it wrote
+ * while they last, and pushes them back as soon as it sees a new boot id (before the routes are
+ * pushed back, when this process is the one that pushes them).
  */
 export const makeLuaRouting = (kit: EdgeKit) =>
   Effect.gen(function*() {
     const { config, confDir, domain, path, fail, http, secret, callTimeout } = kit
+    const { stepTimeoutMs } = yield* Settings
     const api = routeApiUrl(config.routeApiListen)
     const file = renderLuaConfig({
       domain,
       listen: kit.listen,
       routeApiListen: config.routeApiListen,
       tableSize: config.routeTableSize,
+      fenceTableSize: config.fenceTableSize,
       secret
     })
+    /** How long a removal fences late writes: the step that sends a write, then the write's own deadline. */
+    const fenceMs = stepTimeoutMs + Duration.toMillis(callTimeout)
+    if (fenceMs > MAX_FENCE_MS) {
+      return yield* new NginxError({
+        operation: "install",
+        reason: `STEP_TIMEOUT_MS plus one outside call (${fenceMs} ms) is longer than the route table keeps a fence (${MAX_FENCE_MS} ms): ` +
+          "a removal could not fence every late write; lower STEP_TIMEOUT_MS"
+      })
+    }
+    /**
+     * The clock nginx reads (the route API is on loopback: one host, one clock), so deadlines and
+     * fence times mean the same on both sides; never a test's clock.
+     */
+    const wallClock = Effect.sync(() => Date.now())
+    /** A write's deadline: nginx refuses it after this (epoch ms). */
+    const deadline = Effect.map(wallClock, (now) => String(now + Duration.toMillis(callTimeout)))
+
+    /**
+     * The fences this process wrote, while they last: pushed back after an nginx restart emptied
+     * the table (see `refence`). One per org (the latest), pruned as they expire.
+     */
+    const written = yield* Ref.make(new Map<OrganizationId, { readonly key: RouteKey; readonly untilMs: number }>())
+    const remember = (key: RouteKey) =>
+      Effect.flatMap(wallClock, (now) =>
+        Ref.update(written, (fences) => {
+          const next = new Map([...fences].filter(([, fence]) => fence.untilMs > now))
+          return next.set(key.organizationId, { key, untilMs: now + fenceMs })
+        }))
+    /** `fence {org} {allocation} {generation} {ms}` lines for the fences still due. */
+    const fenceLines = Effect.gen(function*() {
+      const now = yield* wallClock
+      const due = [...(yield* Ref.get(written)).values()].filter((fence) => fence.untilMs > now)
+      return due.map(({ key, untilMs }) => `fence ${key.organizationId} ${key.allocationId} ${key.generation} ${Math.ceil(untilMs - now)}\n`)
+        .join("")
+    })
+    /** The boot id this process last saw. */
+    const seenBoot = yield* Ref.make(Option.none<string>())
 
     /** One route API request: its status and body, bounded like every outside call. */
     const call = (operation: NginxError["operation"], request: HttpClientRequest.HttpClientRequest) =>
       http.execute(HttpClientRequest.setHeader(request, PROBE_SECRET_HEADER, secret)).pipe(
         Effect.flatMap((response) => Effect.map(response.text, (body) => ({ status: response.status, body: body.trim() }))),
-        Effect.mapError((cause) => new NginxError({ operation, reason: `route API: ${cause.message}`, cause })),
+        // A connection refused (nginx down) carried nothing: whatever it asked, nothing changed.
+        Effect.mapError((cause) => new NginxError({ operation, reason: `route API: ${describeTransport(cause)}`, cause, noEffect: neverDelivered(cause) })),
         Effect.timeoutFail({
           duration: callTimeout,
           onTimeout: () => new NginxError({ operation, reason: `the route API did not answer within ${Duration.format(callTimeout)}` })
@@ -42,9 +89,11 @@ export const makeLuaRouting = (kit: EdgeKit) =>
       new NginxError({
         operation,
         reason: answer.status === 409
-          ? `refused, the table holds a newer entry: ${answer.body}`
+          ? answer.body.startsWith("expired")
+            ? `refused, the write reached nginx after its deadline (${answer.body}): nginx was busy or the call stalled`
+            : `refused, the table holds a newer entry: ${answer.body}`
           : answer.status === 507
-          ? `the route table is full (${answer.body}): raise NGINX_ROUTE_TABLE_SIZE; no route is ever evicted to make room`
+          ? zoneFull(answer.body)
           : answer.status === 401
           ? "the route API refused the edge secret: is another nginx listening on NGINX_ROUTE_API_LISTEN?"
           : `route API answered HTTP ${answer.status}: ${answer.body.slice(0, 200)}`,
@@ -63,9 +112,34 @@ export const makeLuaRouting = (kit: EdgeKit) =>
         : Option.none()
     }
 
+    /** Pushes back the fences this process wrote that still matter: after a restart emptied them. */
+    const refence = (bootId: string) =>
+      Effect.gen(function*() {
+        const body = yield* fenceLines
+        if (body === "") return
+        const answer = yield* call(
+          "table",
+          HttpClientRequest.post(`${api}/fences`).pipe(
+            HttpClientRequest.setUrlParams({ boot: bootId }),
+            HttpClientRequest.bodyText(body, "text/plain")
+          )
+        )
+        if (answer.status !== 200) return yield* refused("table", answer)
+      })
+
     const tableState = call("table", bootRequest).pipe(
       Effect.flatMap((answer) =>
         Option.match(parseBoot(answer), { onNone: () => Effect.fail(refused("table", answer)), onSome: Effect.succeed })
+      ),
+      // A new boot id: nginx restarted and its fences are gone. Ours go back before anything else
+      // (the routes are pushed back after this look). One that fails is logged and tried again on
+      // the next look: the id is recorded only once they passed.
+      Effect.tap(({ bootId }) =>
+        Effect.flatMap(Ref.get(seenBoot), (seen) =>
+          Option.contains(seen, bootId) ? Effect.void : refence(bootId).pipe(
+            Effect.zipRight(Ref.set(seenBoot, Option.some(bootId))),
+            Effect.catchAll((error) => Effect.logWarning("could not push this process's fences back into nginx's new table", error))
+          ))
       )
     )
 
@@ -150,11 +224,17 @@ export const makeLuaRouting = (kit: EdgeKit) =>
       edge: kit.edge,
       routing: "lua",
       install,
-      writeRoute: Effect.fn("Nginx.writeRoute")(function*(route: Route) {
+      writeRoute: Effect.fn("Nginx.writeRoute")(function*(route: Route, options?: WriteOptions) {
         const answer = yield* call(
           "write",
           HttpClientRequest.put(routeUrl(route.organizationId)).pipe(
-            HttpClientRequest.setUrlParams({ upstream: route.upstream, allocation: route.allocationId, generation: String(route.generation) })
+            HttpClientRequest.setUrlParams({
+              upstream: route.upstream,
+              allocation: route.allocationId,
+              generation: String(route.generation),
+              until: yield* deadline,
+              ...(options?.restore === true ? { restore: "1" } : {})
+            })
           )
         )
         if (answer.status !== 200) return yield* refused("write", answer)
@@ -163,11 +243,18 @@ export const makeLuaRouting = (kit: EdgeKit) =>
         const answer = yield* call(
           "remove",
           HttpClientRequest.del(routeUrl(route.organizationId)).pipe(
-            HttpClientRequest.setUrlParams({ allocation: route.allocationId, generation: String(route.generation) })
+            HttpClientRequest.setUrlParams({
+              allocation: route.allocationId,
+              generation: String(route.generation),
+              fence_ms: String(fenceMs)
+            })
           )
         )
         const outcome = answer.body.split(" ")[0]
-        if (answer.status === 200 && (outcome === "removed" || outcome === "absent" || outcome === "other")) return outcome
+        if (answer.status === 200 && (outcome === "removed" || outcome === "absent" || outcome === "other")) {
+          yield* remember(route)
+          return outcome
+        }
         return yield* refused("remove", answer)
       }),
       apply: Effect.void,
@@ -195,21 +282,37 @@ export const makeLuaRouting = (kit: EdgeKit) =>
           const [organizationId, upstream, allocationId, generation] = line.split(" ")
           return { organizationId, upstream, allocationId, generation }
         })
-        const routes = yield* decodeLines(lines).pipe(Effect.mapError(fail("list")))
-        return routes.map(({ allocationId, generation, organizationId }): RouteKey => ({ organizationId, allocationId, generation }))
+        return yield* decodeLines(lines).pipe(Effect.mapError(fail("list")))
       }).pipe(Effect.withSpan("Nginx.listRoutes")),
       tableState: Effect.map(tableState, ({ bootId, ready }) => Option.some({ bootId, ready })),
       restoreAll: Effect.fn("Nginx.restoreAll")(function*(bootId: string, routes: ReadonlyArray<Route>) {
         yield* Effect.annotateCurrentSpan({ "nginx.routes": routes.length })
-        const body = routes.map((r) => `${r.organizationId} ${r.upstream} ${r.allocationId} ${r.generation}\n`).join("")
-        const answer = yield* call(
-          "table",
-          HttpClientRequest.post(`${api}/routes`).pipe(
-            HttpClientRequest.setUrlParams({ boot: bootId }),
-            HttpClientRequest.bodyText(body, "text/plain")
+        // In parts, each with its own deadline (100,000 routes take ~1.5 s in one request: more
+        // than a short outside call's bound); the last part marks the table ready.
+        const parts = Math.max(1, Math.ceil(routes.length / RESTORE_PART))
+        for (let part = 0; part < parts; part++) {
+          const body = routes.slice(part * RESTORE_PART, (part + 1) * RESTORE_PART)
+            .map((r) => `${r.organizationId} ${r.upstream} ${r.allocationId} ${r.generation}\n`).join("")
+          const answer = yield* call(
+            "table",
+            HttpClientRequest.post(`${api}/routes`).pipe(
+              HttpClientRequest.setUrlParams({ boot: bootId, until: yield* deadline, ready: part === parts - 1 ? "1" : "0" }),
+              HttpClientRequest.bodyText(body, "text/plain")
+            )
           )
-        )
-        if (answer.status !== 200) return yield* refused("table", answer)
+          if (answer.status !== 200) return yield* refused("table", answer)
+        }
       })
     })
   })
+
+/** Routes per request of a restore: ~30 ms of nginx's time each. */
+const RESTORE_PART = 2_000
+
+/** What a 507 says: which zone had no room, and what that means for the request. */
+const zoneFull = (body: string) =>
+  body.includes("fences:")
+    ? `no room for the removal's fence (${body}): nothing was removed; raise NGINX_FENCE_TABLE_SIZE (fences expire within seconds, so a retry may pass)`
+    : body.includes("locks:")
+    ? `no room for the org's lock (${body})`
+    : `the route table is full (${body}): raise NGINX_ROUTE_TABLE_SIZE; no route is ever evicted to make room`

@@ -40,6 +40,24 @@ export interface Route extends RouteKey {
 }
 
 /**
+ * A route as nginx holds it (`listRoutes`): the upstream is its text exactly as nginx routes to
+ * it, compared with Postgres as it is (never normalised, never refused for its spelling).
+ */
+export interface ListedRoute extends RouteKey {
+  readonly upstream: string
+}
+
+export interface WriteOptions {
+  /**
+   * lua: the caller holds the allocation active in Postgres while it writes (drift repair), so
+   * the write replaces whatever entry the org holds (another upstream, a greater generation,
+   * another allocation's id: none can be a live allocation's then). A removal's fence still
+   * refuses it. reload: every write replaces the org's file anyway.
+   */
+  readonly restore?: boolean
+}
+
+/**
  * The nginx a NGINX_CONF_DIR belongs to, from `.gateway-allocator-edge.json` in it (made by the
  * first process that uses the directory): its id, recorded in Postgres so that every replica
  * must use the same one, and the secret written into `gateway-allocator.conf`.
@@ -68,13 +86,15 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
   readonly install: Effect.Effect<void, NginxError>
   /**
    * Writes the org's route. lua: refused (noEffect) when the table holds a newer generation for
-   * the org, or a tombstone of this one; a full table is an error, never an eviction.
+   * the org (unless `restore`), or a fence of this one, or when the write reaches nginx after
+   * its deadline; a full table is an error, never an eviction.
    */
-  readonly writeRoute: (route: Route) => Effect.Effect<void, NginxError>
+  readonly writeRoute: (route: Route, options?: WriteOptions) => Effect.Effect<void, NginxError>
   /**
    * Removes the org's route if it is this allocation's (compare-and-delete): an old allocation's
    * late undo never removes a newer allocation's route. Says what it found: the allocation's
-   * route (removed), none, or another allocation's (left alone).
+   * route (removed), none, or another allocation's (left alone). lua: it fences late writes of
+   * this allocation (and older ones) first, and fails, removing nothing, when it cannot.
    */
   readonly removeRoute: (route: RouteKey) => Effect.Effect<"removed" | "absent" | "other", NginxError>
   /**
@@ -91,8 +111,8 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
   readonly awaitUnrouted: (organizationId: OrganizationId, allocationId: AllocationId) => Effect.Effect<void, NginxError>
   /** One probe: the allocation nginx serves for the org's hostname right now, or null. */
   readonly probeRoute: (organizationId: OrganizationId) => Effect.Effect<AllocationId | null, NginxError>
-  /** Every route the service has given nginx: each org's, and the allocation it names. */
-  readonly listRoutes: Effect.Effect<ReadonlyArray<RouteKey>, NginxError>
+  /** Every route the service has given nginx: each org's upstream, and the allocation (and generation) it names. */
+  readonly listRoutes: Effect.Effect<ReadonlyArray<ListedRoute>, NginxError>
   /** lua: the route table's state; reload: none (route files survive nginx restarts). */
   readonly tableState: Effect.Effect<Option.Option<TableState>, NginxError>
   /**

@@ -5,7 +5,7 @@ import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { renderMainConfig, renderRoute, routeFileName, routeOf } from "./config.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
-import { Nginx, NginxError, type RouteKey } from "./Nginx.ts"
+import { type ListedRoute, Nginx, NginxError, type RouteKey } from "./Nginx.ts"
 import { awaitOldWorkersClosed, siblingWorkers } from "./workers.ts"
 
 /**
@@ -119,6 +119,27 @@ export const makeReloadRouting = (kit: EdgeKit) =>
         yield* awaitOldWorkersClosed(answeredBy.pid).pipe(Effect.provideService(FileSystem.FileSystem, fs))
       })
 
+    /**
+     * The whole route a file names, for drift repair to compare with Postgres: its allocation and
+     * generation, and the upstream of its line `.org-{uuid}.{domain} "{upstream} {allocation}";`.
+     */
+    const readListedRoute = (file: string) =>
+      fs.readFileString(file).pipe(
+        Effect.map((content) => {
+          const named = routeOf(content)
+          const upstream = /"(\S+) [0-9a-f-]{36}";\s*$/.exec(content)?.[1]
+          return named === undefined || upstream === undefined ? Option.none() : Option.some({ ...named, upstream })
+        }),
+        Effect.flatMap(Option.match({
+          onNone: () => Effect.succeed(Option.none<FileRoute>()),
+          onSome: (listed) => Effect.map(Schema.decodeUnknown(FileRoute)(listed), Option.some)
+        })),
+        Effect.catchIf(
+          (error) => error._tag === "SystemError" && error.reason === "NotFound",
+          () => Effect.succeed(Option.none<FileRoute>())
+        )
+      )
+
     return Nginx.of({
       edge: kit.edge,
       routing: "reload",
@@ -169,9 +190,9 @@ export const makeReloadRouting = (kit: EdgeKit) =>
           Effect.forEach(files, (file) => {
             const organizationId = file.endsWith(".conf") ? parseOrgLabel(file.slice(0, -".conf".length)) : undefined
             if (organizationId === undefined) return Effect.succeed([])
-            return Effect.map(readRoute(path.join(routesDir, file)), Option.match({
-              onNone: (): Array<RouteKey> => [],
-              onSome: (named) => [{ organizationId, ...named }]
+            return Effect.map(readListedRoute(path.join(routesDir, file)), Option.match({
+              onNone: (): Array<ListedRoute> => [],
+              onSome: (listed) => [{ organizationId, ...listed }]
             }))
           }, { concurrency: 16 })
         ),
@@ -186,6 +207,10 @@ export const makeReloadRouting = (kit: EdgeKit) =>
 /** What a route file names: its allocation and generation. */
 const NamedRoute = Schema.Struct({ allocationId: AllocationId, generation: Generation })
 type NamedRoute = typeof NamedRoute.Type
+
+/** What a route file says in full: its allocation, generation and upstream (its text, as nginx reads it). */
+const FileRoute = Schema.Struct({ allocationId: AllocationId, generation: Generation, upstream: Schema.String })
+type FileRoute = typeof FileRoute.Type
 
 // New workers take a few milliseconds to answer after the signal: poll fast, then back off.
 // (2, 3, 4.5, ... ms, then every 10 ms: the route goes live ~15-50 ms after the signal, and a

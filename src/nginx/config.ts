@@ -10,12 +10,22 @@ export const EDGE_FILE = ".gateway-allocator-edge.json"
 export const PROBE_SECRET_HEADER = "x-gateway-allocator-probe"
 
 /**
+ * The header nginx puts on every request it proxies to a gateway: the allocation of the route it
+ * used. A gateway answers only its own allocation's requests (421 otherwise), so an edge holding
+ * a stale route can never make a gateway serve another org. `proxy_set_header` replaces a
+ * client-sent header of that name (nginx skips request headers it sets itself).
+ */
+export const ALLOCATION_HEADER = "X-Gateway-Allocation"
+
+/**
  * How the org server block proxies to `$gateway_allocator_upstream` in both routing modes:
- * HTTP/1.1 with WebSocket upgrades, the original Host, and long timeouts for long-lived streams.
+ * HTTP/1.1 with WebSocket upgrades, the original Host, the route's allocation, and long timeouts
+ * for long-lived streams.
  */
 export const PROXY_TO_UPSTREAM = `        proxy_pass http://$gateway_allocator_upstream;
         proxy_http_version 1.1;
         proxy_set_header Host $host;
+        proxy_set_header ${ALLOCATION_HEADER} $gateway_allocator_allocation;
         proxy_set_header Upgrade $http_upgrade;
         proxy_set_header Connection $gateway_allocator_connection;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;

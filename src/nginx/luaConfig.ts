@@ -2,35 +2,58 @@ import { createHash } from "node:crypto"
 import { escapeRegex, PROBE_PATH, PROBE_SECRET_HEADER, PROXY_TO_UPSTREAM } from "./config.ts"
 
 /**
- * NGINX_ROUTING=lua: the service's http-context file. Routes live in one `lua_shared_dict`, a
+ * NGINX_ROUTING=lua: the service's http-context file. Routes live in a `lua_shared_dict`, a
  * shared-memory zone every worker reads under its lock, so a write is served by every worker's
  * next request: no reload, no worker generations, one probe proves it.
  *
- * The table, keyed by org id:
- * - `R {upstream} {allocation} {generation}`: the org's route;
- * - `#gone:{org}`: the greatest generation removed for the org, kept TOMBSTONE_TTL_S (a tombstone);
- * - `#boot`: made on first use of a fresh zone (a new nginx, or a restart: shared memory survives
- *   reloads, not restarts), so the service can tell the table was emptied;
- * - `#ready`: the boot id once the service has pushed every active route into this table. Until
- *   then an unknown org is answered 503 (retry), not 404;
- * - `#lock:{org}`: a short lock for one org's compare-and-set.
+ * Three zones, so that nothing the table keeps for fencing can crowd routes out:
+ * - `gateway_allocator_routes` (NGINX_ROUTE_TABLE_SIZE), routes only, keyed by org id:
+ *   `R {upstream} {allocation} {generation}`, plus two marks: `#boot`, made on first use of a
+ *   fresh zone (a new nginx, or a restart: shared memory survives reloads, not restarts), so the
+ *   service can tell the table was emptied; and `#ready`, the boot id once the service has pushed
+ *   every active route into this table (until then an unknown org is answered 503, not 404).
+ *   `#ready`'s room is taken with `#boot` (a placeholder of the same length), so marking the
+ *   table ready replaces a value in place and never needs memory the routes may have taken.
+ * - `gateway_allocator_fences` (NGINX_FENCE_TABLE_SIZE): the org's fence (tombstone), the
+ *   greatest generation removed for it, kept for as long as the removal says (`fence_ms`) and
+ *   never longer than MAX_FENCE_MS. The service passes its own bound: a write can land at most
+ *   STEP_TIMEOUT_MS (the step that sends it) plus one outside call (its `until`, checked here)
+ *   after its owner's fence check, and the removal comes after that check, so the fence outlives
+ *   every write that could still land. Fences therefore hold removals of the last few seconds,
+ *   not of every org ever stopped: a number value (one 128-byte slab slot each), replaced in
+ *   place when raised. A removal writes its fence before it removes; when the fence zone has no
+ *   room (after reclaiming expired fences) the removal fails and removes nothing, so it is
+ *   retried, never weakened.
+ * - `gateway_allocator_locks` (LOCK_TABLE_SIZE): a short lock per org for its compare-and-set,
+ *   held for one request's table work; its own zone, so a full route or fence zone never makes
+ *   a lock fail.
  *
- * Fencing lives in the table: a write older (by generation) than the org's route or tombstone is
- * refused; a removal names its allocation, removes only that allocation's route, and always
- * raises the tombstone to its generation (even when it found nothing, or another allocation's
- * route). So a late write or removal (a zombie runner, a restore racing a stop) is harmless.
+ * Fencing lives in the table: a write older (by generation) than the org's route or fence is
+ * refused, and so is a write that arrives after its deadline (`until`, epoch ms: the route API is
+ * on loopback, so nginx and the service read the same clock); a removal names its allocation,
+ * removes only that allocation's route, and always raises the fence to its generation (even when
+ * it found nothing, or another allocation's route). So a late write or removal (a zombie runner,
+ * a restore racing a stop) is harmless. A restore (`restore=1`: drift repair, which holds the
+ * allocation active in Postgres while it writes) may replace whatever entry the org holds: no
+ * other allocation of the org can be live then, so a different upstream, a greater generation or
+ * another allocation's id can only be forged or stale. It is refused like any write by the org's
+ * fence, so it can never undo a removal.
  */
 export const renderLuaConfig = (options: {
   readonly domain: string
   readonly listen: string
   readonly routeApiListen: string
   readonly tableSize: string
+  /** The fence zone's size (nginx size syntax). */
+  readonly fenceTableSize: string
   /** Guards the probe and the route API (hex, so safe in the file). */
   readonly secret: string
 }) => {
   const domain = escapeRegex(options.domain)
   const secretVariable = `$http_${PROBE_SECRET_HEADER.replace(/-/g, "_")}`
   const body = `lua_shared_dict ${SHARED_DICT} ${options.tableSize};
+lua_shared_dict ${FENCES_DICT} ${options.fenceTableSize};
+lua_shared_dict ${LOCKS_DICT} ${LOCK_TABLE_SIZE};
 
 map $http_upgrade $gateway_allocator_connection {
     default upgrade;
@@ -61,15 +84,19 @@ server {
 
     location / {
         set $gateway_allocator_upstream "";
+        set $gateway_allocator_allocation "";
         rewrite_by_lua_block {
             local routes = ngx.shared.${SHARED_DICT}
             local value = routes:get(ngx.var.gateway_allocator_org)
-            local upstream = value and value:match("^R (%S+) ")
+            local upstream, allocation
+            if value then upstream, allocation = value:match("^R (%S+) (%S+) ") end
             if upstream then
                 ngx.var.gateway_allocator_upstream = upstream
+                ngx.var.gateway_allocator_allocation = allocation
                 return
             end
-            if routes:get("#ready") then
+            local ready = routes:get("#ready")
+            if ready and ready == routes:get("#boot") then
                 return ngx.exit(404)
             end
             -- nginx restarted and the service has not pushed the routes back yet: retry soon.
@@ -111,24 +138,49 @@ ${body.replace("__CONFIG_VERSION__", version)}`
 }
 
 export const SHARED_DICT = "gateway_allocator_routes"
+export const FENCES_DICT = "gateway_allocator_fences"
+export const LOCKS_DICT = "gateway_allocator_locks"
 
-/** How long a removal's tombstone fences late writes: far beyond any call's bound. */
-export const TOMBSTONE_TTL_S = 600
+/**
+ * The lock zone: one 128-byte slot per org whose compare-and-set is running right now, so 1m
+ * holds ~8,000 at once, far above the route API requests nginx's workers can hold open.
+ */
+export const LOCK_TABLE_SIZE = "1m"
+
+/**
+ * The longest fence the table keeps (and what a removal that names none gets: the 10 minutes
+ * every fence lasted before removals said how long theirs must).
+ */
+export const MAX_FENCE_MS = 600_000
+
+/** A Lua pattern for a lowercase UUID. */
+const LUA_UUID = `^${"[0-9a-f]".repeat(8)}%-${"[0-9a-f]".repeat(4)}%-${"[0-9a-f]".repeat(4)}%-${"[0-9a-f]".repeat(4)}%-${"[0-9a-f]".repeat(12)}$`
 
 const indent = (text: string, spaces: number) =>
   text.split("\n").map((line) => (line === "" ? line : " ".repeat(spaces) + line)).join("\n")
+
 
 /**
  * The route API, one handler:
  * - `GET /boot` -> `boot {id} ready {0|1} version {config version}`
  * - `GET /routes` -> that line, then `{org} {upstream} {allocation} {generation}` per route
  * - `GET /routes/{org}` -> the org's route line, or 404
- * - `PUT /routes/{org}?upstream=&allocation=&generation=` -> 200 stored|unchanged, 409 stale, 507 full
- * - `DELETE /routes/{org}?allocation=&generation=` -> 200 removed|absent|other
- * - `POST /routes?boot={id}` with route lines -> every route put (fenced as one PUT each), then the
- *   table marked ready for that boot; 409 when the table's boot id is another (nothing put)
+ * - `GET /fences/{org}` -> `{generation} {ms left}`, or 404
+ * - `GET /zones` -> `{zone} {capacity} {free}` per zone (bytes)
+ * - `PUT /routes/{org}?upstream=&allocation=&generation=[&until=][&restore=1]` -> 200
+ *   stored|restored|unchanged, 409 stale|expired, 507 full
+ * - `DELETE /routes/{org}?allocation=&generation=[&fence_ms=]` -> 200 removed|absent|other, 507
+ *   when its fence has no room (nothing removed)
+ * - `POST /routes?boot={id}[&until=][&ready=0]` with route lines -> each put fenced as one PUT,
+ *   then (unless `ready=0`: a part of a push) the table marked ready for that boot; 409 when the
+ *   table's boot id is another (nothing put)
+ * - `POST /fences?boot={id}` with lines `fence {org} {allocation} {generation} {fence_ms}`: each a
+ *   removal (after a restart emptied the fences); never marks the table ready
  */
 const routeApiLua = (secret: string) => `local routes = ngx.shared.${SHARED_DICT}
+local fences = ngx.shared.${FENCES_DICT}
+local locks = ngx.shared.${LOCKS_DICT}
+local MAX_FENCE_MS = ${MAX_FENCE_MS}
 local function answer(status, body)
     ngx.status = status
     ngx.print(body)
@@ -138,6 +190,11 @@ end
 local given = ngx.var.http_${PROBE_SECRET_HEADER.replace(/-/g, "_")}
 if not given or ngx.sha1_bin(given) ~= ngx.sha1_bin("${secret}") then
     return answer(401, "the edge secret is missing or wrong\\n")
+end
+
+local function now_ms()
+    ngx.update_time()
+    return ngx.now() * 1000
 end
 
 local function boot()
@@ -151,9 +208,14 @@ local function boot()
     end
     raw = raw or (tostring(ngx.now()) .. " " .. tostring(ngx.worker.pid()))
     local hex = raw:gsub(".", function(c) return string.format("%02x", c:byte()) end)
-    routes:safe_add("#boot", hex)
+    if routes:safe_add("#boot", hex) then
+        -- The ready mark's room, taken before any route can take it (see the file's comment).
+        routes:safe_add("#ready", string.rep("-", #hex))
+    end
     return routes:get("#boot") or hex
 end
+-- Every request makes sure of the marks first: a fresh zone gets them before any route.
+local boot_id = boot()
 
 local function parse(value)
     if not value then return nil end
@@ -162,71 +224,122 @@ local function parse(value)
     return { upstream = upstream, allocation = allocation, generation = tonumber(generation) }
 end
 
+-- A safe store (never evicts); when the zone has no room, its expired entries (reclaimed only
+-- lazily) are reclaimed and the store is tried once more.
+local function store(zone, method, key, value, exptime)
+    local ok, err = zone[method](zone, key, value, exptime)
+    if not ok and err == "no memory" then
+        zone:flush_expired(0)
+        ok, err = zone[method](zone, key, value, exptime)
+    end
+    return ok, err
+end
+
 -- One org's compare-and-set at a time, across workers (safe_add is atomic in the zone).
 local function locked(org, f)
-    local key = "#lock:" .. org
     for _ = 1, 2000 do
-        local ok, err = routes:safe_add(key, 1, 2)
+        local ok, err = store(locks, "safe_add", org, 1, 2)
         if ok then
             local done, result, detail = pcall(f)
-            routes:delete(key)
+            locks:delete(org)
             if not done then return "error", tostring(result) end
             return result, detail
         end
-        if err ~= "exists" then return "full", err end
+        if err ~= "exists" then return "full", "locks: " .. tostring(err) end
         ngx.sleep(0.001)
     end
     return "error", "the org's lock stayed taken"
 end
 
--- The greatest generation removed for the org (its tombstone), or -1.
+-- The greatest generation removed for the org (its fence), or -1. A \`#gone:\` key in the routes
+-- zone is a fence of the version before fences had a zone of their own (10 minutes at most).
 local function gone(org)
-    return tonumber(routes:get("#gone:" .. org)) or -1
+    return math.max(tonumber(fences:get(org)) or -1, tonumber(routes:get("#gone:" .. org)) or -1)
 end
 
-local function put(org, upstream, allocation, generation)
+-- Raises the org's fence to \`generation\` (or keeps a greater one), kept at least fence_ms from
+-- now (one kept longer keeps its time). An existing fence is a number replaced in place: only a
+-- new one needs room.
+local function fence(org, generation, fence_ms)
+    local keep = fence_ms / 1000
+    local held = tonumber(fences:get(org))
+    if held then
+        local left = fences:ttl(org)
+        if left and left > keep then keep = left end
+        if held > generation then generation = held end
+    end
+    return store(fences, "safe_set", org, generation, keep)
+end
+
+-- restore: the caller holds the allocation active in Postgres (drift repair), so whatever else
+-- the org's entry holds is forged or stale, and is replaced; the fence still refuses it.
+local function put(org, upstream, allocation, generation_text, until_ms, restore)
+    local generation = tonumber(generation_text)
     return locked(org, function()
+        -- A write that arrives after its deadline (its sender gave up; nginx was busy) does not
+        -- land: fences are kept only as long as a write can be in flight.
+        if until_ms and now_ms() > until_ms then return "expired", "it arrived after its deadline" end
         local removed = gone(org)
         if generation <= removed then return "stale", "removed generation " .. removed end
         local current = parse(routes:get(org))
         if current then
-            if current.allocation == allocation and current.generation == generation then return "unchanged" end
-            if current.generation >= generation then
+            if current.allocation == allocation and current.generation == generation and current.upstream == upstream then
+                return "unchanged"
+            end
+            -- An allocation has one upstream, so its own write puts it back; another allocation's
+            -- entry of this generation or newer is left alone, unless this is a restore.
+            local own = current.allocation == allocation and current.generation == generation
+            if not restore and not own and current.generation >= generation then
                 return "stale", "route of " .. current.allocation .. " generation " .. current.generation
             end
         end
-        local ok, err = routes:safe_set(org, "R " .. upstream .. " " .. allocation .. " " .. generation)
-        if not ok then return "full", err end
-        return "stored"
+        local ok, err = routes:safe_set(org, "R " .. upstream .. " " .. allocation .. " " .. generation_text)
+        if not ok then return "full", "routes: " .. tostring(err) end
+        return restore and "restored" or "stored"
     end)
 end
 
-local function remove(org, allocation, generation)
+local function remove(org, allocation, generation, fence_ms)
     return locked(org, function()
+        -- The fence first: a removal that cannot fence late writes removes nothing (it fails and
+        -- is retried) rather than remove without its fence.
+        local ok, err = fence(org, generation, fence_ms)
+        if not ok then return "full", "fences: " .. tostring(err) end
         local current = parse(routes:get(org))
-        local mine = current ~= nil and current.allocation == allocation
-        if mine then routes:delete(org) end
-        -- The tombstone fences a late write of this allocation, or of any older one.
-        if generation > gone(org) then
-            local ok, err = routes:safe_set("#gone:" .. org, generation, ${TOMBSTONE_TTL_S})
-            if not ok then ngx.log(ngx.ERR, "gateway-allocator: no room for the tombstone of ", org, ": ", err) end
+        if current and current.allocation == allocation then
+            routes:delete(org)
+            return "removed"
         end
-        if mine then return "removed" end
         if current then return "other", current.allocation end
         return "absent"
     end)
 end
 
-local function valid(org, upstream, allocation, generation)
-    return org and #org == 36 and org:match("^[0-9a-f%-]+$")
-        and (upstream == nil or (type(upstream) == "string" and upstream:match("^[%w%.%-%[%]:]+$")))
-        and type(allocation) == "string" and #allocation == 36 and allocation:match("^[0-9a-f%-]+$")
-        and type(generation) == "string" and generation:match("^%d+$")
+-- Lowercase UUIDs only, so every entry the table holds reads back as the service's own ids.
+local function uuid(value)
+    return type(value) == "string" and value:match("${LUA_UUID}") ~= nil
+end
+local function digits(value)
+    return type(value) == "string" and #value <= 16 and value:match("^%d+$") ~= nil
+end
+local function upstream_ok(value)
+    return type(value) == "string" and #value <= 300 and value:match("^[%w%.%-%[%]:]+$") ~= nil
+end
+-- fence_ms: absent, the longest fence; never longer than that.
+local function fence_ms_of(value)
+    if value == nil then return MAX_FENCE_MS end
+    if not digits(value) or tonumber(value) < 1 then return nil end
+    return math.min(tonumber(value), MAX_FENCE_MS)
+end
+-- until: absent, no deadline (a writer of the version before deadlines).
+local function until_of(value)
+    if value == nil then return true, nil end
+    if not digits(value) then return false, nil end
+    return true, tonumber(value)
 end
 
 local function status_line()
-    local id = boot()
-    return "boot " .. id .. " ready " .. (routes:get("#ready") == id and "1" or "0") .. " version __CONFIG_VERSION__\\n"
+    return "boot " .. boot_id .. " ready " .. (routes:get("#ready") == boot_id and "1" or "0") .. " version __CONFIG_VERSION__\\n"
 end
 
 local function route_line(org, route)
@@ -235,15 +348,29 @@ end
 
 local method = ngx.req.get_method()
 local uri = ngx.var.uri
-local outcome_status = { stored = 200, unchanged = 200, removed = 200, absent = 200, other = 200, stale = 409, full = 507 }
+local outcome_status = {
+    stored = 200, restored = 200, unchanged = 200, removed = 200, absent = 200, other = 200,
+    stale = 409, expired = 409, full = 507
+}
 
 if uri == "/boot" and method == "GET" then
     return answer(200, status_line())
 end
 
+if uri == "/zones" and method == "GET" then
+    local lines = {}
+    for _, zone in ipairs({ { "routes", routes }, { "fences", fences }, { "locks", locks } }) do
+        lines[#lines + 1] = zone[1] .. " " .. zone[2]:capacity() .. " " .. zone[2]:free_space() .. "\\n"
+    end
+    return answer(200, table.concat(lines))
+end
+
 if uri == "/routes" and method == "GET" then
     local lines = { status_line() }
-    for _, org in ipairs(routes:get_keys(0)) do
+    -- get_keys holds the zone's lock while it copies the keys (every worker's lookups wait); the
+    -- reads after it let this worker serve its other requests every 1,000 routes.
+    for i, org in ipairs(routes:get_keys(0)) do
+        if i % 1000 == 0 then ngx.sleep(0) end
         if org:sub(1, 1) ~= "#" then
             local route = parse(routes:get(org))
             if route then lines[#lines + 1] = route_line(org, route) end
@@ -252,29 +379,55 @@ if uri == "/routes" and method == "GET" then
     return answer(200, table.concat(lines))
 end
 
-if uri == "/routes" and method == "POST" then
+if (uri == "/routes" or uri == "/fences") and method == "POST" then
     local args = ngx.req.get_uri_args()
-    local id = boot()
-    if args.boot ~= id then return answer(409, "the table's boot id is " .. id .. "\\n") end
+    if args.boot ~= boot_id then return answer(409, "the table's boot id is " .. boot_id .. "\\n") end
+    local deadline_ok, until_ms = until_of(args["until"])
+    if not deadline_ok then return answer(400, "until must be epoch milliseconds\\n") end
     ngx.req.read_body()
     local data = ngx.req.get_body_data() or ""
-    local counts = { stored = 0, unchanged = 0, stale = 0, full = 0, error = 0 }
-    for org, upstream, allocation, generation in data:gmatch("(%S+) (%S+) (%S+) (%d+)\\n") do
-        if valid(org, upstream, allocation, generation) then
-            local outcome = put(org, upstream, allocation, tonumber(generation))
+    local counts = { stored = 0, restored = 0, unchanged = 0, stale = 0, expired = 0, full = 0, error = 0, fenced = 0 }
+    for line in data:gmatch("([^\\n]+)\\n") do
+        local fields = {}
+        for field in line:gmatch("%S+") do fields[#fields + 1] = field end
+        if uri == "/fences" and #fields == 5 and fields[1] == "fence" and uuid(fields[2]) and uuid(fields[3]) and digits(fields[4]) and fence_ms_of(fields[5]) then
+            local outcome = remove(fields[2], fields[3], tonumber(fields[4]), fence_ms_of(fields[5]))
+            if outcome == "full" or outcome == "error" then counts[outcome] = counts[outcome] + 1 else counts.fenced = counts.fenced + 1 end
+        elseif uri == "/routes" and #fields == 4 and uuid(fields[1]) and upstream_ok(fields[2]) and uuid(fields[3]) and digits(fields[4]) then
+            local outcome = put(fields[1], fields[2], fields[3], fields[4], until_ms, false)
             counts[outcome] = (counts[outcome] or 0) + 1
         else
             counts.error = counts.error + 1
         end
     end
-    local complete = counts.full == 0 and counts.error == 0
-    if complete then routes:safe_set("#ready", id) end
-    return answer(complete and 200 or 507, string.format("stored %d unchanged %d stale %d full %d invalid %d ready %d\\n",
-        counts.stored, counts.unchanged, counts.stale, counts.full, counts.error, complete and 1 or 0))
+    local complete = counts.full == 0 and counts.error == 0 and counts.expired == 0
+    local ready = false
+    -- ready=0: one part of a push; the last part marks the table ready.
+    if complete and uri == "/routes" and args.ready ~= "0" then
+        -- Replaces the placeholder in place; checked all the same.
+        local ok, err = routes:safe_set("#ready", boot_id)
+        if ok then
+            ready = true
+        else
+            complete = false
+            counts.full = counts.full + 1
+            ngx.log(ngx.ERR, "gateway-allocator: no room to mark the route table ready: ", err)
+        end
+    end
+    return answer(complete and 200 or (counts.full > 0 and 507 or 409), string.format(
+        "stored %d unchanged %d stale %d expired %d full %d invalid %d fenced %d ready %d\\n",
+        counts.stored, counts.unchanged, counts.stale, counts.expired, counts.full, counts.error, counts.fenced, ready and 1 or 0))
+end
+
+local fenced_org = uri:match("^/fences/([0-9a-f%-]+)$")
+if fenced_org and method == "GET" then
+    local generation = fences:get(fenced_org)
+    if not generation then return answer(404, "no fence\\n") end
+    return answer(200, string.format("%d %d\\n", generation, math.floor((fences:ttl(fenced_org) or 0) * 1000)))
 end
 
 local org = uri:match("^/routes/([0-9a-f%-]+)$")
-if not org or #org ~= 36 then return answer(404, "no such route API path\\n") end
+if not uuid(org) then return answer(404, "no such route API path\\n") end
 
 if method == "GET" then
     local route = parse(routes:get(org))
@@ -284,17 +437,19 @@ end
 
 local args = ngx.req.get_uri_args()
 if method == "PUT" then
-    if type(args.upstream) ~= "string" or not valid(org, args.upstream, args.allocation, args.generation) then
-        return answer(400, "PUT needs upstream, allocation and generation\\n")
+    local deadline_ok, until_ms = until_of(args["until"])
+    if not (upstream_ok(args.upstream) and uuid(args.allocation) and digits(args.generation) and deadline_ok) then
+        return answer(400, "PUT needs upstream, allocation and generation (and until, epoch ms, if any)\\n")
     end
-    local outcome, detail = put(org, args.upstream, args.allocation, tonumber(args.generation))
+    local outcome, detail = put(org, args.upstream, args.allocation, args.generation, until_ms, args.restore == "1")
     return answer(outcome_status[outcome] or 500, outcome .. (detail and (" " .. detail) or "") .. "\\n")
 end
 if method == "DELETE" then
-    if not valid(org, nil, args.allocation, args.generation) then
-        return answer(400, "DELETE needs allocation and generation\\n")
+    local fence_ms = fence_ms_of(args.fence_ms)
+    if not (uuid(args.allocation) and digits(args.generation) and fence_ms) then
+        return answer(400, "DELETE needs allocation and generation (and fence_ms, 1 or more, if any)\\n")
     end
-    local outcome, detail = remove(org, args.allocation, tonumber(args.generation))
+    local outcome, detail = remove(org, args.allocation, tonumber(args.generation), fence_ms)
     return answer(outcome_status[outcome] or 500, outcome .. (detail and (" " .. detail) or "") .. "\\n")
 end
 return answer(405, "method not allowed\\n")`

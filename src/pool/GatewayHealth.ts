@@ -1,10 +1,17 @@
 import { Clock, Duration, Effect, Either, Metric, Option, Ref } from "effect"
 import { Settings } from "../config.ts"
-import { type Gateway, type QuarantineReason, QUARANTINES_WORTH_A_NOTICE } from "../domain/gateway.ts"
+import {
+  type Gateway,
+  type PendingRelease,
+  type QuarantineReason,
+  QUARANTINES_WORTH_A_NOTICE,
+  RELEASE_FAILURES_WORTH_A_NOTICE
+} from "../domain/gateway.ts"
 import type { GatewayId } from "../domain/ids.ts"
 import { Handshake } from "../handshake/Handshake.ts"
-import { gatewayQuarantinesTotal } from "../telemetry/Metrics.ts"
+import { gatewayQuarantinesTotal, releaseRetriesTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
+import { makeOutageLog } from "../telemetry/Outage.ts"
 import { GatewayPool } from "./GatewayPool.ts"
 
 /**
@@ -15,7 +22,9 @@ import { GatewayPool } from "./GatewayPool.ts"
  * - an idle gateway that stops answering is quarantined before a start finds out;
  * - a gateway whose quarantine has run out comes back if it answers, and is quarantined again
  *   (for twice as long) if it does not;
- * - a gateway still in quarantine is left to serve it out.
+ * - a gateway still in quarantine is left to serve it out;
+ * - a gateway whose release failed (it may still hold an org's connections, so no claim takes it)
+ *   is asked to release again, and is back in rotation once it confirms.
  * Allocated gateways are not asked: their org's traffic is theirs.
  */
 export class GatewayHealth extends Effect.Service<GatewayHealth>()("GatewayHealth", {
@@ -65,6 +74,50 @@ export class GatewayHealth extends Effect.Service<GatewayHealth>()("GatewayHealt
         yield* setAside(gateway.gatewayId, `health check: ${answer.left.reason}`, "health_check")
       }).pipe(Effect.annotateLogs({ gateway_id: gateway.gatewayId }))
 
+    /**
+     * Asks a held-back gateway to release its last allocation again (bounded like an undo). Once
+     * it confirms, the mark is cleared by allocation id; each failure is counted, and the third in
+     * a row is told to the operator.
+     */
+    const retryRelease = (pending: PendingRelease) =>
+      Effect.gen(function*() {
+        const { allocationId, gatewayId, organizationId } = pending
+        const answer = yield* handshake.release(pending.upstream, {
+          organization_id: organizationId,
+          gateway_id: gatewayId,
+          allocation_id: allocationId
+        }).pipe(
+          Effect.interruptible,
+          Effect.timeout(Duration.millis(settings.undoTimeoutMs)),
+          Effect.mapError((error) => error._tag === "TimeoutException" ? `no answer within ${settings.undoTimeoutMs} ms` : error.reason),
+          Effect.either
+        )
+        if (Either.isRight(answer)) {
+          yield* Metric.update(releaseRetriesTotal.pipe(Metric.tagged("outcome", "released")), 1)
+          if (yield* pool.releaseConfirmed(gatewayId, allocationId)) {
+            yield* Effect.logInfo(`gateway ${pending.name} released allocation ${allocationId} at last: back in the pool`)
+          }
+          return
+        }
+        yield* Metric.update(releaseRetriesTotal.pipe(Metric.tagged("outcome", "failed")), 1)
+        const failures = yield* pool.releaseRetryFailed(gatewayId, allocationId, answer.left)
+        yield* Effect.logWarning(`gateway ${pending.name} still does not release allocation ${allocationId}: ${answer.left}`)
+        if (Option.contains(failures, RELEASE_FAILURES_WORTH_A_NOTICE)) {
+          yield* notifier.notify({
+            kind: "gateway_unreleased",
+            organization_id: organizationId,
+            allocation_id: allocationId,
+            gateway_id: gatewayId,
+            message: `gateway ${pending.name} failed to release org ${organizationId} ${RELEASE_FAILURES_WORTH_A_NOTICE} times in a ` +
+              `row (${answer.left}); it stays out of the pool until it confirms`,
+            undos: []
+          })
+        }
+      }).pipe(
+        Effect.annotateLogs({ gateway_id: pending.gatewayId, organization_id: pending.organizationId, allocation_id: pending.allocationId }),
+        Effect.catchAll((error) => Effect.logWarning(`could not record gateway ${pending.name}'s release: ${error.message}`))
+      )
+
     // Where this replica's rotation over the free gateways goes on from (none: from the start).
     const rotation = yield* Ref.make(Option.none<GatewayId>())
 
@@ -79,17 +132,22 @@ export class GatewayHealth extends Effect.Service<GatewayHealth>()("GatewayHealt
       "gateway-health",
       Effect.gen(function*() {
         const nowMs = yield* Clock.currentTimeMillis
+        const pending = yield* pool.pendingReleases()
+        yield* Effect.forEach(pending, retryRelease, { concurrency: 8, discard: true })
         const { candidates, rotationEnd } = yield* pool.healthCandidates(settings.gatewayHealthBatch, yield* Ref.get(rotation))
         yield* Ref.set(rotation, rotationEnd)
         yield* Effect.forEach(candidates, (gateway) => check(gateway, nowMs), { concurrency: 8, discard: true })
-        yield* Effect.annotateCurrentSpan({ "gateways.checked": candidates.length })
+        yield* Effect.annotateCurrentSpan({ "gateways.checked": candidates.length, "gateways.releases_retried": pending.length })
         return candidates.length
       })
     ).pipe(Effect.withSpan("HealthChecker.run"))
 
     // The first pass one interval after start-up: what a start meets before then, it reports itself.
+    const outage = yield* makeOutageLog("the gateway health pass")
     yield* Effect.sleep(Duration.millis(settings.gatewayHealthIntervalMs)).pipe(
-      Effect.zipRight(runOnce.pipe(Effect.catchAllCause((cause) => Effect.logWarning("gateway health pass failed", cause)))),
+      Effect.zipRight(runOnce.pipe(
+        Effect.matchCauseEffect({ onFailure: outage.reportCause, onSuccess: () => outage.report(Either.void) })
+      )),
       Effect.forever,
       Effect.forkScoped
     )

@@ -12,7 +12,7 @@ import {
   TransitionalState
 } from "../domain/allocation.ts"
 import { NoGatewayAvailable } from "../domain/errors.ts"
-import { Gateway, type GatewayState, QUARANTINE_CAP_MS } from "../domain/gateway.ts"
+import { Gateway, type GatewayState, PendingRelease, QUARANTINE_CAP_MS } from "../domain/gateway.ts"
 import { type AllocationId, GatewayId, type GatewayName, type OrganizationId, type Upstream } from "../domain/ids.ts"
 
 export class GatewayNameTaken extends Data.TaggedError("GatewayNameTaken")<{ readonly name: string }> {}
@@ -25,10 +25,12 @@ export const PoolStats = Schema.Struct({
   total: Schema.Number,
   free: Schema.Number,
   allocated: Schema.Number,
-  /** Free gateways that may be handed out now: not in quarantine, not draining. */
+  /** Free gateways that may be handed out now: not in quarantine, not draining, no release pending. */
   available: Schema.Number,
   quarantined: Schema.Number,
-  draining: Schema.Number
+  draining: Schema.Number,
+  /** Free gateways whose release failed: held back until a retry succeeds. */
+  unreleased: Schema.Number
 })
 export type PoolStats = typeof PoolStats.Type
 
@@ -44,7 +46,8 @@ const Quarantined = Schema.Struct({ consecutiveFailures: Schema.Number, quaranti
 const allocationColumns = `id as "allocationId", organization_id as "organizationId", gateway_id as "gatewayId",
   upstream, generation, state, runner, error, trace_id as "traceId", created_at as "createdAt", updated_at as "updatedAt", finished_at as "finishedAt"`
 const gatewayColumns = `id as "gatewayId", name, upstream, allocation_id as "allocationId", state, health,
-  quarantined_until as "quarantinedUntil", consecutive_failures as "consecutiveFailures", last_failure as "lastFailure"`
+  quarantined_until as "quarantinedUntil", consecutive_failures as "consecutiveFailures", last_failure as "lastFailure",
+  unreleased_allocation_id as "unreleasedAllocationId"`
 
 const decodeAll = <A, I>(schema: Schema.Schema<A, I>) => Schema.decodeUnknown(Schema.Array(schema))
 const decodeFirst = <A, I>(schema: Schema.Schema<A, I>) => (rows: ReadonlyArray<unknown>) =>
@@ -72,7 +75,7 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       const traceId = yield* Effect.currentSpan.pipe(Effect.map((span) => span.traceId), Effect.orElseSucceed(() => null))
       const rows = yield* sql`
         select allocation_id as "allocationId", gateway_id as "gatewayId", upstream, generation, state, reused
-          from proc_organizations_start_gateway_traced(${allocationId}, ${organizationId}, ${runner}, ${traceId})`.pipe(
+          from proc_organizations_start_gateway(${allocationId}, ${organizationId}, ${runner}, ${traceId})`.pipe(
         Effect.mapError((error) => sqlState(error) === "GA001" ? new NoGatewayAvailable() : poolError(error))
       )
       return yield* Schema.decodeUnknown(Claim)(rows[0]).pipe(Effect.mapError(poolError))
@@ -80,14 +83,18 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
 
     /**
      * Returns the gateway to the pool, if `runner` still owns the allocation. False when there was
-     * nothing (left) to release, or another runner owns it now.
+     * nothing (left) to release, or another runner owns it now. `releaseError`: the gateway's own
+     * release failed (what went wrong), so it is freed but held back until a retry succeeds.
      */
     const release = Effect.fn("GatewayPool.release")(function*(
       allocationId: AllocationId,
       finalState: FinalState,
-      runner: string
+      runner: string,
+      releaseError: Option.Option<string> = Option.none()
     ) {
-      const rows = yield* sql`select proc_organizations_gateways_stop(${allocationId}, ${finalState}, ${runner}) as value`
+      const rows = yield* sql`select proc_organizations_gateways_stop(${allocationId}, ${finalState}, ${runner}, ${
+        Option.getOrNull(releaseError)
+      }) as value`
       return (yield* decodeAll(Flag)(rows)).some((row) => row.value)
     }, Effect.mapError(poolError))
 
@@ -199,10 +206,11 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
         select count(*)::int as total,
                (count(*) filter (where allocation_id is null))::int as free,
                (count(*) filter (where allocation_id is not null))::int as allocated,
-               (count(*) filter (where allocation_id is null and state = 'active'
+               (count(*) filter (where allocation_id is null and state = 'active' and unreleased_allocation_id is null
                                    and (quarantined_until is null or quarantined_until <= now())))::int as available,
                (count(*) filter (where quarantined_until > now()))::int as quarantined,
-               (count(*) filter (where state = 'draining'))::int as draining
+               (count(*) filter (where state = 'draining'))::int as draining,
+               (count(*) filter (where unreleased_allocation_id is not null))::int as unreleased
           from gateways`
       return yield* Schema.decodeUnknown(PoolStats)(rows[0])
     }, Effect.mapError(poolError))
@@ -292,7 +300,7 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       const rows = yield* sql`
         with on_deck as (
           select g.id from gateways g
-           where g.allocation_id is null and g.state = 'active'
+           where g.allocation_id is null and g.state = 'active' and g.unreleased_allocation_id is null
              and (g.quarantined_until is null or g.quarantined_until <= now())
            order by g.last_allocated_at nulls first, g.created_at, g.id
            limit ${batch}),
@@ -310,6 +318,48 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       const candidates = yield* decodeAll(Gateway)(rows)
       const end = yield* decodeFirst(RotationEnd)(rows)
       return { candidates, rotationEnd: Option.flatMap(end, (row) => Option.fromNullable(row.rotationEnd)) }
+    }, Effect.mapError(poolError))
+
+    /** Whether Postgres answers (readiness). */
+    const ping = Effect.fn("GatewayPool.ping")(function*() {
+      yield* sql`select 1`
+    }, Effect.mapError(poolError))
+
+    /** Free gateways whose release failed, with the allocation each has still to release. */
+    const pendingReleases = Effect.fn("GatewayPool.pendingReleases")(function*() {
+      const rows = yield* sql`
+        select g.id as "gatewayId", g.name, g.upstream, g.release_failures as "releaseFailures",
+               a.id as "allocationId", a.organization_id as "organizationId"
+          from gateways g join allocations a on a.id = g.unreleased_allocation_id
+         where g.unreleased_allocation_id is not null
+         order by g.id`
+      return yield* decodeAll(PendingRelease)(rows)
+    }, Effect.mapError(poolError))
+
+    /**
+     * The gateway released the allocation at last: back in rotation. Compare-and-set on the
+     * allocation, so a retry that confirms an old release never clears a newer mark.
+     */
+    const releaseConfirmed = Effect.fn("GatewayPool.releaseConfirmed")(function*(gatewayId: GatewayId, allocationId: AllocationId) {
+      const rows = yield* sql`
+        update gateways set unreleased_allocation_id = null, release_failures = 0
+         where id = ${gatewayId} and unreleased_allocation_id = ${allocationId}
+        returning id`
+      return rows.length > 0
+    }, Effect.mapError(poolError))
+
+    /** A retried release failed again: counted (failures in a row), and said in `last_failure`. */
+    const releaseRetryFailed = Effect.fn("GatewayPool.releaseRetryFailed")(function*(
+      gatewayId: GatewayId,
+      allocationId: AllocationId,
+      reason: string
+    ) {
+      const rows = yield* sql`
+        update gateways
+           set release_failures = release_failures + 1, last_failure = ${`release: ${reason}`.slice(0, 500)}, last_failure_at = now()
+         where id = ${gatewayId} and unreleased_allocation_id = ${allocationId}
+        returning release_failures as value`
+      return Option.map(yield* decodeFirst(Schema.Struct({ value: Schema.Number }))(rows), (row) => row.value)
     }, Effect.mapError(poolError))
 
     /**
@@ -386,6 +436,10 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       removeGateway,
       listGateways,
       healthCandidates,
+      pendingReleases,
+      ping,
+      releaseConfirmed,
+      releaseRetryFailed,
       quarantine,
       markHealthy,
       setGatewayState,
@@ -396,7 +450,35 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
       whileActive,
       withActiveAllocations,
       liveAllocations,
-      exclusively
+      exclusively,
+      /**
+       * Runs `effect` while the org has no live allocation and none can be claimed: the org's
+       * slot in `allocations_one_live_per_org` is taken by a row inserted and never committed (a
+       * claim's insert waits for this transaction, which always rolls back, so nobody ever sees
+       * the row). None when the org has a live allocation. For what must not race a claim without
+       * owning anything: drift repair deleting an orphan DNS record (a start that claimed between
+       * a check and the delete would lose its record).
+       */
+      whileUnclaimed: <A, E, R>(
+        organizationId: OrganizationId,
+        effect: Effect.Effect<A, E, R>
+      ): Effect.Effect<Option.Option<A>, E | PoolError, R> => {
+        /** Ends the transaction with its rollback, carrying the result out. */
+        class SlotReleased extends Data.TaggedError("SlotReleased")<{ readonly result: Option.Option<A> }> {}
+        return inTransaction(
+          Effect.gen(function*() {
+            const held = yield* sql`
+              insert into allocations (id, organization_id, upstream, generation, state, runner)
+              values (gen_random_uuid(), ${organizationId}, '', 0, 'stopping', 'drift-repair')`.pipe(
+              Effect.as(true),
+              // unique_violation: a live allocation holds the org (one committed meanwhile waited for).
+              Effect.catchIf((error) => sqlState(error) === "23505", () => Effect.succeed(false)),
+              Effect.mapError(poolError)
+            )
+            return yield* new SlotReleased({ result: held ? Option.some(yield* effect) : Option.none() })
+          })
+        ).pipe(Effect.catchIf((error): error is SlotReleased => error instanceof SlotReleased, (released) => Effect.succeed(released.result)))
+      }
     }
   })
 }) {}

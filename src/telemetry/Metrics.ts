@@ -1,5 +1,5 @@
 import { Effect, Metric, MetricBoundaries } from "effect"
-import type { StepName, UndoStatus } from "../domain/steps.ts"
+import type { StartOutcome, StepName, UndoStatus } from "../domain/steps.ts"
 
 // Every metric the service records, in one place. They are Effect metrics: the OpenTelemetry
 // metrics bridge exports them (GET /metrics), so recording them costs nothing else.
@@ -7,7 +7,7 @@ import type { StepName, UndoStatus } from "../domain/steps.ts"
 const durationBoundaries = MetricBoundaries.exponential({ start: 1, factor: 2, count: 16 }) // 1 ms .. ~33 s
 
 export const startsTotal = Metric.counter("gateway_allocator_starts_total", {
-  description: "Starts by outcome (success, reused, no_gateway, step_failed, step_timed_out, interrupted)",
+  description: "Starts by outcome (success, reused, no_gateway, shutting_down, step_failed, step_timed_out, interrupted)",
   incremental: true
 })
 
@@ -67,6 +67,18 @@ export const poolGatewaysQuarantined = Metric.gauge("gateway_allocator_pool_gate
 export const poolGatewaysDraining = Metric.gauge("gateway_allocator_pool_gateways_draining", {
   description: "Gateways draining (not handed out again)"
 })
+export const poolGatewaysUnreleased = Metric.gauge("gateway_allocator_pool_gateways_unreleased", {
+  description: "Free gateways held back because their release failed (they may still hold an org's connections)"
+})
+
+export const dependencyUp = Metric.gauge("gateway_allocator_dependency_up", {
+  description: "Whether a dependency (postgres, powerdns, edge) answered its last check: 1 usable, 0 not"
+})
+
+export const releaseRetriesTotal = Metric.counter("gateway_allocator_release_retries_total", {
+  description: "Releases retried by the health pass for gateways held back, by outcome (released, failed)",
+  incremental: true
+})
 
 export const nginxReloadsTotal = Metric.counter("gateway_allocator_nginx_reloads_total", {
   description: "nginx reloads by outcome (ok, failed)",
@@ -93,9 +105,7 @@ export const recordUndo = (step: StepName, status: UndoStatus, actor: string) =>
     1
   )
 
-export const recordStart = (
-  outcome: "success" | "reused" | "no_gateway" | "step_failed" | "step_timed_out" | "interrupted"
-) => Metric.update(startsTotal.pipe(Metric.tagged("outcome", outcome)), 1)
+export const recordStart = (outcome: StartOutcome) => Metric.update(startsTotal.pipe(Metric.tagged("outcome", outcome)), 1)
 
 export const recordPool = (stats: {
   readonly total: number
@@ -104,6 +114,7 @@ export const recordPool = (stats: {
   readonly available: number
   readonly quarantined: number
   readonly draining: number
+  readonly unreleased: number
 }) =>
   Effect.all([
     Metric.set(poolGatewaysTotal, stats.total),
@@ -111,5 +122,6 @@ export const recordPool = (stats: {
     Metric.set(poolGatewaysAllocated, stats.allocated),
     Metric.set(poolGatewaysAvailable, stats.available),
     Metric.set(poolGatewaysQuarantined, stats.quarantined),
-    Metric.set(poolGatewaysDraining, stats.draining)
+    Metric.set(poolGatewaysDraining, stats.draining),
+    Metric.set(poolGatewaysUnreleased, stats.unreleased)
   ], { discard: true })

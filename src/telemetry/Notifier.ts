@@ -5,11 +5,12 @@ import type { StepName, UndoOutcome } from "../domain/steps.ts"
 import { makeWebhook, type WebhookOptions } from "./Webhook.ts"
 
 /**
- * What an operator is told: a rollback could not finish, the reconciler repaired something, or a
- * gateway was quarantined for the third time in a row (someone should look at it).
+ * What an operator is told: a rollback could not finish, the reconciler repaired something, a
+ * gateway was quarantined for the third time in a row, or a gateway failed to release an org for
+ * the third time in a row (someone should look at it: it is held out of the pool meanwhile).
  */
 export interface Notice {
-  readonly kind: "rollback_incomplete" | "reconciler_repair" | "gateway_quarantined"
+  readonly kind: "rollback_incomplete" | "reconciler_repair" | "gateway_quarantined" | "gateway_unreleased"
   readonly organization_id: string | null
   readonly allocation_id: string | null
   readonly gateway_id: string | null

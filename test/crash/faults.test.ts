@@ -154,9 +154,9 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
           expect(answer.status, answer.text).toBe(504)
           expect(answer.json).toMatchObject({ _tag: "StepTimedOut", step: "handshake", timeout_ms: STEP_TIMEOUT_MS })
           expect(answer.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
-            "handshake:skipped",
             "nginx-reload:done",
             "nginx-config:done",
+            "handshake:done",
             "dns:failed",
             "allocate:done"
           ])
@@ -241,7 +241,7 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
         expect(finishedAfterMs).toBeLessThanOrEqual(2 * RECONCILE_INTERVAL_MS)
 
         // The last undo's journal row is written once the gateway is released: it may trail a little.
-        const expectedUndos = ["nginx-reload", "nginx-config", "dns", "allocate"].flatMap((step) => [
+        const expectedUndos = ["nginx-reload", "nginx-config", "handshake", "dns", "allocate"].flatMap((step) => [
           `${step}:undo_started`,
           `${step}:undone`
         ])

@@ -216,9 +216,9 @@ layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true 
       expect(answer.status, answer.text).toBe(504)
       expect(answer.json).toMatchObject({ step: "handshake" })
       expect(answer.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
-        "handshake:skipped",
         "nginx-reload:done",
         "nginx-config:done",
+        "handshake:skipped",
         "dns:done",
         "allocate:done"
       ])

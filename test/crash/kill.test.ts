@@ -64,7 +64,7 @@ const FORWARD = [
   "nginx-reload:completed",
   "handshake:started"
 ]
-const RECONCILER_UNDOS = ["nginx-reload", "nginx-config", "dns", "allocate"].flatMap((step) => [
+const RECONCILER_UNDOS = ["nginx-reload", "nginx-config", "handshake", "dns", "allocate"].flatMap((step) => [
   `${step}:undo_started`,
   `${step}:undone`
 ])
@@ -208,7 +208,7 @@ const scenario = <A, E>(body: (crash: Crash) => Effect.Effect<A, E>) =>
     body(crash).pipe(
       Effect.ensuring(resetGateways(crash.stack)),
       // A failed test must not leave the next one without a server.
-      Effect.ensuring(crash.server.running() ? Effect.void : crash.server.restart.pipe(Effect.ignore))
+      Effect.ensuring(Effect.suspend(() => crash.server.running() ? Effect.void : crash.server.restart.pipe(Effect.ignore)))
     ))
 
 const beginStart = (server: ServiceProcess, org: string) =>
@@ -351,6 +351,82 @@ layer(CrashLive, { timeout: 120_000, excludeTestServices: true })("kill -9 mid-s
           yield* restartAndRecover(crash, org, start)
         }).pipe(Effect.ensuring(peer.signal("SIGCONT")))
       }).pipe(Effect.scoped)), { timeout: 120_000 })
+
+  it.effect("during the handshake POST (the gateway took the allocation, its answer hangs): the reconciler releases the gateway", () =>
+    scenario((crash) =>
+      Effect.gen(function*() {
+        const org = randomUUID()
+        /** Polls `check` every 25 ms until it gives a value; dies after `timeoutMs`. */
+        const poll = <A, E>(what: string, check: Effect.Effect<A | undefined, E>, timeoutMs: number) =>
+          Effect.gen(function*() {
+            const deadline = Date.now() + timeoutMs
+            for (;;) {
+              const value = yield* check
+              if (value !== undefined) return value
+              if (Date.now() > deadline) return yield* Effect.dieMessage(`${what}: not within ${timeoutMs} ms\n${crash.server.tail(30)}`)
+              yield* Effect.sleep(Duration.millis(25))
+            }
+          })
+        yield* setGateways(crash.stack, { handshake: "hang" })
+        const start = yield* beginStart(crash.server, org)
+        yield* awaitJournal(crash.db, org, "handshake", "started")
+        // The handshake POST reached a gateway: it took the allocation, and its answer never comes.
+        const holding = yield* poll(
+          "a gateway holding the org's allocation",
+          Effect.map(
+            Effect.forEach(crash.stack.gateways, (gateway) => Effect.map(gateway.held, (held) => ({ gateway, held }))),
+            (gateways) => gateways.find(({ held }) => held?.organization_id === org)
+          ),
+          10_000
+        )
+        const allocation = yield* allocationOf(crash.db, org)
+        expect(holding.held).toMatchObject({ allocation_id: allocation.id, gateway_id: allocation.gateway_id })
+        yield* crash.server.kill("SIGKILL")
+        expect((yield* Fiber.join(start).pipe(Effect.either))._tag).toBe("Left")
+        // Nothing released it while the service was down.
+        expect((yield* allocationOf(crash.db, org)).state).toBe("starting")
+        expect((yield* holding.gateway.held)?.allocation_id).toBe(allocation.id)
+        expect(yield* holding.gateway.releases).toEqual([])
+
+        yield* crash.server.restart
+        const restartedAt = Date.now()
+        yield* poll(
+          "the gateway released by the reconciler",
+          Effect.map(holding.gateway.held, (held) => (held === null ? true : undefined)),
+          2 * RECONCILE_INTERVAL_MS + 2000
+        )
+        const releasedMs = Date.now() - restartedAt
+        expect(yield* holding.gateway.releases).toEqual([
+          { organization_id: org, gateway_id: allocation.gateway_id, allocation_id: allocation.id }
+        ])
+
+        // Every undo by the reconciler, the release right after routing is gone.
+        const undos = ["nginx-reload", "nginx-config", "handshake", "dns", "allocate"].flatMap((step) => [
+          `${step}:undo_started`,
+          `${step}:undone`
+        ])
+        const journal = yield* poll(
+          "the reconciler's undos in the journal",
+          Effect.map(journalOf(crash.db, allocation.id), (rows) => (rowsOf(rows, "reconciler").length >= undos.length ? rows : undefined)),
+          5000
+        )
+        expect(rowsOf(journal, "request")).toEqual(FORWARD)
+        expect(rowsOf(journal, "reconciler")).toEqual(undos)
+        expect((yield* allocationOf(crash.db, org)).state).toBe("rolled_back")
+        const described = yield* request(crash.server, "GET", `/allocations/${allocation.id}`)
+        expect(described.status).toBe(200)
+        expect(described.json.rollback.map((outcome: { step: string; status: string }) => `${outcome.step}:${outcome.status}`))
+          .toEqual(["nginx-reload:done", "nginx-config:done", "handshake:done", "dns:done", "allocate:done"])
+
+        // Nothing left, and the gateway is not held back: its release was confirmed.
+        expect(yield* leftBehind(crash, org, allocation.gateway_id)).toEqual(clean)
+        const unreleased = yield* crash.db.query<{ unreleased_allocation_id: string | null }>(
+          "select unreleased_allocation_id from gateways where id = $1",
+          [allocation.gateway_id]
+        )
+        expect(unreleased).toEqual([{ unreleased_allocation_id: null }])
+        console.log(`killed mid-handshake; the reconciler released the gateway ${releasedMs} ms after the restarted service answered`)
+      })), { timeout: 90_000 })
 })
 
 /**

@@ -33,7 +33,7 @@ layer(Database, { excludeTestServices: true, timeout: 120_000 })("query plans at
       yield* sql`analyze gateways`
       yield* sql`analyze allocations`
       const claim = yield* plan(
-        `select * from gateways g where g.allocation_id is null and g.state = 'active'
+        `select * from gateways g where g.allocation_id is null and g.state = 'active' and g.unreleased_allocation_id is null
            and (g.quarantined_until is null or g.quarantined_until <= now())
          order by g.last_allocated_at nulls first, g.created_at, g.id limit 1 for update skip locked`
       )

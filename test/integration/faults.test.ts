@@ -3,12 +3,13 @@
 // are asked, not the service: the gateway is free again, PowerDNS has no record, routes/ has no
 // file, nginx does not route the hostname, and the journal shows what ran and what was undone.
 import { describe, expect, layer } from "@effect/vitest"
-import { Effect, Either, Fiber, Layer } from "effect"
+import { Effect, Either, Fiber, Layer, Metric } from "effect"
 import { randomUUID } from "node:crypto"
 import { mkdir, readdir, rm, writeFile } from "node:fs/promises"
 import path from "node:path"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
+import { rollbacksIncompleteTotal } from "../../src/telemetry/Metrics.ts"
 import type { AllocationId, OrganizationId } from "../../src/domain/ids.ts"
 import {
   awaitNginxRoutes,
@@ -21,7 +22,7 @@ import {
   rawGet
 } from "../support/probes.ts"
 import { edgeRoutes, hasRoute, routeApi, routeFileOf } from "../support/invariants.ts"
-import { asFailure, type Failure } from "../support/failures.ts"
+import { type Failure, failureOf } from "../support/failures.ts"
 import { ServicesLive, setAllGateways, Stack, StackLive, withStack } from "../support/stack.ts"
 
 const STEP_TIMEOUT_MS = 2500
@@ -48,7 +49,7 @@ const failingStart = (org: OrganizationId) =>
   Effect.flatMap(Allocator, (allocator) => allocator.start(org)).pipe(
     Effect.either,
     Effect.flatMap(Either.match({
-      onLeft: (error) => Effect.succeed(asFailure(error)),
+      onLeft: failureOf,
       onRight: (started) => Effect.dieMessage(`the start was expected to fail, it succeeded: ${JSON.stringify(started)}`)
     }))
   )
@@ -131,12 +132,12 @@ const suite = (routing: "lua" | "reload") =>
         expect((yield* poolStats).free).toBe(before.free - 1)
 
         const stopped = yield* allocator.stop(org)
-        expect(stopped).toEqual({ organizationId: org, gatewayId: started.gatewayId, allocationId: started.allocationId })
+        expect(stopped).toEqual({ organizationId: org, gatewayRelease: "done", gatewayId: started.gatewayId, allocationId: started.allocationId })
         yield* expectConsistent(stack, org, "absent")
         expect(yield* poolStats).toEqual(before)
         const journal = yield* journalOf(started.allocationId)
         expect(journal.state).toBe("released")
-        expect(journal.events.slice(9)).toEqual(undone("nginx-reload", "nginx-config", "dns", "allocate"))
+        expect(journal.events.slice(9)).toEqual(undone("nginx-reload", "nginx-config", "handshake", "dns", "allocate"))
       }).pipe(Effect.ensuring(stopQuietly(org)))
     )
   })
@@ -325,6 +326,24 @@ const suite = (routing: "lua" | "reload") =>
       )
     }, { timeout: 60_000 })
 
+    it.effect("nginx-config: nginx stopped -> StepFailed at nginx-config; the refused write changed nothing, so the rollback is complete and raises no alarm", () =>
+      withStack((stack) =>
+        Effect.gen(function*() {
+          const org = newOrg()
+          const before = yield* poolStats
+          const incompleteBefore = yield* Metric.value(rollbacksIncompleteTotal)
+          const error = yield* Effect.zipRight(stack.nginx.stop, failingStart(org)).pipe(
+            Effect.ensuring(stack.nginx.start.pipe(Effect.orDie))
+          )
+          // Connection refused: the route write never reached nginx, so its undo does not run.
+          expect(stepAndReport(error)).toEqual({ tag: "StepFailed", step: "nginx-config", rollback: ["dns:done", "allocate:done"] })
+          expect(error.message).toMatch(/ECONNREFUSED|refused/i)
+          expect(yield* Metric.value(rollbacksIncompleteTotal)).toEqual(incompleteBefore)
+          expect(yield* poolStats).toEqual(before)
+          expect(yield* journalOf(allocationIdOf(error))).toMatchObject({ state: "rolled_back" })
+        })
+      ))
+
     it.effect("a broken foreign file in NGINX_CONF_DIR changes nothing: starts and stops need no reload", () => {
       const org = newOrg()
       return withStack((stack) =>
@@ -394,7 +413,7 @@ const suite = (routing: "lua" | "reload") =>
         expect(stepAndReport(error)).toEqual({
           tag: "StepTimedOut",
           step: "handshake",
-          rollback: ["handshake:skipped", "nginx-reload:done", "nginx-config:done", "dns:done", "allocate:done"]
+          rollback: ["nginx-reload:done", "nginx-config:done", "handshake:done", "dns:done", "allocate:done"]
         })
         expect(error._tag === "StepTimedOut" && error.timeoutMs).toBe(STEP_TIMEOUT_MS)
 
@@ -412,9 +431,7 @@ const suite = (routing: "lua" | "reload") =>
             "nginx-reload:completed",
             "handshake:started",
             "handshake:timed_out",
-            "handshake:undo_started",
-            "handshake:undo_skipped",
-            ...undone("nginx-reload", "nginx-config", "dns", "allocate")
+            ...undone("nginx-reload", "nginx-config", "handshake", "dns", "allocate")
           ],
           actors: ["request"]
         })
@@ -444,7 +461,7 @@ const suite = (routing: "lua" | "reload") =>
             expect(stepAndReport(error)).toEqual({
               tag: "StepTimedOut",
               step: "handshake",
-              rollback: ["handshake:skipped", "nginx-reload:done", "nginx-config:done", "dns:failed", "allocate:done"]
+              rollback: ["nginx-reload:done", "nginx-config:done", "handshake:done", "dns:failed", "allocate:done"]
             })
             const dnsUndo = error._tag === "NoGatewayAvailable" ? undefined : error.rollback.find((o) => o.step === "dns")
             expect(dnsUndo?.message).toContain("PowerDNS remove")
@@ -468,9 +485,7 @@ const suite = (routing: "lua" | "reload") =>
               "nginx-reload:completed",
               "handshake:started",
               "handshake:timed_out",
-              "handshake:undo_started",
-              "handshake:undo_skipped",
-              ...undone("nginx-reload", "nginx-config"),
+              ...undone("nginx-reload", "nginx-config", "handshake"),
               "dns:undo_started",
               "dns:undo_failed",
               ...undone("allocate")

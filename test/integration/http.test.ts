@@ -161,7 +161,12 @@ layer(
             "handshake:completed"
           ])
 
-          expect(yield* stop(org)).toEqual({ organization_id: org, gateway_id: started.json.gateway_id, released: true })
+          expect(yield* stop(org)).toEqual({
+            organization_id: org,
+            gateway_id: started.json.gateway_id,
+            released: true,
+            gateway_release: "done"
+          })
           yield* expectConsistent(stack, org, "absent")
           expect(yield* poolNumbers).toEqual(before)
 
@@ -177,6 +182,7 @@ layer(
           expect(history.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
             "nginx-reload:done",
             "nginx-config:done",
+            "handshake:done",
             "dns:done",
             "allocate:done"
           ])
@@ -320,10 +326,11 @@ layer(
             timeout_ms: STEP_TIMEOUT_MS,
             allocation_id: expect.stringMatching(uuidPattern)
           })
+          // The handshake reached the gateway (it never answered): it is released once routing is gone.
           expect(response.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
-            "handshake:skipped",
             "nginx-reload:done",
             "nginx-config:done",
+            "handshake:done",
             "dns:done",
             "allocate:done"
           ])
@@ -410,6 +417,7 @@ layer(
               allocation_id: null,
               state: "active",
               health: "unknown",
+              unreleased_allocation_id: null,
               quarantined_until: null,
               last_failure: null
             }

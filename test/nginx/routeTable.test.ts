@@ -3,7 +3,7 @@
 // the table fences late writes and removals by generation and allocation; a full table is an
 // error, never an eviction; a restart empties the table (503 until the routes are pushed back).
 import { expect, layer } from "@effect/vitest"
-import { type Context, Effect, Metric } from "effect"
+import { type Context, Effect, Metric, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { readFileSync } from "node:fs"
 import * as http from "node:http"
@@ -92,7 +92,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
       yield* nginx.writeRoute(next)
       expect(yield* nginx.probeRoute(org)).toBe(next.allocationId)
       expect((yield* nginx.listRoutes).filter((r) => r.organizationId === org)).toEqual([
-        { organizationId: org, allocationId: next.allocationId, generation: next.generation }
+        { organizationId: org, upstream: next.upstream, allocationId: next.allocationId, generation: next.generation }
       ])
     }).pipe(Effect.provide(LuaNginx())))
 
@@ -169,7 +169,56 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
       const listed = new Set((yield* nginx.listRoutes).map((r) => r.allocationId))
       expect(written.filter((r) => !listed.has(r.allocationId))).toEqual([])
       for (const r of written.slice(0, 20)) expect(yield* nginx.probeRoute(r.organizationId)).toBe(r.allocationId)
+
+      // A full route table takes nothing from a removal: its lock and its fence have zones of
+      // their own, and marking the table ready replaces a value it holds already.
+      const [first, second] = written
+      if (first === undefined || second === undefined) return yield* Effect.dieMessage("no routes written")
+      expect(yield* nginx.removeRoute(first)).toBe("removed")
+      expect(yield* nginx.removeRoute(route())).toBe("absent")
+      expect(yield* nginx.removeRoute({ ...route(second.organizationId), generation: Generation.make(1) })).toBe("other")
+      expect((yield* nginx.writeRoute(first).pipe(Effect.flip)).noEffect).toBe(true)
+      yield* nginx.writeRoute(route())
+      expect((yield* nginx.writeRoute(route()).pipe(Effect.flip)).reason).toContain("route table is full")
+      yield* nginx.restoreAll((yield* stateOf(nginx)).bootId, [])
+      expect((yield* stateOf(nginx)).ready).toBe(true)
     }).pipe(Effect.provide(LuaNginx({ NGINX_ROUTE_TABLE_SIZE: "128k" }))))
+})
+
+layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout: 120_000 })("lua route table, a small one under churn (real nginx)", (it) => {
+  it.effect("churned far past its size (thousands of orgs started and stopped), the table still takes routes and lists exactly the live ones", () =>
+    Effect.gen(function*() {
+      const nginx = yield* Nginx
+      const handle = yield* RealNginx
+      const capacity = (yield* zones(handle)).routes
+      // Live throughout: the churn must neither crowd them out nor bring anything back.
+      const kept = Array.from({ length: 50 }, () => route())
+      yield* Effect.forEach(kept, (r) => nginx.writeRoute(r), { discard: true })
+      // A 128k table holds ~460 routes; with a fence per removal kept 10 minutes in it (the old
+      // design) it was full of fences after ~925 start/stop cycles.
+      const cycles = 3000
+      yield* Effect.forEach(
+        Array.from({ length: cycles }),
+        () => {
+          const r = route()
+          return nginx.writeRoute(r).pipe(Effect.zipRight(nginx.removeRoute(r)), Effect.flatMap((found) => found === "removed" ? Effect.void : Effect.dieMessage(found)))
+        },
+        { concurrency: 8, discard: true }
+      )
+      const after = yield* zones(handle)
+      // The routes' zone holds only the kept routes (and the boot marks); the fences hold the churn.
+      expect(after.routesFree).toBeGreaterThan(capacity.free - 60 * 256 - 4096)
+      expect(after.fencesUsed).toBeGreaterThan(cycles * 64)
+      const added = Array.from({ length: 300 }, () => route())
+      yield* Effect.forEach(added, (r) => nginx.writeRoute(r), { concurrency: 8, discard: true })
+      const listed = yield* nginx.listRoutes
+      const key = (r: { readonly organizationId: string; readonly upstream: string; readonly allocationId: string; readonly generation: number }) =>
+        `${r.organizationId} ${r.upstream} ${r.allocationId} ${r.generation}`
+      expect(listed.map(key).sort()).toEqual([...kept, ...added].map(key).sort())
+      expect((yield* rawGet({ port: handle.routeApiPort, path: "/routes", headers: yield* secretHeader(handle) })).body.split("\n").length)
+        .toBe(1 + kept.length + added.length + 1)
+    }).pipe(Effect.provide(LuaNginx({ NGINX_ROUTE_TABLE_SIZE: "128k" }))), { timeout: 120_000 })
+
 })
 
 layer(RealNginxLive({ workers: WORKERS, luaModule: false }), { excludeTestServices: true, timeout: 60_000 })("lua mode on an nginx without the Lua module", (it) => {
@@ -241,3 +290,190 @@ const probeEveryWorker = (handle: NginxHandle, org: string) =>
     }
     return { workers: workers.size, pids: workers, answers }
   })
+
+/** The header that opens the route API: the edge's secret. */
+const secretHeader = (handle: NginxHandle) =>
+  Effect.sync(() => ({
+    [PROBE_SECRET_HEADER]: (JSON.parse(readFileSync(path.join(handle.confDir, EDGE_FILE), "utf8")) as { probeSecret: string }).probeSecret
+  }))
+
+/** One route API request, as anyone holding the secret can make it (a forger, in these tests). */
+const routeApi = (handle: NginxHandle, method: string, pathAndQuery: string, body?: string) =>
+  Effect.flatMap(secretHeader(handle), (headers) =>
+    Effect.promise(async () => {
+      const response = await fetch(`http://127.0.0.1:${handle.routeApiPort}${pathAndQuery}`, {
+        method,
+        headers,
+        ...(body === undefined ? {} : { body }),
+        signal: AbortSignal.timeout(10_000)
+      })
+      return { status: response.status, body: await response.text() }
+    }))
+
+/** Each zone's capacity and free bytes (`GET /zones`). */
+const zones = (handle: NginxHandle) =>
+  Effect.map(routeApi(handle, "GET", "/zones"), (answer) => {
+    const of = (zone: string) => {
+      const [, capacity = "0", free = "0"] = answer.body.split("\n").find((line) => line.startsWith(`${zone} `))?.split(" ") ?? []
+      return { capacity: Number(capacity), free: Number(free) }
+    }
+    const routes = of("routes")
+    const fences = of("fences")
+    return { routes, routesFree: routes.free, fencesUsed: fences.capacity - fences.free, fences }
+  })
+
+/** The org's fence: its generation and the milliseconds it has left; none when it has none. */
+const fenceOf = (handle: NginxHandle, org: string) =>
+  Effect.map(routeApi(handle, "GET", `/fences/${org}`), (answer) => {
+    if (answer.status === 404) return undefined
+    const [generation = "", left = ""] = answer.body.trim().split(" ")
+    return { generation: Number(generation), leftMs: Number(left) }
+  })
+
+layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout: 60_000 })("lua route table: fences (real nginx)", (it) => {
+  // STEP_TIMEOUT_MS 1000 and one outside call (500 ms): a removal fences late writes for 1.5 s.
+  const Fast = LuaNginx({ STEP_TIMEOUT_MS: "1000", UNDO_TIMEOUT_MS: "1000" })
+
+  it.effect("a removal fences late writes of its allocation (and older ones) for STEP_TIMEOUT_MS plus one outside call, then the fence is gone", () =>
+    Effect.gen(function*() {
+      const nginx = yield* Nginx
+      const handle = yield* RealNginx
+      const org = randomUUID() as OrganizationId
+      const older = route(org)
+      const removed = route(org)
+      yield* nginx.writeRoute(removed)
+      expect(yield* nginx.removeRoute(removed)).toBe("removed")
+      const fence = yield* fenceOf(handle, org)
+      expect(fence?.generation).toBe(removed.generation)
+      expect(fence?.leftMs).toBeGreaterThan(1000)
+      expect(fence?.leftMs).toBeLessThanOrEqual(1500)
+      // Late writes within the bound: refused.
+      for (const late of [removed, older, { ...removed, upstream: "127.0.0.1:10" as Upstream }]) {
+        const refused = yield* nginx.writeRoute(late).pipe(Effect.flip)
+        expect(refused).toMatchObject({ operation: "write", noEffect: true })
+        expect(refused.reason).toContain(`removed generation ${removed.generation}`)
+      }
+      // A restore is fenced the same way: it can never undo a removal.
+      expect((yield* nginx.writeRoute(removed, { restore: true }).pipe(Effect.flip)).noEffect).toBe(true)
+      expect(yield* nginx.probeRoute(org)).toBe(null)
+      yield* Effect.sleep("1600 millis")
+      expect(yield* fenceOf(handle, org)).toBeUndefined()
+      // The org's next allocation is accepted either way.
+      const next = route(org)
+      yield* nginx.writeRoute(next)
+      expect(yield* nginx.probeRoute(org)).toBe(next.allocationId)
+    }).pipe(Effect.provide(Fast)))
+
+  it.effect("a write that reaches nginx after its deadline is refused: no write outlives the fences", () =>
+    Effect.gen(function*() {
+      const handle = yield* RealNginx
+      const r = route()
+      const past = Date.now() - 1
+      const late = yield* routeApi(handle, "PUT", `/routes/${r.organizationId}?upstream=${r.upstream}&allocation=${r.allocationId}&generation=${r.generation}&until=${past}`)
+      expect(late.status).toBe(409)
+      expect(late.body).toContain("expired")
+      expect((yield* routeApi(handle, "GET", `/routes/${r.organizationId}`)).status).toBe(404)
+      const onTime = yield* routeApi(handle, "PUT", `/routes/${r.organizationId}?upstream=${r.upstream}&allocation=${r.allocationId}&generation=${r.generation}&until=${Date.now() + 5000}`)
+      expect(onTime.status).toBe(200)
+    }).pipe(Effect.provide(Fast)))
+
+  it.effect("a fence kept longer keeps its time: an older allocation's late removal neither shortens nor lowers it", () =>
+    Effect.gen(function*() {
+      const nginx = yield* Nginx
+      const handle = yield* RealNginx
+      const org = randomUUID() as OrganizationId
+      const older = route(org)
+      const newer = route(org)
+      const forged = yield* routeApi(handle, "DELETE", `/routes/${org}?allocation=${newer.allocationId}&generation=${newer.generation}&fence_ms=60000`)
+      expect(forged.status).toBe(200)
+      expect(yield* nginx.removeRoute(older)).toBe("absent")
+      const fence = yield* fenceOf(handle, org)
+      expect(fence?.generation).toBe(newer.generation)
+      expect(fence?.leftMs).toBeGreaterThan(50_000)
+      // Never longer than the table's longest fence (10 minutes), whatever a removal asks.
+      const other = randomUUID()
+      yield* routeApi(handle, "DELETE", `/routes/${other}?allocation=${newer.allocationId}&generation=1&fence_ms=99999999`)
+      expect((yield* fenceOf(handle, other))?.leftMs).toBeLessThanOrEqual(600_000)
+    }).pipe(Effect.provide(Fast)))
+
+  it.effect("a restore replaces a forged or stale entry (another upstream, a greater generation, another allocation); a step's write does not", () =>
+    Effect.gen(function*() {
+      const nginx = yield* Nginx
+      const handle = yield* RealNginx
+      const live = route()
+      const org = live.organizationId
+      yield* nginx.writeRoute(live)
+      // Someone with the edge secret points the org elsewhere, under its own allocation id.
+      const forged = yield* routeApi(handle, "PUT", `/routes/${org}?upstream=127.0.0.1:9999&allocation=${live.allocationId}&generation=999999999`)
+      expect(forged.body).toContain("stored")
+      expect((yield* nginx.writeRoute(live).pipe(Effect.flip)).noEffect).toBe(true)
+      yield* nginx.writeRoute(live, { restore: true })
+      expect((yield* nginx.listRoutes).filter((r) => r.organizationId === org)).toEqual([live])
+      // The same write again changes nothing.
+      yield* nginx.writeRoute(live, { restore: true })
+      // Another allocation's id with a greater generation: replaced too.
+      yield* routeApi(handle, "PUT", `/routes/${org}?upstream=127.0.0.1:9999&allocation=${randomUUID()}&generation=999999999`)
+      yield* nginx.writeRoute(live, { restore: true })
+      expect((yield* nginx.listRoutes).filter((r) => r.organizationId === org)).toEqual([live])
+      // The same allocation and generation with another upstream: the allocation's own write puts its upstream back.
+      yield* routeApi(handle, "PUT", `/routes/${org}?upstream=127.0.0.1:9998&allocation=${live.allocationId}&generation=${live.generation}`)
+      yield* nginx.writeRoute(live)
+      expect((yield* nginx.listRoutes).filter((r) => r.organizationId === org)).toEqual([live])
+      expect(yield* nginx.probeRoute(org)).toBe(live.allocationId)
+    }).pipe(Effect.provide(Fast)))
+
+  it.effect("an nginx restart empties the fences; this process pushes back the ones it wrote as soon as it sees the new boot id", () =>
+    Effect.gen(function*() {
+      const nginx = yield* Nginx
+      const handle = yield* RealNginx
+      const r = route()
+      yield* nginx.writeRoute(r)
+      expect(yield* nginx.removeRoute(r)).toBe("removed")
+      yield* stateOf(nginx)
+      yield* handle.stop
+      yield* handle.start
+      expect(yield* fenceOf(handle, r.organizationId)).toBeUndefined()
+      yield* stateOf(nginx)
+      const fence = yield* fenceOf(handle, r.organizationId)
+      expect(fence?.generation).toBe(r.generation)
+      expect(fence?.leftMs).toBeLessThanOrEqual(1500)
+      expect((yield* nginx.writeRoute(r).pipe(Effect.flip)).reason).toContain(`removed generation ${r.generation}`)
+    }).pipe(Effect.provide(Fast)))
+})
+
+layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout: 60_000 })("lua route table, a small fence zone (real nginx)", (it) => {
+  it.effect("a removal whose fence has no room fails and removes nothing; retried once fences expired, it succeeds", () =>
+    Effect.gen(function*() {
+      const nginx = yield* Nginx
+      const handle = yield* RealNginx
+      const r = route()
+      yield* nginx.writeRoute(r)
+      // Other orgs' removals fill the fence zone, each fence kept 4 s.
+      let filled = 0
+      for (;;) {
+        const answers = yield* Effect.forEach(
+          Array.from({ length: 32 }),
+          () => routeApi(handle, "DELETE", `/routes/${randomUUID()}?allocation=${randomUUID()}&generation=1&fence_ms=4000`),
+          { concurrency: 16 }
+        )
+        filled += answers.filter((answer) => answer.status === 200).length
+        if (answers.some((answer) => answer.status === 507)) break
+        expect(filled).toBeLessThan(5000)
+      }
+      expect(filled).toBeGreaterThan(500)
+      const error = yield* nginx.removeRoute(r).pipe(Effect.flip)
+      expect(error).toMatchObject({ operation: "remove", noEffect: true })
+      expect(error.reason).toContain("no room for the removal's fence")
+      // Nothing removed: the route is still served, and no fence pretends otherwise.
+      expect(yield* nginx.probeRoute(r.organizationId)).toBe(r.allocationId)
+      expect(yield* fenceOf(handle, r.organizationId)).toBeUndefined()
+      // Retried (as the reconciler does) once the other fences have expired: removed, and fenced.
+      const retried = yield* nginx.removeRoute(r).pipe(
+        Effect.retry({ schedule: Schedule.spaced("250 millis"), times: 40 })
+      )
+      expect(retried).toBe("removed")
+      expect(yield* nginx.probeRoute(r.organizationId)).toBe(null)
+      expect((yield* fenceOf(handle, r.organizationId))?.generation).toBe(r.generation)
+      expect((yield* nginx.writeRoute(r).pipe(Effect.flip)).noEffect).toBe(true)
+    }).pipe(Effect.provide(LuaNginx({ NGINX_FENCE_TABLE_SIZE: "128k" }))), { timeout: 60_000 })
+})

@@ -106,6 +106,8 @@ const poolOf = (world: World) => {
   let counter = 0
   let claims = 0
   const lastAllocated = new Map<GatewayId, number>()
+  // Failed releases in a row, by gateway (Postgres keeps them in gateways.release_failures).
+  const releaseFailures = new Map<GatewayId, number>()
   const op = <A, E>(name: string, effect: Effect.Effect<A, E>) =>
     operation<A, E | PoolError>(world, name, () => sqlError(name), effect)
   const findLive = (organizationId: OrganizationId) =>
@@ -128,7 +130,10 @@ const poolOf = (world: World) => {
         // Available (free, active, out of quarantine), least recently allocated first.
         const nowMs = yield* Clock.currentTimeMillis
         const free = (yield* Ref.get(world.gateways))
-          .filter((g) => g.allocationId === null && g.state === "active" && (g.quarantinedUntil?.getTime() ?? 0) <= nowMs)
+          .filter((g) =>
+            g.allocationId === null && g.state === "active" && g.unreleasedAllocationId === null &&
+            (g.quarantinedUntil?.getTime() ?? 0) <= nowMs
+          )
           .sort((a, b) => (lastAllocated.get(a.gatewayId) ?? -1) - (lastAllocated.get(b.gatewayId) ?? -1))[0]
         if (free === undefined) return yield* new NoGatewayAvailable()
         claims += 1
@@ -143,15 +148,55 @@ const poolOf = (world: World) => {
           }))
         return { allocationId, gatewayId: free.gatewayId, upstream: free.upstream, generation, state: "starting" as const, reused: false }
       })),
-    release: (allocationId, finalState, runner) =>
+    release: (allocationId, finalState, runner, releaseError = Option.none()) =>
       op("pool.release", Effect.gen(function*() {
         const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
         if (allocation === undefined || !isLive(allocation) || allocation.runner !== runner) return false
         yield* setState(allocationId, finalState)
         yield* Ref.update(world.gateways, (gs) =>
-          gs.map((g) => g.allocationId === allocationId ? { ...g, allocationId: null } : g))
+          gs.map((g) =>
+            g.allocationId !== allocationId ? g : Option.match(releaseError, {
+              onNone: () => ({ ...g, allocationId: null }),
+              onSome: (reason) => {
+                releaseFailures.set(g.gatewayId, 1)
+                return { ...g, allocationId: null, unreleasedAllocationId: allocationId, lastFailure: `release: ${reason}` }
+              }
+            })
+          ))
         return true
       })),
+    ping: () => op("pool.ping", Effect.void),
+    whileUnclaimed: (organizationId, effect) =>
+      op("pool.whileUnclaimed", findLive(organizationId)).pipe(
+        Effect.flatMap((found) => Option.isSome(found) ? Effect.succeed(Option.none()) : Effect.map(effect, Option.some))
+      ),
+    pendingReleases: () =>
+      Effect.gen(function*() {
+        const allocations = yield* Ref.get(world.allocations)
+        return (yield* Ref.get(world.gateways)).flatMap((g) => {
+          const owed = g.unreleasedAllocationId === null ? undefined : allocations.get(g.unreleasedAllocationId)
+          return owed === undefined ? [] : [{
+            gatewayId: g.gatewayId,
+            name: g.name,
+            upstream: g.upstream,
+            allocationId: owed.allocationId,
+            organizationId: owed.organizationId,
+            releaseFailures: releaseFailures.get(g.gatewayId) ?? 0
+          }]
+        })
+      }),
+    releaseConfirmed: (gatewayId, allocationId) =>
+      op("pool.releaseConfirmed", Ref.modify(world.gateways, (gs) => {
+        const owes = gs.some((g) => g.gatewayId === gatewayId && g.unreleasedAllocationId === allocationId)
+        return [owes, owes ? gs.map((g) => g.gatewayId === gatewayId ? { ...g, unreleasedAllocationId: null } : g) : gs]
+      })),
+    releaseRetryFailed: (gatewayId, allocationId) =>
+      Effect.map(Ref.get(world.gateways), (gs) => {
+        if (!gs.some((g) => g.gatewayId === gatewayId && g.unreleasedAllocationId === allocationId)) return Option.none()
+        const failures = (releaseFailures.get(gatewayId) ?? 0) + 1
+        releaseFailures.set(gatewayId, failures)
+        return Option.some(failures)
+      }),
     transition: (allocationId, runner, from, to) =>
       op("pool.transition", Effect.gen(function*() {
         const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
@@ -203,9 +248,10 @@ const poolOf = (world: World) => {
           total: gs.length,
           free: free.length,
           allocated: gs.length - free.length,
-          available: free.filter((g) => g.state === "active" && !inQuarantine(g)).length,
+          available: free.filter((g) => g.state === "active" && g.unreleasedAllocationId === null && !inQuarantine(g)).length,
           quarantined: gs.filter(inQuarantine).length,
-          draining: gs.filter((g) => g.state === "draining").length
+          draining: gs.filter((g) => g.state === "draining").length,
+          unreleased: gs.filter((g) => g.unreleasedAllocationId !== null).length
         }
       })),
     quarantine: (gatewayId, reason, baseMs) =>
@@ -252,7 +298,8 @@ const poolOf = (world: World) => {
           health: "unknown",
           quarantinedUntil: null,
           consecutiveFailures: 0,
-          lastFailure: null
+          lastFailure: null,
+          unreleasedAllocationId: null
         }
         yield* Ref.set(world.gateways, [...gateways, gateway])
         return gateway
@@ -272,7 +319,7 @@ const poolOf = (world: World) => {
         const expired = (g: Gateway) => g.quarantinedUntil !== null && g.quarantinedUntil.getTime() <= nowMs
         // The claim's order: available, least recently allocated first.
         const onDeck = free
-          .filter((g) => g.state === "active" && (g.quarantinedUntil === null || expired(g)))
+          .filter((g) => g.state === "active" && g.unreleasedAllocationId === null && (g.quarantinedUntil === null || expired(g)))
           .sort((a, b) => (lastAllocated.get(a.gatewayId) ?? -1) - (lastAllocated.get(b.gatewayId) ?? -1))
           .slice(0, batch)
         const rotation = free
@@ -344,7 +391,8 @@ const dnsOf = (world: World) => {
         next.delete(org)
         return next
       })),
-    listOrgRecords: Effect.map(Ref.get(world.dnsRecords), (s) => [...s])
+    listOrgRecords: Effect.map(Ref.get(world.dnsRecords), (s) => [...s]),
+    check: Effect.void
   })
 }
 
@@ -395,6 +443,7 @@ const nginxOf = (world: World) => {
       const allocations = yield* Ref.get(world.allocations)
       return [...(yield* Ref.get(world.routeFiles)).entries()].map(([organizationId, allocationId]) => ({
         organizationId,
+        upstream: allocations.get(allocationId)?.upstream ?? "",
         allocationId,
         generation: allocations.get(allocationId)?.generation ?? Generation.make(0)
       }))
@@ -416,6 +465,14 @@ const handshakeOf = (world: World) =>
         "handshake.handshake",
         () => new HandshakeError({ operation: "handshake", reason: "HTTP 500", noEffect: true }),
         Effect.void,
+        upstream
+      ),
+    release: (upstream) =>
+      operation(
+        world,
+        "handshake.release",
+        () => new HandshakeError({ operation: "release", reason: "HTTP 500" }),
+        Effect.succeed("released" as const),
         upstream
       )
   })

@@ -20,7 +20,7 @@ export type Failure =
   | (StepFailure & { readonly _tag: "StepFailed"; readonly reason: string })
   | (StepFailure & { readonly _tag: "StepTimedOut"; readonly timeoutMs: number })
 
-export const asFailure = (error: StartError): Failure => {
+const asFailure = (error: Exclude<StartError, { readonly _tag: "ShuttingDown" }>): Failure => {
   if (error._tag === "NoGatewayAvailable") return error
   const common = { step: error.step, message: error.message, allocationId: error.allocationId, rollback: error.rollback }
   return error.error._tag === "StepFailed"
@@ -29,5 +29,9 @@ export const asFailure = (error: StartError): Failure => {
 }
 
 /** Starts the org and expects the start to fail. */
+/** A start's error as a Failure; these tests never shut the service down while they start. */
+export const failureOf = (error: StartError): Effect.Effect<Failure> =>
+  error._tag === "ShuttingDown" ? Effect.dieMessage(error.message) : Effect.succeed(asFailure(error))
+
 export const startFailure = (org: OrganizationId) =>
-  Effect.flatMap(Allocator, (allocator) => allocator.start(org)).pipe(Effect.flip, Effect.map(asFailure))
+  Effect.flatMap(Allocator, (allocator) => allocator.start(org)).pipe(Effect.flip, Effect.flatMap(failureOf))

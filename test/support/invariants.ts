@@ -177,7 +177,9 @@ export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly messag
 
 /**
  * What nginx does with a request for the org's hostname, on a fresh connection: the name of the
- * sample gateway that answered, or null when nginx answers 404 itself (no route).
+ * sample gateway it reached, or null when nginx answers 404 itself (no route). A gateway that
+ * refused the request for its allocation header (421: it holds no allocation, or another) was
+ * reached all the same: nginx routes the hostname to it.
  */
 export const nginxRoutes = (stack: LocalStack, org: string, timeoutMs = 5000) =>
   Effect.async<string | null, ProbeError>((resume) => {
@@ -185,7 +187,7 @@ export const nginxRoutes = (stack: LocalStack, org: string, timeoutMs = 5000) =>
       {
         host: "127.0.0.1",
         port: stack.nginx.listenPort,
-        path: "/__invariants",
+        path: "/invariants",
         method: "GET",
         headers: { host: hostnameOf(stack, org), connection: "close" },
         agent: false
@@ -199,7 +201,7 @@ export const nginxRoutes = (stack: LocalStack, org: string, timeoutMs = 5000) =>
           if (response.statusCode === 404) return resume(Effect.succeed(null))
           try {
             const parsed = JSON.parse(body) as { gateway?: unknown }
-            if (response.statusCode === 200 && typeof parsed.gateway === "string") {
+            if ((response.statusCode === 200 || response.statusCode === 421) && typeof parsed.gateway === "string") {
               return resume(Effect.succeed(parsed.gateway))
             }
           } catch {

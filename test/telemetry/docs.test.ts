@@ -19,6 +19,7 @@ const contract: ReadonlyArray<readonly [string, string, ReadonlyArray<number>]> 
   ["patch", "/pool/gateways/{gateway_id}", [200, 400, 401, 404]],
   ["delete", "/pool/gateways/{gateway_id}", [200, 401, 404, 409]],
   ["get", "/healthz", [200]],
+  ["get", "/readyz", [200, 503]],
   ["get", "/metrics", [200]]
 ]
 

@@ -11,7 +11,7 @@ import { makeServices } from "../../src/app.ts"
 import type { Allocation } from "../../src/domain/allocation.ts"
 import { type AllocationId, type GatewayName, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
-import { asFailure } from "../support/failures.ts"
+import { failureOf } from "../support/failures.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, gate, OutsideTest, TestWorld } from "../support/TestLayers.ts"
 
@@ -56,7 +56,7 @@ describe("ownership and fencing (test layers)", () => {
       yield* setRow(allocationId, { runner: "replica-b", state: "rolling_back" })
       const before = (yield* calls).length
       yield* open
-      const error = asFailure(yield* Fiber.join(start).pipe(Effect.flip))
+      const error = yield* failureOf(yield* Fiber.join(start).pipe(Effect.flip))
       expect(error._tag).toBe("StepFailed")
       if (error._tag !== "StepFailed") return
       expect(error.step).toBe("nginx-config")
@@ -84,7 +84,7 @@ describe("ownership and fencing (test layers)", () => {
       yield* Ref.set(world.leaseHeld, false)
       const before = (yield* calls).length
       yield* open
-      const error = asFailure(yield* Fiber.join(start).pipe(Effect.flip))
+      const error = yield* failureOf(yield* Fiber.join(start).pipe(Effect.flip))
       expect(error._tag === "StepFailed" && error.step).toBe("nginx-reload")
       expect(error._tag === "StepFailed" && error.reason).toMatch(/lease is not held/)
       // The write already under way lands; nothing after it does.

@@ -53,6 +53,7 @@ describe("reconciler (test layers)", () => {
       expect(journal.filter((e) => e.event === "undone").map((e) => [e.step, e.actor])).toEqual([
         ["nginx-reload", "reconciler"],
         ["nginx-config", "reconciler"],
+        ["handshake", "reconciler"],
         ["dns", "reconciler"],
         ["allocate", "reconciler"]
       ])
