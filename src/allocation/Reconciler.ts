@@ -1,6 +1,7 @@
 import { Duration, Effect, Either, Metric, Option, Schedule } from "effect"
 import { Settings } from "../config.ts"
 import type { LiveAllocation } from "../domain/allocation.ts"
+import { ChangedNothing } from "../domain/changedNothing.ts"
 import type { OrganizationId } from "../domain/ids.ts"
 import { isUnfinished } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
@@ -151,7 +152,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       // more outside call, so that it lands (or never will) before a claim can follow it.
       const removeOrphanRecord = (organizationId: OrganizationId) =>
         dns.remove(organizationId).pipe(
-          Effect.tapError((error) => error.noEffect === true ? Effect.void : Effect.sleep(Duration.millis(settings.limits.outsideCallMs)))
+          Effect.tapError((error) => ChangedNothing.is(error) ? Effect.void : Effect.sleep(Duration.millis(settings.limits.outsideCallMs)))
         )
       const orphanRecords: Array<OrganizationId> = []
       for (const organizationId of records.filter((org) => !live.has(org))) {

@@ -3,7 +3,6 @@ import { Settings } from "../config.ts"
 import {
   type ClaimRefused,
   NoGatewayAvailable,
-  OwnershipLost,
   ShuttingDown,
   type StepError,
   StepFailed,
@@ -22,6 +21,7 @@ import {
   type UndoStatus
 } from "../domain/steps.ts"
 import { Journal, type JournalRecord } from "../journal/Journal.ts"
+import { ChangedNothing } from "../domain/changedNothing.ts"
 import { describeCause } from "../lib/describeCause.ts"
 import { Ownership } from "./Ownership.ts"
 import { recordStep, recordUndo } from "../telemetry/Metrics.ts"
@@ -96,16 +96,14 @@ const annotations = (run: Run, step: StepName) => ({
 })
 
 /**
- * The step failed in a way known to have changed nothing: the claim took nothing, the fence
- * stopped it, or the outside system refused before acting (its error says `noEffect`). Only then
- * is its undo not run. Anything else (a timeout, a defect, an interruption, an error after a
- * signal was sent or a request was written) may have taken effect, and is undone.
+ * The step failed in a way known to have changed nothing (`ChangedNothing`: the claim took
+ * nothing, the fence stopped it, or the outside system refused before acting). Only then is its
+ * undo not run. Anything else (a timeout, a defect, an interruption, an error after a signal was
+ * sent or a request was written) may have taken effect, and is undone.
  */
 const hadNoEffect = (exit: Exit.Exit<unknown, unknown>): boolean =>
   Exit.isFailure(exit) && !Cause.isInterrupted(exit.cause) && Option.isNone(Cause.dieOption(exit.cause)) &&
-  Option.exists(Cause.failureOption(exit.cause), (error) =>
-    error instanceof NoGatewayAvailable || error instanceof ShuttingDown || error instanceof OwnershipLost ||
-    (Predicate.hasProperty(error, "noEffect") && error.noEffect === true))
+  Option.exists(Cause.failureOption(exit.cause), ChangedNothing.is)
 
 /** How a step ended, for its span, its metric and its journal row. */
 const stepOutcome = (exit: Exit.Exit<unknown, unknown>): StepOutcome | "interrupted" => {

@@ -1,5 +1,6 @@
 import type { SqlError } from "@effect/sql"
 import { Data, type ParseResult, Predicate } from "effect"
+import { type ChangedNothingMarker, ChangedNothingTypeId } from "../domain/changedNothing.ts"
 
 const detail = (cause: unknown) =>
   Predicate.hasProperty(cause, "message") && typeof cause.message === "string" ? ` (${cause.message})` : ""
@@ -7,7 +8,7 @@ const detail = (cause: unknown) =>
 /** Postgres did not answer, refused the statement, or answered rows of the wrong shape. */
 export class PoolError extends Data.TaggedError("PoolError")<{
   readonly cause: SqlError.SqlError | ParseResult.ParseError
-}> {
+}> implements ChangedNothingMarker {
   override get message() {
     return `database: ${this.cause.message}${this.cause._tag === "SqlError" ? detail(this.cause.cause) : ""}`
   }
@@ -15,7 +16,7 @@ export class PoolError extends Data.TaggedError("PoolError")<{
    * Postgres answered the statement with an error (it has a SQLSTATE): its transaction rolled
    * back, nothing changed. A lost connection may have committed or not.
    */
-  get noEffect(): boolean {
+  get [ChangedNothingTypeId](): boolean {
     return this.cause._tag === "SqlError" && sqlState(this.cause) !== undefined
   }
 }

@@ -4,6 +4,7 @@ import { Clock, Context, Data, Duration, Effect, Either, Layer, Option, Redacted
 import { DnsProviderConfig, PowerDnsConfig, Settings } from "../config.ts"
 import { makeGroupCommitPerMember } from "../lib/GroupCommit.ts"
 import { neverDelivered } from "../lib/transport.ts"
+import { type ChangedNothingMarker, ChangedNothingTypeId } from "../domain/changedNothing.ts"
 import { type OrganizationId, orgHostname, parseOrgLabel } from "../domain/ids.ts"
 
 export class DnsError extends Data.TaggedError("DnsError")<{
@@ -12,7 +13,10 @@ export class DnsError extends Data.TaggedError("DnsError")<{
   readonly cause?: unknown
   /** Known to have changed nothing: PowerDNS refused the change (4xx), or it was never delivered. */
   readonly noEffect?: boolean
-}> {
+}> implements ChangedNothingMarker {
+  get [ChangedNothingTypeId]() {
+    return this.noEffect === true
+  }
   override get message() {
     return `PowerDNS ${this.operation}: ${this.reason}`
   }

@@ -1,10 +1,12 @@
 import { Data } from "effect"
+import { type ChangedNothingMarker, ChangedNothingTypeId } from "./changedNothing.ts"
 import type { LiveState } from "./allocation.ts"
 import type { AllocationId, GatewayId } from "./ids.ts"
 import type { RollbackReport, StepName, UndoOutcome } from "./steps.ts"
 
 /** The pool has no free gateway. Nothing was claimed, so nothing is undone. */
-export class NoGatewayAvailable extends Data.TaggedError("NoGatewayAvailable")<{}> {
+export class NoGatewayAvailable extends Data.TaggedError("NoGatewayAvailable")<{}> implements ChangedNothingMarker {
+  readonly [ChangedNothingTypeId] = true
   override get message() {
     return "no gateway is available in the pool"
   }
@@ -14,7 +16,8 @@ export class NoGatewayAvailable extends Data.TaggedError("NoGatewayAvailable")<{
  * The service is shutting down: it claims no new gateway and starts no new attempt. Nothing was
  * claimed, so nothing is undone; the caller may retry on another replica.
  */
-export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{}> {
+export class ShuttingDown extends Data.TaggedError("ShuttingDown")<{}> implements ChangedNothingMarker {
+  readonly [ChangedNothingTypeId] = true
   override get message() {
     return "the service is shutting down: no new gateway is claimed"
   }
@@ -119,7 +122,9 @@ export class InTransition extends Data.TaggedError("InTransition")<{ readonly st
 export class OwnershipLost extends Data.TaggedError("OwnershipLost")<{
   readonly allocationId: AllocationId
   readonly leaseHeld: boolean
-}> {
+}> implements ChangedNothingMarker {
+  /** The fence stopped the step before it acted. */
+  readonly [ChangedNothingTypeId] = true
   override get message() {
     return this.leaseHeld
       ? `allocation ${this.allocationId} was taken over by another runner`

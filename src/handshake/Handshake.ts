@@ -2,6 +2,7 @@ import { HttpClient, HttpClientRequest } from "@effect/platform"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Context, Data, Duration, Effect, Layer, Option, Schedule } from "effect"
 import { HandshakeConfig, Settings } from "../config.ts"
+import { type ChangedNothingMarker, ChangedNothingTypeId } from "../domain/changedNothing.ts"
 import type { AllocationId, GatewayId, OrganizationId, Upstream } from "../domain/ids.ts"
 import { describeTransport, neverDelivered } from "../lib/transport.ts"
 
@@ -9,9 +10,12 @@ export class HandshakeError extends Data.TaggedError("HandshakeError")<{
   readonly operation: "health" | "handshake" | "release"
   readonly reason: string
   readonly cause?: unknown
-  /** The gateway answered "no" (a non-2xx status): it did not initialise itself. */
+  /** The gateway answered "no" (a non-2xx status), or the request never reached it: it did not initialise itself. */
   readonly noEffect?: boolean
-}> {
+}> implements ChangedNothingMarker {
+  get [ChangedNothingTypeId]() {
+    return this.noEffect === true
+  }
   override get message() {
     return `gateway ${this.operation}: ${this.reason}`
   }

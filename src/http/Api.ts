@@ -14,13 +14,13 @@ import { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "
 import { StepName, UndoOutcome } from "../domain/steps.ts"
 import {
   Conflict,
-  NoGatewayAvailable,
+  NoGatewayAvailableResponse,
   NotFound,
   NotReady,
   ServiceUnavailable,
-  StepFailed,
-  StepTimedOut,
-  StopFailed,
+  StepFailedResponse,
+  StepTimedOutResponse,
+  StopFailedResponse,
   Unauthorized
 } from "./errors.ts"
 
@@ -135,9 +135,9 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
     HttpApiEndpoint.post("start", "/gateway/start")
       .setPayload(OrganizationPayload)
       .addSuccess(described(StartedResponse, "The org's gateway: started now, or the one it had (`reused: true`)"))
-      .addError(NoGatewayAvailable)
-      .addError(StepFailed)
-      .addError(StepTimedOut)
+      .addError(NoGatewayAvailableResponse)
+      .addError(StepFailedResponse)
+      .addError(StepTimedOutResponse)
       .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Start the org's gateway (or return the one it has)")
       .annotate(
@@ -165,7 +165,7 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
         }).annotations({ description: "Routing and DNS removed, the gateway released and back in the pool (unless its release is pending)" })
       )
       .addError(described(NotFound, "The organization has no active allocation"))
-      .addError(StopFailed)
+      .addError(StopFailedResponse)
       .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Stop the org's gateway and return it to the pool")
       .annotate(

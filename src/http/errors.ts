@@ -3,7 +3,8 @@ import { Schema } from "effect"
 import { StepName, UndoOutcome } from "../domain/steps.ts"
 
 // The API's error bodies. Each carries its HTTP status, so the handlers only map domain errors
-// to these and the OpenAPI document lists every status.
+// to these and the OpenAPI document lists every status. Those that answer a domain error of the
+// same tag are named `...Response` here (the tag, in the body, is the contract's).
 
 export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
   "Unauthorized",
@@ -23,7 +24,7 @@ export class Conflict extends Schema.TaggedError<Conflict>()(
   HttpApiSchema.annotations({ status: 409, description: "The pool's state forbids the change" })
 ) {}
 
-export class NoGatewayAvailable extends Schema.TaggedError<NoGatewayAvailable>()(
+export class NoGatewayAvailableResponse extends Schema.TaggedError<NoGatewayAvailableResponse>()(
   "NoGatewayAvailable",
   { message: Schema.String },
   HttpApiSchema.annotations({ status: 503, description: "No gateway is free in the pool; nothing was changed" })
@@ -47,7 +48,7 @@ const failedStepFields = {
   attempts: Schema.Array(AttemptBody)
 }
 
-export class StepFailed extends Schema.TaggedError<StepFailed>()(
+export class StepFailedResponse extends Schema.TaggedError<StepFailedResponse>()(
   "StepFailed",
   failedStepFields,
   HttpApiSchema.annotations({
@@ -56,7 +57,7 @@ export class StepFailed extends Schema.TaggedError<StepFailed>()(
   })
 ) {}
 
-export class StepTimedOut extends Schema.TaggedError<StepTimedOut>()(
+export class StepTimedOutResponse extends Schema.TaggedError<StepTimedOutResponse>()(
   "StepTimedOut",
   { ...failedStepFields, timeout_ms: Schema.Number },
   HttpApiSchema.annotations({
@@ -65,7 +66,7 @@ export class StepTimedOut extends Schema.TaggedError<StepTimedOut>()(
   })
 ) {}
 
-export class StopFailed extends Schema.TaggedError<StopFailed>()(
+export class StopFailedResponse extends Schema.TaggedError<StopFailedResponse>()(
   "StopFailed",
   { step: StepName, message: Schema.String, allocation_id: Schema.String },
   HttpApiSchema.annotations({

@@ -38,7 +38,7 @@ const unavailable = (error: PoolError) => new ApiError.ServiceUnavailable({ mess
 const notFound = (error: AllocationNotFound) => new ApiError.NotFound({ message: error.message })
 
 const startError = (error: StartError) => {
-  if (error._tag === "NoGatewayAvailable") return new ApiError.NoGatewayAvailable({ message: error.message })
+  if (error._tag === "NoGatewayAvailable") return new ApiError.NoGatewayAvailableResponse({ message: error.message })
   if (error._tag === "ShuttingDown") return new ApiError.ServiceUnavailable({ message: error.message })
   const failed = {
     step: error.step,
@@ -53,8 +53,8 @@ const startError = (error: StartError) => {
     }))
   }
   return error.error._tag === "StepFailed"
-    ? new ApiError.StepFailed({ ...failed, message: error.error.reason })
-    : new ApiError.StepTimedOut({ ...failed, message: error.error.message, timeout_ms: error.error.timeoutMs })
+    ? new ApiError.StepFailedResponse({ ...failed, message: error.error.reason })
+    : new ApiError.StepTimedOutResponse({ ...failed, message: error.error.message, timeout_ms: error.error.timeoutMs })
 }
 
 /** The outcome of each undo of the allocation's last rollback or stop, from the journal. */
@@ -111,7 +111,7 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
             PoolError: (error) => Effect.fail(unavailable(error)),
             StopFailed: (error) =>
               Effect.fail(
-                new ApiError.StopFailed({
+                new ApiError.StopFailedResponse({
                   step: error.undo.step,
                   message: error.undo.message ?? error.undo.status,
                   allocation_id: error.allocationId

@@ -1,5 +1,6 @@
 import { Context, Data, type Effect, type Option } from "effect"
 import type { AllocationId, Generation, OrganizationId, Upstream } from "../domain/ids.ts"
+import { type ChangedNothingMarker, ChangedNothingTypeId } from "../domain/changedNothing.ts"
 
 export class NginxError extends Data.TaggedError("NginxError")<{
   readonly operation: "install" | "write" | "remove" | "reload" | "probe" | "list" | "lock" | "table"
@@ -7,7 +8,10 @@ export class NginxError extends Data.TaggedError("NginxError")<{
   readonly cause?: unknown
   /** Known to have changed nothing (nginx refused the configuration before any signal, a write refused or never landed). */
   readonly noEffect?: boolean
-}> {
+}> implements ChangedNothingMarker {
+  get [ChangedNothingTypeId]() {
+    return this.noEffect === true
+  }
   override get message() {
     return `nginx ${this.operation}: ${this.reason}`
   }

@@ -17,7 +17,14 @@ import { randomUUID } from "node:crypto"
 import { makeServices } from "../../src/app.ts"
 import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { Api } from "../../src/http/Api.ts"
-import { Conflict, NoGatewayAvailable, NotFound, StepFailed, StepTimedOut, Unauthorized } from "../../src/http/errors.ts"
+import {
+  Conflict,
+  NoGatewayAvailableResponse as NoGatewayAvailable,
+  NotFound,
+  StepFailedResponse as StepFailed,
+  StepTimedOutResponse as StepTimedOut,
+  Unauthorized
+} from "../../src/http/errors.ts"
 import { HttpAppLive } from "../../src/http/server.ts"
 import { GatewayPool } from "../../src/pool/GatewayPool.ts"
 import { configFrom } from "../support/stack.ts"
