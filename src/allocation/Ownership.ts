@@ -19,12 +19,16 @@ export class Ownership extends Effect.Service<Ownership>()("Ownership", {
     const runner = yield* Runner
     const workingOn = new Set<AllocationId>()
 
-    /** Fails with OwnershipLost unless this runner holds its lease and owns the live allocation. */
+    /**
+     * Fails with OwnershipLost unless this runner holds its lease (in its own view and in
+     * Postgres's) and the live allocation's row names it.
+     */
     const check = (allocationId: AllocationId) =>
       Effect.gen(function*() {
         const leaseHeld = yield* runner.leaseHeld
-        if (leaseHeld && (yield* pool.owns(allocationId, runner.id))) return
-        return yield* new OwnershipLost({ allocationId, leaseHeld })
+        const { leaseAlive, namesRunner } = yield* pool.owns(allocationId, runner.id)
+        if (leaseHeld && leaseAlive && namesRunner) return
+        return yield* new OwnershipLost({ allocationId, leaseHeld: leaseHeld && leaseAlive })
       })
 
     /** Runs `effect` as this process's only worker on the allocation; none when another fiber is. */

@@ -55,7 +55,18 @@ export interface Rollback {
    * undo is registered before the claim names the gateway.
    */
   readonly spanAnnotations: Ref.Ref<HashMap.HashMap<string, unknown>>
+  /** Set once an undo of this rollback found the allocation no longer this runner's (see `undo`). */
+  readonly ownershipLost: OwnershipLostMark
 }
+
+/**
+ * Why this teardown lost its allocation, once one of its undos found the allocation no longer
+ * this runner's. From then on its later undos are skipped without asking again: a lease that
+ * lapsed for a moment and came back would otherwise let the `allocate` undo free a gateway whose
+ * routing or release was skipped. The allocation's owner (or, once the lease is back, the
+ * reconciler) tears it down whole.
+ */
+type OwnershipLostMark = Ref.Ref<Option.Option<string>>
 
 /**
  * A step's undo, registered in the start's Scope ahead of the step (`reserveUndo`), so that a
@@ -212,18 +223,27 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
 
     /**
      * Runs one undo: uninterruptible as a whole, the undo itself bounded by the undo timeout. Only
-     * the allocation's owner undoes anything: a runner that lost it skips (the owner tears it down).
+     * the allocation's owner undoes anything: a runner that lost it skips, and so does every later
+     * undo of the same teardown (`lost`), even if the lease comes back meanwhile.
      */
     const undo = <E extends { readonly message: string }, R>(
       run: Run,
       step: StepName,
-      effect: Effect.Effect<void | UndoSkipped, E, R>
+      effect: Effect.Effect<void | UndoSkipped, E, R>,
+      lost: OwnershipLostMark
     ): Effect.Effect<UndoOutcome, never, R> =>
       Effect.gen(function*() {
         const startedAt = yield* Clock.currentTimeMillis
-        const owned = ownership.check(run.allocationId).pipe(
-          Effect.catchTag("OwnershipLost", (lost) => Effect.succeed(new UndoSkipped({ reason: lost.message })))
-        )
+        const owned = Effect.flatMap(Ref.get(lost), Option.match({
+          onSome: (why) =>
+            Effect.succeed(new UndoSkipped({ reason: `left to the allocation's owner: an earlier undo found that ${why}` })),
+          onNone: () =>
+            ownership.check(run.allocationId).pipe(
+              Effect.as(undefined),
+              Effect.catchTag("OwnershipLost", (error) =>
+                Ref.set(lost, Option.some(error.message)).pipe(Effect.as(new UndoSkipped({ reason: error.message }))))
+            )
+        }))
         const fenced = opening(run, step, "undo_started", owned).pipe(
           Effect.flatMap((skipped) => skipped === undefined ? effect : Effect.succeed(skipped))
         )
@@ -267,8 +287,9 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     ): Effect.Effect<RollbackReport, never, R> =>
       Effect.gen(function*() {
         const report: Array<UndoOutcome> = []
+        const lost: OwnershipLostMark = yield* Ref.make(Option.none<string>())
         for (const [step, make] of undos) {
-          const outcome = yield* undo(run, step, make(report))
+          const outcome = yield* undo(run, step, make(report), lost)
           report.push(outcome)
           if (options.haltOnBlocking && haltsTeardown(outcome)) break
         }
@@ -293,7 +314,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
         yield* Effect.addFinalizer((scopeExit) =>
           Effect.gen(function*() {
             if (Exit.isSuccess(scopeExit) || (yield* Ref.get(state)) !== "may_have_effect") return
-            const outcome = yield* undo(run, name, make(yield* Ref.get(rollback.outcomes))).pipe(
+            const outcome = yield* undo(run, name, make(yield* Ref.get(rollback.outcomes)), rollback.ownershipLost).pipe(
               Effect.locally(FiberRef.currentTracerSpanAnnotations, yield* Ref.get(rollback.spanAnnotations))
             )
             yield* Ref.update(rollback.outcomes, (report) => [...report, outcome])
@@ -371,7 +392,8 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
       Effect.gen(function*() {
         const rollback: Rollback = {
           outcomes: yield* Ref.make<RollbackReport>([]),
-          spanAnnotations: yield* Ref.make(yield* FiberRef.get(FiberRef.currentTracerSpanAnnotations))
+          spanAnnotations: yield* Ref.make(yield* FiberRef.get(FiberRef.currentTracerSpanAnnotations)),
+          ownershipLost: yield* Ref.make(Option.none<string>())
         }
         const exit = yield* body(rollback).pipe(
           // Runs before the Scope closes: what the start knew is what its undos are traced with.
@@ -388,6 +410,6 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const annotateSpansFromHere = (key: string, value: string) =>
       FiberRef.update(FiberRef.currentTracerSpanAnnotations, HashMap.set<string, unknown>(key, value))
 
-    return { step, reserveUndo, skip, undo, undoAll, attempt, flushJournal, annotateSpansFromHere }
+    return { step, reserveUndo, skip, undoAll, attempt, flushJournal, annotateSpansFromHere }
   })
 }) {}

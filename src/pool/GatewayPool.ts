@@ -53,6 +53,8 @@ const decodeAll = <A, I>(schema: Schema.Schema<A, I>) => Schema.decodeUnknown(Sc
 const decodeFirst = <A, I>(schema: Schema.Schema<A, I>) => (rows: ReadonlyArray<unknown>) =>
   rows.length === 0 ? Effect.succeed(Option.none<A>()) : Effect.map(Schema.decodeUnknown(schema)(rows[0]), Option.some)
 const Flag = Schema.Struct({ value: Schema.Boolean })
+/** Whether the live allocation's row names the runner, and whether Postgres sees that runner's lease held. */
+const Ownership = Schema.Struct({ namesRunner: Schema.Boolean, leaseAlive: Schema.Boolean })
 const RotationEnd = Schema.Struct({ rotationEnd: Schema.NullOr(GatewayId) })
 
 /**
@@ -119,15 +121,16 @@ export class GatewayPool extends Effect.Service<GatewayPool>()("GatewayPool", {
     }, Effect.mapError(poolError))
 
     /**
-     * Whether `runner` owns the live allocation and its lease is held in Postgres right now: the
-     * fence checked before every side effect (the runner's own view of its lease may lag).
+     * Whether the live allocation's row names `runner`, and whether its lease is held in Postgres
+     * right now: the fence checked before every side effect (the runner's own view of its lease
+     * may lag).
      */
     const owns = Effect.fn("GatewayPool.owns")(function*(allocationId: AllocationId, runner: string) {
       const rows = yield* sql`
         select exists (select 1 from allocations where id = ${allocationId} and runner = ${runner}
-                          and state in ${live})
-               and gateway_allocator_runner_alive(${runner}) as value`
-      return (yield* decodeAll(Flag)(rows)).some((row) => row.value)
+                          and state in ${live}) as "namesRunner",
+               gateway_allocator_runner_alive(${runner}) as "leaseAlive"`
+      return yield* Schema.decodeUnknown(Ownership)(rows[0])
     }, Effect.mapError(poolError))
 
     /**

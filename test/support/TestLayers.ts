@@ -40,6 +40,11 @@ export interface World {
   readonly deadRunners: Ref.Ref<ReadonlySet<string>>
   /** Whether this process's runner holds its lease (false: it lapsed). */
   readonly leaseHeld: Ref.Ref<boolean>
+  /**
+   * The next this-many ownership checks find the lease gone in Postgres (a session terminated for
+   * a moment), the ones after find it held again: a lapse and its recovery, between two checks.
+   */
+  readonly leaseLapses: Ref.Ref<number>
 }
 
 export class TestWorld extends Context.Tag("test/TestWorld")<TestWorld, World>() {}
@@ -98,7 +103,8 @@ const makeWorld = Effect.gen(function*() {
     journal: yield* Ref.make<ReadonlyArray<JournalRecord>>([]),
     notices: yield* Ref.make<ReadonlyArray<Notice>>([]),
     deadRunners: yield* Ref.make<ReadonlySet<string>>(new Set()),
-    leaseHeld: yield* Ref.make(true)
+    leaseHeld: yield* Ref.make(true),
+    leaseLapses: yield* Ref.make(0)
   } satisfies World
 })
 
@@ -206,9 +212,13 @@ const poolOf = (world: World) => {
         return true
       })),
     owns: (allocationId, runner) =>
-      Effect.map(Ref.get(world.allocations), (all) => {
-        const allocation = all.get(allocationId)
-        return allocation !== undefined && isLive(allocation) && allocation.runner === runner
+      Effect.gen(function*() {
+        const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
+        const lapsing = yield* Ref.modify(world.leaseLapses, (n) => [n > 0, Math.max(0, n - 1)])
+        return {
+          namesRunner: allocation !== undefined && isLive(allocation) && allocation.runner === runner,
+          leaseAlive: !lapsing && !(yield* Ref.get(world.deadRunners)).has(runner)
+        }
       }),
     takeForStop: (allocationId, runner) =>
       op("pool.takeForStop", Effect.gen(function*() {

@@ -179,3 +179,38 @@ describe("ownership and fencing (test layers)", () => {
 /** The generation the (fake) pool gave an allocation at its claim. */
 const liveGeneration = (world: Context.Tag.Service<typeof TestWorld>, allocationId: AllocationId) =>
   Effect.map(Ref.get(world.allocations), (all) => all.get(allocationId)?.generation ?? Generation.make(0))
+
+// A lease that lapses for a moment and comes back, between two undos of one teardown: the undo
+// that met the lapse skipped its work, so every later undo of that teardown must skip too, or the
+// `allocate` undo would free a gateway nginx still routes the org to (the chaos run caught it).
+describe("a lease that lapses for a moment during a teardown", () => {
+  it.effect("a stop: the undos after the lapse are skipped, the gateway stays claimed, and the reconciler finishes the stop whole", () =>
+    Effect.gen(function*() {
+      const allocator = yield* Allocator
+      const reconciler = yield* Reconciler
+      const world = yield* TestWorld
+      const org = randomUUID() as OrganizationId
+      const started = yield* allocator.start(org)
+      // The first undo's ownership check finds the lease gone; the next checks find it back.
+      yield* Ref.set(world.leaseLapses, 1)
+      const error = yield* allocator.stop(org).pipe(Effect.flip)
+      expect(error._tag).toBe("StopFailed")
+      const stopRows = (yield* Ref.get(world.journal)).filter((e) => e.allocationId === started.allocationId && e.actor === "stop")
+      expect(stopRows.filter((e) => e.event !== "undo_started").map((e) => `${e.step}:${e.event}`)).toEqual([
+        "nginx-reload:undo_skipped",
+        "nginx-config:undo_skipped",
+        "handshake:undo_skipped",
+        "dns:undo_skipped",
+        "allocate:undo_skipped"
+      ])
+      // Still routed, still claimed: nothing was freed under a route.
+      expect((yield* Ref.get(world.served)).get(org)).toBe(started.allocationId)
+      expect((yield* Ref.get(world.gateways)).find((g) => g.gatewayId === started.gatewayId)?.allocationId).toBe(started.allocationId)
+      // The lease is back: the reconciler adopts the stop this runner left and finishes it whole.
+      const summary = yield* reconciler.runOnce
+      expect(summary.recovered).toBe(1)
+      expect((yield* Ref.get(world.served)).has(org)).toBe(false)
+      expect((yield* Ref.get(world.gateways)).every((g) => g.allocationId === null)).toBe(true)
+      expect((yield* Ref.get(world.allocations)).get(started.allocationId)?.state).toBe("released")
+    }).pipe(Effect.provide(TestServices)))
+})
