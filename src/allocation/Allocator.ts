@@ -3,16 +3,16 @@ import { randomUUID } from "node:crypto"
 import { Settings } from "../config.ts"
 import type { LiveAllocation } from "../domain/allocation.ts"
 import {
+  ActivationFailed,
   AllocationNotFound,
   type Attempt,
+  type AttemptError,
   type ClaimRefused,
   InTransition,
   type OwnershipLost,
   ShuttingDown,
   StartFailed,
   type StartError,
-  type StepError,
-  StepFailed,
   StopFailed
 } from "../domain/errors.ts"
 import { AllocationId, type GatewayId, type OrganizationId, orgHostname } from "../domain/ids.ts"
@@ -60,7 +60,7 @@ const ROUTE_REWRITES = 2
 
 /** One attempt's end: its exit, its rollback, and the gateway it claimed (if it got that far). */
 interface AttemptResult {
-  readonly exit: Exit.Exit<Started, StepError | ClaimRefused>
+  readonly exit: Exit.Exit<Started, AttemptError | ClaimRefused>
   readonly rollback: RollbackReport
   readonly gatewayId: Option.Option<GatewayId>
 }
@@ -71,13 +71,13 @@ interface AttemptResult {
  * gateway and sets this one aside; nothing else does (dns, nginx, an empty pool, a lost
  * allocation or a failed activation are not the gateway's doing).
  */
-const gatewayFault = (error: StepError): Option.Option<string> => {
-  if (error.step !== "handshake") return Option.none()
+const gatewayFault = (error: AttemptError): Option.Option<string> => {
+  if (error._tag === "ActivationFailed" || error.step !== "handshake") return Option.none()
   if (error._tag === "StepTimedOut") return Option.some(error.message)
   return error.cause instanceof HandshakeError ? Option.some(error.cause.message) : Option.none()
 }
 
-export type StopError = StopFailed | AllocationNotFound | PoolError
+export type StopError = StopFailed | AllocationNotFound | InTransition | PoolError
 
 /**
  * One fiber per key, owned by the service's scope and detached from the callers: a caller that
@@ -110,6 +110,8 @@ const startOutcome = (exit: Exit.Exit<Started, StartError>): StartOutcome =>
             ? "no_gateway"
             : error._tag === "ShuttingDown"
             ? "shutting_down"
+            : error.error._tag === "ActivationFailed"
+            ? "activation_failed"
             : error.error._tag === "StepTimedOut"
             ? "step_timed_out"
             : "step_failed"
@@ -299,11 +301,10 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
           )
         ], { concurrency: "unbounded" })
         if (Either.isLeft(activation)) {
-          return yield* new StepFailed({ step: "handshake", reason: `could not activate: ${activation.left.message}` })
+          return yield* new ActivationFailed({ reason: activation.left.message, cause: activation.left })
         }
         if (!activation.right) {
-          return yield* new StepFailed({
-            step: "handshake",
+          return yield* new ActivationFailed({
             reason: "the allocation left the starting state while it ran (another runner took it over)"
           })
         }
@@ -398,7 +399,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         }
         attempts.push({
           error,
-          allocationId: error.step === "allocate" ? undefined : run.allocationId,
+          allocationId: error._tag !== "ActivationFailed" && error.step === "allocate" ? undefined : run.allocationId,
           gatewayId: Option.getOrUndefined(result.gatewayId),
           rollback: result.rollback
         })
@@ -424,7 +425,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       Effect.gen(function*() {
         const outcome = startOutcome(exit)
         const failedStep = Exit.isFailure(exit)
-          ? Option.flatMap(Cause.failureOption(exit.cause), (e) => e._tag === "StartFailed" ? Option.some(e.step) : Option.none())
+          ? Option.flatMap(Cause.failureOption(exit.cause), (e) => e._tag === "StartFailed" ? Option.fromNullable(e.step) : Option.none())
           : Option.none()
         yield* Effect.annotateCurrentSpan({ outcome, ...Option.match(failedStep, { onNone: () => ({}), onSome: (step) => ({ "error.step": step }) }) })
         yield* recordStart(outcome)
@@ -503,13 +504,12 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         if (Option.isNone(stopped)) return yield* new InTransition({ state })
         return stopped.value
       })
+      // Gave up waiting: the allocation is still moving (409), which is not "no allocation" (404).
       return yield* once.pipe(
         Effect.retry({
           while: (error) => error._tag === "InTransition",
           schedule: settlePoll.pipe(Schedule.upTo(Duration.millis(settings.limits.settleWaitMs)))
-        }),
-        Effect.catchTag("InTransition", () =>
-          Effect.fail(new AllocationNotFound({ what: `active allocation of ${organizationId}` })))
+        })
       )
     })
 

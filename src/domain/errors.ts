@@ -50,12 +50,29 @@ export class StepTimedOut extends Data.TaggedError("StepTimedOut")<{
 export type StepError = StepFailed | StepTimedOut
 
 /**
+ * The commit point failed: every step had run, but Postgres could not make the allocation active
+ * (it did not answer, or another runner had taken the allocation over). The database's doing, not
+ * the gateway's: no other gateway is tried, and the start rolls back.
+ */
+export class ActivationFailed extends Data.TaggedError("ActivationFailed")<{
+  readonly reason: string
+  readonly cause?: unknown
+}> {
+  override get message() {
+    return `could not activate the allocation: ${this.reason}`
+  }
+}
+
+/** How one attempt failed: at one of its steps, or at its commit point. */
+export type AttemptError = StepError | ActivationFailed
+
+/**
  * One gateway tried by a start, and how it failed: the step's error as it happened and the
  * rollback that followed (made where the attempt's Scope closed). `allocationId` and `gatewayId`
  * are there once `allocate` had completed.
  */
 export interface Attempt {
-  readonly error: StepError
+  readonly error: AttemptError
   readonly allocationId: AllocationId | undefined
   readonly gatewayId: GatewayId | undefined
   readonly rollback: RollbackReport
@@ -66,7 +83,7 @@ export interface Attempt {
  * tried). Made once, when no attempt is left.
  */
 export class StartFailed extends Data.TaggedError("StartFailed")<{
-  readonly error: StepError
+  readonly error: AttemptError
   readonly allocationId: AllocationId | undefined
   readonly rollback: RollbackReport
   readonly attempts: ReadonlyArray<Attempt>
@@ -74,8 +91,9 @@ export class StartFailed extends Data.TaggedError("StartFailed")<{
   override get message() {
     return this.error.message
   }
-  get step(): StepName {
-    return this.error.step
+  /** The step that failed; none when the attempt failed at its commit point. */
+  get step(): StepName | undefined {
+    return this.error._tag === "ActivationFailed" ? undefined : this.error.step
   }
 }
 
@@ -113,7 +131,11 @@ export class AllocationNotFound extends Data.TaggedError("AllocationNotFound")<{
 }
 
 /** Another runner is moving the org's allocation (starting, stopping, rolling back): wait for it. */
-export class InTransition extends Data.TaggedError("InTransition")<{ readonly state: LiveState }> {}
+export class InTransition extends Data.TaggedError("InTransition")<{ readonly state: LiveState }> {
+  override get message() {
+    return `the org's allocation is ${this.state.replace("_", " ")}: a start, a rollback or another stop is moving it; retry once it settles`
+  }
+}
 
 /**
  * This runner no longer owns the allocation: its lease lapsed, or another runner took the

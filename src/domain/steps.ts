@@ -95,4 +95,12 @@ export const undoStatusOf = (event: StepEvent): Option.Option<UndoStatus> =>
 export type StepOutcome = "completed" | "failed" | "timed_out"
 
 /** How a start ended: the start metric's and span's `outcome`. */
-export type StartOutcome = "success" | "reused" | "no_gateway" | "shutting_down" | "step_failed" | "step_timed_out" | "interrupted"
+export type StartOutcome =
+  | "success"
+  | "reused"
+  | "no_gateway"
+  | "shutting_down"
+  | "step_failed"
+  | "step_timed_out"
+  | "activation_failed"
+  | "interrupted"

@@ -13,6 +13,7 @@ import { GatewayHealth, GatewayState } from "../domain/gateway.ts"
 import { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../domain/ids.ts"
 import { StepName, UndoOutcome } from "../domain/steps.ts"
 import {
+  ActivationFailedResponse,
   Conflict,
   NoGatewayAvailableResponse,
   NotFound,
@@ -138,6 +139,7 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
       .addError(NoGatewayAvailableResponse)
       .addError(StepFailedResponse)
       .addError(StepTimedOutResponse)
+      .addError(ActivationFailedResponse)
       .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Start the org's gateway (or return the one it has)")
       .annotate(
@@ -165,6 +167,7 @@ export class GatewayGroup extends HttpApiGroup.make("gateway")
         }).annotations({ description: "Routing and DNS removed, the gateway released and back in the pool (unless its release is pending)" })
       )
       .addError(described(NotFound, "The organization has no active allocation"))
+      .addError(described(Conflict, "The org's allocation is still moving (a start, a rollback or another stop) after waiting for it: retry"))
       .addError(StopFailedResponse)
       .addError(ServiceUnavailable)
       .annotate(OpenApi.Summary, "Stop the org's gateway and return it to the pool")

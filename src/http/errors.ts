@@ -34,7 +34,8 @@ export class NoGatewayAvailableResponse extends Schema.TaggedError<NoGatewayAvai
 export const AttemptBody = Schema.Struct({
   gateway_id: Schema.NullOr(Schema.String),
   allocation_id: Schema.NullOr(Schema.String),
-  step: StepName,
+  /** The step that failed; null when every step had run and the allocation could not be made active. */
+  step: Schema.NullOr(StepName),
   message: Schema.String,
   rollback: Schema.Array(UndoOutcome)
 })
@@ -63,6 +64,20 @@ export class StepTimedOutResponse extends Schema.TaggedError<StepTimedOutRespons
   HttpApiSchema.annotations({
     status: 504,
     description: "A step did not finish in time; every completed step was undone (see rollback)"
+  })
+) {}
+
+export class ActivationFailedResponse extends Schema.TaggedError<ActivationFailedResponse>()(
+  "ActivationFailed",
+  {
+    message: Schema.String,
+    allocation_id: Schema.optional(Schema.String),
+    rollback: Schema.Array(UndoOutcome),
+    attempts: Schema.Array(AttemptBody)
+  },
+  HttpApiSchema.annotations({
+    status: 503,
+    description: "Every step ran but the database could not make the allocation active; every step was undone (see rollback)"
   })
 ) {}
 

@@ -40,21 +40,26 @@ const notFound = (error: AllocationNotFound) => new ApiError.NotFound({ message:
 const startError = (error: StartError) => {
   if (error._tag === "NoGatewayAvailable") return new ApiError.NoGatewayAvailableResponse({ message: error.message })
   if (error._tag === "ShuttingDown") return new ApiError.ServiceUnavailable({ message: error.message })
-  const failed = {
-    step: error.step,
+  const report = {
     ...(error.allocationId === undefined ? {} : { allocation_id: error.allocationId }),
     rollback: error.rollback,
     attempts: error.attempts.map((attempt) => ({
       gateway_id: attempt.gatewayId ?? null,
       allocation_id: attempt.allocationId ?? null,
-      step: attempt.error.step,
-      message: attempt.error._tag === "StepFailed" ? attempt.error.reason : attempt.error.message,
+      step: attempt.error._tag === "ActivationFailed" ? null : attempt.error.step,
+      message: attempt.error._tag === "StepFailed" || attempt.error._tag === "ActivationFailed" ? attempt.error.reason : attempt.error.message,
       rollback: attempt.rollback
     }))
   }
-  return error.error._tag === "StepFailed"
-    ? new ApiError.StepFailedResponse({ ...failed, message: error.error.reason })
-    : new ApiError.StepTimedOutResponse({ ...failed, message: error.error.message, timeout_ms: error.error.timeoutMs })
+  const last = error.error
+  switch (last._tag) {
+    case "ActivationFailed":
+      return new ApiError.ActivationFailedResponse({ ...report, message: last.reason })
+    case "StepFailed":
+      return new ApiError.StepFailedResponse({ ...report, step: last.step, message: last.reason })
+    case "StepTimedOut":
+      return new ApiError.StepTimedOutResponse({ ...report, step: last.step, message: last.message, timeout_ms: last.timeoutMs })
+  }
 }
 
 /** The outcome of each undo of the allocation's last rollback or stop, from the journal. */
@@ -108,6 +113,7 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
           })),
           Effect.catchTags({
             AllocationNotFound: (error) => Effect.fail(notFound(error)),
+            InTransition: (error) => Effect.fail(new ApiError.Conflict({ message: error.message })),
             PoolError: (error) => Effect.fail(unavailable(error)),
             StopFailed: (error) =>
               Effect.fail(

@@ -1,0 +1,69 @@
+// What a caller is told when the failure is nobody's step: the database failing at the commit
+// point is not the gateway's handshake, and a stop that gave up waiting for a start in progress
+// is not "no allocation". The ordering logic over the in-memory outside systems.
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Fiber, Layer, Option, Ref, TestClock } from "effect"
+import { randomUUID } from "node:crypto"
+import { Allocator } from "../../src/allocation/Allocator.ts"
+import { makeServices } from "../../src/app.ts"
+import type { AllocationId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { configFrom } from "../support/stack.ts"
+import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+
+const STEP_TIMEOUT_MS = 1000
+const UNDO_TIMEOUT_MS = 500
+
+const TestServices = Layer.effectDiscard(
+  Effect.flatMap(GatewayPool, (pool) =>
+    Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
+).pipe(
+  Layer.provideMerge(makeServices(OutsideTest)),
+  Layer.provide(configFrom({
+    STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
+    UNDO_TIMEOUT_MS: String(UNDO_TIMEOUT_MS),
+    START_ATTEMPTS: "3",
+    GATEWAY_HEALTH_INTERVAL_MS: "3600000",
+    RECONCILE_INTERVAL_MS: "3600000"
+  }))
+)
+
+const newOrg = () => randomUUID() as OrganizationId
+
+const advance = (totalMs: number) =>
+  Effect.forEach(Array.from({ length: Math.ceil(totalMs / 1000) }), () =>
+    TestClock.adjust(Duration.seconds(1)).pipe(Effect.zipRight(Effect.yieldNow())), { discard: true })
+
+describe("failures that are no step's (test layers)", () => {
+  it.effect("Postgres fails at the commit point: ActivationFailed (not the gateway's handshake), rolled back, no other gateway tried or set aside", () =>
+    Effect.gen(function*() {
+      const allocator = yield* Allocator
+      const world = yield* TestWorld
+      yield* setFault("pool.transition", "fail")
+      const error = yield* allocator.start(newOrg()).pipe(Effect.flip)
+      expect(error._tag).toBe("StartFailed")
+      if (error._tag !== "StartFailed") return
+      expect(error.error._tag).toBe("ActivationFailed")
+      expect(error.step).toBeUndefined()
+      expect(error.attempts).toHaveLength(1)
+      expect(error.rollback.map((o) => o.step)).toEqual(["nginx-reload", "nginx-config", "handshake", "dns", "allocate"])
+      expect((yield* calls).filter((c) => c === "pool.claim")).toHaveLength(1)
+      expect((yield* Ref.get(world.gateways)).every((g) => g.quarantinedUntil === null && g.allocationId === null)).toBe(true)
+    }).pipe(Effect.provide(TestServices)))
+
+  it.effect("a stop that gives up waiting for a start in progress says the allocation is in transition (409), not that there is none", () =>
+    Effect.gen(function*() {
+      const allocator = yield* Allocator
+      const pool = yield* GatewayPool
+      const org = newOrg()
+      // Another replica (alive: its lease is held) is starting the org and does not finish in time.
+      yield* pool.claim(randomUUID() as AllocationId, org, "replica-b")
+      expect(Option.map(yield* pool.findLive(org), (a) => a.state)).toEqual(Option.some("starting"))
+      const stop = yield* Effect.fork(allocator.stop(org).pipe(Effect.flip))
+      // Past the stop's patience (a start's and a teardown's bounds).
+      yield* advance(60_000)
+      const error = yield* Fiber.join(stop)
+      expect(error._tag).toBe("InTransition")
+      expect(error.message).toMatch(/starting.*retry/)
+    }).pipe(Effect.provide(TestServices)))
+})
