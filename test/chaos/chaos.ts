@@ -1,18 +1,23 @@
 // Chaos run: many starts and stops over a small pool, from concurrent clients, against two
 // replicas of the real service (child processes) on one stack, while faults come and go: a
-// gateway's handshake answers 500 or hangs, its health check hangs, PowerDNS stops or freezes,
+// gateway's handshake answers 500 or hangs, its health check hangs, its release (the handshake's
+// undo) answers 500, hangs or is slow, PowerDNS stops or freezes,
 // a broken foreign file sits in nginx's directory, nginx's master freezes, a replica freezes for
 // a moment, loses its runner lease (its lease session terminated in Postgres, sometimes frozen
 // right after so that the other replica adopts its allocations) or is killed with SIGKILL and
 // restarted. Now and then a client flaps one org across the replicas (start on one, stop on the
 // other, start again at once, back to back or overlapping). All along, test/support/isolation.ts
 // asks nginx every ~50 ms which gateway answers each org's hostname, against Postgres read
-// before and after: a request that reaches another org's gateway fails the run. Then
-// the faults stop, the system gets two reconcile periods, and every invariant of
-// docs/architecture.md is checked against the real systems.
+// before and after, and keeps a few WebSockets open through nginx for active orgs, a message on
+// each every ~50 ms: a request that reaches another org's gateway, or a long-lived connection
+// answered for another allocation, fails the run. Then the faults stop, the system gets two
+// reconcile periods, every invariant of docs/architecture.md is checked against the real
+// systems, the pool must hold no gateway whose release is still owed (GET /pool), and every
+// sample gateway must hold what Postgres gives it (its live allocation, or nothing).
 //
 //   npm run chaos -- --ops 2000 --seed 42 [--gateways 6] [--orgs 12] [--workers 4] [--time-limit-s 900]
 //                    [--think-ms 100-700] [--fault-every-ms 700-2500] [--kill-every-ms 8000-16000]
+//                    [--long-lived 4]
 //
 // Randomness is seeded (one stream per actor: clients, faults, kills); the interleaving still
 // depends on timing, but a failing seed replays the same choices.
@@ -37,6 +42,7 @@ import {
   nginxPids,
   powerDnsPid,
   registerGateways,
+  request,
   type RequestError,
   type ServiceProcess,
   signalPid,
@@ -74,6 +80,8 @@ export interface ChaosOptions {
   readonly flapProbability?: number
   /** Pause between two rounds of the tenant-isolation checker (default 50 ms). */
   readonly isolationIntervalMs?: number
+  /** Long-lived WebSockets the isolation checker keeps open at a time (default 4; 0: none). */
+  readonly longLivedConnections?: number
   readonly reconcileIntervalMs?: number
   readonly stepTimeoutMs?: number
   readonly undoTimeoutMs?: number
@@ -106,6 +114,19 @@ export interface ChaosSummary {
   readonly report: InvariantReport
   /** When that check found violations: how long until they were gone (null: not within 30 s). */
   readonly convergedAfterMs: number | null
+  /**
+   * Gateways GET /pool still showed `unreleased` (their release owed) once the faults stopped and
+   * the health pass had had up to 30 s to get them back: one line each; empty when none.
+   */
+  readonly unreleasedAtEnd: ReadonlyArray<string>
+  /** How long after the last fault GET /pool first showed no unreleased gateway (null: not within 30 s). */
+  readonly releasedAllAfterMs: number | null
+  /**
+   * Gateways holding an allocation Postgres does not give them (asked of the sample gateways
+   * themselves, once no release was owed): a gateway freed without its release, still holding
+   * the last org's allocation and connections. One line each; empty when none.
+   */
+  readonly gatewaysHoldingAtEnd: ReadonlyArray<string>
   readonly durationMs: number
   /** The stack's directory (logs of every replica under servers/), when the run started its own. */
   readonly dataDir: string | undefined
@@ -175,7 +196,10 @@ const classify = (
     }
     return { key: `start ${status} other`, contractBreak: `start ${status}: ${text.slice(0, 300)}` }
   }
-  if (status === 200 && json?.released === true) return { key: "stop 200" }
+  if (status === 200 && json?.released === true) {
+    // The gateway did not confirm its release (a release fault): it is held back until it does.
+    return json.gateway_release === "pending" ? { key: "stop 200 (release pending)" } : { key: "stop 200" }
+  }
   if (status === 404) return { key: "stop 404" }
   if (status === 502 && STEPS.has(json?.step)) {
     return { key: `stop 502 ${json.step}${json.step === "dns" && /HTTP 5\d\d/.test(String(json.message)) ? " (PowerDNS 5xx)" : ""}` }
@@ -185,6 +209,50 @@ const classify = (
 
 const sleep = (ms: number) => Effect.sleep(Duration.millis(ms))
 
+/** Every switchable gateway fault off. */
+const GATEWAY_OK = { health: "ok", handshake: "ok", handshakeDelayMs: 0, release: "ok", releaseDelayMs: 0 } as const
+
+/** The gateways GET /pool shows held back for a release they owe (`health: "unreleased"`), one line each. */
+const unreleasedGateways = (endpoint: ServiceProcess) =>
+  request(endpoint, "GET", "/pool", { timeoutMs: 10_000 }).pipe(
+    Effect.map((answer): ReadonlyArray<string> => {
+      if (answer.status !== 200) return [`GET /pool: ${answer.status} ${answer.text.slice(0, 200)}`]
+      const pool = answer.json as {
+        unreleased?: unknown
+        gateways?: ReadonlyArray<{ name?: string; health?: string; unreleased_allocation_id?: string | null; last_failure?: string | null }>
+      }
+      const held = (pool.gateways ?? []).filter((gateway) => gateway.health === "unreleased" || gateway.unreleased_allocation_id != null)
+      const lines = held.map((gateway) =>
+        `${gateway.name} owes the release of ${gateway.unreleased_allocation_id} (last failure: ${gateway.last_failure ?? "none"})`
+      )
+      if (pool.unreleased !== held.length) lines.push(`GET /pool: unreleased ${String(pool.unreleased)}, ${held.length} gateways shown unreleased`)
+      return lines
+    }),
+    Effect.catchAll((error) => Effect.succeed([`GET /pool: ${error.message}`]))
+  )
+
+
+/**
+ * Each sample gateway's held allocation against Postgres (the gateway's row): one line per gateway
+ * holding another allocation than its live one, or one while Postgres gives it to nobody.
+ */
+const gatewaysHolding = (stack: LocalStack, db: Db) =>
+  Effect.gen(function*() {
+    const rows = yield* db.query<{ name: string; allocation_id: string | null }>("select name, allocation_id from gateways").pipe(
+      Effect.either
+    )
+    if (rows._tag === "Left") return [`cannot read Postgres: ${rows.left.message}`]
+    const given = new Map(rows.right.map((row) => [row.name, row.allocation_id]))
+    const lines: Array<string> = []
+    for (const gateway of stack.gateways) {
+      const held = (yield* gateway.held)?.allocation_id ?? null
+      const expected = given.get(gateway.name) ?? null
+      if (held !== expected) {
+        lines.push(`${gateway.name} holds ${held ?? "nothing"}; Postgres gives it ${expected === null ? "to nobody" : `to ${expected}`}`)
+      }
+    }
+    return lines
+  })
 
 /**
  * The Postgres sessions holding a replica's runner lease: the advisory lock keyed
@@ -283,9 +351,7 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
     const brokenFile = path.join(stack.nginx.confDir, "chaos-broken.conf")
     const faulted = new Set<string>()
     const restoreAll = Effect.gen(function*() {
-      yield* Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour({ health: "ok", handshake: "ok", handshakeDelayMs: 0 }), {
-        discard: true
-      })
+      yield* Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(GATEWAY_OK), { discard: true })
       rmSync(brokenFile, { force: true })
       yield* stack.nginx.start.pipe(Effect.orDie)
       yield* Effect.forEach(nginxPids(stack), (pid) => signalPid(pid, "SIGCONT"))
@@ -300,6 +366,9 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         "gateway handshake hang": 2,
         "gateway health hang": 2,
         "gateway slow handshake": 1,
+        "gateway release 500": 1.5,
+        "gateway release hang": 1,
+        "gateway slow release": 1.5,
         "PowerDNS stopped": 1.5,
         "PowerDNS frozen (SIGSTOP)": 0.7,
         "nginx broken foreign file": 1.5,
@@ -315,6 +384,11 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
         if (faulted.has(gateway.name)) return
         faulted.add(gateway.name)
         count(faults, kind)
+        // A release fault matters only when the gateway's org stops meanwhile: it lasts longer.
+        // A slow release takes from a few hundred ms to the undo timeout: the service's call to
+        // it (half the shorter of the step and undo timeouts) sometimes gives up first, and the
+        // gateway, released or not, is held back until the health pass has its 2xx.
+        const release = kind.includes("release")
         yield* gateway.setBehaviour(
           kind === "gateway handshake 500"
             ? { handshake: "fail" }
@@ -322,10 +396,16 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
             ? { handshake: "hang" }
             : kind === "gateway health hang"
             ? { health: "hang" }
+            : kind === "gateway release 500"
+            ? { release: "fail" }
+            : kind === "gateway release hang"
+            ? { release: "hang" }
+            : kind === "gateway slow release"
+            ? { releaseDelayMs: faultRng.between(300, settings.undoTimeoutMs) }
             : { handshakeDelayMs: faultRng.between(500, 2000) }
         )
-        yield* sleep(lasting)
-        yield* gateway.setBehaviour({ health: "ok", handshake: "ok", handshakeDelayMs: 0 })
+        yield* sleep(release ? faultRng.between(1500, 5000) : lasting)
+        yield* gateway.setBehaviour(GATEWAY_OK)
         faulted.delete(gateway.name)
       } else if (kind === "replica lease lost") {
         // Its lease session dies (a network blip, an idle-session killer, a failover): Postgres
@@ -556,6 +636,7 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       stack,
       orgs: () => startedOrgs,
       intervalMs: options.isolationIntervalMs ?? 50,
+      longLivedConnections: options.longLivedConnections ?? 4,
       log
     })
     const faultFiber = yield* Effect.fork(faultLoop)
@@ -580,7 +661,7 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
     const quietAt = Date.now()
     yield* sleep(2 * settings.reconcileIntervalMs)
     const isolationReport = yield* isolation.stop
-    if (isolationReport.crossings > 0) log(`chaos: tenant isolation broken:\n${describeIsolation(isolationReport)}`)
+    if (isolationFailed(isolationReport)) log(`chaos: tenant isolation broken:\n${describeIsolation(isolationReport)}`)
     const target = { stack, endpoint: servers[0]!, db, orgs }
     const report = yield* checkInvariants(target)
     let convergedAfterMs: number | null = null
@@ -594,6 +675,30 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
           break
         }
       }
+    }
+    // No gateway left owing a release: with every gateway answering again, the health pass (every
+    // GATEWAY_HEALTH_INTERVAL_MS) must have had every held-back one release and come back. Then
+    // every gateway holds exactly what Postgres gives it (its live allocation, or nothing).
+    let unreleasedAtEnd: ReadonlyArray<string> = []
+    let releasedAllAfterMs: number | null = null
+    let gatewaysHoldingAtEnd: ReadonlyArray<string> = []
+    while (true) {
+      unreleasedAtEnd = yield* unreleasedGateways(servers[0]!)
+      if (unreleasedAtEnd.length === 0) {
+        releasedAllAfterMs ??= Date.now() - quietAt
+        gatewaysHoldingAtEnd = yield* gatewaysHolding(stack, db)
+        if (gatewaysHoldingAtEnd.length === 0) break
+      }
+      if (Date.now() - quietAt >= 30_000) {
+        if (unreleasedAtEnd.length > 0) {
+          log(`chaos: gateways still owe a release 30 s after the last fault:\n  ${unreleasedAtEnd.join("\n  ")}`)
+        }
+        if (gatewaysHoldingAtEnd.length > 0) {
+          log(`chaos: gateways hold what Postgres does not give them:\n  ${gatewaysHoldingAtEnd.join("\n  ")}`)
+        }
+        break
+      }
+      yield* sleep(250)
     }
     return {
       seed: options.seed,
@@ -611,14 +716,30 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       isolation: isolationReport,
       report,
       convergedAfterMs,
+      unreleasedAtEnd,
+      releasedAllAfterMs,
+      gatewaysHoldingAtEnd,
       durationMs: Date.now() - startedAt,
       dataDir
     } satisfies ChaosSummary
   })
 
-/** Whether the run failed: an invariant violated, a contract broken, or an org reaching another org's gateway. */
+/**
+ * Whether tenant isolation broke: an org's request reached another org's gateway, or a long-lived
+ * connection was answered for another allocation, for none (it outlived the release), or while
+ * another org held its gateway (handed over before the release).
+ */
+export const isolationFailed = (report: IsolationReport): boolean =>
+  report.crossings > 0 || report.longLived.crossings > 0 || report.longLived.outlived > 0 || report.longLived.handedOver > 0
+
+/**
+ * Whether the run failed: an invariant violated, a contract broken, tenant isolation broken, or a
+ * gateway still owing its release, or holding an allocation Postgres does not give it, after the
+ * faults stopped.
+ */
 export const chaosFailed = (summary: ChaosSummary): boolean =>
-  summary.report.violations.length > 0 || summary.contractBreaks.length > 0 || summary.isolation.crossings > 0
+  summary.report.violations.length > 0 || summary.contractBreaks.length > 0 || isolationFailed(summary.isolation) ||
+  summary.unreleasedAtEnd.length > 0 || summary.gatewaysHoldingAtEnd.length > 0
 
 /** The summary as text: ops by outcome, faults, kills, tenant isolation, the invariants' verdict. */
 export const formatSummary = (summary: ChaosSummary): string => {
@@ -649,6 +770,12 @@ export const formatSummary = (summary: ChaosSummary): string => {
           ? "    still violated 30 s after the last fault"
           : `    they held ${summary.convergedAfterMs} ms after the last fault`
       ]),
+    summary.unreleasedAtEnd.length === 0
+      ? `  gateways owing a release (GET /pool unreleased): none, ${summary.releasedAllAfterMs} ms after the last fault`
+      : `  gateways still owing a release 30 s after the last fault (GET /pool unreleased): ${summary.unreleasedAtEnd.length}`,
+    ...summary.unreleasedAtEnd.map((line) => `    ${line}`),
+    `  gateways holding what Postgres does not give them: ${summary.gatewaysHoldingAtEnd.length === 0 ? "none" : summary.gatewaysHoldingAtEnd.length}`,
+    ...summary.gatewaysHoldingAtEnd.map((line) => `    ${line}`),
     `  total ${(summary.durationMs / 1000).toFixed(1)} s`
   ].join("\n")
 }
@@ -695,6 +822,7 @@ const parseArgs = (argv: ReadonlyArray<string>) => {
     orgs: number("orgs", 12),
     replicas: number("replicas", 2),
     workers: number("workers", 4),
+    longLivedConnections: number("long-lived", 4),
     timeLimitMs: number("time-limit-s", 900) * 1000
   }
   if (flags.size > 0) throw new Error(`unknown flags: ${[...flags.keys()].map((f) => `--${f}`).join(", ")}`)
@@ -711,7 +839,7 @@ if (isMain) {
     console.error(`chaos: ${(error as Error).message}`)
     console.error(
       "usage: npm run chaos -- [--ops N] [--seed N] [--gateways N] [--orgs N] [--replicas N] [--workers N] [--time-limit-s N]" +
-        " [--think-ms MIN-MAX] [--fault-every-ms MIN-MAX] [--kill-every-ms MIN-MAX]"
+        " [--think-ms MIN-MAX] [--fault-every-ms MIN-MAX] [--kill-every-ms MIN-MAX] [--long-lived N]"
     )
     process.exit(2)
   }
