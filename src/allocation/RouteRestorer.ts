@@ -1,7 +1,7 @@
 import { Duration, Effect, Either, Metric, Option, Ref, Schedule } from "effect"
 import { Nginx } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
-import { Dependencies } from "../telemetry/Dependencies.ts"
+import { Dependencies } from "../readiness/Dependencies.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
 import { describeCause } from "../lib/describeCause.ts"
 

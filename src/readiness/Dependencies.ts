@@ -3,8 +3,8 @@ import { Dns } from "../dns/Dns.ts"
 import { OrganizationId } from "../domain/ids.ts"
 import { Nginx } from "../nginx/Nginx.ts"
 import { GatewayPool } from "../pool/GatewayPool.ts"
-import { dependencyUp } from "./Metrics.ts"
-import { makeOutageLog } from "./Outage.ts"
+import { dependencyUp } from "../telemetry/Metrics.ts"
+import { makeOutageLog } from "../telemetry/Outage.ts"
 
 /** What a start needs to be usable: the database, the DNS provider, and an nginx edge. */
 export const dependencies = ["postgres", "powerdns", "edge"] as const
