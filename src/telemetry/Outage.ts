@@ -43,7 +43,10 @@ export const makeOutageLog = (what: string) =>
         const since = before.failing.value.since
         const retell = now - before.toldMs >= RETELL_AFTER_MS
         yield* Ref.set(state, { failing: Option.some({ reason, since }), toldMs: retell ? now : before.toldMs })
-        if (retell) yield* Effect.logWarning(`${what} is still failing (since ${since.toISOString()}): ${reason}`)
+        // Between two warnings, each failure is there at LOG_LEVEL=Debug only.
+        yield* retell
+          ? Effect.logWarning(`${what} is still failing (since ${since.toISOString()}): ${reason}`)
+          : Effect.logDebug(`${what} failed again: ${reason}`)
       })
 
     /**
