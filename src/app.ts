@@ -15,7 +15,7 @@ import { RouteRestorer } from "./allocation/RouteRestorer.ts"
 import { StepRunner } from "./allocation/StepRunner.ts"
 import { Undos } from "./allocation/undos.ts"
 import { Settings } from "./config.ts"
-import { DatabaseLive } from "./db/Database.ts"
+import { Database, DatabaseLive } from "./db/Database.ts"
 import { DnsLive } from "./dns/Dns.ts"
 import { HandshakeLive } from "./handshake/Handshake.ts"
 import { HttpServerLive } from "./http/server.ts"
@@ -23,7 +23,8 @@ import { Journal } from "./journal/Journal.ts"
 import { EdgeCheckLive, EdgeLockPostgres } from "./nginx/Edge.ts"
 import { Nginx } from "./nginx/Nginx.ts"
 import { NginxLive } from "./nginx/NginxLive.ts"
-import { GatewayPool } from "./pool/GatewayPool.ts"
+import { AllocationStore } from "./allocation/AllocationStore.ts"
+import { GatewayStore } from "./pool/GatewayStore.ts"
 import { GatewayHealth } from "./pool/GatewayHealth.ts"
 import { Runner } from "./pool/Runner.ts"
 import { Dependencies } from "./readiness/Dependencies.ts"
@@ -73,7 +74,7 @@ const NginxInstalled = Layer.effectDiscard(
 )
 
 /** Postgres: the pool, the journal and this process's runner lease, migrations applied first. */
-const PostgresLive = Layer.mergeAll(GatewayPool.Default, Journal.Default, Runner.Default).pipe(
+const PostgresLive = Layer.mergeAll(GatewayStore.Default, AllocationStore.Default, Database.Default, Journal.Default, Runner.Default).pipe(
   Layer.provideMerge(DatabaseLive)
 )
 

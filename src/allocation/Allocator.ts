@@ -21,10 +21,11 @@ import { Dns } from "../dns/Dns.ts"
 import { Handshake, HandshakeError } from "../handshake/Handshake.ts"
 import { Journal } from "../journal/Journal.ts"
 import { Nginx, type NginxError, type Route, type RouteLost } from "../nginx/Nginx.ts"
-import { GatewayPool } from "../pool/GatewayPool.ts"
+import { GatewayStore } from "../pool/GatewayStore.ts"
 import { GatewayHealth } from "../pool/GatewayHealth.ts"
 import { Runner } from "../pool/Runner.ts"
-import type { PoolError } from "../db/errors.ts"
+import type { DatabaseError } from "../db/errors.ts"
+import { AllocationStore } from "./AllocationStore.ts"
 import { recordStart, rollbacksIncompleteTotal, startAttempts } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { Ownership } from "./Ownership.ts"
@@ -77,7 +78,7 @@ const gatewayFault = (error: AttemptError): Option.Option<string> => {
   return error.cause instanceof HandshakeError ? Option.some(error.cause.message) : Option.none()
 }
 
-export type StopError = StopFailed | AllocationNotFound | InTransition | PoolError
+export type StopError = StopFailed | AllocationNotFound | InTransition | DatabaseError
 
 /**
  * One fiber per key, owned by the service's scope and detached from the callers: a caller that
@@ -127,7 +128,8 @@ const startOutcome = (exit: Exit.Exit<Started, StartError>): StartOutcome =>
 export class Allocator extends Effect.Service<Allocator>()("Allocator", {
   scoped: Effect.gen(function*() {
     const settings = yield* Settings
-    const pool = yield* GatewayPool
+    const allocations = yield* AllocationStore
+    const gateways = yield* GatewayStore
     const journal = yield* Journal
     const dns = yield* Dns
     const nginx = yield* Nginx
@@ -186,7 +188,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     /** Claims a gateway, or finds the org's allocation; waits while another runner moves it. */
     const claim = (run: Run) =>
       notShuttingDown.pipe(
-        Effect.zipRight(pool.claim(run.allocationId, run.organizationId, runner.id)),
+        Effect.zipRight(allocations.claim(run.allocationId, run.organizationId, runner.id)),
         Effect.filterOrFail(
           (claimed) => !claimed.reused || claimed.state === "active",
           (claimed) => new InTransition({ state: claimed.state })
@@ -202,7 +204,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
      * written again by its owner, fenced like the first write and undone by the same undo,
      * instead of waiting out the step's timeout.
      */
-    const proveRoute = (route: Route, rewrites: number): Effect.Effect<void, NginxError | RouteLost | OwnershipLost | PoolError> =>
+    const proveRoute = (route: Route, rewrites: number): Effect.Effect<void, NginxError | RouteLost | OwnershipLost | DatabaseError> =>
       nginx.awaitRoute(route.organizationId, route.allocationId).pipe(
         Effect.catchTag("RouteLost", (lost) =>
           rewrites <= 0 ? Effect.fail(lost) : Effect.logWarning(`${lost.message}: writing it again`).pipe(
@@ -294,9 +296,9 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         // independent of it: the last step's journal row, and the gateway's health (it served a
         // start: healthy, its backoff starts over).
         const [activation] = yield* Effect.all([
-          Effect.either(pool.transition(allocationId, runner.id, ["starting"], "active")),
+          Effect.either(allocations.transition(allocationId, runner.id, ["starting"], "active")),
           steps.flushJournal(run),
-          pool.markHealthy(gatewayId, true).pipe(
+          gateways.markHealthy(gatewayId, true).pipe(
             Effect.catchAll((error) => Effect.logWarning(`could not mark gateway ${gatewayId} healthy: ${error.message}`))
           )
         ], { concurrency: "unbounded" })
@@ -313,7 +315,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         // Runs before the Scope's finalizers: the row says `rolling_back` while undos run, so a
         // crash in the middle of a rollback is finished by the reconciler.
         Effect.onError((cause) =>
-          pool.transition(run.allocationId, runner.id, ["starting"], "rolling_back", {
+          allocations.transition(run.allocationId, runner.id, ["starting"], "rolling_back", {
             error: describeCause(cause).slice(0, 2000)
           }).pipe(
             Effect.interruptible,
@@ -459,7 +461,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         if (unfinished !== undefined) return yield* new StopFailed({ allocationId, gatewayId, undo: unfinished })
         // Undos skipped because this runner lost the allocation did not stop it: only a released
         // row is a stop done (the new owner finishes it otherwise).
-        const after = yield* pool.getAllocation(allocationId)
+        const after = yield* allocations.getAllocation(allocationId)
         if (Option.exists(after, (a) => a.state !== "released")) {
           const last = report.at(-1) ?? { step: "allocate" as const, status: "skipped" as const, duration_ms: 0 }
           return yield* new StopFailed({ allocationId, gatewayId, undo: last })
@@ -491,12 +493,12 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       yield* Effect.annotateCurrentSpan({ organization_id: organizationId })
       const once = Effect.gen(function*() {
         yield* starts.await(organizationId)
-        const live = yield* pool.findLive(organizationId)
+        const live = yield* allocations.findLive(organizationId)
         if (Option.isNone(live)) return yield* new AllocationNotFound({ what: `active allocation of ${organizationId}` })
         const { allocationId, state } = live.value
         if (state === "starting" || state === "rolling_back") return yield* new InTransition({ state })
         // None: another live runner is stopping it; wait for it to finish.
-        const taken = yield* pool.takeForStop(allocationId, runner.id)
+        const taken = yield* allocations.takeForStop(allocationId, runner.id)
         if (Option.isNone(taken)) return yield* new InTransition({ state })
         yield* Effect.annotateCurrentSpan({ allocation_id: allocationId })
         // None: this process's reconciler is finishing it right now; wait for it.
@@ -521,7 +523,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       stops.run(organizationId, Effect.suspend(() => runStop(organizationId)))
 
     const status = Effect.fn("Allocation.status")(function*(organizationId: OrganizationId) {
-      const allocation = yield* pool.findLive(organizationId)
+      const allocation = yield* allocations.findLive(organizationId)
       if (Option.isNone(allocation)) {
         return yield* new AllocationNotFound({ what: `active allocation of ${organizationId}` })
       }
@@ -529,7 +531,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     })
 
     const describeAllocation = Effect.fn("Allocation.describe")(function*(allocationId: AllocationId) {
-      const allocation = yield* pool.getAllocation(allocationId)
+      const allocation = yield* allocations.getAllocation(allocationId)
       if (Option.isNone(allocation)) return yield* new AllocationNotFound({ what: `allocation ${allocationId}` })
       const entries = yield* journal.entries(allocationId)
       return { ...allocation.value, hostname: orgHostname(allocation.value.organizationId, settings.domain), steps: entries }

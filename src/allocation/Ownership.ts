@@ -1,7 +1,7 @@
 import { Effect, Option } from "effect"
 import { OwnershipLost } from "../domain/errors.ts"
 import type { AllocationId } from "../domain/ids.ts"
-import { GatewayPool } from "../pool/GatewayPool.ts"
+import { AllocationStore } from "./AllocationStore.ts"
 import { Runner } from "../pool/Runner.ts"
 
 /**
@@ -15,7 +15,7 @@ import { Runner } from "../pool/Runner.ts"
  */
 export class Ownership extends Effect.Service<Ownership>()("Ownership", {
   effect: Effect.gen(function*() {
-    const pool = yield* GatewayPool
+    const allocations = yield* AllocationStore
     const runner = yield* Runner
     const workingOn = new Set<AllocationId>()
 
@@ -26,7 +26,7 @@ export class Ownership extends Effect.Service<Ownership>()("Ownership", {
     const check = (allocationId: AllocationId) =>
       Effect.gen(function*() {
         const leaseHeld = yield* runner.leaseHeld
-        const { leaseAlive, namesRunner } = yield* pool.owns(allocationId, runner.id)
+        const { leaseAlive, namesRunner } = yield* allocations.owns(allocationId, runner.id)
         if (leaseHeld && leaseAlive && namesRunner) return
         return yield* new OwnershipLost({ allocationId, leaseHeld: leaseHeld && leaseAlive })
       })

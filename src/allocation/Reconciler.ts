@@ -6,7 +6,8 @@ import type { OrganizationId } from "../domain/ids.ts"
 import { isUnfinished } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
 import { Nginx, type RouteKey } from "../nginx/Nginx.ts"
-import { GatewayPool } from "../pool/GatewayPool.ts"
+import { Database } from "../db/Database.ts"
+import { AllocationStore } from "./AllocationStore.ts"
 import { Runner } from "../pool/Runner.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
@@ -52,7 +53,8 @@ const noDrift = { orphanRoutesRemoved: 0, orphanRecordsRemoved: 0, routesRepaire
 export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
   scoped: Effect.gen(function*() {
     const settings = yield* Settings
-    const pool = yield* GatewayPool
+    const allocations = yield* AllocationStore
+    const database = yield* Database
     const dns = yield* Dns
     const nginx = yield* Nginx
     const routeRestorer = yield* RouteRestorer
@@ -65,7 +67,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
     /** Undoes an orphaned start, or finishes an orphaned stop, from its row: undos are idempotent. */
     const recover = (found: LiveAllocation) =>
       Effect.gen(function*() {
-        const adopted = yield* pool.adopt(found, runner.id)
+        const adopted = yield* allocations.adopt(found, runner.id)
         if (Option.isNone(adopted)) return Option.none()
         const allocation = adopted.value
         const finishingStop = allocation.state === "stopping"
@@ -130,11 +132,11 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       // an allocation that is already live when it is read.
       const routes = yield* nginx.listRoutes
       const records = yield* dns.listOrgRecords
-      const live = new Map((yield* pool.liveAllocations()).map((a) => [a.organizationId, a]))
+      const live = new Map((yield* allocations.liveAllocations()).map((a) => [a.organizationId, a]))
       const ownedBy = (route: RouteKey, allocation: Option.Option<LiveAllocation>) =>
         Option.exists(allocation, (a) => a.allocationId === route.allocationId)
       // Looked at again right before each removal: the org may have started since the listing.
-      const stillOrphan = (route: RouteKey) => Effect.map(pool.findLive(route.organizationId), (a) => !ownedBy(route, a))
+      const stillOrphan = (route: RouteKey) => Effect.map(allocations.findLive(route.organizationId), (a) => !ownedBy(route, a))
       const isActive = (organizationId: OrganizationId) => live.get(organizationId)?.state === "active"
 
       // An active org's route is judged whole below, and replaced rather than removed.
@@ -156,7 +158,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         )
       const orphanRecords: Array<OrganizationId> = []
       for (const organizationId of records.filter((org) => !live.has(org))) {
-        if (Option.isSome(yield* pool.whileUnclaimed(organizationId, removeOrphanRecord(organizationId)))) {
+        if (Option.isSome(yield* allocations.whileUnclaimed(organizationId, removeOrphanRecord(organizationId)))) {
           orphanRecords.push(organizationId)
         }
       }
@@ -177,7 +179,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       }
       const recorded = new Set(records)
       const restoreRoute = (a: LiveAllocation) =>
-        pool.whileActive(
+        allocations.whileActive(
           a.allocationId,
           nginx.writeRoute(a, { restore: true }).pipe(
             Effect.zipRight(nginx.apply),
@@ -201,7 +203,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       )).filter(Option.isSome).map((repair) => repair.value)
       const restoredRecords = dns.provider === "none" ? [] : (yield* Effect.forEach(
         active.filter((a) => !recorded.has(a.organizationId)),
-        (a) => Effect.map(pool.whileActive(a.allocationId, dns.upsert(a.organizationId)), Option.as(a.organizationId)),
+        (a) => Effect.map(allocations.whileActive(a.allocationId, dns.upsert(a.organizationId)), Option.as(a.organizationId)),
         { concurrency: 8 }
       )).filter(Option.isSome).map((org) => org.value)
 
@@ -230,7 +232,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
     }).pipe(Effect.withSpan("Reconciler.repairDrift"))
 
     const pass = Effect.gen(function*() {
-      const candidates = yield* pool.recoverable(runner.id, settings.limits.recoveryDeadlineMs)
+      const candidates = yield* allocations.recoverable(runner.id, settings.limits.recoveryDeadlineMs)
       // What a start or a stop of this process is working on is left alone (none).
       const outcomes = yield* Effect.forEach(
         candidates,
@@ -242,7 +244,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       // would otherwise restore its routes one by one.
       yield* routeRestorer.restoreIfEmptied
       // Drift is judged once the orphans are gone, or their files and records would look owned.
-      const drift = yield* pool.exclusively("reconciler-drift", repairDrift)
+      const drift = yield* database.exclusively("reconciler-drift", repairDrift)
       return {
         recovered: finished.length,
         incomplete: finished.filter((complete) => !complete.value).length,

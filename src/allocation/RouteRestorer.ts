@@ -1,6 +1,6 @@
 import { Duration, Effect, Either, Metric, Option, Ref, Schedule } from "effect"
 import { Nginx } from "../nginx/Nginx.ts"
-import { GatewayPool } from "../pool/GatewayPool.ts"
+import { AllocationStore } from "./AllocationStore.ts"
 import { Dependencies } from "../readiness/Dependencies.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
 import { describeCause } from "../lib/describeCause.ts"
@@ -22,7 +22,7 @@ const WATCH_INTERVAL = Duration.millis(250)
 export class RouteRestorer extends Effect.Service<RouteRestorer>()("RouteRestorer", {
   scoped: Effect.gen(function*() {
     const nginx = yield* Nginx
-    const pool = yield* GatewayPool
+    const allocations = yield* AllocationStore
     const dependencies = yield* Dependencies
 
     // The boot id this process last saw: a new one after that is a restart, worth a warning.
@@ -35,7 +35,7 @@ export class RouteRestorer extends Effect.Service<RouteRestorer>()("RouteRestore
       const { bootId, ready } = state.value
       const restarted = Option.exists(yield* Ref.getAndSet(lastBoot, Option.some(bootId)), (seen) => seen !== bootId)
       if (ready) return Option.none<number>()
-      const pushed = yield* pool.withActiveAllocations((active) =>
+      const pushed = yield* allocations.withActiveAllocations((active) =>
         Effect.as(nginx.restoreAll(bootId, active), active.length)
       )
       yield* Metric.update(reconcilerRepairsTotal.pipe(Metric.tagged("kind", "route_table_restored")), 1)

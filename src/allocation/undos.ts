@@ -1,5 +1,5 @@
 import { Effect, Option } from "effect"
-import type { PoolError } from "../db/errors.ts"
+import type { DatabaseError } from "../db/errors.ts"
 import type { FinalState, LiveAllocation } from "../domain/allocation.ts"
 import { GatewayKept } from "../domain/errors.ts"
 import type { AllocationId, GatewayId, OrganizationId, Upstream } from "../domain/ids.ts"
@@ -7,12 +7,12 @@ import { releaseLeft, routingLeft, type StepName, undoOrder } from "../domain/st
 import { Dns, type DnsError } from "../dns/Dns.ts"
 import { Handshake, type HandshakeError } from "../handshake/Handshake.ts"
 import { Nginx, type NginxError, type RouteKey } from "../nginx/Nginx.ts"
-import { GatewayPool } from "../pool/GatewayPool.ts"
 import { Runner } from "../pool/Runner.ts"
+import { AllocationStore } from "./AllocationStore.ts"
 import { type Undo, UndoSkipped } from "./StepRunner.ts"
 
 /** What an undo can fail with: the outside system's own error, or the gateway deliberately kept. */
-export type UndoError = NginxError | DnsError | HandshakeError | PoolError | GatewayKept
+export type UndoError = NginxError | DnsError | HandshakeError | DatabaseError | GatewayKept
 
 /** What a release names: the gateway (where to send it) and the allocation it ends. */
 export interface ReleaseTarget {
@@ -29,7 +29,7 @@ export interface ReleaseTarget {
  */
 export class Undos extends Effect.Service<Undos>()("Undos", {
   effect: Effect.gen(function*() {
-    const pool = yield* GatewayPool
+    const allocations = yield* AllocationStore
     const dns = yield* Dns
     const nginx = yield* Nginx
     const handshake = yield* Handshake
@@ -87,7 +87,7 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
     const removeRecord = (organizationId: OrganizationId, allocationId: AllocationId) =>
       Effect.gen(function*() {
         if (dns.provider === "none") return new UndoSkipped({ reason: "DNS_PROVIDER=none: wildcard DNS" })
-        const live = yield* pool.findLive(organizationId)
+        const live = yield* allocations.findLive(organizationId)
         if (Option.isSome(live) && live.value.allocationId !== allocationId) {
           return new UndoSkipped({ reason: `the record belongs to the org's newer allocation ${live.value.allocationId}` })
         }
@@ -115,13 +115,13 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
      * by the allocation and its owner: releasing a claim that never committed, or one another
      * runner took over, changes nothing.
      */
-    const release = (allocationId: AllocationId, finalState: FinalState): Undo<PoolError | GatewayKept, never> =>
+    const release = (allocationId: AllocationId, finalState: FinalState): Undo<DatabaseError | GatewayKept, never> =>
     (before) =>
       Option.match(routingLeft(before), {
         onSome: (routing) => Effect.fail(new GatewayKept({ routing })),
         onNone: () =>
           Effect.map(
-            pool.release(allocationId, finalState, runner.id, Option.map(releaseLeft(before), (left) => left.message ?? left.status)),
+            allocations.release(allocationId, finalState, runner.id, Option.map(releaseLeft(before), (left) => left.message ?? left.status)),
             (released) => released ? undefined : new UndoSkipped({ reason: "the gateway was already released" })
           )
       })

@@ -1,12 +1,13 @@
 import { FileSystem, Path } from "@effect/platform"
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import { Migrator } from "@effect/sql"
+import { Migrator, SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Effect, Layer, Option, Redacted } from "effect"
 import path from "node:path"
 import { DatabaseConfig } from "../config.ts"
 import { packageRoot } from "../lib/packageRoot.ts"
-import { holdLock, namedLock } from "./advisoryLock.ts"
+import { holdLock, namedLock, tryLock } from "./advisoryLock.ts"
+import { DatabaseError } from "./errors.ts"
 import { startEmbeddedPostgres } from "./EmbeddedPostgres.ts"
 
 /**
@@ -69,5 +70,34 @@ export const DatabaseLive = Layer.unwrapScoped(
     return MigrationsLive.pipe(Layer.provideMerge(client))
   })
 )
+
+/**
+ * The database itself, as the service's jobs use it: whether it answers (readiness), and jobs
+ * that one replica at a time runs (a session advisory lock named after the job, held while it
+ * runs; another replica's attempt meanwhile is skipped, not queued).
+ */
+export class Database extends Effect.Service<Database>()("Database", {
+  effect: Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+
+    const ping = Effect.fn("Database.ping")(function*() {
+      yield* sql`select 1`
+    }, Effect.mapError((cause) => new DatabaseError({ cause })))
+
+    /** Runs `effect` only if no other process runs the same named job (none otherwise). */
+    const exclusively = <A, E, R>(job: string, effect: Effect.Effect<A, E, R>) =>
+      Effect.scoped(
+        Effect.gen(function*() {
+          const locked = yield* tryLock(namedLock(`job:${job}`)).pipe(
+            Effect.mapError((cause) => new DatabaseError({ cause })),
+            Effect.provideService(SqlClient.SqlClient, sql)
+          )
+          return locked ? Option.some(yield* effect) : Option.none<A>()
+        })
+      )
+
+    return { ping, exclusively }
+  })
+}) {}
 
 export const redactedUrl = (url: Redacted.Redacted<string>) => Redacted.value(url).replace(/:[^:@/]*@/, ":***@")

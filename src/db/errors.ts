@@ -6,7 +6,7 @@ const detail = (cause: unknown) =>
   Predicate.hasProperty(cause, "message") && typeof cause.message === "string" ? ` (${cause.message})` : ""
 
 /** Postgres did not answer, refused the statement, or answered rows of the wrong shape. */
-export class PoolError extends Data.TaggedError("PoolError")<{
+export class DatabaseError extends Data.TaggedError("DatabaseError")<{
   readonly cause: SqlError.SqlError | ParseResult.ParseError
 }> implements ChangedNothingMarker {
   override get message() {

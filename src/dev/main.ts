@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto"
 import path from "node:path"
 import { AppLive, ServicesLive } from "../app.ts"
 import { GatewayName, Upstream } from "../domain/ids.ts"
-import { GatewayPool } from "../pool/GatewayPool.ts"
+import { GatewayStore } from "../pool/GatewayStore.ts"
 import { LoggingLive } from "../telemetry/Logging.ts"
 import { TracingLive } from "../telemetry/Tracing.ts"
 import { type LocalStack, startLocalStack } from "./stack.ts"
@@ -27,11 +27,11 @@ const devToken = (dataDir: string) =>
 const registerSampleGateways = (stack: LocalStack) =>
   Layer.effectDiscard(
     Effect.gen(function*() {
-      const pool = yield* GatewayPool
-      const known = new Set((yield* pool.listGateways()).map((gateway) => gateway.name))
+      const gateways = yield* GatewayStore
+      const known = new Set((yield* gateways.listGateways()).map((gateway) => gateway.name))
       for (const gateway of stack.gateways) {
         const name = GatewayName.make(gateway.name)
-        if (!known.has(name)) yield* pool.addGateway(name, Upstream.make(gateway.upstream))
+        if (!known.has(name)) yield* gateways.addGateway(name, Upstream.make(gateway.upstream))
       }
     })
   )

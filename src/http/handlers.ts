@@ -3,14 +3,15 @@ import { createHash, timingSafeEqual } from "node:crypto"
 import { Array as Arr, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { Allocator } from "../allocation/Allocator.ts"
 import { ApiToken, Settings, TraceUrlConfig } from "../config.ts"
-import type { PoolError } from "../db/errors.ts"
+import type { DatabaseError } from "../db/errors.ts"
 import type { Allocation } from "../domain/allocation.ts"
 import type { AllocationNotFound, StartError } from "../domain/errors.ts"
 import { orgHostname } from "../domain/ids.ts"
 import { undoStatusOf, type UndoOutcome } from "../domain/steps.ts"
 import { Journal, type JournalEntry } from "../journal/Journal.ts"
 import type { Gateway } from "../domain/gateway.ts"
-import { GatewayPool } from "../pool/GatewayPool.ts"
+import { AllocationStore } from "../allocation/AllocationStore.ts"
+import { GatewayStore } from "../pool/GatewayStore.ts"
 import { recordPool } from "../telemetry/Metrics.ts"
 import { Dependencies } from "../readiness/Dependencies.ts"
 import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
@@ -34,7 +35,7 @@ export const AuthorizationLive = Layer.effect(
   })
 )
 
-const unavailable = (error: PoolError) => new ApiError.ServiceUnavailable({ message: error.message })
+const unavailable = (error: DatabaseError) => new ApiError.ServiceUnavailable({ message: error.message })
 const notFound = (error: AllocationNotFound) => new ApiError.NotFound({ message: error.message })
 
 const startError = (error: StartError) => {
@@ -114,7 +115,7 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
           Effect.catchTags({
             AllocationNotFound: (error) => Effect.fail(notFound(error)),
             InTransition: (error) => Effect.fail(new ApiError.Conflict({ message: error.message })),
-            PoolError: (error) => Effect.fail(unavailable(error)),
+            DatabaseError: (error) => Effect.fail(unavailable(error)),
             StopFailed: (error) =>
               Effect.fail(
                 new ApiError.StopFailedResponse({
@@ -137,7 +138,7 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
           })),
           Effect.catchTags({
             AllocationNotFound: (error) => Effect.fail(notFound(error)),
-            PoolError: (error) => Effect.fail(unavailable(error))
+            DatabaseError: (error) => Effect.fail(unavailable(error))
           })
         ))
   }))
@@ -177,14 +178,14 @@ const allocationBody = (
 export const AllocationsHandlers = HttpApiBuilder.group(Api, "allocations", (handlers) =>
   Effect.gen(function*() {
     const allocator = yield* Allocator
-    const pool = yield* GatewayPool
+    const store = yield* AllocationStore
     const journal = yield* Journal
     const settings = yield* Settings
     const traceUrl = yield* TraceUrlConfig
     return handlers
       .handle("list", ({ urlParams }) =>
         Effect.gen(function*() {
-          const allocations = yield* pool.listAllocations({
+          const allocations = yield* store.listAllocations({
             state: urlParams.state,
             organizationId: urlParams.organization_id,
             limit: urlParams.limit
@@ -206,60 +207,60 @@ export const AllocationsHandlers = HttpApiBuilder.group(Api, "allocations", (han
           Effect.map((allocation) => allocationBody(allocation, traceUrl)),
           Effect.catchTags({
             AllocationNotFound: (error) => Effect.fail(notFound(error)),
-            PoolError: (error) => Effect.fail(unavailable(error))
+            DatabaseError: (error) => Effect.fail(unavailable(error))
           })
         ))
   }))
 
 export const PoolHandlers = HttpApiBuilder.group(Api, "pool", (handlers) =>
   Effect.gen(function*() {
-    const pool = yield* GatewayPool
+    const gateways = yield* GatewayStore
     return handlers
       .handle("get", () =>
-        Effect.all([pool.stats(), pool.listGateways()]).pipe(
+        Effect.all([gateways.stats(), gateways.listGateways()]).pipe(
           Effect.map(([stats, gateways]) => ({ ...stats, gateways: gateways.map(poolGateway) })),
           Effect.mapError(unavailable)
         ))
       .handle("addGateway", ({ payload }) =>
-        pool.addGateway(payload.name, payload.upstream).pipe(
+        gateways.addGateway(payload.name, payload.upstream).pipe(
           Effect.map((gateway) => ({ gateway_id: gateway.gatewayId, name: gateway.name, upstream: gateway.upstream })),
           Effect.catchTags({
             GatewayNameTaken: (error) =>
               Effect.fail(new ApiError.Conflict({ message: `a gateway named ${error.name} exists` })),
             GatewayUpstreamTaken: (error) =>
               Effect.fail(new ApiError.Conflict({ message: `upstream ${error.upstream} is in the pool already` })),
-            PoolError: (error) => Effect.fail(unavailable(error))
+            DatabaseError: (error) => Effect.fail(unavailable(error))
           })
         ))
       .handle("setGatewayState", ({ path, payload }) =>
-        pool.setGatewayState(path.gateway_id, payload.state).pipe(
+        gateways.setGatewayState(path.gateway_id, payload.state).pipe(
           Effect.map(poolGateway),
           Effect.catchTags({
             GatewayNotFound: (error) => Effect.fail(new ApiError.NotFound({ message: `gateway ${error.gatewayId} not found` })),
-            PoolError: (error) => Effect.fail(unavailable(error))
+            DatabaseError: (error) => Effect.fail(unavailable(error))
           })
         ))
       .handle("removeGateway", ({ path }) =>
-        pool.removeGateway(path.gateway_id).pipe(
+        gateways.removeGateway(path.gateway_id).pipe(
           Effect.as({ gateway_id: path.gateway_id, removed: true as const }),
           Effect.catchTags({
             GatewayNotFound: (error) => Effect.fail(new ApiError.NotFound({ message: `gateway ${error.gatewayId} not found` })),
             GatewayAllocated: (error) =>
               Effect.fail(new ApiError.Conflict({ message: `gateway ${error.gatewayId} is allocated: stop its org first` })),
-            PoolError: (error) => Effect.fail(unavailable(error))
+            DatabaseError: (error) => Effect.fail(unavailable(error))
           })
         ))
   }))
 
 export const HealthHandlers = HttpApiBuilder.group(Api, "health", (handlers) =>
   Effect.gen(function*() {
-    const pool = yield* GatewayPool
+    const gateways = yield* GatewayStore
     const dependencies = yield* Dependencies
     const prometheus = yield* PrometheusMetrics
     // The pool gauges are read from the database at most once a second, however often /metrics
     // is scraped; without the database the rest still answers.
     const refreshPoolGauges = yield* Effect.cachedWithTTL(
-      pool.stats().pipe(
+      gateways.stats().pipe(
         Effect.flatMap(recordPool),
         Effect.catchAll((error) => Effect.logWarning(`metrics: pool gauges not refreshed: ${error.message}`))
       ),

@@ -18,7 +18,7 @@ import { ConsoleLive } from "./console.ts"
 import { DocsPageLive } from "./docs.ts"
 import { AllocationsHandlers, AuthorizationLive, GatewayHandlers, HealthHandlers, PoolHandlers } from "./handlers.ts"
 
-/** The HttpApi with its handlers (GET /metrics reads the process's Effect metrics); needs the Allocator and the GatewayPool. */
+/** The HttpApi with its handlers (GET /metrics reads the process's Effect metrics); needs the Allocator and the stores. */
 export const ApiLive = HttpApiBuilder.api(Api).pipe(
   Layer.provide([GatewayHandlers, AllocationsHandlers, PoolHandlers, HealthHandlers]),
   Layer.provide([AuthorizationLive, PrometheusMetrics.Default])

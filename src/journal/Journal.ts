@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { Effect, Schema } from "effect"
-import { PoolError } from "../db/errors.ts"
+import { DatabaseError } from "../db/errors.ts"
 import { AllocationId } from "../domain/ids.ts"
 import { Actor, StepEvent, StepName } from "../domain/steps.ts"
 
@@ -47,14 +47,14 @@ export class Journal extends Effect.Service<Journal>()("Journal", {
           duration_ms: entry.durationMs === undefined ? null : Math.round(entry.durationMs)
         })))
       }`
-    }, Effect.mapError((cause) => new PoolError({ cause })))
+    }, Effect.mapError((cause) => new DatabaseError({ cause })))
 
     const entries = Effect.fn("Journal.entries")(function*(allocationId: AllocationId) {
       const rows = yield* sql`
         select step, event, actor, detail, duration_ms as "durationMs", at from allocation_steps
          where allocation_id = ${allocationId} order by id`
       return yield* Schema.decodeUnknown(Schema.Array(JournalEntry))(rows)
-    }, Effect.mapError((cause) => new PoolError({ cause })))
+    }, Effect.mapError((cause) => new DatabaseError({ cause })))
 
     /** The journals of several allocations at once, each in order (the allocation listing). */
     const entriesFor = Effect.fn("Journal.entriesFor")(function*(allocationIds: ReadonlyArray<AllocationId>) {
@@ -63,7 +63,7 @@ export class Journal extends Effect.Service<Journal>()("Journal", {
         select allocation_id as "allocationId", step, event, actor, detail, duration_ms as "durationMs", at
           from allocation_steps where allocation_id in ${sql.in(allocationIds)} order by id`
       return yield* Schema.decodeUnknown(Schema.Array(AllocationJournalEntry))(rows)
-    }, Effect.mapError((cause) => new PoolError({ cause })))
+    }, Effect.mapError((cause) => new DatabaseError({ cause })))
 
     return { record, entries, entriesFor }
   })

@@ -12,7 +12,8 @@ import { Handshake } from "../handshake/Handshake.ts"
 import { gatewayQuarantinesTotal, releaseRetriesTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { makeOutageLog } from "../telemetry/Outage.ts"
-import { GatewayPool } from "./GatewayPool.ts"
+import { Database } from "../db/Database.ts"
+import { GatewayStore } from "./GatewayStore.ts"
 
 /**
  * Gateways set aside and brought back. `setAside` quarantines a gateway that failed (backoff in
@@ -30,14 +31,15 @@ import { GatewayPool } from "./GatewayPool.ts"
 export class GatewayHealth extends Effect.Service<GatewayHealth>()("GatewayHealth", {
   scoped: Effect.gen(function*() {
     const settings = yield* Settings
-    const pool = yield* GatewayPool
+    const gateways = yield* GatewayStore
+    const database = yield* Database
     const handshake = yield* Handshake
     const notifier = yield* Notifier
 
     /** Quarantines the gateway; never fails (what failed on it is the caller's story). */
     const setAside = (gatewayId: GatewayId, reason: string, kind: QuarantineReason) =>
       Effect.gen(function*() {
-        const quarantined = yield* pool.quarantine(gatewayId, reason, settings.gatewayQuarantineMs)
+        const quarantined = yield* gateways.quarantine(gatewayId, reason, settings.gatewayQuarantineMs)
         yield* Metric.update(gatewayQuarantinesTotal.pipe(Metric.tagged("reason", kind)), 1)
         if (Option.isNone(quarantined)) return
         const { consecutiveFailures, quarantinedUntil } = quarantined.value
@@ -66,7 +68,7 @@ export class GatewayHealth extends Effect.Service<GatewayHealth>()("GatewayHealt
         const answer = yield* Effect.either(handshake.checkHealth(gateway.upstream))
         if (Either.isRight(answer)) {
           if (quarantined || gateway.health !== "healthy") {
-            yield* pool.markHealthy(gateway.gatewayId, false)
+            yield* gateways.markHealthy(gateway.gatewayId, false)
             if (quarantined) yield* Effect.logInfo(`gateway ${gateway.name} answers its health check again: back in the pool`)
           }
           return
@@ -94,13 +96,13 @@ export class GatewayHealth extends Effect.Service<GatewayHealth>()("GatewayHealt
         )
         if (Either.isRight(answer)) {
           yield* Metric.update(releaseRetriesTotal.pipe(Metric.tagged("outcome", "released")), 1)
-          if (yield* pool.releaseConfirmed(gatewayId, allocationId)) {
+          if (yield* gateways.releaseConfirmed(gatewayId, allocationId)) {
             yield* Effect.logInfo(`gateway ${pending.name} released allocation ${allocationId} at last: back in the pool`)
           }
           return
         }
         yield* Metric.update(releaseRetriesTotal.pipe(Metric.tagged("outcome", "failed")), 1)
-        const failures = yield* pool.releaseRetryFailed(gatewayId, allocationId, answer.left)
+        const failures = yield* gateways.releaseRetryFailed(gatewayId, allocationId, answer.left)
         yield* Effect.logWarning(`gateway ${pending.name} still does not release allocation ${allocationId}: ${answer.left}`)
         if (Option.contains(failures, RELEASE_FAILURES_WORTH_A_NOTICE)) {
           yield* notifier.notify({
@@ -128,13 +130,13 @@ export class GatewayHealth extends Effect.Service<GatewayHealth>()("GatewayHealt
      * others in rotation, so each free gateway is asked at least once every (free / batch)
      * intervals. A pool of up to twice the batch is asked whole, every pass.
      */
-    const runOnce = pool.exclusively(
+    const runOnce = database.exclusively(
       "gateway-health",
       Effect.gen(function*() {
         const nowMs = yield* Clock.currentTimeMillis
-        const pending = yield* pool.pendingReleases()
+        const pending = yield* gateways.pendingReleases()
         yield* Effect.forEach(pending, retryRelease, { concurrency: 8, discard: true })
-        const { candidates, rotationEnd } = yield* pool.healthCandidates(settings.gatewayHealthBatch, yield* Ref.get(rotation))
+        const { candidates, rotationEnd } = yield* gateways.healthCandidates(settings.gatewayHealthBatch, yield* Ref.get(rotation))
         yield* Ref.set(rotation, rotationEnd)
         yield* Effect.forEach(candidates, (gateway) => check(gateway, nowMs), { concurrency: 8, discard: true })
         yield* Effect.annotateCurrentSpan({ "gateways.checked": candidates.length, "gateways.releases_retried": pending.length })

@@ -2,7 +2,7 @@ import { Duration, Effect, Either, Metric, Option, Schedule } from "effect"
 import { Dns } from "../dns/Dns.ts"
 import { OrganizationId } from "../domain/ids.ts"
 import { Nginx } from "../nginx/Nginx.ts"
-import { GatewayPool } from "../pool/GatewayPool.ts"
+import { Database } from "../db/Database.ts"
 import { dependencyUp } from "../telemetry/Metrics.ts"
 import { makeOutageLog } from "../telemetry/Outage.ts"
 
@@ -35,7 +35,7 @@ const NOBODY = OrganizationId.make("00000000-0000-0000-0000-000000000000")
  */
 export class Dependencies extends Effect.Service<Dependencies>()("Dependencies", {
   scoped: Effect.gen(function*() {
-    const pool = yield* GatewayPool
+    const database = yield* Database
     const dns = yield* Dns
     const nginx = yield* Nginx
     const watched = dependencies.filter((dependency) => dependency !== "powerdns" || dns.provider !== "none")
@@ -61,7 +61,7 @@ export class Dependencies extends Effect.Service<Dependencies>()("Dependencies",
       )
 
     const checkAll = Effect.all([
-      ask("postgres", pool.ping()),
+      ask("postgres", database.ping()),
       dns.provider === "none" ? Effect.void : ask("powerdns", dns.check),
       // A route probe through the org server block: nginx answers it itself, for any org.
       ask("edge", nginx.probeRoute(NOBODY))

@@ -8,14 +8,15 @@ import path from "node:path"
 import { DatabaseLive } from "../../src/db/Database.ts"
 import { QUARANTINE_CAP_MS } from "../../src/domain/gateway.ts"
 import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { configFrom } from "../support/stack.ts"
 
 // The quarantine and the claim as Postgres does them: the backoff doubles and caps, and a claim
 // hands out only an available gateway, least recently allocated first.
 const Pool = Layer.unwrapEffect(
   Effect.sync(() =>
-    GatewayPool.Default.pipe(
+    Layer.merge(GatewayStore.Default, AllocationStore.Default).pipe(
       Layer.provideMerge(DatabaseLive),
       Layer.provide(configFrom({ DATA_DIR: mkdtempSync(path.join(tmpdir(), "ga-quarantine-")) }))
     )
@@ -27,7 +28,7 @@ const secondsLeft = (until: Date) => Math.round((until.getTime() - Date.now()) /
 layer(Pool, { excludeTestServices: true, timeout: 120_000 })("gateway quarantine in Postgres", (it) => {
   it.effect("each failure in a row doubles the quarantine, up to 10 minutes; a served start starts it over", () =>
     Effect.gen(function*() {
-      const pool = yield* GatewayPool
+      const pool = yield* GatewayStore
       const gateway = yield* pool.addGateway("backoff" as GatewayName, "backoff.test:9001" as Upstream)
       const seen: Array<number> = []
       for (let i = 0; i < 7; i++) {
@@ -50,13 +51,14 @@ layer(Pool, { excludeTestServices: true, timeout: 120_000 })("gateway quarantine
 
   it.effect("a claim skips quarantined and draining gateways and takes the least recently allocated", () =>
     Effect.gen(function*() {
-      const pool = yield* GatewayPool
+      const pool = yield* GatewayStore
+      const allocations = yield* AllocationStore
       const sql = yield* SqlClient.SqlClient
       const [a, b, c] = yield* Effect.forEach(["lru-a", "lru-b", "lru-c"], (name, i) =>
         pool.addGateway(name as GatewayName, `lru-${i}.test:9001` as Upstream))
       if (a === undefined || b === undefined || c === undefined) return expect.fail("gateways")
-      const claim = () => pool.claim(randomUUID() as AllocationId, randomUUID() as OrganizationId, "test-runner")
-      const release = (allocationId: AllocationId) => pool.release(allocationId, "released", "test-runner")
+      const claim = () => allocations.claim(randomUUID() as AllocationId, randomUUID() as OrganizationId, "test-runner")
+      const release = (allocationId: AllocationId) => allocations.release(allocationId, "released", "test-runner")
       // a, then b, then c: each claimed once, in order (never allocated ones first, then by age).
       const first = yield* claim()
       const second = yield* claim()
@@ -81,15 +83,16 @@ layer(Pool, { excludeTestServices: true, timeout: 120_000 })("gateway quarantine
 layer(Pool, { excludeTestServices: true, timeout: 120_000 })("the gateways a health pass asks, in Postgres", (it) => {
   it.effect("the next ones a claim would take, those whose quarantine ran out, and a rotation by id that covers every free one; never an allocated one", () =>
     Effect.gen(function*() {
-      const pool = yield* GatewayPool
+      const pool = yield* GatewayStore
+      const allocations = yield* AllocationStore
       const sql = yield* SqlClient.SqlClient
       const all = yield* Effect.forEach([1, 2, 3, 4, 5, 6], (i) => pool.addGateway(`hc-${i}` as GatewayName, `hc-${i}.test:9001` as Upstream))
       const [g1, g2, g3, g4] = all
       if (g1 === undefined || g2 === undefined || g3 === undefined || g4 === undefined) return expect.fail("gateways")
       // g1 served a start (a claim takes it last now); g2's quarantine ran out; g4 is in quarantine.
-      const claimed = yield* pool.claim(randomUUID() as AllocationId, randomUUID() as OrganizationId, "test-runner")
+      const claimed = yield* allocations.claim(randomUUID() as AllocationId, randomUUID() as OrganizationId, "test-runner")
       expect(claimed.gatewayId).toBe(g1.gatewayId)
-      yield* pool.release(claimed.allocationId, "released", "test-runner")
+      yield* allocations.release(claimed.allocationId, "released", "test-runner")
       yield* pool.quarantine(g2.gatewayId, "dead", 60_000)
       yield* sql`update gateways set quarantined_until = now() - interval '1 second' where id = ${g2.gatewayId}`
       yield* pool.quarantine(g4.gatewayId, "dead", 60_000)
@@ -114,7 +117,7 @@ layer(Pool, { excludeTestServices: true, timeout: 120_000 })("the gateways a hea
       expect([...rotated].sort()).toEqual(ids(all).sort())
 
       // An allocated gateway is never asked: its org's traffic is its own.
-      const taken = yield* pool.claim(randomUUID() as AllocationId, randomUUID() as OrganizationId, "test-runner")
+      const taken = yield* allocations.claim(randomUUID() as AllocationId, randomUUID() as OrganizationId, "test-runner")
       for (const after of [Option.none<GatewayId>(), Option.some(g1.gatewayId)]) {
         expect(ids((yield* pool.healthCandidates(10, after)).candidates)).not.toContain(taken.gatewayId)
       }

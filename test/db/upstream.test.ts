@@ -10,12 +10,12 @@ import { tmpdir } from "node:os"
 import path from "node:path"
 import { DatabaseLive } from "../../src/db/Database.ts"
 import { type GatewayName, normaliseUpstream, Upstream } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { configFrom } from "../support/stack.ts"
 
 const Pool = Layer.unwrapEffect(
   Effect.sync(() =>
-    GatewayPool.Default.pipe(
+    GatewayStore.Default.pipe(
       Layer.provideMerge(DatabaseLive),
       Layer.provide(configFrom({ DATA_DIR: mkdtempSync(path.join(tmpdir(), "ga-upstream-")) }))
     )
@@ -160,7 +160,7 @@ layer(Pool, { excludeTestServices: true, timeout: 120_000 })("upstream identity 
   it.effect("rows stored before 0007: one spelling each, no row lost, duplicates drained, never one process for two orgs", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      const pool = yield* GatewayPool
+      const pool = yield* GatewayStore
       // As the old validation stored them, oldest first in each group.
       const stored: ReadonlyArray<readonly [string, string]> = [
         // One process four times, none serving: the oldest keeps it, the others are drained.
@@ -274,7 +274,7 @@ layer(Pool, { excludeTestServices: true, timeout: 120_000 })("upstream identity 
 
   it.effect("addGateway: every alias of a registered upstream is GatewayUpstreamTaken; refused spellings fail to decode", () =>
     Effect.gen(function*() {
-      const pool = yield* GatewayPool
+      const pool = yield* GatewayStore
       const added = yield* pool.addGateway("gw-9001" as GatewayName, yield* decodeUpstream("127.0.0.1:9001"))
       expect(added.upstream).toBe("127.0.0.1:9001")
       for (const [i, alias] of ["127.0.0.1:09001", "[::ffff:127.0.0.1]:9001", "[::FFFF:7F00:1]:9001", "127.000.000.001:9001"].entries()) {

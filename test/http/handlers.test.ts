@@ -26,7 +26,7 @@ import {
   Unauthorized
 } from "../../src/http/errors.ts"
 import { HttpAppLive } from "../../src/http/server.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { configFrom } from "../support/stack.ts"
 import { clearFaults, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
 
@@ -66,7 +66,7 @@ const newOrg = () => randomUUID() as OrganizationId
 const InMemoryApi = (env: Readonly<Record<string, string>> = {}) => {
   const config = configFrom({ ...baseEnv, ...env })
   const services = Layer.effectDiscard(
-    Effect.flatMap(GatewayPool, (pool) =>
+    Effect.flatMap(GatewayStore, (pool) =>
       Effect.forEach(GATEWAYS, ({ name, upstream }) => pool.addGateway(name as GatewayName, upstream as Upstream)))
   ).pipe(
     Layer.provideMerge(makeServices(OutsideTest)),

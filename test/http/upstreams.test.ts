@@ -1,7 +1,7 @@
 // POST /pool/gateways and upstream identity: every spelling of a registered gateway process is a
 // 409, and what is no gateway's TCP address is a 400 that says why. handlers.test.ts's in-memory
 // pool does not check upstreams (only Postgres's unique index does), so this suite serves the
-// real HttpApi (HttpAppLive over NodeHttpServer.layerTest) with the real GatewayPool over an
+// real HttpApi (HttpAppLive over NodeHttpServer.layerTest) with the real GatewayStore over an
 // embedded Postgres, the other outside systems in memory.
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
@@ -13,7 +13,7 @@ import path from "node:path"
 import { makeServices } from "../../src/app.ts"
 import { DatabaseLive } from "../../src/db/Database.ts"
 import { HttpAppLive } from "../../src/http/server.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { configFrom } from "../support/stack.ts"
 import { OutsideTest } from "../support/TestLayers.ts"
 
@@ -31,7 +31,7 @@ const Served = Layer.unwrapEffect(
       RECONCILE_INTERVAL_MS: "3600000",
       GATEWAY_HEALTH_INTERVAL_MS: "3600000"
     })
-    const outside = Layer.merge(OutsideTest, GatewayPool.Default.pipe(Layer.provide(DatabaseLive)))
+    const outside = Layer.merge(OutsideTest, GatewayStore.Default.pipe(Layer.provide(DatabaseLive)))
     return HttpAppLive.pipe(
       Layer.provideMerge(NodeHttpServer.layerTest),
       Layer.provideMerge(makeServices(outside)),
@@ -83,7 +83,7 @@ layer(Served, { excludeTestServices: true, timeout: 120_000 })("POST /pool/gatew
       }
 
       // The pool holds the process once, under its one spelling.
-      const pool = yield* Effect.flatMap(GatewayPool, (gateways) => gateways.listGateways())
+      const pool = yield* Effect.flatMap(GatewayStore, (gateways) => gateways.listGateways())
       expect(pool.map((g) => [g.name, g.upstream])).toEqual([["gw-9001", "127.0.0.1:9001"]])
 
       // Another spelling of a new address is stored in the normal one.

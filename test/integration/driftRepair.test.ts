@@ -10,7 +10,7 @@ import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
 import { Dns } from "../../src/dns/Dns.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
 import { edgeRouteOf, routeApi, routeFileOf } from "../support/invariants.ts"
 import { dnsRecordExists, expectConsistent, gatewayName, nginxRoutesSteadily } from "../support/probes.ts"
 import { ServicesLive, Stack, StackLive } from "../support/stack.ts"
@@ -31,7 +31,7 @@ layer(
       const stack = yield* Stack
       const allocator = yield* Allocator
       const started = yield* allocator.start(org)
-      const live = yield* Effect.flatMap(GatewayPool, (pool) => pool.findLive(org)).pipe(Effect.flatMap(Effect.orDieWith(() => "no live allocation")))
+      const live = yield* Effect.flatMap(AllocationStore, (allocations) => allocations.findLive(org)).pipe(Effect.flatMap(Effect.orDieWith(() => "no live allocation")))
       const own = `${org} ${live.upstream} ${live.allocationId} ${live.generation}\n`
       expect(yield* edgeRouteOf(stack, org)).toBe(own)
 
@@ -66,24 +66,24 @@ layer(
     return Effect.gen(function*() {
       const stack = yield* Stack
       const allocator = yield* Allocator
-      const pool = yield* GatewayPool
+      const allocations = yield* AllocationStore
       const holding = yield* Deferred.make<void>()
       const release = yield* Deferred.make<void>()
-      const slot = yield* Effect.fork(pool.whileUnclaimed(org, Deferred.succeed(holding, undefined).pipe(Effect.zipRight(Deferred.await(release)), Effect.as("done"))))
+      const slot = yield* Effect.fork(allocations.whileUnclaimed(org, Deferred.succeed(holding, undefined).pipe(Effect.zipRight(Deferred.await(release)), Effect.as("done"))))
       yield* Deferred.await(holding)
       const start = yield* Effect.fork(allocator.start(org))
       yield* Effect.sleep("500 millis")
       // The claim's insert waits for the slot's transaction: nothing claimed yet.
       expect(Option.isNone(yield* Fiber.poll(start))).toBe(true)
-      expect(Option.isNone(yield* pool.findLive(org))).toBe(true)
+      expect(Option.isNone(yield* allocations.findLive(org))).toBe(true)
       yield* Deferred.succeed(release, undefined)
       expect(yield* Fiber.join(slot)).toEqual(Option.some("done"))
       const started = yield* Fiber.join(start)
       expect(started.reused).toBe(false)
       // The slot's row was never committed: the org has one live allocation, the start's.
-      expect((yield* pool.liveAllocations()).filter((a) => a.organizationId === org).map((a) => a.allocationId)).toEqual([started.allocationId])
+      expect((yield* allocations.liveAllocations()).filter((a) => a.organizationId === org).map((a) => a.allocationId)).toEqual([started.allocationId])
       // With a live allocation, the slot is not had and the effect does not run.
-      expect(yield* pool.whileUnclaimed(org, Effect.dieMessage("must not run"))).toEqual(Option.none())
+      expect(yield* allocations.whileUnclaimed(org, Effect.dieMessage("must not run"))).toEqual(Option.none())
       yield* expectConsistent(stack, org, "active")
       yield* allocator.stop(org)
       yield* expectConsistent(stack, org, "absent")
@@ -119,7 +119,7 @@ layer(
       const started = yield* allocator.start(org)
       const file = routeFileOf(stack, org)
       const own = yield* Effect.promise(() => readFile(file, "utf8"))
-      const live = yield* Effect.flatMap(GatewayPool, (pool) => pool.findLive(org)).pipe(Effect.flatMap(Effect.orDieWith(() => "no live allocation")))
+      const live = yield* Effect.flatMap(AllocationStore, (allocations) => allocations.findLive(org)).pipe(Effect.flatMap(Effect.orDieWith(() => "no live allocation")))
       expect(own).toContain(`"${live.upstream} ${live.allocationId}";`)
       // Someone edits the file: another port. And an old file's missing generation is no drift.
       yield* Effect.promise(() => writeFile(file, own.replace(live.upstream, "127.0.0.1:9999")))

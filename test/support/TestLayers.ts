@@ -7,15 +7,17 @@ import { Handshake, HandshakeError } from "../../src/handshake/Handshake.ts"
 import { type AllocationJournalEntry, Journal, type JournalRecord } from "../../src/journal/Journal.ts"
 import { Nginx, NginxError } from "../../src/nginx/Nginx.ts"
 import { type Notice, Notifier } from "../../src/telemetry/Notifier.ts"
-import { PoolError } from "../../src/db/errors.ts"
+import { DatabaseError } from "../../src/db/errors.ts"
+import { Database } from "../../src/db/Database.ts"
+import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
 import { type Allocation, type AllocationState, type LiveAllocation, LiveState } from "../../src/domain/allocation.ts"
 import { type Gateway, QUARANTINE_CAP_MS } from "../../src/domain/gateway.ts"
 import {
   GatewayAllocated,
   GatewayNameTaken,
   GatewayNotFound,
-  GatewayPool
-} from "../../src/pool/GatewayPool.ts"
+  GatewayStore
+} from "../../src/pool/GatewayStore.ts"
 import { Runner } from "../../src/pool/Runner.ts"
 
 /**
@@ -87,7 +89,7 @@ const operation = <A, E>(world: World, name: string, error: () => E, effect: Eff
 
 // Postgres's answer to a statement it refused (it has a SQLSTATE): nothing changed.
 const sqlError = (name: string) =>
-  new PoolError({ cause: new SqlError.SqlError({ message: `injected failure in ${name}`, cause: { code: "XX000" } }) })
+  new DatabaseError({ cause: new SqlError.SqlError({ message: `injected failure in ${name}`, cause: { code: "XX000" } }) })
 const live: ReadonlyArray<AllocationState> = LiveState.literals
 const isLive = (allocation: Allocation): allocation is LiveAllocation => live.includes(allocation.state)
 
@@ -115,7 +117,7 @@ const poolOf = (world: World) => {
   // Failed releases in a row, by gateway (Postgres keeps them in gateways.release_failures).
   const releaseFailures = new Map<GatewayId, number>()
   const op = <A, E>(name: string, effect: Effect.Effect<A, E>) =>
-    operation<A, E | PoolError>(world, name, () => sqlError(name), effect)
+    operation<A, E | DatabaseError>(world, name, () => sqlError(name), effect)
   const findLive = (organizationId: OrganizationId) =>
     Effect.map(Ref.get(world.allocations), (all) =>
       Option.fromNullable([...all.values()].filter(isLive).find((a) => a.organizationId === organizationId)))
@@ -125,7 +127,8 @@ const poolOf = (world: World) => {
       return current === undefined ? all : new Map(all).set(allocationId, { ...current, state, updatedAt: new Date() })
     })
 
-  return GatewayPool.make({
+  // One in-memory Postgres behind the three services that read and write it.
+  const store: Omit<GatewayStore, "_tag"> & Omit<AllocationStore, "_tag"> & Omit<Database, "_tag"> = {
     claim: (allocationId, organizationId, runner) =>
       op("pool.claim", Effect.gen(function*() {
         const existing = yield* findLive(organizationId)
@@ -366,7 +369,12 @@ const poolOf = (world: World) => {
     liveAllocations: () =>
       Effect.map(Ref.get(world.allocations), (all) => [...all.values()].filter(isLive)),
     exclusively: (_job, effect) => Effect.scoped(Effect.map(effect, Option.some))
-  })
+  }
+  return {
+    gateways: GatewayStore.make({ stats: store.stats, addGateway: store.addGateway, setGatewayState: store.setGatewayState, removeGateway: store.removeGateway, listGateways: store.listGateways, quarantine: store.quarantine, markHealthy: store.markHealthy, healthCandidates: store.healthCandidates, pendingReleases: store.pendingReleases, releaseConfirmed: store.releaseConfirmed, releaseRetryFailed: store.releaseRetryFailed }),
+    allocations: AllocationStore.make({ claim: store.claim, release: store.release, transition: store.transition, owns: store.owns, takeForStop: store.takeForStop, whileActive: store.whileActive, withActiveAllocations: store.withActiveAllocations, whileUnclaimed: store.whileUnclaimed, findLive: store.findLive, getAllocation: store.getAllocation, listAllocations: store.listAllocations, liveAllocations: store.liveAllocations, recoverable: store.recoverable, adopt: store.adopt }),
+    database: Database.make({ ping: store.ping, exclusively: store.exclusively })
+  }
 }
 
 const entryOf = (e: JournalRecord): AllocationJournalEntry => ({
@@ -489,15 +497,19 @@ const handshakeOf = (world: World) =>
 
 /** All outside systems in memory, sharing one TestWorld. */
 export const OutsideTest = Layer.effectContext(
-  Effect.map(makeWorld, (world) =>
-    Context.empty().pipe(
+  Effect.map(makeWorld, (world) => {
+    const stores = poolOf(world)
+    return Context.empty().pipe(
       Context.add(TestWorld, world),
       Context.add(Runner, Runner.make({ id: "test-runner", leaseHeld: Ref.get(world.leaseHeld) })),
-      Context.add(GatewayPool, poolOf(world)),
+      Context.add(GatewayStore, stores.gateways),
+      Context.add(AllocationStore, stores.allocations),
+      Context.add(Database, stores.database),
       Context.add(Journal, journalOf(world)),
       Context.add(Dns, dnsOf(world)),
       Context.add(Nginx, nginxOf(world)),
       Context.add(Handshake, handshakeOf(world)),
       Context.add(Notifier, Notifier.of({ notify: (notice) => Ref.update(world.notices, (all) => [...all, notice]) }))
-    ))
+    )
+  })
 )

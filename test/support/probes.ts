@@ -10,7 +10,7 @@ import { Allocator } from "../../src/allocation/Allocator.ts"
 import { listRecords } from "../../src/dev/PowerDnsProcess.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { hasRoute } from "./invariants.ts"
 
 /** A probe could not get an answer from the system it asks (that is not a "no"). */
@@ -168,12 +168,12 @@ export const awaitNginxRoutes = (stack: LocalStack, org: OrganizationId, timeout
     })
   )
 
-/** The pool's numbers, from Postgres through the service's GatewayPool. */
-export const poolStats = Effect.flatMap(GatewayPool, (pool) => pool.stats())
+/** The pool's numbers, from Postgres through the service's GatewayStore. */
+export const poolStats = Effect.flatMap(GatewayStore, (pool) => pool.stats())
 
 /** The name of the gateway row with this id (to compare with what nginx reaches). */
 export const gatewayName = (gatewayId: string) =>
-  Effect.flatMap(GatewayPool, (pool) => pool.listGateways()).pipe(
+  Effect.flatMap(GatewayStore, (pool) => pool.listGateways()).pipe(
     Effect.map((gateways) => gateways.find((gateway) => gateway.gatewayId === gatewayId)?.name ?? null)
   )
 
@@ -226,7 +226,7 @@ export const expectConsistent = (stack: LocalStack, org: OrganizationId, expecte
     expect(observation).toEqual({ api: "active", dnsRecord: true, route: true, nginx: name })
     expect(yield* dnsView(stack, org)).toEqual({ api: ["127.0.0.1"], resolved: ["127.0.0.1"] })
     // A gateway serves at most one org: its row points at this allocation.
-    const gateways = yield* Effect.flatMap(GatewayPool, (pool) => pool.listGateways())
+    const gateways = yield* Effect.flatMap(GatewayStore, (pool) => pool.listGateways())
     expect(gateways.filter((gateway) => gateway.allocationId === live?.allocationId).map((g) => g.gatewayId))
       .toEqual([live?.gatewayId])
     return observation

@@ -8,7 +8,7 @@ import { Nginx } from "../../src/nginx/Nginx.ts"
 import type { Behaviour } from "../../src/dev/SampleGateway.ts"
 import { type LocalStack, startLocalStack } from "../../src/dev/stack.ts"
 import type { GatewayName, Upstream } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 
 /** A real Postgres, nginx, PowerDNS and sample gateways, started for one test file. */
 export class Stack extends Context.Tag("test/Stack")<Stack, LocalStack>() {}
@@ -64,7 +64,7 @@ export const ServicesLive = (
   Layer.unwrapEffect(
     Effect.map(Stack, (stack) =>
       Layer.effectDiscard(
-        Effect.flatMap(GatewayPool, (pool) =>
+        Effect.flatMap(GatewayStore, (pool) =>
           Effect.forEach(stack.gateways, (gateway) =>
             pool.addGateway(gateway.name as GatewayName, gateway.upstream as Upstream)))
       ).pipe(

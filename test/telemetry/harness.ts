@@ -7,7 +7,7 @@ import { createServer } from "node:http"
 import { makeServices } from "../../src/app.ts"
 import type { GatewayName, Upstream } from "../../src/domain/ids.ts"
 import { HttpAppLive } from "../../src/http/server.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { jsonLogger } from "../../src/telemetry/Logging.ts"
 import { configFrom } from "../support/stack.ts"
 import { OutsideTest } from "../support/TestLayers.ts"
@@ -31,7 +31,7 @@ export const TestServices = <ROut, E>(
   options: { readonly env?: Readonly<Record<string, string>>; readonly outside?: Layer.Layer<ROut, E> } = {}
 ) =>
   Layer.effectDiscard(
-    Effect.flatMap(GatewayPool, (pool) =>
+    Effect.flatMap(GatewayStore, (pool) =>
       Effect.forEach(["gw-1", "gw-2"], (name, i) =>
         pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
   ).pipe(

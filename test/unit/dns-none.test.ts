@@ -5,14 +5,14 @@ import { Allocator } from "../../src/allocation/Allocator.ts"
 import { makeServices } from "../../src/app.ts"
 import { DnsNone } from "../../src/dns/Dns.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { startFailure } from "../support/failures.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
 
 // Wildcard DNS: the in-memory systems, with the `none` provider in place of PowerDNS.
 const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayPool, (pool) => pool.addGateway("gw-1" as GatewayName, "127.0.0.1:9001" as Upstream))
+  Effect.flatMap(GatewayStore, (pool) => pool.addGateway("gw-1" as GatewayName, "127.0.0.1:9001" as Upstream))
 ).pipe(
   Layer.provideMerge(makeServices(Layer.merge(OutsideTest, DnsNone))),
   Layer.provide(configFrom({}))

@@ -1,5 +1,5 @@
 // Drift repair deletes an orphan DNS record under the same fence as a claim: the org's slot
-// (GatewayPool.whileUnclaimed, in Postgres the uncommitted row in allocations_one_live_per_org a
+// (AllocationStore.whileUnclaimed, in Postgres the uncommitted row in allocations_one_live_per_org a
 // claim's insert waits for). Over the in-memory outside systems, with the slot modelled as a lock
 // per org that claims take too; test/integration/driftRepair.test.ts checks the real one.
 import { describe, expect, it } from "@effect/vitest"
@@ -10,7 +10,8 @@ import { Reconciler } from "../../src/allocation/Reconciler.ts"
 import { makeServices } from "../../src/app.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { Nginx } from "../../src/nginx/Nginx.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, gate, OutsideTest, TestWorld } from "../support/TestLayers.ts"
 
@@ -22,7 +23,7 @@ import { calls, gate, OutsideTest, TestWorld } from "../support/TestLayers.ts"
 const WithOrgSlots = Layer.effectContext(
   Effect.gen(function*() {
     const world = yield* TestWorld
-    const pool = yield* GatewayPool
+    const allocations = yield* AllocationStore
     const nginx = yield* Nginx
     const slots = new Map<OrganizationId, Effect.Semaphore>()
     const slotOf = (organizationId: OrganizationId) => {
@@ -33,13 +34,14 @@ const WithOrgSlots = Layer.effectContext(
       return slot
     }
     return Context.make(
-      GatewayPool,
-      GatewayPool.make({
-        ...pool,
-        claim: (allocationId, organizationId, runner) => slotOf(organizationId).withPermits(1)(pool.claim(allocationId, organizationId, runner)),
+      AllocationStore,
+      AllocationStore.make({
+        ...allocations,
+        claim: (allocationId, organizationId, runner) =>
+          slotOf(organizationId).withPermits(1)(allocations.claim(allocationId, organizationId, runner)),
         whileUnclaimed: (organizationId, effect) =>
           slotOf(organizationId).withPermits(1)(
-            Effect.flatMap(pool.findLive(organizationId), (live) =>
+            Effect.flatMap(allocations.findLive(organizationId), (live) =>
               Option.isSome(live) ? Effect.succeed(Option.none()) : Effect.map(effect, Option.some))
           )
       })
@@ -64,7 +66,7 @@ const WithOrgSlots = Layer.effectContext(
 ).pipe(Layer.provideMerge(OutsideTest))
 
 const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayPool, (pool) =>
+  Effect.flatMap(GatewayStore, (pool) =>
     Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
 ).pipe(
   Layer.provideMerge(makeServices(WithOrgSlots)),

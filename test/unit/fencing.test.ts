@@ -10,13 +10,14 @@ import { Undos } from "../../src/allocation/undos.ts"
 import { makeServices } from "../../src/app.ts"
 import type { Allocation } from "../../src/domain/allocation.ts"
 import { type AllocationId, type GatewayName, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { failureOf } from "../support/failures.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, gate, OutsideTest, TestWorld } from "../support/TestLayers.ts"
 
 const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayPool, (pool) =>
+  Effect.flatMap(GatewayStore, (pool) =>
     Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
 ).pipe(
   Layer.provideMerge(makeServices(OutsideTest)),
@@ -41,7 +42,7 @@ const setRow = (allocationId: AllocationId, change: Partial<Allocation>) =>
     }))
 
 const liveOf = (org: OrganizationId) =>
-  Effect.flatMap(GatewayPool, (pool) => pool.findLive(org)).pipe(Effect.map(Option.getOrThrow))
+  Effect.flatMap(AllocationStore, (allocations) => allocations.findLive(org)).pipe(Effect.map(Option.getOrThrow))
 
 describe("ownership and fencing (test layers)", () => {
   it.effect("a runner whose allocation was taken over stops before its next side effect, and undoes nothing", () =>

@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { makeServices } from "../../src/app.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { GatewayHealth } from "../../src/pool/GatewayHealth.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, clearFaults, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
@@ -16,7 +16,7 @@ const QUARANTINE_MS = 30_000
 
 const servicesWith = (upstreams: ReadonlyArray<string>, env: Readonly<Record<string, string>> = {}) =>
   Layer.effectDiscard(
-    Effect.flatMap(GatewayPool, (pool) =>
+    Effect.flatMap(GatewayStore, (pool) =>
       Effect.forEach(upstreams, (upstream, i) => pool.addGateway(`gw-${i + 1}` as GatewayName, upstream as Upstream)))
   ).pipe(
     Layer.provideMerge(makeServices(OutsideTest)),
@@ -35,7 +35,7 @@ const TestServices = servicesWith(UPSTREAMS)
 
 const newOrg = () => randomUUID() as OrganizationId
 
-const gateways = Effect.flatMap(GatewayPool, (pool) => pool.listGateways())
+const gateways = Effect.flatMap(GatewayStore, (pool) => pool.listGateways())
 const gatewayAt = (upstream: string) =>
   Effect.map(gateways, (all) => all.find((g) => g.upstream === upstream))
 
@@ -100,7 +100,7 @@ describe("dead gateways (test layers)", () => {
   it.effect("a quarantined gateway is not handed out until its quarantine ends; failures in a row double it", () =>
     Effect.gen(function*() {
       const allocator = yield* Allocator
-      const pool = yield* GatewayPool
+      const pool = yield* GatewayStore
       // Two gateways out of the way (allocated), so only gw-1 can be claimed.
       const dead = yield* gatewayAt(UPSTREAMS[0] ?? "")
       if (dead === undefined) return expect.fail("no gw-1")
@@ -116,7 +116,7 @@ describe("dead gateways (test layers)", () => {
 
   it.effect("the health check brings back a gateway whose quarantine ran out only if it answers; an idle one that stops answering is set aside", () =>
     Effect.gen(function*() {
-      const pool = yield* GatewayPool
+      const pool = yield* GatewayStore
       const checker = yield* GatewayHealth
       const [gw1, gw2] = yield* gateways
       if (gw1 === undefined || gw2 === undefined) return expect.fail("no gateways")
@@ -170,7 +170,7 @@ describe("dead gateways (test layers)", () => {
   it.effect("a draining gateway keeps its org and is not handed out again; active again, it is", () =>
     Effect.gen(function*() {
       const allocator = yield* Allocator
-      const pool = yield* GatewayPool
+      const pool = yield* GatewayStore
       const org = newOrg()
       const started = yield* allocator.start(org)
       yield* pool.setGatewayState(started.gatewayId, "draining")

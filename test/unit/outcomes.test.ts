@@ -7,7 +7,8 @@ import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { makeServices } from "../../src/app.ts"
 import type { AllocationId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
 
@@ -15,7 +16,7 @@ const STEP_TIMEOUT_MS = 1000
 const UNDO_TIMEOUT_MS = 500
 
 const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayPool, (pool) =>
+  Effect.flatMap(GatewayStore, (pool) =>
     Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
 ).pipe(
   Layer.provideMerge(makeServices(OutsideTest)),
@@ -54,11 +55,11 @@ describe("failures that are no step's (test layers)", () => {
   it.effect("a stop that gives up waiting for a start in progress says the allocation is in transition (409), not that there is none", () =>
     Effect.gen(function*() {
       const allocator = yield* Allocator
-      const pool = yield* GatewayPool
+      const allocations = yield* AllocationStore
       const org = newOrg()
       // Another replica (alive: its lease is held) is starting the org and does not finish in time.
-      yield* pool.claim(randomUUID() as AllocationId, org, "replica-b")
-      expect(Option.map(yield* pool.findLive(org), (a) => a.state)).toEqual(Option.some("starting"))
+      yield* allocations.claim(randomUUID() as AllocationId, org, "replica-b")
+      expect(Option.map(yield* allocations.findLive(org), (a) => a.state)).toEqual(Option.some("starting"))
       const stop = yield* Effect.fork(allocator.stop(org).pipe(Effect.flip))
       // Past the stop's patience (a start's and a teardown's bounds).
       yield* advance(60_000)

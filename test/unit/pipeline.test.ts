@@ -6,7 +6,7 @@ import { makeServices } from "../../src/app.ts"
 import { type Failure, startFailure } from "../support/failures.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import type { StepName } from "../../src/domain/steps.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
 
@@ -16,7 +16,7 @@ const SHUTDOWN_GRACE_MS = 300
 
 /** The allocator over in-memory outside systems with two gateways in the pool. */
 const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayPool, (pool) =>
+  Effect.flatMap(GatewayStore, (pool) =>
     Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
 ).pipe(
   Layer.provideMerge(makeServices(OutsideTest)),
@@ -51,7 +51,7 @@ const expectNothingLeft = (org: OrganizationId) =>
     expect([...(yield* Ref.get(world.dnsRecords))]).not.toContain(org)
     expect([...(yield* Ref.get(world.routeFiles)).keys()]).not.toContain(org)
     expect([...(yield* Ref.get(world.served)).keys()]).not.toContain(org)
-    const stats = yield* Effect.flatMap(GatewayPool, (pool) => pool.stats())
+    const stats = yield* Effect.flatMap(GatewayStore, (pool) => pool.stats())
     expect(stats).toMatchObject({ total: 2, free: 2, allocated: 0 })
   })
 
@@ -232,7 +232,7 @@ describe("allocation pipeline (test layers)", () => {
         ["dns", "done"],
         ["allocate", "failed"]
       ])
-      const stats = yield* Effect.flatMap(GatewayPool, (pool) => pool.stats())
+      const stats = yield* Effect.flatMap(GatewayStore, (pool) => pool.stats())
       expect(stats.allocated).toBe(1)
       const world = yield* TestWorld
       if (error._tag === "NoGatewayAvailable") return

@@ -5,12 +5,13 @@ import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
 import { makeServices } from "../../src/app.ts"
 import type { AllocationId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { configFrom } from "../support/stack.ts"
 import { OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
 
 const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayPool, (pool) =>
+  Effect.flatMap(GatewayStore, (pool) =>
     Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
 ).pipe(
   Layer.provideMerge(makeServices(OutsideTest)),
@@ -23,10 +24,10 @@ const newOrg = () => randomUUID() as OrganizationId
 const leaveOrphan = (runner: string) =>
   Effect.gen(function*() {
     const world = yield* TestWorld
-    const pool = yield* GatewayPool
+    const allocations = yield* AllocationStore
     const org = newOrg()
     const allocationId = randomUUID() as AllocationId
-    yield* pool.claim(allocationId, org, runner)
+    yield* allocations.claim(allocationId, org, runner)
     yield* Ref.update(world.dnsRecords, (s) => new Set(s).add(org))
     yield* Ref.update(world.routeFiles, (m) => new Map(m).set(org, allocationId))
     yield* Ref.update(world.served, (m) => new Map(m).set(org, allocationId))
@@ -47,7 +48,7 @@ describe("reconciler (test layers)", () => {
       expect([...(yield* Ref.get(world.dnsRecords))]).not.toContain(org)
       expect([...(yield* Ref.get(world.routeFiles)).keys()]).not.toContain(org)
       expect([...(yield* Ref.get(world.served)).keys()]).not.toContain(org)
-      expect((yield* Effect.flatMap(GatewayPool, (p) => p.stats())).free).toBe(2)
+      expect((yield* Effect.flatMap(GatewayStore, (p) => p.stats())).free).toBe(2)
       expect((yield* Ref.get(world.allocations)).get(allocationId)?.state).toBe("rolled_back")
       const journal = (yield* Ref.get(world.journal)).filter((e) => e.allocationId === allocationId)
       expect(journal.filter((e) => e.event === "undone").map((e) => [e.step, e.actor])).toEqual([
@@ -88,11 +89,11 @@ describe("reconciler (test layers)", () => {
       yield* setFault("nginx.reload", "fail")
       const first = yield* runOnce
       expect(first).toMatchObject({ recovered: 1, incomplete: 1 })
-      expect((yield* Effect.flatMap(GatewayPool, (p) => p.stats())).allocated).toBe(1)
+      expect((yield* Effect.flatMap(GatewayStore, (p) => p.stats())).allocated).toBe(1)
       yield* Ref.set(world.faults, new Map())
       const second = yield* runOnce
       expect(second).toMatchObject({ recovered: 1, incomplete: 0 })
-      expect((yield* Effect.flatMap(GatewayPool, (p) => p.stats())).free).toBe(2)
+      expect((yield* Effect.flatMap(GatewayStore, (p) => p.stats())).free).toBe(2)
       expect([...(yield* Ref.get(world.served)).keys()]).not.toContain(org)
     }).pipe(Effect.provide(TestServices)))
 

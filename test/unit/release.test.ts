@@ -9,7 +9,7 @@ import { makeServices } from "../../src/app.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { undoOrder } from "../../src/domain/steps.ts"
 import { GatewayHealth } from "../../src/pool/GatewayHealth.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { startFailure } from "../support/failures.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, clearFaults, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
@@ -19,7 +19,7 @@ const UNDO_TIMEOUT_MS = 500
 const UPSTREAMS = ["127.0.0.1:9001", "127.0.0.1:9002"]
 
 const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayPool, (pool) =>
+  Effect.flatMap(GatewayStore, (pool) =>
     Effect.forEach(UPSTREAMS, (upstream, i) => pool.addGateway(`gw-${i + 1}` as GatewayName, upstream as Upstream)))
 ).pipe(
   Layer.provideMerge(makeServices(OutsideTest)),
@@ -38,9 +38,9 @@ const advance = (totalMs: number) =>
   Effect.forEach(Array.from({ length: Math.ceil(totalMs / 100) }), () =>
     TestClock.adjust(Duration.millis(100)).pipe(Effect.zipRight(Effect.yieldNow())), { discard: true })
 
-const stats = Effect.flatMap(GatewayPool, (pool) => pool.stats())
+const stats = Effect.flatMap(GatewayStore, (pool) => pool.stats())
 const gatewayOf = (gatewayId: string) =>
-  Effect.map(Effect.flatMap(GatewayPool, (pool) => pool.listGateways()), (all) => all.find((g) => g.gatewayId === gatewayId))
+  Effect.map(Effect.flatMap(GatewayStore, (pool) => pool.listGateways()), (all) => all.find((g) => g.gatewayId === gatewayId))
 
 /** The outside calls made from the `from`-th on, pool reads left out. */
 const callsSince = (from: number) =>

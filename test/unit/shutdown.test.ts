@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { makeServices } from "../../src/app.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
-import { GatewayPool } from "../../src/pool/GatewayPool.ts"
+import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { configFrom } from "../support/stack.ts"
 import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
 
@@ -14,7 +14,7 @@ const STEP_TIMEOUT_MS = 1000
 const SHUTDOWN_GRACE_MS = 3000
 
 const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayPool, (pool) =>
+  Effect.flatMap(GatewayStore, (pool) =>
     Effect.forEach(["gw-1", "gw-2", "gw-3"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
 ).pipe(
   Layer.provideMerge(makeServices(OutsideTest)),
