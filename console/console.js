@@ -3,17 +3,26 @@
 // only ever put in the page as text (textContent, DOM APIs), never parsed as markup.
 
 /**
- * @typedef {{ gateway_id: string, name: string, upstream: string, allocation_id: string | null,
- *   state: "active" | "draining", health: "unknown" | "healthy" | "unhealthy" | "unreleased",
- *   unreleased_allocation_id: string | null, quarantined_until: string | null, last_failure: string | null }} PoolGateway
- * @typedef {{ total: number, free: number, allocated: number, available: number, quarantined: number,
- *   draining: number, unreleased: number, gateways: PoolGateway[] }} Pool
- * @typedef {{ step: string, event: string, actor: string, detail: string | null, duration_ms: number | null, at: string }} JournalEntry
- * @typedef {{ step: string, status: string, message?: string, duration_ms: number }} UndoOutcome
- * @typedef {{ allocation_id: string, organization_id: string, gateway_id: string | null, gateway_hostname: string,
- *   upstream: string, state: string, runner: string, created_at: string, updated_at: string, finished_at: string | null,
- *   error: unknown, trace_id: string | null, trace_url: string | null, steps: JournalEntry[], rollback: UndoOutcome[] }} Allocation
- * @typedef {{ dependency: string, reason: string, since: string }} NotReady
+ * The API's bodies are not written here: api.d.ts has them, generated from the service's OpenAPI
+ * document (`npm run console-types`), so a change to the API this file does not follow fails its
+ * type check (test/build/console-types.test.ts).
+ * @template {keyof import("./api").Operations} K
+ * @template {keyof import("./api").Operations[K]["responses"]} S
+ * @typedef {import("./api").ResponseBody<K, S>} ResponseBody
+ */
+/**
+ * @template {keyof import("./api").Operations} K
+ * @typedef {import("./api").RequestBody<K>} RequestBody
+ */
+/**
+ * @typedef {ResponseBody<"pool.get", 200>} Pool
+ * @typedef {Pool["gateways"][number]} PoolGateway
+ * @typedef {ResponseBody<"allocations.get", 200>} Allocation
+ * @typedef {Allocation["steps"][number]} JournalEntry
+ * @typedef {Allocation["rollback"][number]} UndoOutcome
+ * @typedef {ResponseBody<"health.readyz", 503>["not_ready"][number]} NotReadyDependency
+ * What the page shows as not ready: what /readyz names, or the service itself when /readyz is unreadable.
+ * @typedef {Omit<NotReadyDependency, "dependency"> & { dependency: NotReadyDependency["dependency"] | "service" }} NotReady
  * @typedef {{ pool: Pool, live: Allocation[], finished: Allocation[], rolledBack: Allocation[], repairs: Map<string, number>,
  *   notReady: NotReady[] }} Snapshot
  */
@@ -113,9 +122,10 @@ function table(headings, rows, empty) {
 const token = () => sessionStorage.getItem(TOKEN_KEY)
 
 /**
- * One call with the bearer token. A 401 forgets the token and asks for it again.
+ * One call with the bearer token. A 401 forgets the token and asks for it again. The caller says
+ * which body it expects (a ResponseBody cast), so what it reads of the answer is type-checked.
  * @param {string} method @param {string} path @param {unknown} [body]
- * @returns {Promise<any>}
+ * @returns {Promise<unknown>}
  */
 async function api(method, path, body) {
   const bearer = token()
@@ -172,7 +182,7 @@ const allocationsPath = (query) => {
 async function readiness() {
   const response = await fetch("/readyz", { cache: "no-store" })
   if (response.ok) return []
-  const body = /** @type {any} */ (parseJson(await response.text()))
+  const body = /** @type {Partial<ResponseBody<"health.readyz", 503>> | undefined} */ (parseJson(await response.text()))
   return Array.isArray(body?.not_ready)
     ? body.not_ready
     : [{ dependency: "service", reason: `/readyz answered HTTP ${response.status}`, since: new Date().toISOString() }]
@@ -217,22 +227,22 @@ function filters() {
 /** @returns {Promise<Snapshot>} */
 async function load() {
   const filter = filters()
-  /** One request per distinct path in a refresh. @type {Map<string, Promise<{ allocations: Allocation[] }>>} */
+  /** One request per distinct path in a refresh. @type {Map<string, Promise<ResponseBody<"allocations.list", 200>>>} */
   const lists = new Map()
   /** @param {string} path */
   const list = (path) => {
     const known = lists.get(path)
     if (known !== undefined) return known
-    const loading = api("GET", path)
+    const loading = /** @type {Promise<ResponseBody<"allocations.list", 200>>} */ (api("GET", path))
     lists.set(path, loading)
     return loading
   }
-  /** @param {Promise<{ allocations: Allocation[] }>[]} loading */
+  /** @param {Promise<ResponseBody<"allocations.list", 200>>[]} loading @returns {Promise<Allocation[]>} */
   const merged = async (loading) =>
     (await Promise.all(loading)).flatMap((answer) => answer.allocations).sort((a, b) => b.created_at.localeCompare(a.created_at))
   const finalStates = filter.state === "" ? FINAL_STATES : FINAL_STATES.filter((state) => state === filter.state)
   const [pool, live, finished, rolledBack, repairs, notReady] = await Promise.all([
-    api("GET", "/pool"),
+    /** @type {Promise<Pool>} */ (api("GET", "/pool")),
     // Every live allocation (the pool shows whom each gateway serves); the filters apply on display.
     merged(LIVE_STATES.map((state) => list(allocationsPath({ state, limit: 500 })))),
     merged(finalStates.map((state) => list(allocationsPath({ state, organization_id: filter.organization_id, limit: RECENT })))),
@@ -252,7 +262,7 @@ async function refresh() {
   const started = session
   try {
     const loaded = await load()
-    const detail = selectedId === null ? selected : await api("GET", `/allocations/${selectedId}`)
+    const detail = selectedId === null ? selected : /** @type {Allocation} */ (await api("GET", `/allocations/${selectedId}`))
     if (started !== session) return
     snapshot = loaded
     selected = detail
@@ -528,7 +538,7 @@ function report(error) {
 async function show(id) {
   try {
     selectedId = id
-    selected = await api("GET", `/allocations/${id}`)
+    selected = /** @type {Allocation} */ (await api("GET", `/allocations/${id}`))
     render()
     $("#detail", HTMLElement).scrollIntoView({ block: "nearest" })
   } catch (error) {
@@ -581,7 +591,8 @@ function onAction(action, id) {
     case "drain":
     case "undrain":
       return act(async () => {
-        const gateway = await api("PATCH", `/pool/gateways/${id}`, { state: action === "drain" ? "draining" : "active" })
+        const gateway = /** @type {ResponseBody<"pool.setGatewayState", 200>} */ (await api("PATCH", `/pool/gateways/${id}`,
+          /** @satisfies {RequestBody<"pool.setGatewayState">} */ ({ state: action === "drain" ? "draining" : "active" })))
         return `${gateway.name} is ${gateway.state}`
       })
     case "remove":
@@ -593,7 +604,8 @@ function onAction(action, id) {
     case "stop":
       if (!confirmed(`stop:${id}`)) return
       return act(async () => {
-        const stopped = await api("POST", "/gateway/stop", { organization_id: id })
+        const stopped = /** @type {ResponseBody<"gateway.stop", 200>} */ (await api("POST", "/gateway/stop",
+          /** @satisfies {RequestBody<"gateway.stop">} */ ({ organization_id: id })))
         return `${stopped.organization_id} stopped: its gateway is back in the pool`
       })
   }
@@ -652,14 +664,16 @@ onSubmit("#login-form", (data, form) => {
 
 onSubmit("#add-gateway", (data, form) =>
   act(async () => {
-    const added = await api("POST", "/pool/gateways", { name: field(data, "name"), upstream: field(data, "upstream") })
+    const added = /** @type {ResponseBody<"pool.addGateway", 201>} */ (await api("POST", "/pool/gateways",
+      /** @satisfies {RequestBody<"pool.addGateway">} */ ({ name: field(data, "name"), upstream: field(data, "upstream") })))
     form.reset()
     return `${added.name} (${added.upstream}) added to the pool`
   }))
 
 onSubmit("#start-org", (data) =>
   act(async () => {
-    const started = await api("POST", "/gateway/start", { organization_id: field(data, "organization_id") })
+    const started = /** @type {ResponseBody<"gateway.start", 200>} */ (await api("POST", "/gateway/start",
+      /** @satisfies {RequestBody<"gateway.start">} */ ({ organization_id: field(data, "organization_id") })))
     void show(started.allocation_id)
     return `${started.organization_id} ${started.reused ? "already had" : "started on"} ${started.gateway_hostname}`
   }))
