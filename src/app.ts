@@ -8,6 +8,7 @@
 //   OutsideLive    one layer per outside system: Postgres (pool, journal, runner lease), PowerDNS,
 //                  nginx, the gateways' HTTP, the webhook; all over Settings (shared settings).
 import { Effect, Layer } from "effect"
+import { AllocationQueries } from "./allocation/AllocationQueries.ts"
 import { Allocator } from "./allocation/Allocator.ts"
 import { Ownership } from "./allocation/Ownership.ts"
 import { Reconciler } from "./allocation/Reconciler.ts"
@@ -49,7 +50,7 @@ export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
   Reconciler.Default.pipe(
     Layer.provideMerge(RouteRestorer.Default),
     Layer.provideMerge(Dependencies.Default),
-    Layer.provideMerge(Allocator.Default),
+    Layer.provideMerge(Layer.merge(Allocator.Default, AllocationQueries.Default)),
     Layer.provideMerge(GatewayHealth.Default),
     Layer.provideMerge(Layer.merge(StepRunner.Default, Undos.Default)),
     Layer.provideMerge(Ownership.Default),

@@ -1,5 +1,6 @@
 import { Cause, Duration, Effect, Either, Exit, Fiber, FiberMap, Metric, Option, Ref, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
+import { singleFlight } from "../lib/singleFlight.ts"
 import { Settings } from "../config.ts"
 import type { LiveAllocation } from "../domain/allocation.ts"
 import {
@@ -19,7 +20,6 @@ import { AllocationId, type GatewayId, type OrganizationId, orgHostname } from "
 import { haltsTeardown, isUnfinished, type RollbackReport, type StartOutcome, summarise } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
 import { Handshake, HandshakeError } from "../handshake/Handshake.ts"
-import { Journal } from "../journal/Journal.ts"
 import { Nginx, type NginxError, type Route, type RouteLost } from "../nginx/Nginx.ts"
 import { GatewayStore } from "../pool/GatewayStore.ts"
 import { GatewayHealth } from "../pool/GatewayHealth.ts"
@@ -80,25 +80,6 @@ const gatewayFault = (error: AttemptError): Option.Option<string> => {
 
 export type StopError = StopFailed | AllocationNotFound | InTransition | DatabaseError
 
-/**
- * One fiber per key, owned by the service's scope and detached from the callers: a caller that
- * goes away does not abort the work, and concurrent callers for one key join the same fiber.
- */
-const singleFlight = <A, E>() =>
-  Effect.gen(function*() {
-    const fibers = yield* FiberMap.make<OrganizationId, A, E>()
-    const lock = yield* Effect.makeSemaphore(1)
-    const run = (key: OrganizationId, effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
-      lock.withPermits(1)(
-        Effect.flatMap(FiberMap.get(fibers, key).pipe(Effect.option), (existing) =>
-          Option.isSome(existing) ? Effect.succeed(existing.value) : FiberMap.run(fibers, key, effect))
-      ).pipe(Effect.flatMap(Fiber.join))
-    /** Waits for the key's fiber, if one runs, whatever its outcome. */
-    const wait = (key: OrganizationId) =>
-      FiberMap.get(fibers, key).pipe(Effect.flatMap(Fiber.await), Effect.ignore)
-    return { fibers, run, await: wait }
-  })
-
 /** How a start ended: the `outcome` of its span and of `gateway_allocator_starts_total`. */
 const startOutcome = (exit: Exit.Exit<Started, StartError>): StartOutcome =>
   Exit.match(exit, {
@@ -130,7 +111,6 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const settings = yield* Settings
     const allocations = yield* AllocationStore
     const gateways = yield* GatewayStore
-    const journal = yield* Journal
     const dns = yield* Dns
     const nginx = yield* Nginx
     const handshake = yield* Handshake
@@ -140,8 +120,8 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const ownership = yield* Ownership
     const notifier = yield* Notifier
     const gatewayHealth = yield* GatewayHealth
-    const starts = yield* singleFlight<Started, StartError>()
-    const stops = yield* singleFlight<Stopped, StopError>()
+    const starts = yield* singleFlight<OrganizationId, Started, StartError>()
+    const stops = yield* singleFlight<OrganizationId, Stopped, StopError>()
     // Set once shutdown begins: from then on no gateway is claimed and no attempt begins.
     const shuttingDown = yield* Ref.make(false)
 
@@ -522,21 +502,6 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const stop = (organizationId: OrganizationId): Effect.Effect<Stopped, StopError> =>
       stops.run(organizationId, Effect.suspend(() => runStop(organizationId)))
 
-    const status = Effect.fn("Allocation.status")(function*(organizationId: OrganizationId) {
-      const allocation = yield* allocations.findLive(organizationId)
-      if (Option.isNone(allocation)) {
-        return yield* new AllocationNotFound({ what: `active allocation of ${organizationId}` })
-      }
-      return { ...allocation.value, hostname: orgHostname(organizationId, settings.domain) }
-    })
-
-    const describeAllocation = Effect.fn("Allocation.describe")(function*(allocationId: AllocationId) {
-      const allocation = yield* allocations.getAllocation(allocationId)
-      if (Option.isNone(allocation)) return yield* new AllocationNotFound({ what: `allocation ${allocationId}` })
-      const entries = yield* journal.entries(allocationId)
-      return { ...allocation.value, hostname: orgHostname(allocation.value.organizationId, settings.domain), steps: entries }
-    })
-
-    return { start, stop, status, describe: describeAllocation, drain }
+    return { start, stop, drain }
   })
 }) {}

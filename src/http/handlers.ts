@@ -1,19 +1,18 @@
 import { HttpApiBuilder, HttpMiddleware } from "@effect/platform"
 import { createHash, timingSafeEqual } from "node:crypto"
-import { Array as Arr, Duration, Effect, Layer, Option, Redacted } from "effect"
+import { Duration, Effect, Layer, Option, Redacted } from "effect"
+import { AllocationQueries } from "../allocation/AllocationQueries.ts"
 import { Allocator } from "../allocation/Allocator.ts"
-import { ApiToken, Settings, TraceUrlConfig } from "../config.ts"
+import { ApiToken, TraceUrlConfig } from "../config.ts"
 import type { DatabaseError } from "../db/errors.ts"
 import type { Allocation } from "../domain/allocation.ts"
 import type { AllocationNotFound, StartError } from "../domain/errors.ts"
-import { orgHostname } from "../domain/ids.ts"
-import { undoStatusOf, type UndoOutcome } from "../domain/steps.ts"
-import { Journal, type JournalEntry } from "../journal/Journal.ts"
 import type { Gateway } from "../domain/gateway.ts"
-import { AllocationStore } from "../allocation/AllocationStore.ts"
+import { undoStatusOf, type UndoOutcome } from "../domain/steps.ts"
+import type { JournalEntry } from "../journal/Journal.ts"
 import { GatewayStore } from "../pool/GatewayStore.ts"
-import { recordPool } from "../telemetry/Metrics.ts"
 import { Dependencies } from "../readiness/Dependencies.ts"
+import { recordPool } from "../telemetry/Metrics.ts"
 import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api, Authorization } from "./Api.ts"
 import * as ApiError from "./errors.ts"
@@ -92,6 +91,7 @@ const poolGateway = (gateway: Gateway) => ({
 export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =>
   Effect.gen(function*() {
     const allocator = yield* Allocator
+    const queries = yield* AllocationQueries
     return handlers
       .handle("start", ({ payload }) =>
         allocator.start(payload.organization_id).pipe(
@@ -127,7 +127,7 @@ export const GatewayHandlers = HttpApiBuilder.group(Api, "gateway", (handlers) =
           })
         ))
       .handle("status", ({ path }) =>
-        allocator.status(path.organization_id).pipe(
+        queries.status(path.organization_id).pipe(
           Effect.map((allocation) => ({
             organization_id: allocation.organizationId,
             gateway_id: allocation.gatewayId,
@@ -177,33 +177,16 @@ const allocationBody = (
 
 export const AllocationsHandlers = HttpApiBuilder.group(Api, "allocations", (handlers) =>
   Effect.gen(function*() {
-    const allocator = yield* Allocator
-    const store = yield* AllocationStore
-    const journal = yield* Journal
-    const settings = yield* Settings
+    const queries = yield* AllocationQueries
     const traceUrl = yield* TraceUrlConfig
     return handlers
       .handle("list", ({ urlParams }) =>
-        Effect.gen(function*() {
-          const allocations = yield* store.listAllocations({
-            state: urlParams.state,
-            organizationId: urlParams.organization_id,
-            limit: urlParams.limit
-          })
-          const entries = yield* journal.entriesFor(allocations.map((allocation) => allocation.allocationId))
-          const byAllocation = Arr.groupBy(entries, (entry) => entry.allocationId)
-          return {
-            allocations: allocations.map((allocation) =>
-              allocationBody({
-                ...allocation,
-                hostname: orgHostname(allocation.organizationId, settings.domain),
-                steps: byAllocation[allocation.allocationId] ?? []
-              }, traceUrl)
-            )
-          }
-        }).pipe(Effect.mapError(unavailable)))
+        queries.list({ state: urlParams.state, organizationId: urlParams.organization_id, limit: urlParams.limit }).pipe(
+          Effect.map((allocations) => ({ allocations: allocations.map((allocation) => allocationBody(allocation, traceUrl)) })),
+          Effect.mapError(unavailable)
+        ))
       .handle("get", ({ path }) =>
-        allocator.describe(path.allocation_id).pipe(
+        queries.describe(path.allocation_id).pipe(
           Effect.map((allocation) => allocationBody(allocation, traceUrl)),
           Effect.catchTags({
             AllocationNotFound: (error) => Effect.fail(notFound(error)),

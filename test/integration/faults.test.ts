@@ -7,6 +7,7 @@ import { Effect, Either, Fiber, Layer, Metric } from "effect"
 import { randomUUID } from "node:crypto"
 import { mkdir, readdir, rm, writeFile } from "node:fs/promises"
 import path from "node:path"
+import { AllocationQueries } from "../../src/allocation/AllocationQueries.ts"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
 import { rollbacksIncompleteTotal } from "../../src/telemetry/Metrics.ts"
@@ -36,7 +37,7 @@ const stopQuietly = (org: OrganizationId) =>
 
 /** The allocation's journal as `step:event`, in the order the rows were written. */
 const journalOf = (allocationId: AllocationId) =>
-  Effect.flatMap(Allocator, (allocator) => allocator.describe(allocationId)).pipe(
+  Effect.flatMap(AllocationQueries, (queries) => queries.describe(allocationId)).pipe(
     Effect.map((allocation) => ({
       state: allocation.state,
       events: allocation.steps.map((entry) => `${entry.step}:${entry.event}`),
@@ -442,7 +443,6 @@ const suite = (routing: "lua" | "reload") =>
     it.effect("PowerDNS down during the rollback: the caller gets the handshake timeout, dns undo failed, gateway freed", () =>
       withStack((stack) =>
         Effect.gen(function*() {
-          const allocator = yield* Allocator
           const reconciler = yield* Reconciler
           const org = newOrg()
           const before = yield* poolStats
@@ -469,7 +469,7 @@ const suite = (routing: "lua" | "reload") =>
             expect(yield* poolStats).toEqual(before)
             expect(yield* hasRoute(stack, org)).toBe(false)
             expect(yield* nginxRoutesSteadily(stack, org)).toBeNull()
-            expect((yield* allocator.status(org).pipe(Effect.either))._tag).toBe("Left")
+            expect((yield* Effect.flatMap(AllocationQueries, (queries) => queries.status(org)).pipe(Effect.either))._tag).toBe("Left")
             return error
           }).pipe(Effect.ensuring(stack.powerDns.start.pipe(Effect.orDie)))
 

@@ -5,6 +5,7 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect, Layer, Ref } from "effect"
 import { randomUUID } from "node:crypto"
+import { AllocationQueries } from "../../src/allocation/AllocationQueries.ts"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { expectConsistent, gatewayName, poolStats } from "../support/probes.ts"
@@ -51,7 +52,7 @@ layer(
 
       const observation = yield* expectConsistent(stack, org, "active")
       expect(observation.nginx).toBe(yield* gatewayName(started.gatewayId))
-      const allocation = yield* allocator.describe(started.allocationId)
+      const allocation = yield* Effect.flatMap(AllocationQueries, (queries) => queries.describe(started.allocationId))
       expect(allocation.state).toBe("active")
       expect(allocation.steps.map((entry) => `${entry.step}:${entry.event}`)).toContain("nginx-reload:completed")
       expect((yield* poolStats).allocated).toBe(before.allocated + 1)

@@ -6,7 +6,7 @@ import { expect } from "@effect/vitest"
 import { Data, Duration, Effect, Either, Schedule } from "effect"
 import { Resolver } from "node:dns/promises"
 import * as http from "node:http"
-import { Allocator } from "../../src/allocation/Allocator.ts"
+import { AllocationQueries } from "../../src/allocation/AllocationQueries.ts"
 import { listRecords } from "../../src/dev/PowerDnsProcess.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
@@ -178,7 +178,7 @@ export const gatewayName = (gatewayId: string) =>
   )
 
 export interface Observation {
-  /** The allocation's state as the service reports it (`allocator.status`), or "absent". */
+  /** The allocation's state as the service reports it (`AllocationQueries.status`), or "absent". */
   readonly api: string
   readonly dnsRecord: boolean
   readonly route: boolean
@@ -192,8 +192,8 @@ export interface Observation {
 /** Everything the real systems say about the org, side by side. */
 export const observe = (stack: LocalStack, org: OrganizationId) =>
   Effect.gen(function*() {
-    const allocator = yield* Allocator
-    const status = yield* allocator.status(org).pipe(Effect.either)
+    const queries = yield* AllocationQueries
+    const status = yield* queries.status(org).pipe(Effect.either)
     const [dnsRecord, route, nginx] = yield* Effect.all(
       [dnsRecordExists(stack, org), hasRoute(stack, org), nginxRoutesSteadily(stack, org)],
       { concurrency: 3 }

@@ -3,6 +3,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Layer, Option, Ref, TestClock } from "effect"
 import { randomUUID } from "node:crypto"
+import { AllocationQueries } from "../../src/allocation/AllocationQueries.ts"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { makeServices } from "../../src/app.ts"
 import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
@@ -174,7 +175,7 @@ describe("dead gateways (test layers)", () => {
       const org = newOrg()
       const started = yield* allocator.start(org)
       yield* pool.setGatewayState(started.gatewayId, "draining")
-      expect((yield* allocator.status(org)).state).toBe("active")
+      expect((yield* Effect.flatMap(AllocationQueries, (queries) => queries.status(org))).state).toBe("active")
       yield* allocator.stop(org)
       const others = yield* Effect.forEach([newOrg(), newOrg()], (o) => allocator.start(o))
       expect(others.map((s) => s.gatewayId)).not.toContain(started.gatewayId)
