@@ -3,13 +3,15 @@
 // is a `Context.Tag` with one layer per implementation. Tests swap layers, never modules.
 //
 //   AppLive        the HTTP API, logging and tracing, over
-//   makeServices   the allocation core: Allocator, Reconciler and RouteRestorer, over Dependencies (readiness),
-//                  GatewayHealth, StepRunner, Undos and Ownership, over
+//   makeServices   the allocation core: Allocator (starts, stops, shutdown) over Pipeline (one attempt: the
+//                  five steps), AllocationQueries (read models), Reconciler and RouteRestorer, over
+//                  Dependencies (readiness), GatewayHealth, StepRunner, Undos and Ownership, over
 //   OutsideLive    one layer per outside system: Postgres (pool, journal, runner lease), PowerDNS,
 //                  nginx, the gateways' HTTP, the webhook; all over Settings (shared settings).
 import { Effect, Layer } from "effect"
 import { AllocationQueries } from "./allocation/AllocationQueries.ts"
 import { Allocator } from "./allocation/Allocator.ts"
+import { Pipeline } from "./allocation/Pipeline.ts"
 import { Ownership } from "./allocation/Ownership.ts"
 import { Reconciler } from "./allocation/Reconciler.ts"
 import { RouteRestorer } from "./allocation/RouteRestorer.ts"
@@ -51,6 +53,7 @@ export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
     Layer.provideMerge(RouteRestorer.Default),
     Layer.provideMerge(Dependencies.Default),
     Layer.provideMerge(Layer.merge(Allocator.Default, AllocationQueries.Default)),
+    Layer.provideMerge(Pipeline.Default),
     Layer.provideMerge(GatewayHealth.Default),
     Layer.provideMerge(Layer.merge(StepRunner.Default, Undos.Default)),
     Layer.provideMerge(Ownership.Default),

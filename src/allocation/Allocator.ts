@@ -1,45 +1,29 @@
-import { Cause, Duration, Effect, Either, Exit, Fiber, FiberMap, Metric, Option, Ref, Schedule } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, FiberMap, Metric, Option, Ref, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
-import { singleFlight } from "../lib/singleFlight.ts"
 import { Settings } from "../config.ts"
+import type { DatabaseError } from "../db/errors.ts"
 import type { LiveAllocation } from "../domain/allocation.ts"
 import {
-  ActivationFailed,
   AllocationNotFound,
   type Attempt,
-  type AttemptError,
-  type ClaimRefused,
   InTransition,
-  type OwnershipLost,
   ShuttingDown,
   StartFailed,
   type StartError,
   StopFailed
 } from "../domain/errors.ts"
-import { AllocationId, type GatewayId, type OrganizationId, orgHostname } from "../domain/ids.ts"
-import { haltsTeardown, isUnfinished, type RollbackReport, type StartOutcome, summarise } from "../domain/steps.ts"
-import { Dns } from "../dns/Dns.ts"
-import { Handshake, HandshakeError } from "../handshake/Handshake.ts"
-import { Nginx, type NginxError, type Route, type RouteLost } from "../nginx/Nginx.ts"
-import { GatewayStore } from "../pool/GatewayStore.ts"
-import { GatewayHealth } from "../pool/GatewayHealth.ts"
+import { AllocationId, type GatewayId, type OrganizationId } from "../domain/ids.ts"
+import { haltsTeardown, isUnfinished, type StartOutcome } from "../domain/steps.ts"
+import { singleFlight } from "../lib/singleFlight.ts"
 import { Runner } from "../pool/Runner.ts"
-import type { DatabaseError } from "../db/errors.ts"
+import { recordStart, startAttempts } from "../telemetry/Metrics.ts"
 import { AllocationStore } from "./AllocationStore.ts"
-import { recordStart, rollbacksIncompleteTotal, startAttempts } from "../telemetry/Metrics.ts"
-import { Notifier } from "../telemetry/Notifier.ts"
 import { Ownership } from "./Ownership.ts"
-import { describeCause } from "../lib/describeCause.ts"
-import { type Rollback, type Run, StepRunner, type Undo, UndoSkipped } from "./StepRunner.ts"
+import { gatewayFault, Pipeline, type Started } from "./Pipeline.ts"
+import { type Run, StepRunner } from "./StepRunner.ts"
 import { Undos } from "./undos.ts"
 
-export interface Started {
-  readonly organizationId: OrganizationId
-  readonly gatewayId: GatewayId
-  readonly hostname: string
-  readonly allocationId: AllocationId
-  readonly reused: boolean
-}
+export type { Started } from "./Pipeline.ts"
 
 /**
  * What the gateway said to its release: it closed the org's connections (`done`), it has not yet
@@ -54,29 +38,8 @@ export interface Stopped {
   readonly gatewayRelease: GatewayRelease
 }
 
+/** While a start or another runner moves the org's allocation, a stop asks again this often. */
 const settlePoll = Schedule.spaced(Duration.millis(100))
-
-/** How often one start writes its route again after nginx lost it (each loss is one nginx restart). */
-const ROUTE_REWRITES = 2
-
-/** One attempt's end: its exit, its rollback, and the gateway it claimed (if it got that far). */
-interface AttemptResult {
-  readonly exit: Exit.Exit<Started, AttemptError | ClaimRefused>
-  readonly rollback: RollbackReport
-  readonly gatewayId: Option.Option<GatewayId>
-}
-
-/**
- * The gateway's own failure, if the attempt failed because of it: its health check through
- * nginx never passed, or its handshake failed or timed out. Such a start moves on to another
- * gateway and sets this one aside; nothing else does (dns, nginx, an empty pool, a lost
- * allocation or a failed activation are not the gateway's doing).
- */
-const gatewayFault = (error: AttemptError): Option.Option<string> => {
-  if (error._tag === "ActivationFailed" || error.step !== "handshake") return Option.none()
-  if (error._tag === "StepTimedOut") return Option.some(error.message)
-  return error.cause instanceof HandshakeError ? Option.some(error.cause.message) : Option.none()
-}
 
 export type StopError = StopFailed | AllocationNotFound | InTransition | DatabaseError
 
@@ -110,16 +73,11 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
   scoped: Effect.gen(function*() {
     const settings = yield* Settings
     const allocations = yield* AllocationStore
-    const gateways = yield* GatewayStore
-    const dns = yield* Dns
-    const nginx = yield* Nginx
-    const handshake = yield* Handshake
+    const pipeline = yield* Pipeline
     const undos = yield* Undos
     const steps = yield* StepRunner
     const runner = yield* Runner
     const ownership = yield* Ownership
-    const notifier = yield* Notifier
-    const gatewayHealth = yield* GatewayHealth
     const starts = yield* singleFlight<OrganizationId, Started, StartError>()
     const stops = yield* singleFlight<OrganizationId, Stopped, StopError>()
     // Set once shutdown begins: from then on no gateway is claimed and no attempt begins.
@@ -165,194 +123,6 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     /** Refuses to begin once shutdown has: nothing is claimed after the signal. */
     const notShuttingDown = Effect.flatMap(Ref.get(shuttingDown), (down) => down ? Effect.fail(new ShuttingDown()) : Effect.void)
 
-    /** Claims a gateway, or finds the org's allocation; waits while another runner moves it. */
-    const claim = (run: Run) =>
-      notShuttingDown.pipe(
-        Effect.zipRight(allocations.claim(run.allocationId, run.organizationId, runner.id)),
-        Effect.filterOrFail(
-          (claimed) => !claimed.reused || claimed.state === "active",
-          (claimed) => new InTransition({ state: claimed.state })
-        ),
-        Effect.retry({ while: (error) => error._tag === "InTransition", schedule: settlePoll }),
-        // The `allocate` span names the gateway it claimed.
-        Effect.tap((claimed) => Effect.annotateCurrentSpan("gateway_id", claimed.gatewayId))
-      )
-
-    /**
-     * Proves nginx serves the route. lua: a route gone from the table since its write (nginx
-     * restarted, its table came back empty, and the restorer pushes active allocations only) is
-     * written again by its owner, fenced like the first write and undone by the same undo,
-     * instead of waiting out the step's timeout.
-     */
-    const proveRoute = (route: Route, rewrites: number): Effect.Effect<void, NginxError | RouteLost | OwnershipLost | DatabaseError> =>
-      nginx.awaitRoute(route.organizationId, route.allocationId).pipe(
-        Effect.catchTag("RouteLost", (lost) =>
-          rewrites <= 0 ? Effect.fail(lost) : Effect.logWarning(`${lost.message}: writing it again`).pipe(
-            Effect.zipRight(ownership.check(route.allocationId)),
-            Effect.zipRight(nginx.writeRoute(route)),
-            Effect.zipRight(proveRoute(route, rewrites - 1))
-          ))
-      )
-
-    /** The five steps. Each registers its undo before it runs; the Scope runs them on failure. */
-    const pipeline = (run: Run, rollback: Rollback, claimedGateway: Ref.Ref<Option.Option<GatewayId>>) =>
-      Effect.gen(function*() {
-        const { allocationId, organizationId } = run
-        const hostname = orgHostname(organizationId, settings.domain)
-
-        const claimed = yield* steps.step(run, rollback, "allocate", {
-          run: claim(run),
-          journalForward: false,
-          fenced: false,
-          // A claim that timed out or was interrupted may have committed: releasing by our own
-          // allocation id is a no-op when it did not.
-          undo: undos.release(allocationId, "rolled_back")
-        })
-        if (claimed.reused) {
-          return { organizationId, gatewayId: claimed.gatewayId, hostname, allocationId: claimed.allocationId, reused: true }
-        }
-        const { gatewayId, upstream } = claimed
-        const route = { organizationId, allocationId, upstream, generation: claimed.generation }
-        yield* Ref.set(claimedGateway, Option.some(gatewayId))
-        // Known from here on: the start's span, and every span after it (the undos' included).
-        yield* Effect.annotateCurrentSpan("gateway_id", gatewayId)
-        yield* steps.annotateSpansFromHere("gateway_id", gatewayId)
-
-        if (dns.provider === "none") {
-          yield* steps.skip(run, "dns", "DNS_PROVIDER=none: wildcard DNS")
-        } else {
-          yield* steps.step(run, rollback, "dns", {
-            run: dns.upsert(organizationId),
-            undo: () => undos.removeRecord(organizationId, allocationId)
-          })
-        }
-
-        // The release is registered here, ahead of the routing steps' undos, so that a rollback
-        // runs it after them: the gateway closes the org's connections once nginx routes it no
-        // new one. It asks only a gateway the handshake may have reached.
-        const handshakeSent = yield* Ref.make(false)
-        const releaseGateway: Undo<HandshakeError, never> = () =>
-          Effect.flatMap(Ref.get(handshakeSent), (sent) =>
-            sent
-              ? undos.releaseGateway({ organizationId, allocationId, gatewayId, upstream })
-              : Effect.succeed(new UndoSkipped({ reason: "nothing to release: the handshake was never sent" })))
-        const releaseSlot = yield* steps.reserveUndo(run, rollback, "handshake", releaseGateway)
-
-        yield* steps.step(run, rollback, "nginx-config", {
-          run: nginx.writeRoute(route),
-          undo: () => undos.removeRoute(route)
-        })
-
-        // reload mode: the reload, then the proof; lua mode: the proof alone (the write is live).
-        yield* steps.step(run, rollback, "nginx-reload", {
-          run: nginx.apply.pipe(Effect.zipRight(proveRoute(route, ROUTE_REWRITES))),
-          undo: () => undos.unroute(route)
-        })
-
-        yield* steps.step(run, rollback, "handshake", {
-          run: handshake.awaitHealthy(hostname).pipe(
-            Effect.zipRight(Ref.set(handshakeSent, true)),
-            Effect.zipRight(handshake.handshake(upstream, {
-              organization_id: organizationId,
-              gateway_id: gatewayId,
-              allocation_id: allocationId,
-              gateway_hostname: hostname
-            }))
-          ),
-          undo: releaseSlot
-        }).pipe(
-          // Its own failure: set aside before the rollback gives it back, so no start takes it meanwhile.
-          Effect.tapError((error) =>
-            error._tag === "NoGatewayAvailable" || error._tag === "ShuttingDown"
-              ? Effect.void
-              : Option.match(gatewayFault(error), {
-                onNone: () => Effect.void,
-                onSome: (reason) => gatewayHealth.setAside(gatewayId, reason, "start")
-              })
-          )
-        )
-
-        // The commit point: only now does the allocation count as active. Alongside it, and
-        // independent of it: the last step's journal row, and the gateway's health (it served a
-        // start: healthy, its backoff starts over).
-        const [activation] = yield* Effect.all([
-          Effect.either(allocations.transition(allocationId, runner.id, ["starting"], "active")),
-          steps.flushJournal(run),
-          gateways.markHealthy(gatewayId, true).pipe(
-            Effect.catchAll((error) => Effect.logWarning(`could not mark gateway ${gatewayId} healthy: ${error.message}`))
-          )
-        ], { concurrency: "unbounded" })
-        if (Either.isLeft(activation)) {
-          return yield* new ActivationFailed({ reason: activation.left.message, cause: activation.left })
-        }
-        if (!activation.right) {
-          return yield* new ActivationFailed({
-            reason: "the allocation left the starting state while it ran (another runner took it over)"
-          })
-        }
-        return { organizationId, gatewayId, hostname, allocationId, reused: false } satisfies Started
-      }).pipe(
-        // Runs before the Scope's finalizers: the row says `rolling_back` while undos run, so a
-        // crash in the middle of a rollback is finished by the reconciler.
-        Effect.onError((cause) =>
-          allocations.transition(run.allocationId, runner.id, ["starting"], "rolling_back", {
-            error: describeCause(cause).slice(0, 2000)
-          }).pipe(
-            Effect.interruptible,
-            Effect.timeout(Duration.millis(settings.undoTimeoutMs)),
-            Effect.catchAllCause((failure) => Effect.logWarning("could not mark the allocation rolling back", failure))
-          )
-        )
-      )
-
-    /** An attempt's incomplete rollback: counted, and the operator is told (with the gateway it kept). */
-    const notifyIncomplete = (run: Run, attempt: AttemptResult) =>
-      Effect.gen(function*() {
-        yield* Metric.increment(rollbacksIncompleteTotal)
-        const error = Exit.isFailure(attempt.exit) ? Cause.failureOption(attempt.exit.cause) : Option.none()
-        yield* notifier.notify({
-          kind: "rollback_incomplete",
-          organization_id: run.organizationId,
-          allocation_id: run.allocationId,
-          gateway_id: Option.getOrNull(attempt.gatewayId),
-          step: Option.getOrUndefined(Option.flatMap(error, (e) => "step" in e ? Option.some(e.step) : Option.none())),
-          message: Option.match(error, { onNone: () => "interrupted (shutdown)", onSome: (e) => e.message }),
-          undos: attempt.rollback
-        })
-      })
-
-    /** What an attempt's rollback tells: one summary line, and a notice when it did not finish. */
-    const reportRollback = (run: Run, attempt: AttemptResult) =>
-      Effect.gen(function*() {
-        if (attempt.rollback.length === 0) return
-        const complete = !attempt.rollback.some(isUnfinished)
-        const failure = Exit.isFailure(attempt.exit) ? Cause.failureOption(attempt.exit.cause) : Option.none()
-        const step = Option.flatMap(failure, (e) => "step" in e ? Option.some(e.step) : Option.none())
-        yield* Effect.annotateCurrentSpan({ "rollback.status": complete ? "complete" : "incomplete" })
-        yield* (complete ? Effect.logWarning : Effect.logError)(
-          `rollback ${complete ? "complete" : "incomplete, left to the reconciler"}: ${summarise(attempt.rollback)}`
-        ).pipe(Effect.annotateLogs({ rollback: attempt.rollback, ...Option.match(step, { onNone: () => ({}), onSome: (s) => ({ step: s }) }) }))
-        if (!complete) yield* notifyIncomplete(run, attempt)
-      })
-
-    /** One gateway tried: the five steps in a Scope of their own, this process's only worker on the allocation. */
-    const runAttempt = (run: Run, attempt: number) =>
-      Effect.gen(function*() {
-        const claimed = yield* Ref.make(Option.none<GatewayId>())
-        const worked = yield* ownership.exclusive(
-          run.allocationId,
-          // A row still waiting (an interrupted step writes none of its own) is written before the attempt ends.
-          steps.attempt((rollback) => pipeline(run, rollback, claimed)).pipe(Effect.ensuring(steps.flushJournal(run)))
-        )
-        if (Option.isNone(worked)) return yield* Effect.dieMessage(`allocation ${run.allocationId} is already being worked on`)
-        const result: AttemptResult = { ...worked.value, gatewayId: yield* Ref.get(claimed) }
-        yield* reportRollback(run, result)
-        return result
-      }).pipe(
-        Effect.annotateLogs({ allocation_id: run.allocationId, attempt }),
-        Effect.annotateSpans({ allocation_id: run.allocationId, attempt })
-      )
-
     /**
      * A start: one attempt, and another on a new gateway while the last one failed on its
      * gateway's account (up to START_ATTEMPTS). The caller's error is made here, once, with every
@@ -364,7 +134,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       for (let number = 1; number <= settings.startAttempts; number++) {
         const run: Run = { allocationId: AllocationId.make(randomUUID()), organizationId, actor: "request" }
         yield* Effect.annotateCurrentSpan({ allocation_id: run.allocationId, attempts: number })
-        const result = yield* runAttempt(run, number)
+        const result = yield* pipeline.attempt(run, number, notShuttingDown)
         if (Exit.isSuccess(result.exit)) {
           yield* Metric.update(startAttempts, number)
           return result.exit.value

@@ -13,6 +13,7 @@ import {
   type Actor,
   haltsTeardown,
   type RollbackReport,
+  undoOrder,
   type StepEvent,
   type StepName,
   type StepOutcome,
@@ -76,6 +77,17 @@ type OwnershipLostMark = Ref.Ref<Option.Option<string>>
 export interface UndoSlot {
   readonly step: StepName
   readonly state: Ref.Ref<SlotState>
+}
+
+/**
+ * One row of a pipeline's table (`runSteps`): the step, what it does, and its undo; or a step
+ * that does not apply here (`skipped`: why), journaled as skipped.
+ */
+export interface TableStep<E, R, E2, R2> {
+  readonly name: StepName
+  readonly run: Effect.Effect<unknown, E, R>
+  readonly undo: Undo<E2, R2>
+  readonly skipped?: string | undefined
 }
 
 /** Whether a registered undo runs when the Scope closes with a failure: only once its step may have taken effect. */
@@ -324,11 +336,33 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
       })
 
     /**
-     * Registers a step's undo now, ahead of the step itself, so that a rollback runs it after the
-     * undos of the steps registered between (the release waits for routing to be gone).
+     * Runs the steps of a table in order, in the enclosing Scope. Every step's undo is registered
+     * first, all at once, in the reverse of `undoOrder`, so the Scope runs them in `undoOrder`
+     * whatever order the steps run in (the release after the routing undos); each undo does
+     * nothing unless its step was reached. A step the table marks as skipped is journaled as such
+     * and has no undo.
      */
-    const reserveUndo = <E2 extends { readonly message: string }, R2>(run: Run, rollback: Rollback, name: StepName, make: Undo<E2, R2>) =>
-      registerUndo(run, rollback, name, make, "unreached")
+    const runSteps = <E extends { readonly message: string }, R, E2 extends { readonly message: string }, R2>(
+      run: Run,
+      rollback: Rollback,
+      table: ReadonlyArray<TableStep<E, R, E2, R2>>
+    ): Effect.Effect<void, StepError | ClaimRefused, R | R2 | Scope.Scope> =>
+      Effect.gen(function*() {
+        const slots = new Map<StepName, UndoSlot>()
+        for (const name of [...undoOrder].reverse()) {
+          const entry = table.find((candidate) => candidate.name === name)
+          if (entry === undefined || entry.skipped !== undefined) continue
+          slots.set(name, yield* registerUndo(run, rollback, name, entry.undo, "unreached"))
+        }
+        for (const entry of table) {
+          const slot = slots.get(entry.name)
+          if (entry.skipped !== undefined || slot === undefined) {
+            yield* skip(run, entry.name, entry.skipped ?? "no undo registered")
+            continue
+          }
+          yield* step(run, rollback, entry.name, { run: entry.run, undo: slot })
+        }
+      })
 
     /**
      * One step of a start: registers its undo in the enclosing Scope (unless it was reserved),
@@ -410,6 +444,6 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const annotateSpansFromHere = (key: string, value: string) =>
       FiberRef.update(FiberRef.currentTracerSpanAnnotations, HashMap.set<string, unknown>(key, value))
 
-    return { step, reserveUndo, skip, undoAll, attempt, flushJournal, annotateSpansFromHere }
+    return { step, runSteps, skip, undoAll, attempt, flushJournal, annotateSpansFromHere }
   })
 }) {}
