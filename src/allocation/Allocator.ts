@@ -20,7 +20,7 @@ import { recordStart, startAttempts } from "../telemetry/Metrics.ts"
 import { AllocationStore } from "./AllocationStore.ts"
 import { Ownership } from "./Ownership.ts"
 import { gatewayFault, Pipeline, type Started } from "./Pipeline.ts"
-import { type Run, StepRunner } from "./StepRunner.ts"
+import { type RunKey, StepRunner } from "./StepRunner.ts"
 import { Undos } from "./undos.ts"
 
 export type { Started } from "./Pipeline.ts"
@@ -132,7 +132,7 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       yield* Effect.annotateCurrentSpan({ organization_id: organizationId })
       const attempts: Array<Attempt> = []
       for (let number = 1; number <= settings.startAttempts; number++) {
-        const run: Run = { allocationId: AllocationId.make(randomUUID()), organizationId, actor: "request" }
+        const run: RunKey = { allocationId: AllocationId.make(randomUUID()), organizationId, actor: "request" }
         yield* Effect.annotateCurrentSpan({ allocation_id: run.allocationId, attempts: number })
         const result = yield* pipeline.attempt(run, number, notShuttingDown)
         if (Exit.isSuccess(result.exit)) {
@@ -205,8 +205,8 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
     const teardown = (allocation: LiveAllocation) =>
       Effect.gen(function*() {
         const { allocationId, gatewayId, organizationId } = allocation
-        const run: Run = { allocationId, organizationId, actor: "stop" }
-        const report = yield* steps.undoAll(run, undos.teardown(allocation, "released"), { haltOnBlocking: true })
+        const report = yield* steps.withRun({ allocationId, organizationId, actor: "stop" }, (run) =>
+          steps.undoAll(run, undos.teardown(allocation, "released"), { haltOnBlocking: true }))
         const unfinished = report.find(haltsTeardown)
         if (unfinished !== undefined) return yield* new StopFailed({ allocationId, gatewayId, undo: unfinished })
         // Undos skipped because this runner lost the allocation did not stop it: only a released

@@ -22,7 +22,7 @@ import { rollbacksIncompleteTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { AllocationStore } from "./AllocationStore.ts"
 import { Ownership } from "./Ownership.ts"
-import { type Run, StepRunner, type TableStep, UndoSkipped } from "./StepRunner.ts"
+import { type Run, type RunKey, StepRunner, type TableStep, UndoSkipped } from "./StepRunner.ts"
 import { type UndoError, Undos } from "./undos.ts"
 
 export interface Started {
@@ -119,7 +119,7 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
         // health (it served a start: healthy, its backoff starts over).
         const [activation] = yield* Effect.all([
           Effect.either(allocations.transition(allocationId, runner.id, ["starting"], "active")),
-          steps.flushJournal(run),
+          run.journal.flush,
           gateways.markHealthy(gatewayId, true).pipe(
             Effect.catchAll((error) => Effect.logWarning(`could not mark gateway ${gatewayId} healthy: ${error.message}`))
           )
@@ -140,8 +140,7 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
           // The claim is the table's first row, run on its own: it says which gateway the others act on.
           const claimed = yield* steps.step(run, rollback, "allocate", {
             run: claim(run, gate),
-            journalForward: false,
-            fenced: false,
+            claims: true,
             // A claim that timed out or was interrupted may have committed: releasing by our own
             // allocation id is a no-op when it did not.
             undo: undos.release(allocationId, "rolled_back")
@@ -220,7 +219,7 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
       )
 
     /** An attempt's incomplete rollback: counted, and the operator is told (with the gateway it kept). */
-    const notifyIncomplete = (run: Run, attempt: AttemptResult) =>
+    const notifyIncomplete = (run: RunKey, attempt: AttemptResult) =>
       Effect.gen(function*() {
         yield* Metric.increment(rollbacksIncompleteTotal)
         const error = Exit.isFailure(attempt.exit) ? Cause.failureOption(attempt.exit.cause) : Option.none()
@@ -236,7 +235,7 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
       })
 
     /** What an attempt's rollback tells: one summary line, and a notice when it did not finish. */
-    const reportRollback = (run: Run, attempt: AttemptResult) =>
+    const reportRollback = (run: RunKey, attempt: AttemptResult) =>
       Effect.gen(function*() {
         if (attempt.rollback.length === 0) return
         const complete = !attempt.rollback.some(isUnfinished)
@@ -250,24 +249,21 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
       })
 
     /**
-     * Runs one attempt as this process's only worker on its allocation; `gate` refuses the claim
-     * once shutdown has begun.
+     * Runs one attempt as this process's only worker on its allocation (a new one, `key`); `gate`
+     * refuses the claim once shutdown has begun.
      */
-    const attempt = (run: Run, number: number, gate: Effect.Effect<void, ShuttingDown>) =>
+    const attempt = (key: RunKey, number: number, gate: Effect.Effect<void, ShuttingDown>) =>
       Effect.gen(function*() {
         const claimed = yield* Ref.make(Option.none<GatewayId>())
-        const worked = yield* ownership.exclusive(
-          run.allocationId,
-          // A row still waiting (an interrupted step writes none of its own) is written before the attempt ends.
-          pipeline(run, claimed, gate).pipe(Effect.ensuring(steps.flushJournal(run)))
-        )
-        if (Option.isNone(worked)) return yield* Effect.dieMessage(`allocation ${run.allocationId} is already being worked on`)
+        // The journal stays open until the rollback (the Scope's undos) has written its rows.
+        const worked = yield* ownership.exclusive(key.allocationId, steps.withRun(key, (run) => pipeline(run, claimed, gate)))
+        if (Option.isNone(worked)) return yield* Effect.dieMessage(`allocation ${key.allocationId} is already being worked on`)
         const result: AttemptResult = { ...worked.value, gatewayId: yield* Ref.get(claimed) }
-        yield* reportRollback(run, result)
+        yield* reportRollback(key, result)
         return result
       }).pipe(
-        Effect.annotateLogs({ allocation_id: run.allocationId, attempt: number }),
-        Effect.annotateSpans({ allocation_id: run.allocationId, attempt: number })
+        Effect.annotateLogs({ allocation_id: key.allocationId, attempt: number }),
+        Effect.annotateSpans({ allocation_id: key.allocationId, attempt: number })
       )
 
     return { attempt }

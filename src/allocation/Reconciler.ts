@@ -13,7 +13,7 @@ import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { makeOutageLog } from "../telemetry/Outage.ts"
 import { Ownership } from "./Ownership.ts"
-import { type Run, StepRunner } from "./StepRunner.ts"
+import { StepRunner } from "./StepRunner.ts"
 import { RouteRestorer } from "./RouteRestorer.ts"
 import { Undos } from "./undos.ts"
 
@@ -71,14 +71,12 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         if (Option.isNone(adopted)) return Option.none()
         const allocation = adopted.value
         const finishingStop = allocation.state === "stopping"
-        const run: Run = { allocationId: allocation.allocationId, organizationId: allocation.organizationId, actor: "reconciler" }
         yield* Effect.logWarning(
           `recovering ${finishingStop ? "an interrupted stop" : "an orphaned start"} of runner ${found.runner}`
         )
-        const report = yield* steps.undoAll(
-          run,
-          undos.teardown(allocation, finishingStop ? "released" : "rolled_back"),
-          { haltOnBlocking: false }
+        const report = yield* steps.withRun(
+          { allocationId: allocation.allocationId, organizationId: allocation.organizationId, actor: "reconciler" },
+          (run) => steps.undoAll(run, undos.teardown(allocation, finishingStop ? "released" : "rolled_back"), { haltOnBlocking: false })
         )
         const left = report.filter(isUnfinished)
         yield* repaired(finishingStop ? "stop_finished" : "start_rolled_back")

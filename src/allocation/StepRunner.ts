@@ -1,41 +1,35 @@
-import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberRef, HashMap, Option, Predicate, Ref, type Scope } from "effect"
+import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberRef, HashMap, Option, Ref, type Scope } from "effect"
 import { Settings } from "../config.ts"
-import {
-  type ClaimRefused,
-  NoGatewayAvailable,
-  ShuttingDown,
-  type StepError,
-  StepFailed,
-  StepTimedOut
-} from "../domain/errors.ts"
+import { type ClaimRefused, type StepError, StepTimedOut } from "../domain/errors.ts"
 import type { AllocationId, OrganizationId } from "../domain/ids.ts"
 import {
   type Actor,
   haltsTeardown,
   type RollbackReport,
-  undoOrder,
   type StepEvent,
   type StepName,
-  type StepOutcome,
   undoEvent,
+  undoOrder,
   type UndoOutcome,
   type UndoStatus
 } from "../domain/steps.ts"
-import { Journal, type JournalRecord } from "../journal/Journal.ts"
-import { ChangedNothing } from "../domain/changedNothing.ts"
+import { Journal, type JournalWriter, openJournal } from "../journal/Journal.ts"
 import { describeCause } from "../lib/describeCause.ts"
-import { Ownership } from "./Ownership.ts"
 import { recordStep, recordUndo } from "../telemetry/Metrics.ts"
+import { Ownership } from "./Ownership.ts"
+import { hadNoEffect, stepOutcome, toStepError } from "./stepExits.ts"
 
-/** One allocation, and who is working on it: every journal row, log line and span says so. */
-export interface Run {
+/** Which allocation, and who works on it (a start's request, a stop, the reconciler). */
+export interface RunKey {
   readonly allocationId: AllocationId
   readonly organizationId: OrganizationId
   readonly actor: Actor
 }
 
-/** What a journal row may say besides its step and event. */
-type RowDetail = { readonly detail?: string | undefined; readonly durationMs?: number | undefined }
+/** One worker on one allocation, with its journal: every journal row, log line and span says who. */
+export interface Run extends RunKey {
+  readonly journal: JournalWriter
+}
 
 /** An undo that deliberately did nothing, with the reason (journaled and reported as skipped). */
 export class UndoSkipped extends Data.TaggedClass("UndoSkipped")<{ readonly reason: string }> {}
@@ -70,9 +64,8 @@ export interface Rollback {
 type OwnershipLostMark = Ref.Ref<Option.Option<string>>
 
 /**
- * A step's undo, registered in the start's Scope ahead of the step (`reserveUndo`), so that a
- * rollback runs it later than reverse step order would: it does nothing unless its step was
- * reached and may have taken effect.
+ * A step's undo as registered in the start's Scope (by `runSteps`, ahead of the step): it does
+ * nothing unless its step was reached and may have taken effect.
  */
 export interface UndoSlot {
   readonly step: StepName
@@ -99,16 +92,15 @@ export interface StepOptions<A, E, R, E2, R2> {
    * Registered as a scope finalizer *before* the step runs, and run when the scope closes with a
    * failure or an interruption if the step completed or *may* have taken effect (see
    * `hadNoEffect`). Undos are idempotent, so running one for a step that had no effect is harmless.
-   * Or the slot `reserveUndo` registered for it earlier.
+   * Or the slot `runSteps` registered for it earlier.
    */
   readonly undo: Undo<E2, R2> | UndoSlot
   /**
-   * False for the claim: it journals its own completion in the same transaction, and before it
-   * there is no allocation row to journal against, nor one to own.
+   * True for the claim, the step that makes the allocation row: before it there is no row to
+   * journal against nor one to own, so it is neither fenced nor journaled here (it journals its
+   * own completion in the claim's transaction).
    */
-  readonly journalForward?: boolean
-  /** False for the claim (see above); every other step first checks that this runner owns the allocation. */
-  readonly fenced?: boolean
+  readonly claims?: boolean
 }
 
 const annotations = (run: Run, step: StepName) => ({
@@ -117,49 +109,6 @@ const annotations = (run: Run, step: StepName) => ({
   step,
   actor: run.actor
 })
-
-/**
- * The step failed in a way known to have changed nothing (`ChangedNothing`: the claim took
- * nothing, the fence stopped it, or the outside system refused before acting). Only then is its
- * undo not run. Anything else (a timeout, a defect, an interruption, an error after a signal was
- * sent or a request was written) may have taken effect, and is undone.
- */
-const hadNoEffect = (exit: Exit.Exit<unknown, unknown>): boolean =>
-  Exit.isFailure(exit) && !Cause.isInterrupted(exit.cause) && Option.isNone(Cause.dieOption(exit.cause)) &&
-  Option.exists(Cause.failureOption(exit.cause), ChangedNothing.is)
-
-/** How a step ended, for its span, its metric and its journal row. */
-const stepOutcome = (exit: Exit.Exit<unknown, unknown>): StepOutcome | "interrupted" => {
-  if (Exit.isSuccess(exit)) return "completed"
-  if (Cause.isInterruptedOnly(exit.cause)) return "interrupted"
-  return Option.exists(Cause.failureOption(exit.cause), (error) => error instanceof StepTimedOut) ? "timed_out" : "failed"
-}
-
-
-/**
- * The step's error: its own timeout, a claim that took nothing (an empty pool, a shutdown: passed
- * on as it is), or a StepFailed carrying what went wrong; none if it was interrupted.
- */
-const toStepError = (
-  step: StepName,
-  cause: Cause.Cause<{ readonly message: string }>
-): Option.Option<StepError | ClaimRefused> => {
-  const failure = Cause.failureOption(cause)
-  if (Option.isSome(failure)) {
-    const error = failure.value
-    return Option.some(
-      error instanceof StepTimedOut || error instanceof NoGatewayAvailable || error instanceof ShuttingDown
-        ? error
-        : new StepFailed({ step, reason: error.message, cause: error })
-    )
-  }
-  if (Cause.isInterruptedOnly(cause)) return Option.none()
-  // A defect inside a step is still that step's failure: the caller gets a 502 naming it.
-  const defect = Cause.squash(cause)
-  return Option.some(
-    new StepFailed({ step, reason: `defect: ${Predicate.hasProperty(defect, "message") ? String(defect.message) : String(defect)}` })
-  )
-}
 
 /**
  * Runs the steps and undos of allocations: each step bounded by STEP_TIMEOUT_MS, each undo by
@@ -172,64 +121,12 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const { stepTimeoutMs, undoTimeoutMs } = yield* Settings
 
     /**
-     * A step's `completed` row waits for the allocation's next journal write and goes out in the
-     * same insert, so a start makes one journal round trip per step, not two. The journal is what
-     * the API and the console show, never what recovery reads (the reconciler compares the outside
-     * systems with the allocations), so a crash can cost a waiting row, not a repair. One fiber
-     * works on an allocation at a time (Ownership.exclusive): no two writers share an entry.
-     */
-    const waiting = new Map<AllocationId, Array<JournalRecord>>()
-
-    const row = (
-      run: Run,
-      step: StepName,
-      event: StepEvent,
-      extra: RowDetail
-    ): JournalRecord => ({ allocationId: run.allocationId, step, event, actor: run.actor, ...extra })
-
-    /** Writes the allocation's waiting rows, then `more`. Journal writes never fail a step or an undo: a lost row is logged, the work goes on. */
-    const write = (run: Run, more: ReadonlyArray<JournalRecord>) =>
-      Effect.suspend(() => {
-        const rows = [...(waiting.get(run.allocationId) ?? []), ...more]
-        waiting.delete(run.allocationId)
-        return journal.record(rows)
-      }).pipe(
-        Effect.interruptible,
-        Effect.timeout(Duration.millis(undoTimeoutMs)),
-        Effect.catchAllCause((cause) => Effect.logWarning("journal write failed", cause)),
-        Effect.annotateLogs({ organization_id: run.organizationId, allocation_id: run.allocationId, actor: run.actor })
-      )
-
-    const record = (
-      run: Run,
-      step: StepName,
-      event: StepEvent,
-      extra: RowDetail = {}
-    ) => write(run, [row(run, step, event, extra)]).pipe(Effect.annotateLogs({ step, journal_event: event }))
-
-    /** Queues a row for the allocation's next write (see `waiting`). */
-    const recordLater = (
-      run: Run,
-      step: StepName,
-      event: StepEvent,
-      extra: RowDetail
-    ) =>
-      Effect.sync(() => {
-        const rows = waiting.get(run.allocationId) ?? []
-        rows.push(row(run, step, event, extra))
-        waiting.set(run.allocationId, rows)
-      })
-
-    /** Writes the rows still waiting: the last step's or undo's, when nothing else follows. */
-    const flushJournal = (run: Run) => Effect.suspend(() => waiting.has(run.allocationId) ? write(run, []) : Effect.void)
-
-    /**
      * The journal row that opens a step or an undo, and the fence check: independent round trips,
      * made at once (the row is written whatever the fence says).
      */
     const opening = <A, E>(run: Run, step: StepName, event: StepEvent | undefined, check: Effect.Effect<A, E>) =>
       Effect.gen(function*() {
-        const row = yield* Effect.fork(event === undefined ? Effect.void : record(run, step, event))
+        const row = yield* Effect.fork(event === undefined ? Effect.void : run.journal.now({ step, event }))
         return yield* check.pipe(Effect.ensuring(Fiber.await(row)))
       })
 
@@ -274,7 +171,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
           : { step, status, message, duration_ms: durationMs }
         // Like a step's closing row, it goes out with the allocation's next row (the next undo's
         // opening, or the flush that ends the rollback or the stop).
-        yield* recordLater(run, step, undoEvent[status], { detail: message, durationMs })
+        yield* run.journal.later({ step, event: undoEvent[status], detail: message, durationMs })
         yield* recordUndo(step, status, run.actor)
         yield* Effect.annotateCurrentSpan({ "undo.status": status, outcome: status })
         if (status === "failed" || status === "timed_out") {
@@ -305,7 +202,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
           report.push(outcome)
           if (options.haltOnBlocking && haltsTeardown(outcome)) break
         }
-        yield* flushJournal(run)
+        yield* run.journal.flush
         return report
       })
 
@@ -382,9 +279,9 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
           : options.undo
         yield* Ref.set(slot.state, "may_have_effect")
 
-        const journalForward = options.journalForward ?? true
+        const journalForward = options.claims !== true
         const startedAt = yield* Clock.currentTimeMillis
-        const fence = (options.fenced ?? true) ? ownership.check(run.allocationId) : Effect.void
+        const fence = journalForward ? ownership.check(run.allocationId) : Effect.void
         const fenced = Effect.zipRight(opening(run, name, journalForward ? "started" : undefined, fence), options.run)
         const exit = yield* fenced.pipe(
           Effect.timeoutFail({
@@ -399,7 +296,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
         const durationMs = (yield* Clock.currentTimeMillis) - startedAt
 
         if (Exit.isSuccess(exit)) {
-          if (journalForward) yield* recordLater(run, name, "completed", { durationMs })
+          if (journalForward) yield* run.journal.later({ step: name, event: "completed", durationMs })
           yield* recordStep(name, "completed", durationMs)
           yield* Effect.logDebug(`step ${name} completed`)
           return exit.value
@@ -407,14 +304,23 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
         const error = toStepError(name, exit.cause)
         if (Option.isNone(error)) return yield* Effect.interrupt
         const outcome = error.value._tag === "StepTimedOut" ? "timed_out" as const : "failed" as const
-        if (journalForward) yield* record(run, name, outcome, { detail: error.value.message, durationMs })
+        if (journalForward) yield* run.journal.now({ step: name, event: outcome, detail: error.value.message, durationMs })
         yield* recordStep(name, outcome, durationMs)
         yield* Effect.logWarning(error.value.message)
         return yield* error.value
       }).pipe(Effect.annotateLogs(annotations(run, name)))
 
     /** A step that does not apply here (e.g. `dns` with wildcard DNS): journaled as skipped. */
-    const skip = (run: Run, name: StepName, reason: string) => record(run, name, "skipped", { detail: reason })
+    const skip = (run: Run, name: StepName, reason: string) => run.journal.now({ step: name, event: "skipped", detail: reason })
+
+    /**
+     * Runs `body` as one worker on an allocation, with its journal open for the whole of it: the
+     * rows still waiting when it ends (however it ends) are written then.
+     */
+    const withRun = <A, E, R>(key: RunKey, body: (run: Run) => Effect.Effect<A, E, R>) =>
+      Effect.scoped(
+        Effect.flatMap(openJournal(journal, undoTimeoutMs, key.allocationId, key.actor), (writer) => body({ ...key, journal: writer }))
+      )
 
     /**
      * Runs a start's steps in a Scope of their own. On failure or interruption the Scope closes,
@@ -444,6 +350,6 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const annotateSpansFromHere = (key: string, value: string) =>
       FiberRef.update(FiberRef.currentTracerSpanAnnotations, HashMap.set<string, unknown>(key, value))
 
-    return { step, runSteps, skip, undoAll, attempt, flushJournal, annotateSpansFromHere }
+    return { step, runSteps, skip, undoAll, attempt, withRun, annotateSpansFromHere }
   })
 }) {}

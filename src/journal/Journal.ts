@@ -1,5 +1,5 @@
 import { SqlClient } from "@effect/sql"
-import { Effect, Schema } from "effect"
+import { Duration, Effect, Ref, Schema, type Scope } from "effect"
 import { DatabaseError } from "../db/errors.ts"
 import { AllocationId } from "../domain/ids.ts"
 import { Actor, StepEvent, StepName } from "../domain/steps.ts"
@@ -25,6 +25,56 @@ export interface JournalRecord {
   readonly detail?: string | undefined
   readonly durationMs?: number | undefined
 }
+
+/** A row as a writer takes it: the writer knows the allocation and who works on it. */
+export type JournalRow = Omit<JournalRecord, "allocationId" | "actor">
+
+/**
+ * One worker's journal for one allocation (a start's attempt, a stop, a recovery). A step's or
+ * undo's closing row waits (`later`) for the next write and goes out in the same insert, so a
+ * start makes one journal round trip per step, not two; what still waits when the writer's scope
+ * closes is written then. Writes never fail the work: each is bounded by UNDO_TIMEOUT_MS, and a
+ * lost row is logged. The journal is what the API and the console show, never what recovery
+ * reads (the reconciler compares the outside systems with the allocations), so a crash can cost a
+ * waiting row, not a repair.
+ */
+export interface JournalWriter {
+  /** Writes the rows waiting, then this one, in one insert. */
+  readonly now: (row: JournalRow) => Effect.Effect<void>
+  /** Keeps the row for the next write. */
+  readonly later: (row: JournalRow) => Effect.Effect<void>
+  /** Writes the rows still waiting (the last step's or undo's, when nothing else follows). */
+  readonly flush: Effect.Effect<void>
+}
+
+/**
+ * Opens the journal of `allocationId` as worked on by `actor`, for the enclosing scope; each write
+ * bounded by `boundMs`.
+ */
+export const openJournal = (
+  journal: Journal,
+  boundMs: number,
+  allocationId: AllocationId,
+  actor: Actor
+): Effect.Effect<JournalWriter, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const waiting = yield* Ref.make<ReadonlyArray<JournalRecord>>([])
+    const record = (row: JournalRow): JournalRecord => ({ ...row, allocationId, actor })
+    const write = (more: ReadonlyArray<JournalRecord>) =>
+      Effect.flatMap(Ref.getAndSet(waiting, []), (rows) => journal.record([...rows, ...more])).pipe(
+        Effect.interruptible,
+        Effect.timeout(Duration.millis(boundMs)),
+        Effect.catchAllCause((cause) => Effect.logWarning("journal write failed", cause)),
+        Effect.annotateLogs({ allocation_id: allocationId, actor })
+      )
+    const flush = Effect.flatMap(Ref.get(waiting), (rows) => rows.length === 0 ? Effect.void : write([]))
+    yield* Effect.addFinalizer(() => flush)
+    return {
+      now: (row) => write([record(row)]).pipe(Effect.annotateLogs({ step: row.step, journal_event: row.event })),
+      later: (row) => Ref.update(waiting, (rows) => [...rows, record(row)]),
+      flush
+    }
+  })
 
 /**
  * The step journal: what each step and each undo did, in Postgres, written as the pipeline runs.
