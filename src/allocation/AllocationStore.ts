@@ -7,8 +7,7 @@ import {
   Claim,
   type FinalState,
   LiveAllocation,
-  LiveState,
-  TransitionalState
+  type LiveState
 } from "../domain/allocation.ts"
 import { NoGatewayAvailable } from "../domain/errors.ts"
 import type { AllocationId, OrganizationId } from "../domain/ids.ts"
@@ -19,7 +18,9 @@ export interface AllocationFilter {
   readonly limit: number
 }
 
-// Rows are selected under the domain's field names and decoded with the domain's schemas.
+// Rows are selected under the domain's field names and decoded with the domain's schemas. Which
+// states are live is said once, in Postgres (`gateway_allocator_is_live`, the same list as
+// LiveState: a test checks they agree); a transitional state is a live one other than `active`.
 const allocationColumns = `id as "allocationId", organization_id as "organizationId", gateway_id as "gatewayId",
   upstream, generation, state, runner, error, trace_id as "traceId", created_at as "createdAt", updated_at as "updatedAt", finished_at as "finishedAt"`
 
@@ -43,7 +44,6 @@ const databaseError = (cause: SqlError.SqlError | ParseResult.ParseError) => new
 export class AllocationStore extends Effect.Service<AllocationStore>()("AllocationStore", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    const live = sql.in(LiveState.literals)
 
     const claim = Effect.fn("AllocationStore.claim")(function*(
       allocationId: AllocationId,
@@ -105,7 +105,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
     const owns = Effect.fn("AllocationStore.owns")(function*(allocationId: AllocationId, runner: string) {
       const rows = yield* sql`
         select exists (select 1 from allocations where id = ${allocationId} and runner = ${runner}
-                          and state in ${live}) as "namesRunner",
+                          and gateway_allocator_is_live(state)) as "namesRunner",
                gateway_allocator_runner_alive(${runner}) as "leaseAlive"`
       return yield* Schema.decodeUnknown(Ownership)(rows[0])
     }, Effect.mapError(databaseError))
@@ -172,7 +172,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
     const findLive = Effect.fn("AllocationStore.findLive")(function*(organizationId: OrganizationId) {
       const rows = yield* sql`
         select ${sql.literal(allocationColumns)} from allocations
-         where organization_id = ${organizationId} and state in ${live}`
+         where organization_id = ${organizationId} and gateway_allocator_is_live(state)`
       return yield* decodeFirst(LiveAllocation)(rows)
     }, Effect.mapError(databaseError))
 
@@ -189,7 +189,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
     const recoverable = Effect.fn("AllocationStore.recoverable")(function*(runner: string, deadlineMs: number) {
       const rows = yield* sql`
         select ${sql.literal(allocationColumns)} from allocations a
-         where a.state in ${sql.in(TransitionalState.literals)}
+         where gateway_allocator_is_live(a.state) and a.state <> 'active'
            and (a.runner = ${runner}
                 or not gateway_allocator_runner_alive(a.runner)
                 or a.updated_at < now() - make_interval(secs => ${deadlineMs / 1000}))
@@ -207,7 +207,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
            set runner = ${runner}, updated_at = now(),
                state = case when state = 'starting' then 'rolling_back' else state end
          where id = ${allocation.allocationId} and runner = ${allocation.runner}
-           and state in ${sql.in(TransitionalState.literals)}
+           and gateway_allocator_is_live(state) and state <> 'active'
         returning ${sql.literal(allocationColumns)}`
       return yield* decodeFirst(LiveAllocation)(rows)
     }, Effect.mapError(databaseError))
@@ -227,7 +227,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
 
     /** Every allocation that holds its org and gateway. */
     const liveAllocations = Effect.fn("AllocationStore.liveAllocations")(function*() {
-      const rows = yield* sql`select ${sql.literal(allocationColumns)} from allocations where state in ${live}`
+      const rows = yield* sql`select ${sql.literal(allocationColumns)} from allocations where gateway_allocator_is_live(state)`
       return yield* decodeAll(LiveAllocation)(rows)
     }, Effect.mapError(databaseError))
 

@@ -55,8 +55,7 @@ export class GatewayStore extends Effect.Service<GatewayStore>()("GatewayStore",
         select count(*)::int as total,
                (count(*) filter (where allocation_id is null))::int as free,
                (count(*) filter (where allocation_id is not null))::int as allocated,
-               (count(*) filter (where allocation_id is null and state = 'active' and unreleased_allocation_id is null
-                                   and (quarantined_until is null or quarantined_until <= now())))::int as available,
+               (select count(*) from gateways_claimable)::int as available,
                (count(*) filter (where quarantined_until > now()))::int as quarantined,
                (count(*) filter (where state = 'draining'))::int as draining,
                (count(*) filter (where unreleased_allocation_id is not null))::int as unreleased
@@ -136,19 +135,14 @@ export class GatewayStore extends Effect.Service<GatewayStore>()("GatewayStore",
 
     /**
      * The free gateways one health pass asks (see GatewayHealth): the next `batch` a claim would
-     * take (its order), every one whose quarantine has run out, and the next `batch` by id after
+     * take (`gateways_claim_order`, the view the claim itself reads), every one whose quarantine has run out, and the next `batch` by id after
      * `after` (a rotation over the rest). `rotationEnd`: where the next rotation starts; none when
      * this one reached the end.
      */
     const healthCandidates = Effect.fn("GatewayStore.healthCandidates")(function*(batch: number, after: Option.Option<GatewayId>) {
       const from = Option.getOrNull(after)
       const rows = yield* sql`
-        with on_deck as (
-          select g.id from gateways g
-           where g.allocation_id is null and g.state = 'active' and g.unreleased_allocation_id is null
-             and (g.quarantined_until is null or g.quarantined_until <= now())
-           order by g.last_allocated_at nulls first, g.created_at, g.id
-           limit ${batch}),
+        with on_deck as (select c.id from gateways_claim_order c limit ${batch}),
         due as (
           select g.id from gateways g where g.allocation_id is null and g.quarantined_until <= now()),
         rotation as (
