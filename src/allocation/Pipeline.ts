@@ -22,7 +22,8 @@ import { rollbacksIncompleteTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { AllocationStore } from "./AllocationStore.ts"
 import { Ownership } from "./Ownership.ts"
-import { type Run, type RunKey, StepRunner, type TableStep, UndoSkipped } from "./StepRunner.ts"
+import { type Run, type RunKey, type TableStep, UndoSkipped } from "./runs.ts"
+import { StepRunner } from "./StepRunner.ts"
 import { type UndoError, Undos } from "./undos.ts"
 
 export interface Started {
@@ -97,13 +98,13 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
       )
 
     /**
-     * Proves nginx serves the route. lua: a route gone from the table since its write (nginx
-     * restarted, its table came back empty, and the restorer pushes active allocations only) is
-     * written again by its owner, fenced like the first write and undone by the same undo,
-     * instead of waiting out the step's timeout.
+     * Makes nginx serve the route and proves it. A route gone since its write (nginx restarted and
+     * its table came back empty; the restorer pushes active allocations only) is written again by
+     * its owner, fenced like the first write and undone by the same undo, instead of waiting out
+     * the step's timeout.
      */
     const proveRoute = (route: Route, rewrites: number): Effect.Effect<void, NginxError | RouteLost | OwnershipLost | DatabaseError> =>
-      nginx.awaitRoute(route.organizationId, route.allocationId).pipe(
+      nginx.awaitServed(route).pipe(
         Effect.catchTag("RouteLost", (lost) =>
           rewrites <= 0 ? Effect.fail(lost) : Effect.logWarning(`${lost.message}: writing it again`).pipe(
             Effect.zipRight(ownership.check(route.allocationId)),
@@ -167,8 +168,7 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
             { name: "nginx-config", run: nginx.writeRoute(route), undo: () => undos.removeRoute(route) },
             {
               name: "nginx-reload",
-              // reload mode: the reload, then the proof; lua mode: the proof alone (the write is live).
-              run: nginx.apply.pipe(Effect.zipRight(proveRoute(route, ROUTE_REWRITES))),
+              run: proveRoute(route, ROUTE_REWRITES),
               undo: () => undos.unroute(route)
             },
             {

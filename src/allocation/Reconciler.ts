@@ -5,7 +5,7 @@ import { ChangedNothing } from "../domain/changedNothing.ts"
 import type { OrganizationId } from "../domain/ids.ts"
 import { isUnfinished } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
-import { Nginx, type RouteKey } from "../nginx/Nginx.ts"
+import { type ListedRoute, Nginx, type RouteKey } from "../nginx/Nginx.ts"
 import { Database } from "../db/Database.ts"
 import { AllocationStore } from "./AllocationStore.ts"
 import { Runner } from "../pool/Runner.ts"
@@ -116,8 +116,8 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
     /**
      * Compares nginx's routes and PowerDNS's records with Postgres, both ways:
      * - a route no live allocation owns is removed (compare-and-delete by the allocation it names);
-     * - an active allocation whose route is missing or differs in any part (upstream, allocation;
-     *   lua: generation) from its row gets its own back, written as a restore (which replaces a
+     * - an active allocation whose route is missing or differs in any part (upstream, allocation,
+     *   generation) from its row gets its own back, written as a restore (which replaces a
      *   forged or stale entry) while its row is held: a stop cannot take it down halfway, and a
      *   stopped one is not restored;
      * - a record no live allocation owns is deleted while the org's slot is held
@@ -138,15 +138,15 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       const isActive = (organizationId: OrganizationId) => live.get(organizationId)?.state === "active"
 
       // An active org's route is judged whole below, and replaced rather than removed.
-      const orphanRoutes: Array<OrganizationId> = []
+      const removed: Array<ListedRoute> = []
       for (const route of routes) {
         if (isActive(route.organizationId) || ownedBy(route, Option.fromNullable(live.get(route.organizationId)))) continue
         if (!(yield* stillOrphan(route))) continue
-        if ((yield* nginx.removeRoute(route)) === "removed") {
-          orphanRoutes.push(route.organizationId)
-        }
+        if ((yield* nginx.removeRoute(route)) === "removed") removed.push(route)
       }
-      if (orphanRoutes.length > 0) yield* nginx.apply
+      // Made to take effect together (reload mode: their reloads coalesce into one).
+      yield* Effect.forEach(removed, nginx.awaitWithdrawn, { concurrency: "unbounded", discard: true })
+      const orphanRoutes = removed.map((route) => route.organizationId)
 
       // A delete that failed without a "no" may still land: the org's slot stays held for one
       // more outside call, so that it lands (or never will) before a claim can follow it.
@@ -169,8 +169,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         if (route === undefined) return Option.some("missing route restored")
         if (route.allocationId !== a.allocationId) return Option.some(`route of allocation ${route.allocationId} replaced`)
         if (route.upstream !== a.upstream) return Option.some(`route to ${route.upstream} put back to ${a.upstream}`)
-        // Reload mode keeps the generation in a comment nothing reads: only the table fences by it.
-        if (nginx.routing === "lua" && route.generation !== a.generation) {
+        if (route.generation !== a.generation) {
           return Option.some(`route generation ${route.generation} put back to ${a.generation}`)
         }
         return Option.none()
@@ -180,8 +179,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         allocations.whileActive(
           a.allocationId,
           nginx.writeRoute(a, { restore: true }).pipe(
-            Effect.zipRight(nginx.apply),
-            Effect.zipRight(nginx.awaitRoute(a.organizationId, a.allocationId)),
+            Effect.zipRight(nginx.awaitServed(a)),
             Effect.timeout(Duration.millis(settings.stepTimeoutMs))
           )
         )

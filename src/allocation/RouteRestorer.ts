@@ -1,5 +1,5 @@
 import { Duration, Effect, Either, Metric, Option, Ref, Schedule } from "effect"
-import { Nginx } from "../nginx/Nginx.ts"
+import { Nginx, type TableState } from "../nginx/Nginx.ts"
 import { AllocationStore } from "./AllocationStore.ts"
 import { Dependencies } from "../readiness/Dependencies.ts"
 import { reconcilerRepairsTotal } from "../telemetry/Metrics.ts"
@@ -28,37 +28,44 @@ export class RouteRestorer extends Effect.Service<RouteRestorer>()("RouteRestore
     // The boot id this process last saw: a new one after that is a restart, worth a warning.
     const lastBoot = yield* Ref.make(Option.none<string>())
 
-    /** Pushes every active route if the table is not ready; how many it pushed (none: it was ready, or reload mode). */
-    const restoreIfEmptied = Effect.gen(function*() {
-      const state = yield* nginx.tableState
-      if (Option.isNone(state)) return Option.none<number>()
-      const { bootId, ready } = state.value
-      const restarted = Option.exists(yield* Ref.getAndSet(lastBoot, Option.some(bootId)), (seen) => seen !== bootId)
-      if (ready) return Option.none<number>()
-      const pushed = yield* allocations.withActiveAllocations((active) =>
-        Effect.as(nginx.restoreAll(bootId, active), active.length)
-      )
-      yield* Metric.update(reconcilerRepairsTotal.pipe(Metric.tagged("kind", "route_table_restored")), 1)
-      yield* (restarted ? Effect.logWarning : Effect.logInfo)(
-        restarted
-          ? `nginx restarted (its route table came back empty): ${pushed} active route(s) pushed back`
-          : `nginx's route table was not filled yet (a new nginx, or one restarted while no replica watched): ${pushed} active route(s) pushed`
-      ).pipe(Effect.annotateLogs({ boot_id: bootId }))
-      return Option.some(pushed)
-    }).pipe(Effect.withSpan("RouteRestorer.restoreIfEmptied"))
+    /**
+     * What the table's state says: pushes every active route if it is not ready; how many it
+     * pushed (none: it was ready, or there is no table to lose: reload mode).
+     */
+    const restoreIfEmptied = Effect.flatMap(nginx.tableState, Option.match({
+      onNone: () => Effect.succeed({ asked: false, pushed: Option.none<number>() }),
+      onSome: (state) => Effect.map(restore(state), (pushed) => ({ asked: true, pushed }))
+    }))
 
-    if (nginx.routing === "lua") {
-      const watch = restoreIfEmptied.pipe(
-        Effect.matchCauseEffect({
-          onSuccess: () => dependencies.report("edge", Either.void),
-          onFailure: (cause) =>
-            dependencies.report("edge", Either.left(`could not check or restore nginx's route table: ${describeCause(cause)}`))
-        })
-      )
-      // Once before the service takes requests (an empty table answers 503 for everyone), then on.
-      yield* watch
-      yield* watch.pipe(Effect.schedule(Schedule.spaced(WATCH_INTERVAL)), Effect.forkScoped)
-    }
+    /** Pushes every active route into a table that is not ready for its boot id. */
+    const restore = ({ bootId, ready }: TableState) =>
+      Effect.gen(function*() {
+        const restarted = Option.exists(yield* Ref.getAndSet(lastBoot, Option.some(bootId)), (seen) => seen !== bootId)
+        if (ready) return Option.none<number>()
+        const pushed = yield* allocations.withActiveAllocations((active) =>
+          Effect.as(nginx.restoreAll(bootId, active), active.length)
+        )
+        yield* Metric.update(reconcilerRepairsTotal.pipe(Metric.tagged("kind", "route_table_restored")), 1)
+        yield* (restarted ? Effect.logWarning : Effect.logInfo)(
+          restarted
+            ? `nginx restarted (its route table came back empty): ${pushed} active route(s) pushed back`
+            : `nginx's route table was not filled yet (a new nginx, or one restarted while no replica watched): ${pushed} active route(s) pushed`
+        ).pipe(Effect.annotateLogs({ boot_id: bootId }))
+        return Option.some(pushed)
+      }).pipe(Effect.withSpan("RouteRestorer.restore"))
+
+    // Only a table that was asked says the edge is usable; a failure says it is not.
+    const watch = restoreIfEmptied.pipe(
+      Effect.matchCauseEffect({
+        onSuccess: ({ asked }) => asked ? dependencies.report("edge", Either.void) : Effect.void,
+        onFailure: (cause) =>
+          dependencies.report("edge", Either.left(`could not check or restore nginx's route table: ${describeCause(cause)}`))
+      })
+    )
+    // Once before the service takes requests (an empty table answers 503 for everyone), then on.
+    // An nginx that cannot lose its routes (reload mode: route files) answers "nothing to do".
+    yield* watch
+    yield* watch.pipe(Effect.schedule(Schedule.spaced(WATCH_INTERVAL)), Effect.forkScoped)
 
     return { restoreIfEmptied }
   })

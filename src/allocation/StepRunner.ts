@@ -1,9 +1,7 @@
-import { Cause, Clock, Data, Duration, Effect, Exit, Fiber, FiberRef, HashMap, Option, Ref, type Scope } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, FiberRef, HashMap, Option, Ref, type Scope } from "effect"
 import { Settings } from "../config.ts"
 import { type ClaimRefused, type StepError, StepTimedOut } from "../domain/errors.ts"
-import type { AllocationId, OrganizationId } from "../domain/ids.ts"
 import {
-  type Actor,
   haltsTeardown,
   type RollbackReport,
   type StepEvent,
@@ -13,32 +11,12 @@ import {
   type UndoOutcome,
   type UndoStatus
 } from "../domain/steps.ts"
-import { Journal, type JournalWriter, openJournal } from "../journal/Journal.ts"
+import { Journal, openJournal } from "../journal/Journal.ts"
 import { describeCause } from "../lib/describeCause.ts"
 import { recordStep, recordUndo } from "../telemetry/Metrics.ts"
 import { Ownership } from "./Ownership.ts"
+import { type Run, type RunKey, type TableStep, type Undo, UndoSkipped } from "./runs.ts"
 import { hadNoEffect, stepOutcome, toStepError } from "./stepExits.ts"
-
-/** Which allocation, and who works on it (a start's request, a stop, the reconciler). */
-export interface RunKey {
-  readonly allocationId: AllocationId
-  readonly organizationId: OrganizationId
-  readonly actor: Actor
-}
-
-/** One worker on one allocation, with its journal: every journal row, log line and span says who. */
-export interface Run extends RunKey {
-  readonly journal: JournalWriter
-}
-
-/** An undo that deliberately did nothing, with the reason (journaled and reported as skipped). */
-export class UndoSkipped extends Data.TaggedClass("UndoSkipped")<{ readonly reason: string }> {}
-
-/**
- * An undo: given the outcomes of the undos that ran before it in the same rollback, it does its
- * work, says it skipped it, or fails with its own typed error.
- */
-export type Undo<E, R> = (before: RollbackReport) => Effect.Effect<void | UndoSkipped, E, R>
 
 /** A rollback in the making, made by `attempt` for the steps of one start. */
 export interface Rollback {
@@ -70,17 +48,6 @@ type OwnershipLostMark = Ref.Ref<Option.Option<string>>
 export interface UndoSlot {
   readonly step: StepName
   readonly state: Ref.Ref<SlotState>
-}
-
-/**
- * One row of a pipeline's table (`runSteps`): the step, what it does, and its undo; or a step
- * that does not apply here (`skipped`: why), journaled as skipped.
- */
-export interface TableStep<E, R, E2, R2> {
-  readonly name: StepName
-  readonly run: Effect.Effect<unknown, E, R>
-  readonly undo: Undo<E2, R2>
-  readonly skipped?: string | undefined
 }
 
 /** Whether a registered undo runs when the Scope closes with a failure: only once its step may have taken effect. */

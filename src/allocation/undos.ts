@@ -9,7 +9,7 @@ import { Handshake, type HandshakeError } from "../handshake/Handshake.ts"
 import { Nginx, type NginxError, type RouteKey } from "../nginx/Nginx.ts"
 import { Runner } from "../pool/Runner.ts"
 import { AllocationStore } from "./AllocationStore.ts"
-import { type Undo, UndoSkipped } from "./StepRunner.ts"
+import { type Undo, UndoSkipped } from "./runs.ts"
 
 /** What an undo can fail with: the outside system's own error, or the gateway deliberately kept. */
 export type UndoError = NginxError | DnsError | HandshakeError | DatabaseError | GatewayKept
@@ -36,36 +36,19 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
     const runner = yield* Runner
 
     /**
-     * nginx-reload: remove this allocation's route and apply (reload mode), then prove nginx no
-     * longer serves this allocation. When nginx refuses the reload (say a broken foreign file),
-     * the org is still safe if the running configuration does not serve this allocation: the
-     * probe decides, not the reload's exit code.
+     * nginx-reload: remove this allocation's route and prove nginx no longer serves this
+     * allocation. When nginx refuses to load its configuration (say a broken foreign file), the
+     * org is still safe if what it runs does not serve this allocation: the probe decides.
      */
     const unroute = (route: RouteKey) =>
-      Effect.gen(function*() {
-        yield* nginx.removeRoute(route)
-        const refused = yield* proveUnrouted(route)
-        if (Option.isSome(refused)) {
-          return new UndoSkipped({ reason: `nginx refused the reload (${refused.value}), but it does not route this allocation` })
-        }
-      })
+      Effect.flatMap(nginx.removeRoute(route), () => awaitWithdrawn(route))
 
-    /**
-     * Applies the removal and proves nginx no longer serves the allocation. When nginx refuses
-     * the reload (reload mode; say a broken foreign file), the probe decides: its running
-     * configuration may never have had the route. Some(why it refused) in that case.
-     */
-    const proveUnrouted = ({ allocationId, organizationId }: RouteKey) =>
-      Effect.gen(function*() {
-        const reloaded = yield* nginx.apply.pipe(Effect.either)
-        if (reloaded._tag === "Right") {
-          yield* nginx.awaitUnrouted(organizationId, allocationId)
-          return Option.none<string>()
-        }
-        const served = yield* nginx.probeRoute(organizationId)
-        if (served === allocationId) return yield* reloaded.left
-        return Option.some(reloaded.left.reason)
-      })
+    /** The removal proven; skipped (saying why) when nginx did not load it but serves the allocation no more. */
+    const awaitWithdrawn = (route: RouteKey) =>
+      Effect.map(nginx.awaitWithdrawn(route), (withdrawn) =>
+        withdrawn._tag === "gone"
+          ? undefined
+          : new UndoSkipped({ reason: `nginx refused its configuration (${withdrawn.reason}), but it does not route this allocation` }))
 
     /**
      * nginx-config: remove the route, if it is this allocation's. A route that was written may be
@@ -77,7 +60,7 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
       Effect.flatMap(nginx.removeRoute(route), (found) => {
         if (found === "other") return Effect.succeed(new UndoSkipped({ reason: "the route is a newer allocation's" }))
         if (found === "absent") return Effect.void
-        return Effect.asVoid(proveUnrouted(route))
+        return Effect.asVoid(awaitWithdrawn(route))
       })
 
     /**

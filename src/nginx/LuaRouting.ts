@@ -5,8 +5,11 @@ import { AllocationId, Generation, OrganizationId } from "../domain/ids.ts"
 import { describeTransport, neverDelivered, transportCode } from "../lib/transport.ts"
 import { PROBE_SECRET_HEADER } from "./config.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
-import { MAX_FENCE_MS, renderLuaConfig } from "./luaConfig.ts"
-import { Nginx, NginxError, type Route, type RouteKey, RouteLost, type WriteOptions } from "./Nginx.ts"
+import { renderLuaConfig } from "./luaConfig.ts"
+import { MAX_FENCE_MS } from "./luaRouteApi.ts"
+import { Nginx, NginxError, type Route, type RouteKey, RouteLost, type Withdrawn, type WriteOptions } from "./Nginx.ts"
+
+const gone: Withdrawn = { _tag: "gone" }
 
 /**
  * NGINX_ROUTING=lua: routes live in nginx's shared memory (see luaConfig.ts), written through the
@@ -222,7 +225,6 @@ export const makeLuaRouting = (kit: EdgeKit) =>
 
     return Nginx.of({
       edge: kit.edge,
-      routing: "lua",
       install,
       writeRoute: Effect.fn("Nginx.writeRoute")(function*(route: Route, options?: WriteOptions) {
         const answer = yield* call(
@@ -257,8 +259,7 @@ export const makeLuaRouting = (kit: EdgeKit) =>
         }
         return yield* refused("remove", answer)
       }),
-      apply: Effect.void,
-      awaitRoute: Effect.fn("Nginx.awaitRoute")(function*(organizationId, allocationId) {
+      awaitServed: Effect.fn("Nginx.awaitServed")(function*({ allocationId, organizationId }: RouteKey) {
         yield* kit.probe(organizationId).pipe(
           Effect.filterOrFail(
             (answer) => answer.allocation === allocationId,
@@ -271,8 +272,10 @@ export const makeLuaRouting = (kit: EdgeKit) =>
           Effect.retry({ schedule: probeSchedule, while: (error) => error._tag !== "RouteLost" })
         )
       }),
-      awaitUnrouted: Effect.fn("Nginx.awaitUnrouted")(function*(organizationId, allocationId) {
+      // A removal is live when it returns: nothing to load, one probe proves it.
+      awaitWithdrawn: Effect.fn("Nginx.awaitWithdrawn")(function*({ allocationId, organizationId }: RouteKey) {
         yield* kit.probeUntil(organizationId, (served) => served !== allocationId).pipe(Effect.retry(probeSchedule))
+        return gone
       }),
       probeRoute: kit.probeRoute,
       listRoutes: Effect.gen(function*() {

@@ -71,6 +71,12 @@ export interface Edge {
   readonly confDir: string
 }
 
+/**
+ * A removal proven (`gone`), or one nginx did not load because it refused its configuration while
+ * not serving the allocation anyway (`notApplied`, with why it refused).
+ */
+export type Withdrawn = { readonly _tag: "gone" } | { readonly _tag: "notApplied"; readonly reason: string }
+
 /** lua mode: the route table's boot id (new after every nginx restart) and whether every route was pushed into it. */
 export interface TableState {
   readonly bootId: string
@@ -85,7 +91,6 @@ export interface TableState {
  */
 export class Nginx extends Context.Tag("Nginx")<Nginx, {
   readonly edge: Edge
-  readonly routing: "lua" | "reload"
   /** Writes `gateway-allocator.conf` and makes nginx run it. Run once at start-up. */
   readonly install: Effect.Effect<void, NginxError>
   /**
@@ -102,26 +107,34 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
    */
   readonly removeRoute: (route: RouteKey) => Effect.Effect<"removed" | "absent" | "other", NginxError>
   /**
-   * Makes written and removed routes take effect. reload: `nginx -s reload` (coalesced or each,
-   * NGINX_RELOAD_MODE); lua: nothing to do, a write is live when it returns.
+   * Makes the route written take effect, and probes until nginx serves this allocation for the
+   * org's hostname (reload: `nginx -s reload`, coalesced or each, then until no older worker
+   * generation accepts; lua: a write is live when it returns, one probe proves it). Unbounded:
+   * callers set the timeout. Fails at once with RouteLost when nginx serves no route for the org
+   * at all (lua: its table came back empty since the write, nginx restarted).
    */
-  readonly apply: Effect.Effect<void, NginxError>
+  readonly awaitServed: (route: RouteKey) => Effect.Effect<void, NginxError | RouteLost>
   /**
-   * Probes until nginx serves `allocationId` for the org's hostname. Unbounded: callers set the
-   * timeout. lua: fails at once with RouteLost when nginx serves no route for the org at all.
+   * Makes the route's removal take effect, and probes until nginx no longer serves this
+   * allocation for the org's hostname. "gone" once proven; when nginx refuses to load its
+   * configuration (reload: say a broken foreign file), the probe decides: nginx's running
+   * configuration may never have had the route, and then the answer says why it refused
+   * (`notApplied`); if it still serves the allocation, the refusal is the error.
    */
-  readonly awaitRoute: (organizationId: OrganizationId, allocationId: AllocationId) => Effect.Effect<void, NginxError | RouteLost>
-  /** Probes until nginx no longer serves `allocationId` for the org's hostname (and, reload mode, no older worker generation accepts). */
-  readonly awaitUnrouted: (organizationId: OrganizationId, allocationId: AllocationId) => Effect.Effect<void, NginxError>
+  readonly awaitWithdrawn: (route: RouteKey) => Effect.Effect<Withdrawn, NginxError>
   /** One probe: the allocation nginx serves for the org's hostname right now, or null. */
   readonly probeRoute: (organizationId: OrganizationId) => Effect.Effect<AllocationId | null, NginxError>
   /** Every route the service has given nginx: each org's upstream, and the allocation (and generation) it names. */
   readonly listRoutes: Effect.Effect<ReadonlyArray<ListedRoute>, NginxError>
-  /** lua: the route table's state; reload: none (route files survive nginx restarts). */
+  /**
+   * Whether nginx lost its routes (lua: its table is not filled for its current boot id, after a
+   * restart) and must be given every active one again: the table's state; none when nothing can
+   * be lost (reload: route files survive restarts).
+   */
   readonly tableState: Effect.Effect<Option.Option<TableState>, NginxError>
   /**
-   * lua: puts every route (each fenced like `writeRoute`) and marks the table ready for `bootId`;
-   * refused when nginx restarted again meanwhile. reload: nothing to do.
+   * Puts every route (each fenced like `writeRoute`) and marks the table ready for `bootId`;
+   * refused when nginx restarted again meanwhile. Only asked after `tableState` said so.
    */
   readonly restoreAll: (bootId: string, routes: ReadonlyArray<Route>) => Effect.Effect<void, NginxError>
 }>() {}

@@ -1,5 +1,5 @@
 import { FileSystem } from "@effect/platform"
-import { Duration, Effect, Metric, Option, Schedule, Schema } from "effect"
+import { Duration, Effect, Either, Metric, Option, Schedule, Schema } from "effect"
 import { AllocationId, Generation, OrganizationId, parseOrgLabel } from "../domain/ids.ts"
 import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
@@ -142,7 +142,6 @@ export const makeReloadRouting = (kit: EdgeKit) =>
 
     return Nginx.of({
       edge: kit.edge,
-      routing: "reload",
       install: Effect.gen(function*() {
         yield* fs.makeDirectory(routesDir, { recursive: true })
         yield* writeAtomically(
@@ -177,12 +176,19 @@ export const makeReloadRouting = (kit: EdgeKit) =>
           routeLock(organizationId)
         )
       }),
-      apply: reload,
-      awaitRoute: Effect.fn("Nginx.awaitRoute")(function*(organizationId, allocationId) {
+      awaitServed: Effect.fn("Nginx.awaitServed")(function*({ allocationId, organizationId }: RouteKey) {
+        yield* reload
         yield* awaitProbe(organizationId, (served) => served === allocationId)
       }),
-      awaitUnrouted: Effect.fn("Nginx.awaitUnrouted")(function*(organizationId, allocationId) {
-        yield* awaitProbe(organizationId, (served) => served !== allocationId)
+      awaitWithdrawn: Effect.fn("Nginx.awaitWithdrawn")(function*({ allocationId, organizationId }: RouteKey) {
+        const reloaded = yield* Effect.either(reload)
+        if (Either.isRight(reloaded)) {
+          yield* awaitProbe(organizationId, (served) => served !== allocationId)
+          return { _tag: "gone" } as const
+        }
+        // nginx refused its configuration: the one it runs may never have had the route.
+        if ((yield* kit.probeRoute(organizationId)) === allocationId) return yield* reloaded.left
+        return { _tag: "notApplied", reason: reloaded.left.reason } as const
       }),
       probeRoute: kit.probeRoute,
       listRoutes: fs.readDirectory(routesDir).pipe(

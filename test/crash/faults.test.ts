@@ -3,123 +3,66 @@
 // during a rollback (the caller still gets the original error; the reconciler removes what the
 // failed undo left once the system is back).
 import { expect, layer } from "@effect/vitest"
-import { Context, Duration, Effect, Fiber, Layer } from "effect"
+import { Effect, Fiber } from "effect"
 import { randomUUID } from "node:crypto"
-import type { LocalStack } from "../../src/dev/stack.ts"
-import {
-  awaitInvariants,
-  type Db,
-  describeReport,
-  dnsRecordOf,
-  journalOf,
-  nginxRoutes,
-  hasRoute,
-  openDb
-} from "../support/invariants.ts"
-import {
-  gatewayStatus,
-  nginxPids,
-  registerGateways,
-  type ServiceProcess,
-  startGateway,
-  signalPid,
-  startServer,
-  stopGateway
-} from "../support/server.ts"
-import { Stack, StackLive } from "../support/stack.ts"
+import { undoOrder } from "../../src/domain/steps.ts"
+import { dnsRecordOf, hasRoute, journalOf, nginxRoutes } from "../support/invariants.ts"
+import { expected, reportOf, rowsOf } from "../support/journal.ts"
+import { awaitValue, pollUntil } from "../support/poll.ts"
+import { expectInvariants, type Served, ServedStackLive, withServedStack } from "../support/servedStack.ts"
+import { gatewayStatus, nginxPids, signalPid, startGateway, stopGateway } from "../support/server.ts"
+import { handshakesFor, setAllGateways } from "../support/stack.ts"
 
 const RECONCILE_INTERVAL_MS = 1000
 const STEP_TIMEOUT_MS = 3000
 
-interface Faults {
-  readonly stack: LocalStack
-  readonly server: ServiceProcess
-  readonly db: Db
-}
-class FaultsContext extends Context.Tag("test/FaultsContext")<FaultsContext, Faults>() {}
+const FaultsLive = ServedStackLive({
+  name: "faults",
+  env: {
+    RECONCILE_INTERVAL_MS: String(RECONCILE_INTERVAL_MS),
+    STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
+    UNDO_TIMEOUT_MS: "2000"
+  },
+  gateways: 2
+})
 
-const FaultsLive = Layer.scoped(
-  FaultsContext,
-  Effect.gen(function*() {
-    const stack = yield* Stack
-    const server = yield* startServer(stack, {
-      name: "faults",
-      env: {
-        RECONCILE_INTERVAL_MS: String(RECONCILE_INTERVAL_MS),
-        STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
-        UNDO_TIMEOUT_MS: "2000"
-      }
-    })
-    yield* registerGateways(server, stack)
-    const db = yield* openDb(stack.env["DATABASE_URL"]!)
-    return { stack, server, db }
-  })
-).pipe(Layer.provideMerge(StackLive({ gateways: 2 })))
-
-const withFaults = <A, E>(body: (faults: Faults) => Effect.Effect<A, E>) =>
-  Effect.flatMap(FaultsContext, (faults) =>
-    body(faults).pipe(
-      Effect.ensuring(Effect.forEach(faults.stack.gateways, (gateway) => gateway.reset, { discard: true }))
-    ))
-
-const expectInvariants = (faults: Faults, orgs: ReadonlyArray<string>) =>
-  Effect.gen(function*() {
-    const report = yield* awaitInvariants({ stack: faults.stack, endpoint: faults.server, db: faults.db, orgs }, {
-      timeoutMs: 2 * RECONCILE_INTERVAL_MS
-    })
-    expect(report.violations, describeReport(report)).toEqual([])
-    return report
-  })
+/** Every invariant holds for `orgs` within two reconcile periods. */
+const expectSettled = ({ db, server, stack }: Served, orgs: ReadonlyArray<string>) =>
+  expectInvariants({ stack, endpoint: server, db, orgs }, { timeoutMs: 2 * RECONCILE_INTERVAL_MS })
 
 layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults without a crash", (it) => {
   it.effect("a client that disconnects after 300 ms of a 1.5 s handshake: the start completes, once, and a retry reuses it", () =>
-    withFaults((faults) =>
+    withServedStack((faults) =>
       Effect.gen(function*() {
         const org = randomUUID()
-        yield* Effect.forEach(faults.stack.gateways, (gateway) => gateway.setBehaviour({ handshakeDelayMs: 1500 }), {
-          discard: true
-        })
-        const controller = new AbortController()
+        yield* setAllGateways(faults.stack, { handshakeDelayMs: 1500 })
         const sentAt = Date.now()
-        const timer = setTimeout(() => controller.abort(), 300)
-        const answer = yield* startGateway(faults.server, org, { signal: controller.signal }).pipe(Effect.either)
-        clearTimeout(timer)
+        // The client goes away 300 ms into the start: the scenario, not a wait for something.
+        const answer = yield* startGateway(faults.server, org, { signal: AbortSignal.timeout(300) }).pipe(Effect.either)
         expect(answer._tag).toBe("Left")
         expect(Date.now() - sentAt).toBeLessThan(1500)
 
         // The allocation runs on without the client: starting now, active once the handshake answers.
-        let state = "absent"
         const seen = new Set<string>()
-        while (state !== "active" && Date.now() - sentAt < 15_000) {
-          const status = yield* gatewayStatus(faults.server, org)
-          state = status.status === 200 ? status.json.state : `HTTP ${status.status}`
-          seen.add(state)
-          if (state !== "active") yield* Effect.sleep(Duration.millis(50))
-        }
+        const state = yield* pollUntil(
+          gatewayStatus(faults.server, org).pipe(
+            Effect.map((status) => (status.status === 200 ? String(status.json.state) : `HTTP ${status.status}`)),
+            Effect.tap((state) => Effect.sync(() => seen.add(state)))
+          ),
+          (state) => state === "active",
+          { withinMs: 15_000, spacingMs: 50 }
+        )
         expect(state).toBe("active")
         expect([...seen].filter((s) => s !== "starting" && s !== "active")).toEqual([])
         const activeAfterMs = Date.now() - sentAt
         expect(activeAfterMs).toBeGreaterThanOrEqual(1500)
-        yield* expectInvariants(faults, [org])
+        yield* expectSettled(faults, [org])
 
         // Never rolled back, never run twice: one journal, no undo, one handshake received.
         const rows = yield* faults.db.query<{ id: string }>("select id from allocations where organization_id = $1", [org])
         expect(rows).toHaveLength(1)
-        const journal = yield* journalOf(faults.db, rows[0]!.id)
-        expect(journal.map((row) => `${row.step}:${row.event}`)).toEqual([
-          "allocate:completed",
-          "dns:started",
-          "dns:completed",
-          "nginx-config:started",
-          "nginx-config:completed",
-          "nginx-reload:started",
-          "nginx-reload:completed",
-          "handshake:started",
-          "handshake:completed"
-        ])
-        const handshakes = yield* Effect.forEach(faults.stack.gateways, (gateway) => gateway.handshakes)
-        expect(handshakes.flat().filter((body) => (body as { organization_id?: string }).organization_id === org))
-          .toHaveLength(1)
+        expect(rowsOf(yield* journalOf(faults.db, rows[0]!.id))).toEqual(expected.forward())
+        expect(yield* handshakesFor(faults.stack, org)).toHaveLength(1)
 
         const retry = yield* startGateway(faults.server, org)
         expect(retry.status).toBe(200)
@@ -127,25 +70,25 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
         console.log(`client gone after 300 ms; the allocation was active ${activeAfterMs} ms after the request`)
 
         expect((yield* stopGateway(faults.server, org)).status).toBe(200)
-        yield* expectInvariants(faults, [org])
+        yield* expectSettled(faults, [org])
       })), { timeout: 60_000 })
 
   it.effect("PowerDNS stopped while a start rolls back: the caller gets the handshake timeout, the reconciler removes the orphan record later", () =>
-    withFaults((faults) =>
+    withServedStack((faults) =>
       Effect.gen(function*() {
         const { db, server, stack } = faults
         const org = randomUUID()
-        yield* Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour({ handshake: "hang" }), { discard: true })
+        yield* setAllGateways(stack, { handshake: "hang" })
         const start = yield* Effect.fork(startGateway(server, org))
 
         const answer = yield* Effect.gen(function*() {
           // The route is live through nginx: dns, nginx-config and nginx-reload completed, the
           // handshake waits on the gateway. Now PowerDNS goes away.
-          let routed: string | null = null
-          while (routed === null) {
-            routed = yield* nginxRoutes(stack, org).pipe(Effect.orElseSucceed(() => null))
-            if (routed === null) yield* Effect.sleep(Duration.millis(20))
-          }
+          yield* awaitValue(
+            "nginx routing the org",
+            nginxRoutes(stack, org).pipe(Effect.map((routed) => routed ?? undefined), Effect.orElseSucceed(() => undefined)),
+            { withinMs: 15_000 }
+          )
           expect((yield* dnsRecordOf(stack, org)).length).toBe(1)
           yield* stack.powerDns.stop
           const answer = yield* Fiber.join(start)
@@ -153,13 +96,7 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
           // While PowerDNS is still down: routing and the gateway are back, the record is not.
           expect(answer.status, answer.text).toBe(504)
           expect(answer.json).toMatchObject({ _tag: "StepTimedOut", step: "handshake", timeout_ms: STEP_TIMEOUT_MS })
-          expect(answer.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
-            "nginx-reload:done",
-            "nginx-config:done",
-            "handshake:done",
-            "dns:failed",
-            "allocate:done"
-          ])
+          expect(reportOf(answer.json.rollback)).toEqual(expected.rollback(undoOrder, { dns: "failed" }))
           expect((yield* hasRoute(stack, org))).toBe(false)
           expect(yield* nginxRoutes(stack, org)).toBeNull()
           expect((yield* gatewayStatus(server, org)).status).toBe(404)
@@ -172,11 +109,7 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
 
         // PowerDNS is back with the record the failed undo left; the reconciler deletes it.
         const backAt = Date.now()
-        let record = yield* dnsRecordOf(stack, org)
-        while (record.length > 0 && Date.now() - backAt < 10_000) {
-          yield* Effect.sleep(Duration.millis(50))
-          record = yield* dnsRecordOf(stack, org)
-        }
+        const record = yield* pollUntil(dnsRecordOf(stack, org), (record) => record.length === 0, { withinMs: 10_000, spacingMs: 50 })
         const removedAfterMs = Date.now() - backAt
         expect(record).toEqual([])
         expect(removedAfterMs).toBeLessThanOrEqual(2 * RECONCILE_INTERVAL_MS)
@@ -189,11 +122,11 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
           answer.json.allocation_id
         ])
         expect(allocation?.state).toBe("rolled_back")
-        yield* expectInvariants(faults, [org])
+        yield* expectSettled(faults, [org])
       })), { timeout: 60_000 })
 
   it.effect("a stop that failed (nginx frozen) is finished by the reconciler even while clients keep starting the org", () =>
-    withFaults((faults) =>
+    withServedStack((faults) =>
       Effect.gen(function*() {
         const { db, server, stack } = faults
         const org = randomUUID()
@@ -226,12 +159,13 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
             }
           })
         )
-        let state = "stopping"
-        while (state !== "released" && Date.now() - fixedAt < 8000) {
-          yield* Effect.sleep(Duration.millis(50))
-          const [row] = yield* db.query<{ state: string }>("select state from allocations where id = $1", [allocationId])
-          state = row?.state ?? "missing"
-        }
+        const state = yield* pollUntil(
+          db.query<{ state: string }>("select state from allocations where id = $1", [allocationId]).pipe(
+            Effect.map(([row]) => row?.state ?? "missing")
+          ),
+          (state) => state === "released",
+          { withinMs: 8000, spacingMs: 50 }
+        )
         const finishedAfterMs = Date.now() - fixedAt
         yield* Fiber.interrupt(client)
         console.log(`stopping allocation ${state} ${finishedAfterMs} ms after nginx resumed; the client's starts: ${answers.join(", ")}`)
@@ -241,24 +175,17 @@ layer(FaultsLive, { timeout: 120_000, excludeTestServices: true })("faults witho
         expect(finishedAfterMs).toBeLessThanOrEqual(2 * RECONCILE_INTERVAL_MS)
 
         // The last undo's journal row is written once the gateway is released: it may trail a little.
-        const expectedUndos = ["nginx-reload", "nginx-config", "handshake", "dns", "allocate"].flatMap((step) => [
-          `${step}:undo_started`,
-          `${step}:undone`
-        ])
-        const reconcilerRows = () =>
-          Effect.map(journalOf(db, allocationId), (journal) =>
-            journal.filter((row) => row.actor === "reconciler").map((row) => `${row.step}:${row.event}`))
-        let undone = yield* reconcilerRows()
-        const journaledBy = Date.now() + 2000
-        while (undone.length < expectedUndos.length && Date.now() < journaledBy) {
-          yield* Effect.sleep(Duration.millis(20))
-          undone = yield* reconcilerRows()
-        }
+        const expectedUndos = expected.undone(undoOrder)
+        const undone = yield* pollUntil(
+          Effect.map(journalOf(db, allocationId), (journal) => rowsOf(journal.filter((row) => row.actor === "reconciler"))),
+          (undone) => undone.length >= expectedUndos.length,
+          { withinMs: 2000 }
+        )
         expect(undone).toEqual(expectedUndos)
         // Whatever the client got meanwhile, the org is consistent once it is done.
         const settled = yield* startGateway(server, org)
         expect(settled.status, settled.text).toBe(200)
         expect((yield* stopGateway(server, org)).status).toBe(200)
-        yield* expectInvariants(faults, [org])
+        yield* expectSettled(faults, [org])
       })), { timeout: 60_000 })
 })

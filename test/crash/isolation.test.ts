@@ -5,12 +5,15 @@ import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { mkdtempSync, readFileSync } from "node:fs"
-import * as http from "node:http"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
-import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
-import { allocationsOf, hostnameOf, journalOf, nginxRoutes, openDb, edgeRouteOf, hasRoute } from "../support/invariants.ts"
+import { undoOrder } from "../../src/domain/steps.ts"
+import { PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
+import { allocationsOf, edgeFileOf, edgeRouteOf, hasRoute, journalOf, nginxRoutes, openDb } from "../support/invariants.ts"
+import { expected, reportOf } from "../support/journal.ts"
+import { pollUntil } from "../support/poll.ts"
+import { hostnameOf, rawGet } from "../support/rawHttp.ts"
 import {
   gatewayStatus,
   powerDnsPid,
@@ -30,28 +33,13 @@ const gatewayNameOf = (stack: LocalStack, upstream: string) =>
 /** Which sample gateway a request for the org's hostname reaches through nginx (null: nginx's 404). */
 const reaches = (stack: LocalStack, org: string) => nginxRoutes(stack, org).pipe(Effect.orElseSucceed(() => "error"))
 
-/** GET of the route probe with the org's Host, with the given secret header (or none). */
+/** GET of the route probe with the org's Host, with the given secret header (or none); status 0 when nothing answered. */
 const probeWith = (stack: LocalStack, org: string, secret: string | undefined) =>
-  Effect.async<{ status: number; body: string }>((resume) => {
-    const headers: Record<string, string> = { host: hostnameOf(stack, org), connection: "close" }
-    if (secret !== undefined) headers[PROBE_SECRET_HEADER] = secret
-    const req = http.request(
-      { host: "127.0.0.1", port: stack.nginx.listenPort, path: PROBE_PATH, headers, agent: false },
-      (response) => {
-        const chunks: Array<Buffer> = []
-        response.on("data", (chunk: Buffer) => chunks.push(chunk))
-        response.on("end", () => resume(Effect.succeed({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString() })))
-      }
-    )
-    req.on("error", (error) => resume(Effect.succeed({ status: 0, body: error.message })))
-    req.end()
-  })
-
-const edgeFileOf = (stack: LocalStack) =>
-  JSON.parse(readFileSync(path.join(stack.nginx.confDir, EDGE_FILE), "utf8")) as {
-    id: string
-    probeSecret: string
-  }
+  rawGet({
+    port: stack.nginx.listenPort,
+    path: PROBE_PATH,
+    headers: { host: hostnameOf(stack, org), ...(secret === undefined ? {} : { [PROBE_SECRET_HEADER]: secret }) }
+  }).pipe(Effect.orElseSucceed(() => ({ status: 0, body: "no answer" })))
 
 const logOf = (server: ServiceProcess) => readFileSync(server.logFile, "utf8")
 
@@ -78,6 +66,7 @@ layer(StackLive({ gateways: 3 }), { timeout: 180_000, excludeTestServices: true 
         // Served by its own gateway, and still so a moment later (no late undo of the stop).
         const gateway = gatewayNameOf(stack, status.json.upstream)
         expect(yield* reaches(stack, org), `round ${round}`).toBe(gateway)
+        // Not a wait for something: the window in which a late undo of the stop must not change it.
         yield* Effect.sleep(Duration.millis(300))
         expect(yield* reaches(stack, org), `round ${round}, 300 ms later`).toBe(gateway)
         expect((yield* edgeRouteOf(stack, org))).toContain(started.json.allocation_id)
@@ -162,6 +151,7 @@ layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true 
       for (let i = 0; i < 30; i++) {
         expect(yield* reaches(stack, x), `X's hostname, ${i * 100} ms after A woke`).toBe(null)
         expect(yield* reaches(stack, y)).toBe(gateway.name)
+        // Not a wait for something: the checks are spread over the 3 s in which A must route nothing.
         yield* Effect.sleep(Duration.millis(100))
       }
       const xAnswer = yield* Fiber.join(answerToX)
@@ -215,13 +205,7 @@ layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true 
       const answer = yield* startGateway(server, org)
       expect(answer.status, answer.text).toBe(504)
       expect(answer.json).toMatchObject({ step: "handshake" })
-      expect(answer.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
-        "nginx-reload:done",
-        "nginx-config:done",
-        "handshake:skipped",
-        "dns:done",
-        "allocate:done"
-      ])
+      expect(reportOf(answer.json.rollback)).toEqual(expected.rollback(undoOrder, { handshake: "skipped" }))
       expect(yield* reaches(stack, org)).toBe(null)
       const pool = yield* request(server, "GET", "/pool")
       expect(pool.json.allocated).toBe(0)
@@ -296,10 +280,12 @@ layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true 
       const startedAt = Date.now()
       const stopped = yield* stopGateway(server, org).pipe(Effect.ensuring(Effect.void))
       const tookMs = Date.now() - startedAt
-      // Give the reconciler a few periods while PowerDNS is still frozen: each pass ends (its
-      // DNS calls fail at their bound) instead of hanging on PowerDNS.
-      yield* Effect.sleep(Duration.seconds(6))
-      const passesDuring = passes() - passesBefore
+      // Reconcile passes go on while PowerDNS is still frozen: each pass ends (its DNS calls fail
+      // at their bound) instead of hanging on PowerDNS. Two of them within 6 s.
+      const passesDuring = yield* pollUntil(Effect.sync(() => passes() - passesBefore), (during) => during >= 2, {
+        withinMs: 6000,
+        spacingMs: 100
+      })
       yield* signalPid(pdns, "SIGCONT")
       expect(stopped.status, stopped.text).toBe(502)
       expect(stopped.json).toMatchObject({ _tag: "StopFailed", step: "dns" })

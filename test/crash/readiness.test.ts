@@ -34,6 +34,7 @@ layer(StackLive({ gateways: 1 }), { timeout: 120_000, excludeTestServices: true 
         not_ready: [{ dependency: "edge", reason: expect.any(String), since: expect.any(String) }]
       })
       expect((yield* request(server, "GET", "/healthz")).status).toBe(200)
+      // The wait is what is tested: an outage that lasts, over which the log must stay quiet.
       yield* Effect.sleep(Duration.millis(OUTAGE_MS))
 
       // Told once when it went (and a route-table watcher that meets it every 250 ms adds nothing).

@@ -4,8 +4,9 @@
 // production. The collision is made certain, not left to timing: the test holds the migrations
 // table's creation open in its own transaction until both replicas wait on it, then lets go.
 import { expect, layer } from "@effect/vitest"
-import { Duration, Effect, Fiber } from "effect"
+import { Effect, Fiber } from "effect"
 import { createRequire } from "node:module"
+import { pollUntil } from "../support/poll.ts"
 import { request, startServer } from "../support/server.ts"
 import { Stack, StackLive } from "../support/stack.ts"
 
@@ -63,12 +64,7 @@ layer(StackLive({ gateways: 1 }), { timeout: 120_000, excludeTestServices: true 
             [database]
           )
         ).pipe(Effect.map((result) => result.rows.map((row) => String(row["query"]).replace(/\s+/g, " ").slice(0, 80))))
-      const deadline = Date.now() + 45_000
-      let blocked = yield* waiting()
-      while (blocked.length < 2 && Date.now() < deadline) {
-        yield* Effect.sleep(Duration.millis(50))
-        blocked = yield* waiting()
-      }
+      const blocked = yield* pollUntil(waiting(), (queries) => queries.length >= 2, { withinMs: 45_000, spacingMs: 50 })
       console.log(`replicas waiting when the table's creation was let go: ${JSON.stringify(blocked)}`)
       expect(blocked).toHaveLength(2)
       yield* Effect.promise(() => blocker.query("rollback"))

@@ -2,7 +2,7 @@
 // service's real HttpClient calls (the real server is in powerdns.test.ts).
 import { HttpClient, HttpClientResponse } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Either, Fiber, Layer, Schema, Tracer } from "effect"
+import { Deferred, Duration, Effect, Either, Fiber, Layer, Schedule, Schema, Tracer } from "effect"
 import { randomUUID } from "node:crypto"
 import { Settings } from "../../src/config.ts"
 import { Dns, type DnsError, DnsPowerDnsOver } from "../../src/dns/Dns.ts"
@@ -23,7 +23,7 @@ const makeZone = (options: { readonly names?: boolean; readonly status?: number;
   const cnames = new Set<string>()
   /** Every PATCH's rrset names, in order. */
   const patches: Array<ReadonlyArray<string>> = []
-  let hold: Deferred.Deferred<void> | undefined
+  let hold: { readonly arrived: Deferred.Deferred<void>; readonly release: Deferred.Deferred<void> } | undefined
   const answer = (request: Parameters<Parameters<typeof HttpClient.make>[0]>[0], status: number, error?: string) =>
     HttpClientResponse.fromWeb(
       request,
@@ -39,7 +39,10 @@ const makeZone = (options: { readonly names?: boolean; readonly status?: number;
       patches.push(rrsets.map((rrset) => rrset.name))
       const held = hold
       hold = undefined
-      if (held !== undefined) yield* Deferred.await(held)
+      if (held !== undefined) {
+        yield* Deferred.succeed(held.arrived, undefined)
+        yield* Deferred.await(held.release)
+      }
       if (options.status !== undefined) return answer(request, options.status, options.said ?? "")
       const refused = rrsets.find((rrset) => rrset.changetype === "REPLACE" && cnames.has(rrset.name))
       if (refused !== undefined) {
@@ -57,10 +60,15 @@ const makeZone = (options: { readonly names?: boolean; readonly status?: number;
     records,
     cnames,
     patches,
-    /** The next PATCH waits for this before it is answered. */
-    holdNext: (gate: Deferred.Deferred<void>) => {
-      hold = gate
-    },
+    /**
+     * The next PATCH is held before it is answered: `arrived` waits for it to come, `release`
+     * lets it be answered.
+     */
+    holdNext: Effect.gen(function*() {
+      const held = { arrived: yield* Deferred.make<void>(), release: yield* Deferred.make<void>() }
+      hold = held
+      return { arrived: Deferred.await(held.arrived), release: Deferred.succeed(held.release, undefined) }
+    }),
     layer: DnsPowerDnsOver.pipe(
       Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
       Layer.provide(Settings.Default),
@@ -80,17 +88,24 @@ const fqdn = (org: OrganizationId) => `org-${org}.domain.local.`
 const inOneBatch = (zone: Zone, changes: ReadonlyArray<Effect.Effect<void, DnsError, Dns>>) =>
   Effect.gen(function*() {
     const dns = yield* Dns
-    const gate = yield* Deferred.make<void>()
-    zone.holdNext(gate)
-    const earlier = zone.patches.length
+    const held = yield* zone.holdNext
     const first = yield* Effect.fork(dns.upsert(newOrg()))
-    while (zone.patches.length === earlier) yield* Effect.sleep("1 millis")
+    yield* held.arrived
     const before = zone.patches.length
-    const all = yield* Effect.fork(Effect.all(changes.map(Effect.either), { concurrency: "unbounded" }))
-    yield* Effect.sleep("50 millis")
-    yield* Deferred.succeed(gate, undefined)
+    const fibers = yield* Effect.forEach(changes, (change) => Effect.fork(Effect.either(change)))
+    // A change waits (suspended) only for its batch's answer once it joined the pending batch:
+    // nothing else it does before is asynchronous.
+    yield* Effect.forEach(fibers, Fiber.status).pipe(
+      Effect.repeat({
+        schedule: Schedule.spaced(Duration.millis(1)),
+        until: (statuses) => statuses.every((status) => status._tag === "Suspended")
+      }),
+      Effect.timeoutFail({ duration: Duration.seconds(5), onTimeout: () => new Error("the changes did not all join the batch") }),
+      Effect.orDie
+    )
+    yield* held.release
     yield* Fiber.await(first)
-    const outcomes = yield* Fiber.join(all)
+    const outcomes = yield* Effect.forEach(fibers, Fiber.join)
     return { outcomes, patches: zone.patches.slice(before) }
   })
 

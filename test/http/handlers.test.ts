@@ -14,8 +14,8 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel } from "effect"
 import { randomUUID } from "node:crypto"
-import { makeServices } from "../../src/app.ts"
 import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import { undoOrder } from "../../src/domain/steps.ts"
 import { Api } from "../../src/http/Api.ts"
 import {
   Conflict,
@@ -26,9 +26,10 @@ import {
   Unauthorized
 } from "../../src/http/errors.ts"
 import { HttpAppLive } from "../../src/http/server.ts"
-import { GatewayStore } from "../../src/pool/GatewayStore.ts"
+import { expected, reportOf, rowsOf, stepsBefore, undoOrderOf } from "../support/journal.ts"
 import { configFrom } from "../support/stack.ts"
-import { clearFaults, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+import { clearFaults, setFault, TestWorld } from "../support/TestLayers.ts"
+import { testServices, testUpstreams } from "../support/testServices.ts"
 
 const API_TOKEN = "handlers-in-memory-token"
 
@@ -45,10 +46,8 @@ const baseEnv = {
 /** The short limits of the hanging-step test: real time, so they are kept small. */
 const HANG_TIMEOUT_MS = 300
 
-const GATEWAYS = [
-  { name: "gw-1", upstream: "127.0.0.1:9001" },
-  { name: "gw-2", upstream: "127.0.0.1:9002" }
-] as const
+/** The pool of `testServices`: gw-1 and gw-2. */
+const GATEWAYS = testUpstreams(2).map((upstream, i) => ({ name: `gw-${i + 1}`, upstream }))
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
@@ -59,23 +58,16 @@ const newOrg = () => randomUUID() as OrganizationId
 // ---------------------------------------------------------------------------------------------
 
 /**
- * A fresh in-memory world per test: makeServices over OutsideTest with GATEWAYS in the pool,
+ * A fresh in-memory world per test: testServices (GATEWAYS in the pool) configured by baseEnv,
  * HttpAppLive served by NodeHttpServer.layerTest (which also provides an HttpClient already
  * pointed at the server). Request logs are kept out of the test output.
  */
 const InMemoryApi = (env: Readonly<Record<string, string>> = {}) => {
-  const config = configFrom({ ...baseEnv, ...env })
-  const services = Layer.effectDiscard(
-    Effect.flatMap(GatewayStore, (pool) =>
-      Effect.forEach(GATEWAYS, ({ name, upstream }) => pool.addGateway(name as GatewayName, upstream as Upstream)))
-  ).pipe(
-    Layer.provideMerge(makeServices(OutsideTest)),
-    Layer.provide(config)
-  )
+  const config = { ...baseEnv, ...env }
   return HttpAppLive.pipe(
     Layer.provideMerge(NodeHttpServer.layerTest),
-    Layer.provideMerge(services),
-    Layer.provide(config),
+    Layer.provideMerge(testServices({ gateways: GATEWAYS.length, env: config })),
+    Layer.provide(configFrom(config)),
     Layer.provide(Logger.minimumLogLevel(LogLevel.Error))
   )
 }
@@ -111,9 +103,6 @@ const withApi = <A, E>(
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------------------
-
-const stepsOf = (rollback: ReadonlyArray<{ readonly step: string; readonly status: string }>) =>
-  rollback.map((outcome) => `${outcome.step}:${outcome.status}`)
 
 const poolCounts = ({ api }: Client) =>
   Effect.map(api.pool.get(), ({ allocated, free, total }) => ({ total, free, allocated }))
@@ -206,12 +195,7 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
           expect(error.step).toBe("handshake")
           expect(error.message).toContain("HTTP 500")
           expect(error.allocation_id).toMatch(uuidPattern)
-          expect(stepsOf(error.rollback)).toEqual([
-            "nginx-reload:done",
-            "nginx-config:done",
-            "dns:done",
-            "allocate:done"
-          ])
+          expect(reportOf(error.rollback)).toEqual(expected.rollback(undoOrderOf(stepsBefore("handshake"))))
 
           // Nothing is left: the gateway is free again and the org has no live allocation.
           expect(yield* poolCounts(client)).toEqual({ total: 2, free: 2, allocated: 0 })
@@ -232,13 +216,7 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
           expect(error.timeout_ms).toBe(HANG_TIMEOUT_MS)
           expect(error.allocation_id).toMatch(uuidPattern)
           // The handshake may have reached the gateway: it is released once routing is gone.
-          expect(stepsOf(error.rollback)).toEqual([
-            "nginx-reload:done",
-            "nginx-config:done",
-            "handshake:done",
-            "dns:done",
-            "allocate:done"
-          ])
+          expect(reportOf(error.rollback)).toEqual(expected.rollback(undoOrder))
           expect(yield* poolCounts(client)).toEqual({ total: 2, free: 2, allocated: 0 })
         }), { STEP_TIMEOUT_MS: String(HANG_TIMEOUT_MS), UNDO_TIMEOUT_MS: String(HANG_TIMEOUT_MS) }))
 
@@ -306,34 +284,18 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
             gateway_hostname: `org-${org}.domain.local`,
             state: "rolled_back"
           })
-          expect(allocation.steps.map((entry) => `${entry.step}:${entry.event}`)).toEqual([
-            "dns:started",
-            "dns:completed",
-            "nginx-config:started",
-            "nginx-config:completed",
-            "nginx-reload:started",
-            "nginx-reload:completed",
+          // The in-memory claim writes no row of its own (Postgres's writes allocate:completed).
+          expect(rowsOf(allocation.steps)).toEqual([
+            ...expected.forward(["dns", "nginx-config", "nginx-reload"]),
             "handshake:started",
             "handshake:failed",
-            "nginx-reload:undo_started",
-            "nginx-reload:undone",
-            "nginx-config:undo_started",
-            "nginx-config:undone",
-            "dns:undo_started",
-            "dns:undone",
-            "allocate:undo_started",
-            "allocate:undone"
+            ...expected.undone(undoOrderOf(stepsBefore("handshake")))
           ])
           expect(allocation.steps.every((entry) => entry.actor === "request")).toBe(true)
           expect(allocation.steps.find((entry) => entry.event === "failed")?.detail).toContain("HTTP 500")
           // The rollback rebuilt from the journal is the one the failed start answered.
-          expect(stepsOf(allocation.rollback)).toEqual(stepsOf(error.rollback))
-          expect(stepsOf(allocation.rollback)).toEqual([
-            "nginx-reload:done",
-            "nginx-config:done",
-            "dns:done",
-            "allocate:done"
-          ])
+          expect(reportOf(allocation.rollback)).toEqual(reportOf(error.rollback))
+          expect(reportOf(allocation.rollback)).toEqual(expected.rollback(undoOrderOf(stepsBefore("handshake"))))
         })
       ))
 
@@ -360,7 +322,7 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
           // Each the same body as GET /allocations/{id}.
           const one = yield* client.api.allocations.get({ path: { allocation_id: all[1]?.allocation_id ?? ("" as AllocationId) } })
           expect(all[1]).toEqual(one)
-          expect(stepsOf(one.rollback)).toEqual(["nginx-reload:done", "nginx-config:done", "dns:done", "allocate:done"])
+          expect(reportOf(one.rollback)).toEqual(expected.rollback(undoOrderOf(stepsBefore("handshake"))))
 
           expect((yield* list({ state: "rolled_back", limit: 50 })).map((a) => a.organization_id)).toEqual([failed])
           expect((yield* list({ organization_id: first, limit: 50 })).map((a) => a.state)).toEqual(["released"])

@@ -10,7 +10,7 @@ import * as http from "node:http"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
-import { hostnameOf } from "../support/probes.ts"
+import { hostnameOf } from "../support/rawHttp.ts"
 import { ServicesLive, StackLive, withStack } from "../support/stack.ts"
 
 const OPERATIONS = 20
@@ -67,6 +67,7 @@ const measure = Effect.gen(function*() {
       const client = Effect.gen(function*() {
         while (running) {
           yield* get(stack, agent, bystander, tally)
+          // Not a wait for something: the clients' pace, a request every few ms all along.
           yield* Effect.sleep("5 millis")
         }
       })

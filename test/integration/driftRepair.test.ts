@@ -11,7 +11,8 @@ import { Reconciler } from "../../src/allocation/Reconciler.ts"
 import { Dns } from "../../src/dns/Dns.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
-import { edgeRouteOf, routeApi, routeFileOf } from "../support/invariants.ts"
+import { edgeRouteOf, openDb, routeApi, routeFileOf } from "../support/invariants.ts"
+import { pollUntil } from "../support/poll.ts"
 import { dnsRecordExists, expectConsistent, gatewayName, nginxRoutesSteadily } from "../support/probes.ts"
 import { ServicesLive, Stack, StackLive } from "../support/stack.ts"
 
@@ -72,8 +73,16 @@ layer(
       const slot = yield* Effect.fork(allocations.whileUnclaimed(org, Deferred.succeed(holding, undefined).pipe(Effect.zipRight(Deferred.await(release)), Effect.as("done"))))
       yield* Deferred.await(holding)
       const start = yield* Effect.fork(allocator.start(org))
-      yield* Effect.sleep("500 millis")
-      // The claim's insert waits for the slot's transaction: nothing claimed yet.
+      // The claim's insert waits for the slot's transaction (a lock wait in Postgres): nothing claimed yet.
+      const db = yield* openDb(stack.env["DATABASE_URL"] ?? "")
+      const lockWaits = yield* pollUntil(
+        db.query<{ n: number }>(
+          "select count(*)::int as n from pg_stat_activity where application_name = 'gateway-allocator' and wait_event_type = 'Lock'"
+        ),
+        (rows) => (rows[0]?.n ?? 0) > 0,
+        { withinMs: 10_000 }
+      )
+      expect(lockWaits[0]?.n).toBeGreaterThan(0)
       expect(Option.isNone(yield* Fiber.poll(start))).toBe(true)
       expect(Option.isNone(yield* allocations.findLive(org))).toBe(true)
       yield* Deferred.succeed(release, undefined)
@@ -87,7 +96,7 @@ layer(
       yield* expectConsistent(stack, org, "active")
       yield* allocator.stop(org)
       yield* expectConsistent(stack, org, "absent")
-    }).pipe(Effect.ensuring(stopQuietly(org)))
+    }).pipe(Effect.scoped, Effect.ensuring(stopQuietly(org)))
   })
 
   it.effect("an orphan record (PowerDNS) is deleted by one pass; an active org's record is kept", () => {
@@ -111,7 +120,7 @@ layer(
   ServicesLive({ RECONCILE_INTERVAL_MS: "3600000" }).pipe(Layer.provideMerge(StackLive({ routing: "reload" }))),
   { timeout: 120_000, excludeTestServices: true }
 )("drift repair against the real stack (NGINX_ROUTING=reload)", (it) => {
-  it.effect("a route file pointing at another upstream is written back by one pass (its generation comment is not compared)", () => {
+  it.effect("a route file pointing at another upstream, or missing its generation, is written back by one pass", () => {
     const org = newOrg()
     return Effect.gen(function*() {
       const stack = yield* Stack
@@ -121,12 +130,14 @@ layer(
       const own = yield* Effect.promise(() => readFile(file, "utf8"))
       const live = yield* Effect.flatMap(AllocationStore, (allocations) => allocations.findLive(org)).pipe(Effect.flatMap(Effect.orDieWith(() => "no live allocation")))
       expect(own).toContain(`"${live.upstream} ${live.allocationId}";`)
-      // Someone edits the file: another port. And an old file's missing generation is no drift.
+      // Someone edits the file: another port. Then a file without its generation (as older versions wrote).
       yield* Effect.promise(() => writeFile(file, own.replace(live.upstream, "127.0.0.1:9999")))
       expect(yield* runOnce).toMatchObject({ routesRepaired: 1, orphanRoutesRemoved: 0 })
       expect(yield* Effect.promise(() => readFile(file, "utf8"))).toBe(own)
       expect(yield* nginxRoutesSteadily(stack, org)).toBe(yield* gatewayName(started.gatewayId))
       yield* Effect.promise(() => writeFile(file, own.replace(/^# generation \d+\n/m, "")))
+      expect(yield* runOnce).toMatchObject({ routesRepaired: 1, orphanRoutesRemoved: 0 })
+      expect(yield* Effect.promise(() => readFile(file, "utf8"))).toBe(own)
       expect(yield* runOnce).toMatchObject({ routesRepaired: 0, orphanRoutesRemoved: 0 })
       yield* allocator.stop(org)
       yield* expectConsistent(stack, org, "absent")

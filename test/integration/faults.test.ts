@@ -12,19 +12,14 @@ import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
 import { rollbacksIncompleteTotal } from "../../src/telemetry/Metrics.ts"
 import type { AllocationId, OrganizationId } from "../../src/domain/ids.ts"
-import {
-  awaitNginxRoutes,
-  dnsRecordExists,
-  expectConsistent,
-  gatewayName,
-  hostnameOf,
-  nginxRoutesSteadily,
-  poolStats,
-  rawGet
-} from "../support/probes.ts"
+import { undoOrder } from "../../src/domain/steps.ts"
+import { awaitNginxRoutes, dnsRecordExists, expectConsistent, gatewayName, nginxRoutesSteadily, poolStats } from "../support/probes.ts"
 import { edgeRoutes, hasRoute, routeApi, routeFileOf } from "../support/invariants.ts"
 import { type Failure, failureOf } from "../support/failures.ts"
-import { ServicesLive, setAllGateways, Stack, StackLive, withStack } from "../support/stack.ts"
+import { expected, reportOf, rowsOf, stepsBefore, undoOrderOf } from "../support/journal.ts"
+import { pollUntil } from "../support/poll.ts"
+import { hostnameOf, rawGet } from "../support/rawHttp.ts"
+import { handshakesFor, ServicesLive, setAllGateways, Stack, StackLive, withStack } from "../support/stack.ts"
 
 const STEP_TIMEOUT_MS = 2500
 const ROUTE_TABLE_SIZE = "128k"
@@ -40,7 +35,7 @@ const journalOf = (allocationId: AllocationId) =>
   Effect.flatMap(AllocationQueries, (queries) => queries.describe(allocationId)).pipe(
     Effect.map((allocation) => ({
       state: allocation.state,
-      events: allocation.steps.map((entry) => `${entry.step}:${entry.event}`),
+      events: rowsOf(allocation.steps),
       actors: [...new Set(allocation.steps.map((entry) => entry.actor))]
     }))
   )
@@ -61,7 +56,7 @@ const stepAndReport = (error: Failure) =>
     : {
       tag: error._tag,
       step: error.step,
-      rollback: error.rollback.map((outcome) => `${outcome.step}:${outcome.status}`)
+      rollback: reportOf(error.rollback)
     }
 
 const allocationIdOf = (error: Failure): AllocationId => {
@@ -70,8 +65,6 @@ const allocationIdOf = (error: Failure): AllocationId => {
   }
   return error.allocationId
 }
-
-const undone = (...steps: ReadonlyArray<string>) => steps.flatMap((step) => [`${step}:undo_started`, `${step}:undone`])
 
 /** Both routing modes run the whole suite; each has its own nginx faults. */
 const suite = (routing: "lua" | "reload") =>
@@ -111,21 +104,7 @@ const suite = (routing: "lua" | "reload") =>
           gateway_hostname: `org-${org}.domain.local`
         }])
 
-        expect(yield* journalOf(started.allocationId)).toEqual({
-          state: "active",
-          events: [
-            "allocate:completed",
-            "dns:started",
-            "dns:completed",
-            "nginx-config:started",
-            "nginx-config:completed",
-            "nginx-reload:started",
-            "nginx-reload:completed",
-            "handshake:started",
-            "handshake:completed"
-          ],
-          actors: ["request"]
-        })
+        expect(yield* journalOf(started.allocationId)).toEqual({ state: "active", events: expected.forward(), actors: ["request"] })
 
         // A second start for the org reuses the allocation and changes nothing.
         const again = yield* allocator.start(org)
@@ -138,7 +117,7 @@ const suite = (routing: "lua" | "reload") =>
         expect(yield* poolStats).toEqual(before)
         const journal = yield* journalOf(started.allocationId)
         expect(journal.state).toBe("released")
-        expect(journal.events.slice(9)).toEqual(undone("nginx-reload", "nginx-config", "handshake", "dns", "allocate"))
+        expect(journal.events).toEqual([...expected.forward(), ...expected.undone(undoOrder)])
       }).pipe(Effect.ensuring(stopQuietly(org)))
     )
   })
@@ -151,14 +130,14 @@ const suite = (routing: "lua" | "reload") =>
         const error = yield* Effect.zipRight(stack.powerDns.stop, failingStart(org)).pipe(
           Effect.ensuring(stack.powerDns.start.pipe(Effect.orDie))
         )
-        expect(stepAndReport(error)).toEqual({ tag: "StepFailed", step: "dns", rollback: ["allocate:done"] })
+        expect(stepAndReport(error)).toEqual({ tag: "StepFailed", step: "dns", rollback: expected.rollback(["allocate"]) })
         expect(error.message).toContain("PowerDNS upsert")
 
         expect(yield* poolStats).toEqual(before)
         yield* expectConsistent(stack, org, "absent")
         expect(yield* journalOf(allocationIdOf(error))).toEqual({
           state: "rolled_back",
-          events: ["allocate:completed", "dns:started", "dns:failed", ...undone("allocate")],
+          events: [...expected.endedAt("dns"), ...expected.undone(["allocate"])],
           actors: ["request"]
         })
       })
@@ -189,7 +168,7 @@ const suite = (routing: "lua" | "reload") =>
           expect(stepAndReport(error)).toEqual({
             tag: "StepFailed",
             step: "nginx-config",
-            rollback: ["dns:done", "allocate:done"]
+            rollback: expected.rollback(undoOrderOf(stepsBefore("nginx-config")))
           })
           expect(error.message).toContain("nginx write")
 
@@ -197,14 +176,7 @@ const suite = (routing: "lua" | "reload") =>
           yield* expectConsistent(stack, org, "absent")
           expect(yield* journalOf(allocationIdOf(error))).toEqual({
             state: "rolled_back",
-            events: [
-              "allocate:completed",
-              "dns:started",
-              "dns:completed",
-              "nginx-config:started",
-              "nginx-config:failed",
-              ...undone("dns", "allocate")
-            ],
+            events: [...expected.endedAt("nginx-config"), ...expected.undone(undoOrderOf(stepsBefore("nginx-config")))],
             actors: ["request"]
           })
         })
@@ -237,7 +209,7 @@ const suite = (routing: "lua" | "reload") =>
           expect(stepAndReport(error)).toEqual({
             tag: "StepFailed",
             step: "nginx-reload",
-            rollback: ["nginx-config:done", "dns:done", "allocate:done"]
+            rollback: expected.rollback(undoOrderOf(stepsBefore("nginx-reload")))
           })
           expect(error.message).toContain("nginx reload")
 
@@ -246,16 +218,7 @@ const suite = (routing: "lua" | "reload") =>
           yield* expectConsistent(stack, first, "active")
           expect(yield* journalOf(allocationIdOf(error))).toEqual({
             state: "rolled_back",
-            events: [
-              "allocate:completed",
-              "dns:started",
-              "dns:completed",
-              "nginx-config:started",
-              "nginx-config:completed",
-              "nginx-reload:started",
-              "nginx-reload:failed",
-              ...undone("nginx-config", "dns", "allocate")
-            ],
+            events: [...expected.endedAt("nginx-reload"), ...expected.undone(undoOrderOf(stepsBefore("nginx-reload")))],
             actors: ["request"]
           })
 
@@ -292,7 +255,11 @@ const suite = (routing: "lua" | "reload") =>
           expect(filled).toBeGreaterThan(50)
 
           const error = yield* failingStart(second)
-          expect(stepAndReport(error)).toEqual({ tag: "StepFailed", step: "nginx-config", rollback: ["dns:done", "allocate:done"] })
+          expect(stepAndReport(error)).toEqual({
+            tag: "StepFailed",
+            step: "nginx-config",
+            rollback: expected.rollback(undoOrderOf(stepsBefore("nginx-config")))
+          })
           expect(error.message).toContain("route table is full")
           expect(yield* poolStats).toEqual(before)
           yield* expectConsistent(stack, second, "absent")
@@ -303,19 +270,13 @@ const suite = (routing: "lua" | "reload") =>
           // back, nginx answers 503 (retry), never 404 and never another gateway.
           yield* stack.nginx.stop
           yield* stack.nginx.start
-          const restartedAt = Date.now()
-          const answers = new Set<string>()
-          for (;;) {
-            const response = yield* rawGet({ port: stack.nginx.listenPort, path: "/", headers: { host: hostnameOf(stack, first) } })
-            if (response.status === 200) {
-              expect(JSON.parse(response.body)).toMatchObject({ gateway: firstGateway })
-              break
-            }
-            answers.add(String(response.status))
-            expect(response.status).toBe(503)
-            expect(Date.now() - restartedAt).toBeLessThan(5000)
-            yield* Effect.sleep("5 millis")
-          }
+          const served = yield* pollUntil(
+            rawGet({ port: stack.nginx.listenPort, path: "/", headers: { host: hostnameOf(stack, first) } }),
+            (response) => response.status !== 503,
+            { withinMs: 5000, spacingMs: 5 }
+          )
+          expect(served.status).toBe(200)
+          expect(JSON.parse(served.body)).toMatchObject({ gateway: firstGateway })
           // Back without any start; the other routes (not the service's allocations) are gone.
           expect([...(yield* edgeRoutes(stack)).routes.keys()]).toEqual([first])
           const unknown = yield* rawGet({ port: stack.nginx.listenPort, path: "/", headers: { host: hostnameOf(stack, newOrg()) } })
@@ -337,7 +298,11 @@ const suite = (routing: "lua" | "reload") =>
             Effect.ensuring(stack.nginx.start.pipe(Effect.orDie))
           )
           // Connection refused: the route write never reached nginx, so its undo does not run.
-          expect(stepAndReport(error)).toEqual({ tag: "StepFailed", step: "nginx-config", rollback: ["dns:done", "allocate:done"] })
+          expect(stepAndReport(error)).toEqual({
+            tag: "StepFailed",
+            step: "nginx-config",
+            rollback: expected.rollback(undoOrderOf(stepsBefore("nginx-config")))
+          })
           expect(error.message).toMatch(/ECONNREFUSED|refused/i)
           expect(yield* Metric.value(rollbacksIncompleteTotal)).toEqual(incompleteBefore)
           expect(yield* poolStats).toEqual(before)
@@ -375,30 +340,17 @@ const suite = (routing: "lua" | "reload") =>
         expect(stepAndReport(error)).toEqual({
           tag: "StepFailed",
           step: "handshake",
-          rollback: ["nginx-reload:done", "nginx-config:done", "dns:done", "allocate:done"]
+          rollback: expected.rollback(undoOrderOf(stepsBefore("handshake")))
         })
         expect(error.message).toContain("HTTP 500")
 
         expect(yield* poolStats).toEqual(before)
         yield* expectConsistent(stack, org, "absent")
         // The handshake really reached a gateway (it answered 500).
-        const received = yield* Effect.forEach(stack.gateways, (gateway) => gateway.handshakes)
-        expect(received.flat().filter((body) => (body as { organization_id?: string }).organization_id === org))
-          .toHaveLength(1)
+        expect(yield* handshakesFor(stack, org)).toHaveLength(1)
         expect(yield* journalOf(allocationIdOf(error))).toEqual({
           state: "rolled_back",
-          events: [
-            "allocate:completed",
-            "dns:started",
-            "dns:completed",
-            "nginx-config:started",
-            "nginx-config:completed",
-            "nginx-reload:started",
-            "nginx-reload:completed",
-            "handshake:started",
-            "handshake:failed",
-            ...undone("nginx-reload", "nginx-config", "dns", "allocate")
-          ],
+          events: [...expected.endedAt("handshake"), ...expected.undone(undoOrderOf(stepsBefore("handshake")))],
           actors: ["request"]
         })
       })
@@ -414,7 +366,7 @@ const suite = (routing: "lua" | "reload") =>
         expect(stepAndReport(error)).toEqual({
           tag: "StepTimedOut",
           step: "handshake",
-          rollback: ["nginx-reload:done", "nginx-config:done", "handshake:done", "dns:done", "allocate:done"]
+          rollback: expected.rollback(undoOrder)
         })
         expect(error._tag === "StepTimedOut" && error.timeoutMs).toBe(STEP_TIMEOUT_MS)
 
@@ -422,18 +374,7 @@ const suite = (routing: "lua" | "reload") =>
         yield* expectConsistent(stack, org, "absent")
         expect(yield* journalOf(allocationIdOf(error))).toEqual({
           state: "rolled_back",
-          events: [
-            "allocate:completed",
-            "dns:started",
-            "dns:completed",
-            "nginx-config:started",
-            "nginx-config:completed",
-            "nginx-reload:started",
-            "nginx-reload:completed",
-            "handshake:started",
-            "handshake:timed_out",
-            ...undone("nginx-reload", "nginx-config", "handshake", "dns", "allocate")
-          ],
+          events: [...expected.endedAt("handshake", "timed_out"), ...expected.undone(undoOrder)],
           actors: ["request"]
         })
       })
@@ -461,7 +402,7 @@ const suite = (routing: "lua" | "reload") =>
             expect(stepAndReport(error)).toEqual({
               tag: "StepTimedOut",
               step: "handshake",
-              rollback: ["nginx-reload:done", "nginx-config:done", "handshake:done", "dns:failed", "allocate:done"]
+              rollback: expected.rollback(undoOrder, { dns: "failed" })
             })
             const dnsUndo = error._tag === "NoGatewayAvailable" ? undefined : error.rollback.find((o) => o.step === "dns")
             expect(dnsUndo?.message).toContain("PowerDNS remove")
@@ -475,21 +416,7 @@ const suite = (routing: "lua" | "reload") =>
 
           expect(yield* journalOf(allocationIdOf(error))).toEqual({
             state: "rolled_back",
-            events: [
-              "allocate:completed",
-              "dns:started",
-              "dns:completed",
-              "nginx-config:started",
-              "nginx-config:completed",
-              "nginx-reload:started",
-              "nginx-reload:completed",
-              "handshake:started",
-              "handshake:timed_out",
-              ...undone("nginx-reload", "nginx-config", "handshake"),
-              "dns:undo_started",
-              "dns:undo_failed",
-              ...undone("allocate")
-            ],
+            events: [...expected.endedAt("handshake", "timed_out"), ...expected.undone(undoOrder, { dns: "failed" })],
             actors: ["request"]
           })
 

@@ -6,7 +6,9 @@ import { Effect, Layer } from "effect"
 import { randomUUID } from "node:crypto"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
+import { undoOrder } from "../../src/domain/steps.ts"
 import { ApiServer, call, del, get, HttpApiLive, post } from "../support/http.ts"
+import { expected, reportOf, rowsOf, stepsBefore, undoOrderOf } from "../support/journal.ts"
 import { expectConsistent } from "../support/probes.ts"
 import { edgeRoutes } from "../support/invariants.ts"
 import { setAllGateways, StackLive, withStack } from "../support/stack.ts"
@@ -149,17 +151,7 @@ layer(
             state: "active",
             rollback: []
           })
-          expect(allocation.json.steps.map((s: { step: string; event: string }) => `${s.step}:${s.event}`)).toEqual([
-            "allocate:completed",
-            "dns:started",
-            "dns:completed",
-            "nginx-config:started",
-            "nginx-config:completed",
-            "nginx-reload:started",
-            "nginx-reload:completed",
-            "handshake:started",
-            "handshake:completed"
-          ])
+          expect(rowsOf(allocation.json.steps)).toEqual(expected.forward())
 
           expect(yield* stop(org)).toEqual({
             organization_id: org,
@@ -179,13 +171,7 @@ layer(
           const history = yield* get(`/allocations/${started.json.allocation_id}`)
           expect(history.status).toBe(200)
           expect(history.json.state).toBe("released")
-          expect(history.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
-            "nginx-reload:done",
-            "nginx-config:done",
-            "handshake:done",
-            "dns:done",
-            "allocate:done"
-          ])
+          expect(reportOf(history.json.rollback)).toEqual(expected.rollback(undoOrder))
         }).pipe(Effect.ensuring(stopQuietly(org)))
       )
     })
@@ -278,74 +264,55 @@ layer(
         })
       ))
 
-    it.effect("502 with step, message, allocation_id and rollback when the handshake answers 500", () =>
-      withStack((stack) =>
-        Effect.gen(function*() {
-          const org = newOrg()
-          const before = yield* poolNumbers
-          yield* setAllGateways(stack, { handshake: "fail" })
-          const response = yield* post("/gateway/start", { organization_id: org })
-          expect(response.status).toBe(502)
-          expect(response.json).toMatchObject({
-            step: "handshake",
-            message: expect.stringContaining("HTTP 500"),
-            allocation_id: expect.stringMatching(uuidPattern)
+    const failedHandshakes = [
+      {
+        answer: "502 with step, message, allocation_id and rollback when the handshake answers 500",
+        handshake: "fail",
+        status: 502,
+        body: { message: expect.stringContaining("HTTP 500") },
+        // The gateway refused the handshake: nothing to release.
+        rollback: expected.rollback(undoOrderOf(stepsBefore("handshake"))),
+        event: "handshake:failed"
+      },
+      {
+        answer: "504 with step and timeout_ms when the handshake never answers",
+        handshake: "hang",
+        status: 504,
+        body: { timeout_ms: STEP_TIMEOUT_MS },
+        // The handshake reached the gateway (it never answered): it is released once routing is gone.
+        rollback: expected.rollback(undoOrder),
+        event: "handshake:timed_out"
+      }
+    ] as const
+    for (const failed of failedHandshakes) {
+      it.effect(failed.answer, () =>
+        withStack((stack) =>
+          Effect.gen(function*() {
+            const org = newOrg()
+            const before = yield* poolNumbers
+            yield* setAllGateways(stack, { handshake: failed.handshake })
+            const response = yield* post("/gateway/start", { organization_id: org })
+            expect(response.status).toBe(failed.status)
+            expect(response.json).toMatchObject({
+              step: "handshake",
+              ...failed.body,
+              allocation_id: expect.stringMatching(uuidPattern)
+            })
+            expect(reportOf(response.json.rollback)).toEqual(failed.rollback)
+            expect(yield* poolNumbers).toEqual(before)
+            yield* expectConsistent(stack, org, "absent")
+
+            // The journal behind GET /allocations shows the failure and the same rollback.
+            const allocation = yield* get(`/allocations/${response.json.allocation_id}`)
+            expect(allocation.status).toBe(200)
+            expect(allocation.json.state).toBe("rolled_back")
+            expect(allocation.json.organization_id).toBe(org)
+            expect(rowsOf(allocation.json.steps)).toContain(failed.event)
+            expect(reportOf(allocation.json.rollback)).toEqual(reportOf(response.json.rollback))
+            expect((yield* get(`/gateway/${org}`)).status).toBe(404)
           })
-          expect(response.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
-            "nginx-reload:done",
-            "nginx-config:done",
-            "dns:done",
-            "allocate:done"
-          ])
-          expect(yield* poolNumbers).toEqual(before)
-          yield* expectConsistent(stack, org, "absent")
-
-          // The journal behind GET /allocations shows the failure and the same rollback.
-          const allocation = yield* get(`/allocations/${response.json.allocation_id}`)
-          expect(allocation.status).toBe(200)
-          expect(allocation.json.state).toBe("rolled_back")
-          expect(allocation.json.organization_id).toBe(org)
-          expect(allocation.json.steps.map((s: { step: string; event: string }) => `${s.step}:${s.event}`))
-            .toContain("handshake:failed")
-          expect(allocation.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`))
-            .toEqual(response.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`))
-          expect((yield* get(`/gateway/${org}`)).status).toBe(404)
-        })
-      ))
-
-    it.effect("504 with step and timeout_ms when the handshake never answers", () =>
-      withStack((stack) =>
-        Effect.gen(function*() {
-          const org = newOrg()
-          const before = yield* poolNumbers
-          yield* setAllGateways(stack, { handshake: "hang" })
-          const response = yield* post("/gateway/start", { organization_id: org })
-          expect(response.status).toBe(504)
-          expect(response.json).toMatchObject({
-            step: "handshake",
-            timeout_ms: STEP_TIMEOUT_MS,
-            allocation_id: expect.stringMatching(uuidPattern)
-          })
-          // The handshake reached the gateway (it never answered): it is released once routing is gone.
-          expect(response.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
-            "nginx-reload:done",
-            "nginx-config:done",
-            "handshake:done",
-            "dns:done",
-            "allocate:done"
-          ])
-          expect(yield* poolNumbers).toEqual(before)
-          yield* expectConsistent(stack, org, "absent")
-
-          const allocation = yield* get(`/allocations/${response.json.allocation_id}`)
-          expect(allocation.status).toBe(200)
-          expect(allocation.json.state).toBe("rolled_back")
-          expect(allocation.json.steps.map((s: { step: string; event: string }) => `${s.step}:${s.event}`))
-            .toContain("handshake:timed_out")
-          expect(allocation.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`))
-            .toEqual(response.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`))
-        })
-      ))
+        ))
+    }
 
     it.effect("twelve failed starts in a row leave GET /pool's free unchanged and no route left at nginx", () =>
       withStack((stack) =>

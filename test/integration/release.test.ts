@@ -7,17 +7,20 @@
 // the client sent; a release that fails holds the gateway back until the health pass retries it;
 // a handshake that timed out is released by its rollback. Both routing modes.
 import { describe, expect, layer } from "@effect/vitest"
-import { Data, Duration, Effect, Either, Layer, Schedule, type Scope } from "effect"
-import { randomBytes, randomUUID } from "node:crypto"
+import { Data, Duration, Effect, Either, Layer, type Scope } from "effect"
+import { randomUUID } from "node:crypto"
 import * as http from "node:http"
-import * as net from "node:net"
 import type { SampleGatewayHandle } from "../../src/dev/SampleGateway.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
-import { acceptKey, closeCode, encodeFrame, messageReader, Opcode } from "../../src/dev/webSocketFrames.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
+import { undoOrder } from "../../src/domain/steps.ts"
 import { GatewayHealth } from "../../src/pool/GatewayHealth.ts"
 import { get, HttpApiLive, post } from "../support/http.ts"
-import { expectConsistent, hostnameOf, rawGet } from "../support/probes.ts"
+import { expected, reportOf } from "../support/journal.ts"
+import { upgradeWebSocket } from "../support/longLived.ts"
+import { awaitThat } from "../support/poll.ts"
+import { expectConsistent } from "../support/probes.ts"
+import { hostnameOf, rawGet } from "../support/rawHttp.ts"
 import { Stack, StackLive, withStack } from "../support/stack.ts"
 
 const STEP_TIMEOUT_MS = 2000
@@ -91,108 +94,22 @@ const onlyGateway = (stack: LocalStack): SampleGatewayHandle => {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Waiting on a condition, bounded.
-
-class NotYet extends Data.TaggedError("NotYet")<{ readonly what: string; readonly withinMs: number }> {
-  override get message() {
-    return `${this.what}: not within ${this.withinMs} ms`
-  }
-}
-
-/** Polls `condition` every 5 ms until it holds; fails NotYet after `withinMs`. */
-const awaitThat = (what: string, condition: () => boolean, withinMs: number) =>
-  Effect.suspend(() => (condition() ? Effect.void : Effect.fail(new NotYet({ what, withinMs })))).pipe(
-    Effect.retry(Schedule.spaced(Duration.millis(5)).pipe(Schedule.upTo(Duration.millis(withinMs))))
-  )
-
-// ---------------------------------------------------------------------------------------------
 // Clients through nginx, on raw connections.
 
 class ClientError extends Data.TaggedError("ClientError")<{ readonly message: string; readonly cause?: unknown }> {}
 
-interface WebSocketClient {
-  /** Every text message received, in order. */
-  readonly texts: ReadonlyArray<string>
-  /** The status code of every close frame received. */
-  readonly closeCodes: ReadonlyArray<number | null>
-  /** When the connection closed (ms since the epoch), null while it is open. */
-  readonly closedAt: () => number | null
-  /** Sends one masked text frame; false when the connection can no longer be written. */
-  readonly send: (text: string) => boolean
-}
-
-/**
- * A WebSocket through nginx for `host` (a raw socket, the frame codec): resolves once the 101 is
- * read; the connection is destroyed when the Scope closes.
- */
+/** A WebSocket through nginx for `host`, once the 101 is read; destroyed when the Scope closes. */
 const openWebSocket = (stack: LocalStack, host: string, path = "/ws") =>
-  Effect.gen(function*() {
-    const socket = yield* Effect.acquireRelease(
-      Effect.sync(() => net.connect({ host: "127.0.0.1", port: stack.nginx.listenPort })),
-      (socket) => Effect.sync(() => socket.destroy())
-    )
-    const texts: Array<string> = []
-    const closeCodes: Array<number | null> = []
-    let closedAt: number | null = null
-    const client: WebSocketClient = {
-      texts,
-      closeCodes,
-      closedAt: () => closedAt,
-      send: (text) => {
-        if (socket.destroyed || !socket.writable) return false
-        socket.write(encodeFrame(Opcode.text, text, { mask: true }))
-        return true
-      }
-    }
-    return yield* Effect.async<WebSocketClient, ClientError>((resume) => {
-      const key = randomBytes(16).toString("base64")
-      const read = messageReader({ masked: false, maxPayload: 1 << 20 })
-      let head: Buffer | null = Buffer.alloc(0)
-      let settled = false
-      const settle = (outcome: Either.Either<WebSocketClient, ClientError>) => {
-        if (settled) return
-        settled = true
-        resume(Either.isRight(outcome) ? Effect.succeed(outcome.right) : Effect.fail(outcome.left))
-      }
-      const onFrames = (chunk: Buffer) => {
-        const messages = read(chunk)
-        if (Either.isLeft(messages)) {
-          texts.push(`(unreadable frames: ${messages.left.message})`)
-          return void socket.destroy()
-        }
-        for (const message of messages.right) {
-          if (message.opcode === Opcode.close) closeCodes.push(closeCode(message.payload))
-          else if (message.opcode === Opcode.text) texts.push(message.payload.toString("utf8"))
-        }
-      }
-      socket.on("connect", () =>
-        socket.write(
-          `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-            `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`
-        ))
-      socket.on("data", (chunk: Buffer) => {
-        if (head === null) return onFrames(chunk)
-        head = Buffer.concat([head, chunk])
-        const end = head.indexOf("\r\n\r\n")
-        if (end < 0) return
-        const response = head.subarray(0, end).toString("latin1")
-        const rest = head.subarray(end + 4)
-        head = null
-        const accept = /^sec-websocket-accept:\s*(\S+)\s*$/im.exec(response)?.[1]
-        if (!/^HTTP\/1\.1 101 /.test(response) || accept !== acceptKey(key)) {
-          socket.destroy()
-          return settle(Either.left(new ClientError({ message: `no WebSocket upgrade for ${host}: ${response}\r\n\r\n${rest}` })))
-        }
-        settle(Either.right(client))
-        if (rest.length > 0) onFrames(rest)
-      })
-      socket.on("error", (cause) => settle(Either.left(new ClientError({ message: `WebSocket to ${host}: ${cause.message}`, cause }))))
-      socket.on("close", () => {
-        closedAt = Date.now()
-        settle(Either.left(new ClientError({ message: `WebSocket to ${host}: closed before the upgrade` })))
-      })
-    })
-  })
+  Effect.acquireRelease(
+    Effect.flatMap(
+      upgradeWebSocket({ port: stack.nginx.listenPort, host, path, timeoutMs: 10_000 }),
+      (result) =>
+        result._tag === "Upgraded"
+          ? Effect.succeed(result.connection)
+          : Effect.fail(new ClientError({ message: `no WebSocket upgrade for ${host}: ${JSON.stringify(result)}` }))
+    ),
+    (ws) => Effect.sync(() => ws.destroy())
+  )
 
 interface StreamClient {
   /** Every event's `data`, in order. */
@@ -283,7 +200,7 @@ const suite = (routing: "lua" | "reload") =>
         const gateway = onlyGateway(stack)
         const a = yield* start(orgA)
         const ws = yield* openWebSocket(stack, hostnameOf(stack, orgA))
-        yield* awaitThat("the WebSocket's first frame", () => ws.texts.length >= 1, 5000)
+        yield* awaitThat("the WebSocket's first frame", () => ws.texts.length >= 1, { withinMs: 5000, spacingMs: 5 })
         expect(parseAnswer(ws.texts[0]!)).toEqual({
           gateway: gateway.name,
           path: "/ws",
@@ -291,7 +208,7 @@ const suite = (routing: "lua" | "reload") =>
           organization_id: orgA
         })
         expect(ws.send("hello from A")).toBe(true)
-        yield* awaitThat("the echo of A's message", () => ws.texts.length >= 2, 5000)
+        yield* awaitThat("the echo of A's message", () => ws.texts.length >= 2, { withinMs: 5000, spacingMs: 5 })
         expect(parseAnswer(ws.texts[1]!)).toEqual({
           gateway: gateway.name,
           allocation: a.allocation_id,
@@ -310,7 +227,7 @@ const suite = (routing: "lua" | "reload") =>
         expect(yield* gateway.releases).toEqual([
           { organization_id: orgA, gateway_id: a.gateway_id, allocation_id: a.allocation_id }
         ])
-        yield* awaitThat("A's WebSocket closed after A's stop", () => ws.closedAt() !== null, CLOSED_WITHIN_MS)
+        yield* awaitThat("A's WebSocket closed after A's stop", () => ws.closedAt() !== null, { withinMs: CLOSED_WITHIN_MS, spacingMs: 5 })
         // A close frame, when one came through, is the gateway's "allocation released".
         for (const code of ws.closeCodes) expect(code).toBe(1001)
         yield* Effect.log(
@@ -324,6 +241,7 @@ const suite = (routing: "lua" | "reload") =>
         expect(b.gateway_id).toBe(a.gateway_id)
         // A's old socket is closed: nothing can be sent, and nothing arrives on it.
         expect(ws.send("hello from A's old socket")).toBe(false)
+        // Not a wait for something: the window in which nothing (more) must arrive on A's socket.
         yield* Effect.sleep(Duration.millis(QUIET_MS))
         expect(ws.texts.filter((text) => names(text, b))).toEqual([])
         expect(ws.texts).toHaveLength(2)
@@ -345,7 +263,7 @@ const suite = (routing: "lua" | "reload") =>
         const gateway = onlyGateway(stack)
         const a = yield* start(orgA)
         const stream = yield* openStream(stack, hostnameOf(stack, orgA))
-        yield* awaitThat("A's first events", () => stream.events.length >= 2, 5000)
+        yield* awaitThat("A's first events", () => stream.events.length >= 2, { withinMs: 5000, spacingMs: 5 })
         for (const event of stream.events) {
           expect(parseAnswer(event)).toMatchObject({
             gateway: gateway.name,
@@ -360,7 +278,7 @@ const suite = (routing: "lua" | "reload") =>
         const stoppedAt = Date.now()
         expect(stopped.gateway_release).toBe("done")
         expect(yield* gateway.openConnections).toBe(0)
-        yield* awaitThat("A's stream ended after A's stop", () => stream.closedAt() !== null, CLOSED_WITHIN_MS)
+        yield* awaitThat("A's stream ended after A's stop", () => stream.closedAt() !== null, { withinMs: CLOSED_WITHIN_MS, spacingMs: 5 })
         const eventsAtStop = stream.events.length
         yield* Effect.log(
           `${routing}: A's stream ended ${stream.closedAt()! - stoppedAt} ms after the stop returned; ${eventsAtStop} events`
@@ -368,6 +286,7 @@ const suite = (routing: "lua" | "reload") =>
 
         const b = yield* start(orgB)
         expect(b.gateway_id).toBe(a.gateway_id)
+        // Not a wait for something: the window in which nothing (more) must arrive on A's stream.
         yield* Effect.sleep(Duration.millis(QUIET_MS))
         expect(stream.events.filter((event) => names(event, b))).toEqual([])
         expect(stream.events).toHaveLength(eventsAtStop)
@@ -390,7 +309,7 @@ const suite = (routing: "lua" | "reload") =>
         yield* gateway.setBehaviour({ isolation: "off" })
         const a = yield* start(orgA)
         const ws = yield* openWebSocket(stack, hostnameOf(stack, orgA))
-        yield* awaitThat("the WebSocket's first frame", () => ws.texts.length >= 1, 5000)
+        yield* awaitThat("the WebSocket's first frame", () => ws.texts.length >= 1, { withinMs: 5000, spacingMs: 5 })
         expect(parseAnswer(ws.texts[0]!)).toMatchObject({ allocation: a.allocation_id, organization_id: orgA })
 
         // The broken gateway confirms the release but closes nothing.
@@ -400,7 +319,7 @@ const suite = (routing: "lua" | "reload") =>
         expect(ws.closedAt()).toBeNull()
 
         expect(ws.send("hello from A's old socket")).toBe(true)
-        yield* awaitThat("an answer on A's old socket", () => ws.texts.length >= 2, 5000)
+        yield* awaitThat("an answer on A's old socket", () => ws.texts.length >= 2, { withinMs: 5000, spacingMs: 5 })
         // The leak the real tests rule out: A's connection is answered as B.
         const leaked = ws.texts.filter((text) => names(text, b))
         expect(leaked).toHaveLength(1)
@@ -515,13 +434,7 @@ const suite = (routing: "lua" | "reload") =>
         expect(response.status, response.text).toBe(504)
         expect(response.json).toMatchObject({ _tag: "StepTimedOut", step: "handshake", timeout_ms: STEP_TIMEOUT_MS })
         const allocationId: string = response.json.allocation_id
-        expect(response.json.rollback.map((o: { step: string; status: string }) => `${o.step}:${o.status}`)).toEqual([
-          "nginx-reload:done",
-          "nginx-config:done",
-          "handshake:done",
-          "dns:done",
-          "allocate:done"
-        ])
+        expect(reportOf(response.json.rollback)).toEqual(expected.rollback(undoOrder))
 
         // The gateway had taken the allocation; the rollback's release made it forget it.
         expect((yield* gateway.handshakes).map((body) => (body as { allocation_id?: string }).allocation_id)).toEqual([allocationId])

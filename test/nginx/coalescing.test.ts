@@ -20,10 +20,7 @@ const route = () => ({
 /** What a start does at nginx: write its route, reload, and wait until nginx serves it. */
 const publish = (r: ReturnType<typeof route>) =>
   Effect.flatMap(Nginx, (nginx) =>
-    nginx.writeRoute(r).pipe(
-      Effect.zipRight(nginx.apply),
-      Effect.zipRight(nginx.awaitRoute(r.organizationId, r.allocationId))
-    ))
+    nginx.writeRoute(r).pipe(Effect.zipRight(nginx.awaitServed(r))))
 
 const batchCount = Effect.map(Metric.value(nginxReloadBatchSize), (state) => state.count)
 const reloadCount = Effect.map(
@@ -74,8 +71,7 @@ layer(RealNginxLive(), { excludeTestServices: true, timeout: 60_000 })("nginx re
         const afterAdd = yield* Effect.forEach(Array.from({ length: 40 }), () => nginx.probeRoute(r.organizationId))
         expect(afterAdd.every((served) => served === r.allocationId)).toBe(true)
         yield* nginx.removeRoute(r)
-        yield* nginx.apply
-        yield* nginx.awaitUnrouted(r.organizationId, r.allocationId)
+        yield* nginx.awaitWithdrawn(r)
         const afterRemove = yield* Effect.forEach(Array.from({ length: 40 }), () => nginx.probeRoute(r.organizationId))
         expect(afterRemove.every((served) => served === null)).toBe(true)
       }
@@ -87,10 +83,7 @@ layer(RealNginxLive(), { excludeTestServices: true, timeout: 60_000 })("nginx re
       const leaving = Array.from({ length: 16 }, route)
       yield* Effect.all(leaving.map(publish), { concurrency: "unbounded" })
       const unpublish = (r: ReturnType<typeof route>) =>
-        nginx.removeRoute(r).pipe(
-          Effect.zipRight(nginx.apply),
-          Effect.zipRight(nginx.awaitUnrouted(r.organizationId, r.allocationId))
-        )
+        nginx.removeRoute(r).pipe(Effect.zipRight(nginx.awaitWithdrawn(r)))
       const arriving = Array.from({ length: 16 }, route)
       // A file removed while the master re-parses would make nginx refuse the whole configuration.
       yield* Effect.all([...leaving.map(unpublish), ...arriving.map(publish)], { concurrency: "unbounded" })

@@ -356,6 +356,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
       // A restore is fenced the same way: it can never undo a removal.
       expect((yield* nginx.writeRoute(removed, { restore: true }).pipe(Effect.flip)).noEffect).toBe(true)
       expect(yield* nginx.probeRoute(org)).toBe(null)
+      // The wait is what is tested: the fence lapses on nginx's own clock, past its 1.5 s bound.
       yield* Effect.sleep("1600 millis")
       expect(yield* fenceOf(handle, org)).toBeUndefined()
       // The org's next allocation is accepted either way.

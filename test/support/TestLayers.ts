@@ -5,7 +5,7 @@ import { type AllocationId, type GatewayId, type GatewayName, Generation, type O
 import { Dns, DnsError } from "../../src/dns/Dns.ts"
 import { Handshake, HandshakeError } from "../../src/handshake/Handshake.ts"
 import { type AllocationJournalEntry, Journal, type JournalRecord } from "../../src/journal/Journal.ts"
-import { Nginx, NginxError } from "../../src/nginx/Nginx.ts"
+import { Nginx, NginxError, RouteLost, type TableState, type Withdrawn } from "../../src/nginx/Nginx.ts"
 import { type Notice, Notifier } from "../../src/telemetry/Notifier.ts"
 import { DatabaseError } from "../../src/db/errors.ts"
 import { Database } from "../../src/db/Database.ts"
@@ -47,6 +47,8 @@ export interface World {
    * a moment), the ones after find it held again: a lapse and its recovery, between two checks.
    */
   readonly leaseLapses: Ref.Ref<number>
+  /** lua: the route table's boot id and whether every route was pushed into it since. */
+  readonly table: Ref.Ref<TableState>
 }
 
 export class TestWorld extends Context.Tag("test/TestWorld")<TestWorld, World>() {}
@@ -106,7 +108,8 @@ const makeWorld = Effect.gen(function*() {
     notices: yield* Ref.make<ReadonlyArray<Notice>>([]),
     deadRunners: yield* Ref.make<ReadonlySet<string>>(new Set()),
     leaseHeld: yield* Ref.make(true),
-    leaseLapses: yield* Ref.make(0)
+    leaseLapses: yield* Ref.make(0),
+    table: yield* Ref.make<TableState>({ bootId: "boot-1", ready: true })
   } satisfies World
 })
 
@@ -414,11 +417,19 @@ const dnsOf = (world: World) => {
   })
 }
 
-const nginxOf = (world: World) => {
-  const op = <A>(name: string, nginxOperation: NginxError["operation"], effect: Effect.Effect<A, NginxError>) =>
+/**
+ * nginx in memory, in either routing mode's shape:
+ * - reload: a written route is served once a reload runs (`awaitServed` reloads, then waits for
+ *   it; `awaitWithdrawn` likewise; a refused reload leaves what was served);
+ * - lua: the table is what is served, a write or a removal is live when it returns, and nginx can
+ *   restart (`restartNginx`): its table comes back empty, not ready, under a new boot id, and a
+ *   route missing since its write is RouteLost.
+ */
+const nginxOf = (world: World, routing: "reload" | "lua") => {
+  const op = <A, E = NginxError>(name: string, nginxOperation: NginxError["operation"], effect: Effect.Effect<A, E>) =>
     // A write that never landed and a configuration nginx refused changed nothing; a failed probe
     // comes after the reload was signalled, so nginx may still load the route.
-    operation(
+    operation<A, E | NginxError>(
       world,
       `nginx.${name}`,
       () =>
@@ -429,34 +440,47 @@ const nginxOf = (world: World) => {
         }),
       effect
     )
-  // Models reload mode: a written route is served once `apply` runs.
+  const lua = routing === "lua"
+  // lua: what is written is what is served.
+  const written = (update: (m: ReadonlyMap<OrganizationId, AllocationId>) => ReadonlyMap<OrganizationId, AllocationId>) =>
+    Effect.zipRight(Ref.update(world.routeFiles, update), lua ? Ref.update(world.served, update) : Effect.void)
+  const reload = lua ? Effect.void : op("reload", "reload", Effect.flatMap(Ref.get(world.routeFiles), (files) => Ref.set(world.served, files)))
+  const served = (org: OrganizationId) => Effect.map(Ref.get(world.served), (all) => all.get(org))
   return Nginx.of({
     edge: { id: "test-edge", confDir: "/nonexistent/test-edge" },
-    routing: "reload",
     install: Effect.void,
-    writeRoute: (route) =>
-      op("writeRoute", "write", Ref.update(world.routeFiles, (m) => new Map(m).set(route.organizationId, route.allocationId))),
+    writeRoute: (route) => op("writeRoute", "write", written((m) => new Map(m).set(route.organizationId, route.allocationId))),
     removeRoute: ({ allocationId, organizationId: org }) =>
-      op("removeRoute", "remove", Ref.modify(world.routeFiles, (m) => {
+      op("removeRoute", "remove", Effect.flatMap(Ref.get(world.routeFiles), (m) => {
         const named = m.get(org)
-        if (named === undefined) return ["absent" as const, m]
-        if (named !== allocationId) return ["other" as const, m]
-        const next = new Map(m)
-        next.delete(org)
-        return ["removed" as const, next]
+        if (named === undefined) return Effect.succeed("absent" as const)
+        if (named !== allocationId) return Effect.succeed("other" as const)
+        return Effect.as(written((all) => {
+          const next = new Map(all)
+          next.delete(org)
+          return next
+        }), "removed" as const)
       })),
-    apply: op("reload", "reload", Effect.flatMap(Ref.get(world.routeFiles), (files) => Ref.set(world.served, files))),
-    awaitRoute: (org, allocationId) =>
-      op("awaitRoute", "probe", Effect.flatMap(Ref.get(world.served), (served) =>
-        served.get(org) === allocationId
-          ? Effect.void
-          : Effect.never)),
-    awaitUnrouted: (org, allocationId) =>
-      op("awaitUnrouted", "probe", Effect.flatMap(Ref.get(world.served), (served) =>
-        served.get(org) !== allocationId
-          ? Effect.void
-          : Effect.never)),
-    probeRoute: (org) => op("probeRoute", "probe", Effect.map(Ref.get(world.served), (served) => served.get(org) ?? null)),
+    awaitServed: ({ allocationId, organizationId: org }) =>
+      Effect.zipRight(
+        reload,
+        op("awaitServed", "probe", Effect.flatMap(served(org), (now): Effect.Effect<void, RouteLost> =>
+          now === allocationId
+            ? Effect.void
+            : lua && now === undefined
+            ? Effect.fail(new RouteLost({ organizationId: org, allocationId }))
+            : Effect.never))
+      ),
+    awaitWithdrawn: ({ allocationId, organizationId: org }) =>
+      Effect.either(reload).pipe(Effect.flatMap((reloaded) =>
+        op("awaitWithdrawn", "probe", Effect.flatMap(served(org), (now): Effect.Effect<Withdrawn, NginxError> =>
+          now !== allocationId
+            ? Effect.succeed(reloaded._tag === "Right" ? { _tag: "gone" } : { _tag: "notApplied", reason: reloaded.left.reason })
+            : reloaded._tag === "Left"
+            ? Effect.fail(reloaded.left)
+            : Effect.never))
+      )),
+    probeRoute: (org) => op("probeRoute", "probe", Effect.map(served(org), (now) => now ?? null)),
     listRoutes: Effect.gen(function*() {
       const allocations = yield* Ref.get(world.allocations)
       return [...(yield* Ref.get(world.routeFiles)).entries()].map(([organizationId, allocationId]) => ({
@@ -466,10 +490,26 @@ const nginxOf = (world: World) => {
         generation: allocations.get(allocationId)?.generation ?? Generation.make(0)
       }))
     }),
-    tableState: Effect.succeedNone,
-    restoreAll: () => Effect.void
+    tableState: lua
+      ? Effect.map(Ref.get(world.table), (table) => Option.some(table))
+      : Effect.succeedNone,
+    restoreAll: (bootId, routes) =>
+      op("restoreAll", "table", Effect.flatMap(Ref.get(world.table), (table) =>
+        table.bootId !== bootId
+          ? Effect.fail(new NginxError({ operation: "table", reason: `the table's boot id is ${table.bootId}` }))
+          : written((m) => new Map([...m, ...routes.map((route) => [route.organizationId, route.allocationId] as const)])).pipe(
+            Effect.zipRight(Ref.set(world.table, { bootId, ready: true }))
+          )))
   })
 }
+
+/** lua: nginx restarts; its route table comes back empty, not ready, under a new boot id. */
+export const restartNginx = Effect.flatMap(TestWorld, (world) =>
+  Effect.all([
+    Ref.set(world.served, new Map()),
+    Ref.set(world.routeFiles, new Map()),
+    Ref.update(world.table, (table) => ({ bootId: `${table.bootId}+`, ready: false }))
+  ], { discard: true }))
 
 const handshakeOf = (world: World) =>
   Handshake.of({
@@ -496,7 +536,8 @@ const handshakeOf = (world: World) =>
   })
 
 /** All outside systems in memory, sharing one TestWorld. */
-export const OutsideTest = Layer.effectContext(
+/** All outside systems in memory, sharing one TestWorld; nginx in the routing mode's shape. */
+export const makeOutsideTest = (routing: "reload" | "lua") => Layer.effectContext(
   Effect.map(makeWorld, (world) => {
     const stores = poolOf(world)
     return Context.empty().pipe(
@@ -507,9 +548,12 @@ export const OutsideTest = Layer.effectContext(
       Context.add(Database, stores.database),
       Context.add(Journal, journalOf(world)),
       Context.add(Dns, dnsOf(world)),
-      Context.add(Nginx, nginxOf(world)),
+      Context.add(Nginx, nginxOf(world, routing)),
       Context.add(Handshake, handshakeOf(world)),
       Context.add(Notifier, Notifier.of({ notify: (notice) => Ref.update(world.notices, (all) => [...all, notice]) }))
     )
   })
 )
+
+/** All outside systems in memory, nginx in reload mode's shape (a route is served once reloaded). */
+export const OutsideTest = makeOutsideTest("reload")

@@ -6,15 +6,16 @@
 //     org, an org has at most one gateway;
 //  2. free + allocated = total;
 //  and, once things settled, no allocation is left starting, stopping or rolling_back.
-import { Data, Duration, Effect, type Scope } from "effect"
+import { Data, Effect, type Scope } from "effect"
 import { readFileSync } from "node:fs"
 import { readdir, readFile } from "node:fs/promises"
-import * as http from "node:http"
 import { createRequire } from "node:module"
 import path from "node:path"
 import { listRecords } from "../../src/dev/PowerDnsProcess.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import { EDGE_FILE, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
+import { pollUntil } from "./poll.ts"
+import { domainOf, nginxReaches, ProbeError } from "./rawHttp.ts"
 import { type Endpoint, request } from "./server.ts"
 
 // ---------------------------------------------------------------------------------------------
@@ -87,8 +88,6 @@ export const journalOf = (db: Db, allocationId: string) =>
 
 const UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
-export const domainOf = (stack: LocalStack) => (stack.env["DOMAIN"] ?? "domain.local").toLowerCase()
-export const hostnameOf = (stack: LocalStack, org: string) => `org-${org}.${domainOf(stack)}`
 export const routesDirOf = (stack: LocalStack) => path.join(stack.nginx.confDir, "routes")
 export const routeFileOf = (stack: LocalStack, org: string) => path.join(routesDirOf(stack), `org-${org}.conf`)
 
@@ -109,9 +108,12 @@ export const dnsRecords = (stack: LocalStack) =>
 /** The stack's routing mode (NGINX_ROUTING; lua unless the stack says reload). */
 export const routingOf = (stack: LocalStack): "lua" | "reload" => stack.env.NGINX_ROUTING === "reload" ? "reload" : "lua"
 
+/** The file the service wrote for its edge in NGINX_CONF_DIR: the edge's id and its secret. */
+export const edgeFileOf = (stack: LocalStack) =>
+  JSON.parse(readFileSync(path.join(stack.nginx.confDir, EDGE_FILE), "utf8")) as { id: string; probeSecret: string }
+
 /** The secret the service wrote for its edge: it guards nginx's probe and the route API. */
-export const edgeSecretOf = (stack: LocalStack) =>
-  (JSON.parse(readFileSync(path.join(stack.nginx.confDir, EDGE_FILE), "utf8")) as { probeSecret: string }).probeSecret
+export const edgeSecretOf = (stack: LocalStack) => edgeFileOf(stack).probeSecret
 
 /** One request to the route API (lua mode): status and body. */
 export const routeApi = (stack: LocalStack, method: string, pathAndQuery: string, body?: string) =>
@@ -173,8 +175,6 @@ const routeFiles = (stack: LocalStack) =>
     return { routes, others }
   })
 
-export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly message: string }> {}
-
 /**
  * What nginx does with a request for the org's hostname, on a fresh connection: the name of the
  * sample gateway it reached, or null when nginx answers 404 itself (no route). A gateway that
@@ -182,40 +182,7 @@ export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly messag
  * reached all the same: nginx routes the hostname to it.
  */
 export const nginxRoutes = (stack: LocalStack, org: string, timeoutMs = 5000) =>
-  Effect.async<string | null, ProbeError>((resume) => {
-    const req = http.request(
-      {
-        host: "127.0.0.1",
-        port: stack.nginx.listenPort,
-        path: "/invariants",
-        method: "GET",
-        headers: { host: hostnameOf(stack, org), connection: "close" },
-        agent: false
-      },
-      (response) => {
-        const chunks: Array<Buffer> = []
-        response.on("data", (chunk: Buffer) => chunks.push(chunk))
-        response.on("error", (error) => resume(Effect.fail(new ProbeError({ message: error.message }))))
-        response.on("end", () => {
-          const body = Buffer.concat(chunks).toString("utf8")
-          if (response.statusCode === 404) return resume(Effect.succeed(null))
-          try {
-            const parsed = JSON.parse(body) as { gateway?: unknown }
-            if ((response.statusCode === 200 || response.statusCode === 421) && typeof parsed.gateway === "string") {
-              return resume(Effect.succeed(parsed.gateway))
-            }
-          } catch {
-            // not a sample gateway's answer
-          }
-          resume(Effect.fail(new ProbeError({ message: `nginx answered ${response.statusCode}: ${body.slice(0, 200)}` })))
-        })
-      }
-    )
-    req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)))
-    req.on("error", (error) => resume(Effect.fail(new ProbeError({ message: `nginx: ${error.message}` }))))
-    req.end()
-    return Effect.sync(() => req.destroy())
-  })
+  nginxReaches(stack, org, { path: "/invariants", timeoutMs, fencedReaches: true })
 
 /** What PowerDNS holds for one org: its A record contents (empty when none). */
 export const dnsRecordOf = (stack: LocalStack, org: string) =>
@@ -425,13 +392,9 @@ export const awaitInvariants = (
   target: InvariantTarget,
   options: { readonly timeoutMs: number; readonly intervalMs?: number }
 ): Effect.Effect<InvariantReport> =>
-  Effect.gen(function*() {
-    const deadline = Date.now() + options.timeoutMs
-    while (true) {
-      const report = yield* checkInvariants(target)
-      if (report.violations.length === 0 || Date.now() >= deadline) return report
-      yield* Effect.sleep(Duration.millis(options.intervalMs ?? 250))
-    }
+  pollUntil(checkInvariants(target), (report) => report.violations.length === 0, {
+    withinMs: options.timeoutMs,
+    spacingMs: options.intervalMs ?? 250
   })
 
 /** A report as a few lines for a log or a failure message. */

@@ -32,12 +32,10 @@
 //   A's state in Postgres right after (a close while A is active is noise, not a failure), and
 //   the org gets a connection again later.
 import { Data, Duration, Effect, Fiber, type Scope } from "effect"
-import { readFile } from "node:fs/promises"
-import * as http from "node:http"
-import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
-import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
-import { type Db, edgeRouteOf, hostnameOf, openDb } from "./invariants.ts"
+import { PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
+import { type Db, edgeRouteOf, edgeSecretOf, openDb } from "./invariants.ts"
+import { gatewayAnswerOf, hostnameOf, rawGet } from "./rawHttp.ts"
 import { openWebSocket, type WebSocketConnection, type WebSocketEvent } from "./longLived.ts"
 
 const LIVE = ["starting", "active", "stopping", "rolling_back"]
@@ -279,73 +277,13 @@ type Answer =
   | { readonly _tag: "Status"; readonly status: number; readonly body: string }
   | { readonly _tag: "NoAnswer"; readonly message: string }
 
-/** The sample gateway's 421 body: `{error, gateway, allocation, held}`. */
-const parseFenced = (body: string): { gateway: string; allocation: string | null; held: string | null } | undefined => {
-  try {
-    const parsed = JSON.parse(body) as { gateway?: unknown; allocation?: unknown; held?: unknown }
-    if (typeof parsed.gateway !== "string") return undefined
-    return {
-      gateway: parsed.gateway,
-      allocation: typeof parsed.allocation === "string" ? parsed.allocation : null,
-      held: typeof parsed.held === "string" ? parsed.held : null
-    }
-  } catch {
-    return undefined
-  }
-}
-
-/** One GET on a fresh connection (no agent, `connection: close`) to nginx on loopback, bounded. */
-const getThroughNginx = (
-  port: number,
-  host: string,
-  pathname: string,
-  timeoutMs: number,
-  extraHeaders: Readonly<Record<string, string>> = {}
-) =>
-  Effect.async<{ status: number; body: string }, IsolationError>((resume) => {
-    let done = false
-    const finish = (effect: Effect.Effect<{ status: number; body: string }, IsolationError>) => {
-      if (done) return
-      done = true
-      clearTimeout(timer)
-      resume(effect)
-    }
-    const req = http.request(
-      { host: "127.0.0.1", port, path: pathname, method: "GET", headers: { ...extraHeaders, host, connection: "close" }, agent: false },
-      (response) => {
-        const chunks: Array<Buffer> = []
-        response.on("data", (chunk: Buffer) => chunks.push(chunk))
-        response.on("error", (error) => finish(Effect.fail(new IsolationError({ message: error.message }))))
-        response.on("end", () =>
-          finish(Effect.succeed({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") })))
-      }
-    )
-    // A bound on the whole exchange, not only on idle time.
-    const timer = setTimeout(() => req.destroy(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
-    req.on("error", (error) => finish(Effect.fail(new IsolationError({ message: error.message }))))
-    req.end()
-    return Effect.sync(() => {
-      done = true
-      clearTimeout(timer)
-      req.destroy()
-    })
-  })
-
 const ask = (stack: LocalStack, org: string, timeoutMs: number): Effect.Effect<Answer> =>
-  getThroughNginx(stack.nginx.listenPort, hostnameOf(stack, org), `/isolation/${org}`, timeoutMs).pipe(
+  rawGet({ port: stack.nginx.listenPort, path: `/isolation/${org}`, headers: { host: hostnameOf(stack, org) }, timeoutMs }).pipe(
     Effect.map((response): Answer => {
-      if (response.status === 200) {
-        try {
-          const parsed = JSON.parse(response.body) as { gateway?: unknown }
-          if (typeof parsed.gateway === "string") return { _tag: "Gateway", gateway: parsed.gateway }
-        } catch {
-          // not a sample gateway's answer
-        }
-      }
-      if (response.status === 421) {
-        const fenced = parseFenced(response.body)
-        if (fenced !== undefined) return { _tag: "Fenced", ...fenced }
-      }
+      // The sample gateway's answer: 200 served, 421 refused for its allocation header.
+      const answer = gatewayAnswerOf(response.body)
+      if (response.status === 200 && answer !== undefined) return { _tag: "Gateway", gateway: answer.gateway }
+      if (response.status === 421 && answer !== undefined) return { _tag: "Fenced", ...answer }
       return { _tag: "Status", status: response.status, body: response.body.slice(0, 160) }
     }),
     Effect.catchAll((error) => Effect.succeed<Answer>({ _tag: "NoAnswer", message: error.message }))
@@ -561,18 +499,13 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
         )
         // nginx answers its route probe (the allocation its map holds, the worker's pid) only with
         // the edge's secret, which the service keeps in its NGINX_CONF_DIR.
-        const secret = yield* Effect.promise(() =>
-          readFile(path.join(stack.nginx.confDir, EDGE_FILE), "utf8")
-            .then((text) => String((JSON.parse(text) as { probeSecret?: unknown }).probeSecret ?? ""))
-            .catch(() => "")
-        )
-        const probe = yield* getThroughNginx(
-          stack.nginx.listenPort,
-          hostnameOf(stack, org),
-          PROBE_PATH,
-          requestTimeoutMs,
-          secret === "" ? {} : { [PROBE_SECRET_HEADER]: secret }
-        ).pipe(
+        const secret = yield* Effect.try(() => String(edgeSecretOf(stack) ?? "")).pipe(Effect.orElseSucceed(() => ""))
+        const probe = yield* rawGet({
+          port: stack.nginx.listenPort,
+          path: PROBE_PATH,
+          headers: { host: hostnameOf(stack, org), ...(secret === "" ? {} : { [PROBE_SECRET_HEADER]: secret }) },
+          timeoutMs: requestTimeoutMs
+        }).pipe(
           Effect.map((response) => `${response.status} "${response.body.replace(/\s+/g, " ").trim().slice(0, 120)}"`),
           Effect.catchAll((error) => Effect.succeed(`no answer (${error.message})`))
         )
@@ -696,7 +629,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
     /** Classifies a refused upgrade (a 421 against Postgres: whose allocation the gateway held). */
     const upgradeRefused = (org: string, sentAt: number, status: number, body: string) =>
       Effect.gen(function*() {
-        const fenced = status === 421 ? parseFenced(body) : undefined
+        const fenced = status === 421 ? gatewayAnswerOf(body) : undefined
         if (fenced === undefined || fenced.held === null) {
           count(refused, status === 421 ? "421 other" : String(status))
           if (status !== 404) noteOther(`${new Date(sentAt).toISOString()} org ${org}: upgrade refused ${status} ${body.replace(/\s+/g, " ").slice(0, 160)}`)

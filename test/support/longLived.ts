@@ -1,7 +1,9 @@
-// A WebSocket client on a raw socket through nginx (the frame codec of src/dev/webSocketFrames.ts),
-// for the long-lived connections of the tenant-isolation checker (./isolation.ts): it opens the
-// connection, hands back the first text frame (the sample gateway's greeting), then keeps what
-// arrives (text frames, the close) as events for the checker to take at its own pace.
+// The tests' one WebSocket client, on a raw socket through nginx (the frame codec of
+// src/dev/webSocketFrames.ts). For the long-lived connections of the tenant-isolation checker
+// (./isolation.ts), `openWebSocket` opens the connection, hands back the first text frame (the
+// sample gateway's greeting), then keeps what arrives (text frames, the close) as events for the
+// checker to take at its own pace; `upgradeWebSocket` hands the connection back at the 101, for a
+// test that reads every text and close frame it received (test/integration/release.test.ts).
 import { Effect, Either } from "effect"
 import { randomBytes } from "node:crypto"
 import * as net from "node:net"
@@ -16,8 +18,14 @@ export type WebSocketEvent =
 export interface WebSocketConnection {
   /** Sends one masked text frame; false when the connection can no longer be written. */
   readonly send: (text: string) => boolean
-  /** What arrived since the last call, in order (the first text frame is not among them). */
+  /** What arrived since the last call, in order (the first text frame of `openWebSocket` is not among them). */
   readonly takeEvents: () => ReadonlyArray<WebSocketEvent>
+  /** Every text message received, in order, the first among them. */
+  readonly texts: ReadonlyArray<string>
+  /** The status of every close frame received. */
+  readonly closeCodes: ReadonlyArray<number | null>
+  /** When the connection closed (ms since the epoch), null while it is open. */
+  readonly closedAt: () => number | null
   readonly isClosed: () => boolean
   /** Destroys the socket (its Closed event follows). */
   readonly destroy: () => void
@@ -31,28 +39,50 @@ export type UpgradeResult =
   /** No answer within the bound, connection refused or reset, or closed before the first frame. */
   | { readonly _tag: "NoAnswer"; readonly message: string }
 
+interface WebSocketOptions {
+  /** nginx's port on loopback (or a gateway's). */
+  readonly port: number
+  /** The Host header. */
+  readonly host: string
+  readonly path: string
+  /** The bound on the whole opening (connect, 101, and the first frame when it is waited for). */
+  readonly timeoutMs: number
+}
+
 /**
  * `GET {path}` with `Upgrade: websocket` to nginx on loopback for `host`, bounded by `timeoutMs`
  * until the first text frame. Never fails: every ending is an UpgradeResult. Interrupted, the
  * socket is destroyed; once Upgraded, the caller owns it (`destroy`).
  */
-export const openWebSocket = (options: {
-  readonly port: number
-  readonly host: string
-  readonly path: string
-  readonly timeoutMs: number
-}): Effect.Effect<UpgradeResult> =>
-  Effect.async<UpgradeResult>((resume) => {
+export const openWebSocket = (options: WebSocketOptions): Effect.Effect<UpgradeResult> =>
+  connect(options, "first frame") as Effect.Effect<UpgradeResult>
+
+/**
+ * The same opening, settled at the 101 (bounded by `timeoutMs`): Upgraded without waiting for a
+ * frame; every text then arrives in `texts` and the events.
+ */
+export const upgradeWebSocket = (
+  options: WebSocketOptions
+): Effect.Effect<Exclude<UpgradeResult, { _tag: "Upgraded" }> | { readonly _tag: "Upgraded"; readonly connection: WebSocketConnection }> =>
+  connect(options, "upgrade")
+
+const connect = (options: WebSocketOptions, settleAt: "upgrade" | "first frame") =>
+  Effect.async<
+    | Exclude<UpgradeResult, { _tag: "Upgraded" }>
+    | { readonly _tag: "Upgraded"; readonly connection: WebSocketConnection; readonly first: string | null }
+  >((resume) => {
     const socket = net.connect({ host: "127.0.0.1", port: options.port })
     const key = randomBytes(16).toString("base64")
     const read = messageReader({ masked: false, maxPayload: 1 << 20 })
     const events: Array<WebSocketEvent> = []
+    const texts: Array<string> = []
+    const closeCodes: Array<number | null> = []
     let head: Buffer | null = Buffer.alloc(0)
     let refusal: { status: number; response: string; body: Buffer; length: number | null } | null = null
-    let first: string | null = null
+    let upgraded = false
     let received: number | null = null
     let socketError: string | null = null
-    let closed = false
+    let closedAt: number | null = null
     let settled = false
 
     const connection: WebSocketConnection = {
@@ -62,19 +92,26 @@ export const openWebSocket = (options: {
         return true
       },
       takeEvents: () => events.splice(0),
-      isClosed: () => closed,
+      texts,
+      closeCodes,
+      closedAt: () => closedAt,
+      isClosed: () => closedAt !== null,
       destroy: () => void socket.destroy()
     }
 
-    const settle = (result: UpgradeResult) => {
+    type Result = Effect.Effect.Success<ReturnType<typeof connect>>
+    const settle = (result: Result) => {
       if (settled) return
       settled = true
       clearTimeout(timer)
       if (result._tag !== "Upgraded") socket.destroy()
       resume(Effect.succeed(result))
     }
-    // A bound on the whole opening (connect, 101, first frame), not only on idle time.
-    const timer = setTimeout(() => settle({ _tag: "NoAnswer", message: `no first frame within ${options.timeoutMs} ms` }), options.timeoutMs)
+    // A bound on the whole opening, not only on idle time.
+    const timer = setTimeout(
+      () => settle({ _tag: "NoAnswer", message: `no ${settleAt === "upgrade" ? "101" : "first frame"} within ${options.timeoutMs} ms` }),
+      options.timeoutMs
+    )
 
     const onFrames = (chunk: Buffer) => {
       const messages = read(chunk)
@@ -83,13 +120,14 @@ export const openWebSocket = (options: {
         return void socket.destroy()
       }
       for (const message of messages.right) {
-        if (message.opcode === Opcode.close) received = closeCode(message.payload)
-        else if (message.opcode === Opcode.text) {
+        if (message.opcode === Opcode.close) {
+          received = closeCode(message.payload)
+          closeCodes.push(received)
+        } else if (message.opcode === Opcode.text) {
           const text = message.payload.toString("utf8")
-          if (first === null) {
-            first = text
-            settle({ _tag: "Upgraded", connection, first: text })
-          } else events.push({ _tag: "Text", text, at: Date.now() })
+          texts.push(text)
+          if (!settled && settleAt === "first frame") settle({ _tag: "Upgraded", connection, first: text })
+          else events.push({ _tag: "Text", text, at: Date.now() })
         }
       }
     }
@@ -120,6 +158,8 @@ export const openWebSocket = (options: {
       const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(response)?.[1] ?? 0)
       const accept = /^sec-websocket-accept:\s*(\S+)\s*$/im.exec(response)?.[1]
       if (status === 101 && accept === acceptKey(key)) {
+        upgraded = true
+        if (settleAt === "upgrade") settle({ _tag: "Upgraded", connection, first: null })
         if (rest.length > 0) onFrames(rest)
         return
       }
@@ -133,14 +173,14 @@ export const openWebSocket = (options: {
       socketError = error.message
     })
     socket.on("close", () => {
-      closed = true
+      closedAt = Date.now()
       finishRefusal()
-      if (first === null) {
+      if (!settled) {
         settle({
           _tag: "NoAnswer",
-          message: socketError ?? (head === null ? "closed after the 101, before the first frame" : "closed before an answer")
+          message: socketError ?? (upgraded ? "closed after the 101, before the first frame" : "closed before an answer")
         })
-      } else events.push({ _tag: "Closed", at: Date.now(), closeCode: received, error: socketError })
+      } else if (upgraded) events.push({ _tag: "Closed", at: closedAt, closeCode: received, error: socketError })
     })
 
     return Effect.sync(() => {

@@ -3,22 +3,18 @@
 // invariant 1: an org is active in the API <=> its DNS record exists <=> nginx holds its route
 // <=> nginx routes its hostname.
 import { expect } from "@effect/vitest"
-import { Data, Duration, Effect, Either, Schedule } from "effect"
+import { Duration, Effect, Either, Schedule } from "effect"
 import { Resolver } from "node:dns/promises"
-import * as http from "node:http"
 import { AllocationQueries } from "../../src/allocation/AllocationQueries.ts"
 import { listRecords } from "../../src/dev/PowerDnsProcess.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { hasRoute } from "./invariants.ts"
+import { hostnameOf, nginxReaches, ProbeError } from "./rawHttp.ts"
 
-/** A probe could not get an answer from the system it asks (that is not a "no"). */
-export class ProbeError extends Data.TaggedError("ProbeError")<{ readonly message: string; readonly cause?: unknown }> {}
-
-const domainOf = (stack: LocalStack) => stack.env["DOMAIN"] ?? "domain.local"
-
-export const hostnameOf = (stack: LocalStack, org: OrganizationId) => `org-${org}.${domainOf(stack)}`
+// The raw GET lives in ./rawHttp.ts; the nginx tests take it from here.
+export { rawGet, type RawResponse } from "./rawHttp.ts"
 
 /** The org's A record contents as PowerDNS's HTTP API lists them (empty when there is none). */
 export const dnsApiRecord = (stack: LocalStack, org: OrganizationId) =>
@@ -74,63 +70,11 @@ export const dnsRecordExists = (stack: LocalStack, org: OrganizationId) =>
         })
       ))
 
-export interface RawResponse {
-  readonly status: number
-  readonly body: string
-}
-
-/** A plain HTTP/1.1 GET on a fresh connection (`connection: close`), with any Host header. */
-export const rawGet = (options: {
-  readonly port: number
-  readonly path: string
-  readonly headers?: Readonly<Record<string, string>>
-  readonly timeoutMs?: number
-}) =>
-  Effect.async<RawResponse, ProbeError>((resume, signal) => {
-    const request = http.request(
-      {
-        host: "127.0.0.1",
-        port: options.port,
-        path: options.path,
-        method: "GET",
-        headers: { connection: "close", ...options.headers },
-        agent: false,
-        signal
-      },
-      (response) => {
-        const chunks: Array<Buffer> = []
-        response.on("data", (chunk: Buffer) => chunks.push(chunk))
-        response.on("error", (cause) => resume(Effect.fail(new ProbeError({ message: String(cause), cause }))))
-        response.on("end", () =>
-          resume(Effect.succeed({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") })))
-      }
-    )
-    request.setTimeout(options.timeoutMs ?? 5000, () => request.destroy(new Error("no answer in time")))
-    request.on("error", (cause) =>
-      resume(Effect.fail(new ProbeError({ message: `GET 127.0.0.1:${options.port}${options.path}: ${cause.message}`, cause }))))
-    request.end()
-  })
-
 /**
  * What nginx does with a request for the org's hostname: the name of the gateway that answered
  * (the sample gateway echoes it), or null when nginx answers 404 itself (no route).
  */
-export const nginxRoutes = (stack: LocalStack, org: OrganizationId) =>
-  Effect.flatMap(
-    rawGet({ port: stack.nginx.listenPort, path: "/anything", headers: { host: hostnameOf(stack, org) } }),
-    (response): Effect.Effect<string | null, ProbeError> => {
-      if (response.status === 404) return Effect.succeed(null)
-      if (response.status === 200) {
-        const parsed = Either.try(() => JSON.parse(response.body) as { gateway?: unknown })
-        if (Either.isRight(parsed) && typeof parsed.right.gateway === "string") {
-          return Effect.succeed(parsed.right.gateway)
-        }
-      }
-      return Effect.fail(
-        new ProbeError({ message: `nginx answered ${response.status} for ${hostnameOf(stack, org)}: ${response.body}` })
-      )
-    }
-  )
+export const nginxRoutes = (stack: LocalStack, org: OrganizationId) => nginxReaches(stack, org, { path: "/anything" })
 
 /**
  * What nginx answers for the org's hostname on `samples` fresh connections, `spacingMs` apart:
@@ -148,6 +92,7 @@ export const nginxRoutesSteadily = (
     const answers: Array<string | null> = []
     const samples = options.samples ?? 10
     for (let i = 0; i < samples; i++) {
+      // Not a wait for something: the samples are spread over the window the answer must hold across.
       if (i > 0) yield* Effect.sleep(Duration.millis(options.spacingMs ?? 20))
       answers.push(yield* nginxRoutes(stack, org))
     }

@@ -32,12 +32,19 @@ export const StackLive = (
 export const setAllGateways = (stack: LocalStack, behaviour: Partial<Behaviour>) =>
   Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(behaviour), { discard: true })
 
+/** Every sample gateway back to its initial behaviour, nothing held or received. */
+export const resetGateways = (stack: LocalStack) => Effect.forEach(stack.gateways, (gateway) => gateway.reset, { discard: true })
+
+/** The handshake bodies for `org` that the stack's sample gateways received, all of them together. */
+export const handshakesFor = (stack: LocalStack, org: string) =>
+  Effect.map(
+    Effect.forEach(stack.gateways, (gateway) => gateway.handshakes),
+    (received) => received.flat().filter((body) => (body as { organization_id?: string }).organization_id === org)
+  )
+
 /** Runs a test body with the stack, and puts every sample gateway back to "ok" afterwards. */
 export const withStack = <A, E, R>(body: (stack: LocalStack) => Effect.Effect<A, E, R>) =>
-  Effect.flatMap(Stack, (stack) =>
-    body(stack).pipe(
-      Effect.ensuring(Effect.forEach(stack.gateways, (gateway) => gateway.reset, { discard: true }))
-    ))
+  Effect.flatMap(Stack, (stack) => body(stack).pipe(Effect.ensuring(resetGateways(stack))))
 
 export const configFrom = (env: Readonly<Record<string, string>>) =>
   Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))

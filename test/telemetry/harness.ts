@@ -4,13 +4,11 @@ import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer, Logger, LogLevel } from "effect"
 import { createServer } from "node:http"
-import { makeServices } from "../../src/app.ts"
-import type { GatewayName, Upstream } from "../../src/domain/ids.ts"
 import { HttpAppLive } from "../../src/http/server.ts"
-import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { jsonLogger } from "../../src/telemetry/Logging.ts"
 import { configFrom } from "../support/stack.ts"
 import { OutsideTest } from "../support/TestLayers.ts"
+import { testServices } from "../support/testServices.ts"
 
 export const API_TOKEN = "telemetry-test-token"
 
@@ -24,20 +22,17 @@ const baseEnv = {
 }
 
 /**
- * makeServices over the in-memory outside systems (test/support/TestLayers.ts), two gateways in
- * the pool. `outside` is merged over OutsideTest (e.g. a live Notifier replaces the recording one).
+ * The in-memory services of test/support/testServices.ts (two gateways in the pool) configured for
+ * the telemetry tests. `outside` is merged over OutsideTest (e.g. a live Notifier replaces the
+ * recording one).
  */
 export const TestServices = <ROut, E>(
   options: { readonly env?: Readonly<Record<string, string>>; readonly outside?: Layer.Layer<ROut, E> } = {}
 ) =>
-  Layer.effectDiscard(
-    Effect.flatMap(GatewayStore, (pool) =>
-      Effect.forEach(["gw-1", "gw-2"], (name, i) =>
-        pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
-  ).pipe(
-    Layer.provideMerge(makeServices(options.outside === undefined ? OutsideTest : Layer.merge(OutsideTest, options.outside))),
-    Layer.provide(configFrom({ ...baseEnv, ...options.env }))
-  )
+  testServices({
+    env: { ...baseEnv, ...options.env },
+    ...(options.outside === undefined ? {} : { outside: Layer.merge(OutsideTest, options.outside) })
+  })
 
 export { startFailure } from "../support/failures.ts"
 

@@ -8,6 +8,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { type Notice, Notifier, NotifierLive, NotifierWebhook } from "../../src/telemetry/Notifier.ts"
+import { awaitThat } from "../support/poll.ts"
 import { configFrom } from "../support/stack.ts"
 import { setFault, TestWorld } from "../support/TestLayers.ts"
 import { captureLogs, startFailure, TestServices } from "./harness.ts"
@@ -54,16 +55,6 @@ const receiver = (answer: Answer = () => 204) =>
       })
   )
 
-/** Waits (real time, bounded) until `predicate` holds. */
-const waitUntil = (predicate: () => boolean, timeoutMs = 5000) =>
-  Effect.gen(function*() {
-    const deadline = Date.now() + timeoutMs
-    while (!predicate()) {
-      if (Date.now() > deadline) return yield* Effect.die(new Error("condition not met in time"))
-      yield* Effect.sleep(Duration.millis(20))
-    }
-  })
-
 const notice = (n: number): Notice => ({
   kind: "rollback_incomplete",
   organization_id: `org-${n}`,
@@ -93,7 +84,8 @@ describe("rollback webhook", () => {
         const error = yield* startFailure(org)
         if (error._tag !== "StepFailed") return expect.fail("expected StepFailed")
 
-        yield* waitUntil(() => hook.received.length >= 1)
+        yield* awaitThat("the report", () => hook.received.length >= 1, { withinMs: 5000 })
+        // Not a wait for something: the window in which a second report (the clean rollback's) must not come.
         yield* Effect.sleep(Duration.millis(300))
         expect(hook.received).toHaveLength(1)
         const [report] = hook.received
@@ -127,8 +119,10 @@ describe("rollback webhook", () => {
       yield* Effect.gen(function*() {
         const notifier = yield* Notifier
         yield* notifier.notify(notice(1))
-        yield* waitUntil(() => hook.received.length >= 3)
-        yield* waitUntil(() => logs.lines.some((l) => String(l.message).startsWith("webhook delivered")))
+        yield* awaitThat("three attempts", () => hook.received.length >= 3, { withinMs: 5000 })
+        yield* awaitThat("the delivery's log line", () => logs.lines.some((l) => String(l.message).startsWith("webhook delivered")), {
+          withinMs: 5000
+        })
       }).pipe(
         Effect.provide(
           NotifierWebhook({ url: Redacted.make(hook.url("/h")), backoff: Duration.millis(20), maxAttempts: 5 })
@@ -153,7 +147,9 @@ describe("rollback webhook", () => {
       yield* Effect.gen(function*() {
         const notifier = yield* Notifier
         yield* notifier.notify(notice(2))
-        yield* waitUntil(() => logs.lines.some((l) => String(l.message).startsWith("webhook delivery")))
+        yield* awaitThat("the failure's log line", () => logs.lines.some((l) => String(l.message).startsWith("webhook delivery")), {
+          withinMs: 5000
+        })
       }).pipe(
         Effect.provide(NotifierWebhook({ url: Redacted.make(secretUrl), backoff: Duration.millis(10), maxAttempts: 3 })),
         Effect.provide(logs.layer),
@@ -175,7 +171,9 @@ describe("rollback webhook", () => {
       const logs = captureLogs()
       yield* Effect.gen(function*() {
         yield* Effect.flatMap(Notifier, (notifier) => notifier.notify(notice(3)))
-        yield* waitUntil(() => logs.lines.some((l) => String(l.message).startsWith("webhook delivery")))
+        yield* awaitThat("the failure's log line", () => logs.lines.some((l) => String(l.message).startsWith("webhook delivery")), {
+          withinMs: 5000
+        })
       }).pipe(
         Effect.provide(NotifierWebhook({ url: Redacted.make(hook.url("/h")), backoff: Duration.millis(10) })),
         Effect.provide(logs.layer),
@@ -197,7 +195,7 @@ describe("rollback webhook", () => {
         // One in flight (hung), two queued, the rest dropped.
         for (let n = 0; n < 6; n++) yield* notifier.notify(notice(n))
         expect(Date.now() - before).toBeLessThan(200)
-        yield* waitUntil(() => hook.received.length === 1)
+        yield* awaitThat("the hung delivery", () => hook.received.length === 1, { withinMs: 5000 })
       }).pipe(
         Effect.provide(
           NotifierWebhook({

@@ -2,21 +2,14 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Ref } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
-import { makeServices } from "../../src/app.ts"
 import { DnsNone } from "../../src/dns/Dns.ts"
-import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
-import { GatewayStore } from "../../src/pool/GatewayStore.ts"
+import type { OrganizationId } from "../../src/domain/ids.ts"
 import { startFailure } from "../support/failures.ts"
-import { configFrom } from "../support/stack.ts"
 import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+import { testServices } from "../support/testServices.ts"
 
 // Wildcard DNS: the in-memory systems, with the `none` provider in place of PowerDNS.
-const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayStore, (pool) => pool.addGateway("gw-1" as GatewayName, "127.0.0.1:9001" as Upstream))
-).pipe(
-  Layer.provideMerge(makeServices(Layer.merge(OutsideTest, DnsNone))),
-  Layer.provide(configFrom({}))
-)
+const TestServices = testServices({ gateways: 1, outside: Layer.merge(OutsideTest, DnsNone) })
 
 describe("DNS_PROVIDER=none", () => {
   it.effect("the dns step is journaled as skipped, and a rollback skips its undo", () =>

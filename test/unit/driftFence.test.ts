@@ -7,13 +7,11 @@ import { Context, Effect, Fiber, Layer, Option, Ref } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
-import { makeServices } from "../../src/app.ts"
-import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import type { OrganizationId } from "../../src/domain/ids.ts"
 import { Nginx } from "../../src/nginx/Nginx.ts"
 import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
-import { GatewayStore } from "../../src/pool/GatewayStore.ts"
-import { configFrom } from "../support/stack.ts"
 import { calls, gate, OutsideTest, TestWorld } from "../support/TestLayers.ts"
+import { testServices, untilCalled } from "../support/testServices.ts"
 
 /**
  * The test layers, with the org's slot: `whileUnclaimed` holds it while the org has no live
@@ -65,22 +63,9 @@ const WithOrgSlots = Layer.effectContext(
   })
 ).pipe(Layer.provideMerge(OutsideTest))
 
-const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayStore, (pool) =>
-    Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
-).pipe(
-  Layer.provideMerge(makeServices(WithOrgSlots)),
-  Layer.provide(configFrom({ STEP_TIMEOUT_MS: "1000", UNDO_TIMEOUT_MS: "500", RECONCILE_INTERVAL_MS: "3600000" }))
-)
+const TestServices = testServices({ outside: WithOrgSlots, env: { RECONCILE_INTERVAL_MS: "3600000" } })
 
 const runOnce = Effect.flatMap(Reconciler, (reconciler) => reconciler.runOnce)
-
-/** Waits (in fiber yields) until `operation` has been called `times` times in all. */
-const untilCalled = (operation: string, times = 1) =>
-  calls.pipe(
-    Effect.repeat({ until: (made) => made.filter((call) => call === operation).length >= times }),
-    Effect.zipLeft(Effect.yieldNow())
-  )
 
 describe("drift repair's DNS fence (test layers)", () => {
   it.effect("a start that claims between drift repair's check and its delete of an orphan record waits for the delete, and keeps its record", () =>

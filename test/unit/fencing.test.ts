@@ -2,36 +2,23 @@
 // effect checked against the owner, every removal naming the allocation it removes. Gates
 // (test/support/TestLayers.ts) stop an operation mid-flight so a second actor can move in between.
 import { describe, expect, it } from "@effect/vitest"
-import { type Context, Effect, Fiber, Layer, Option, Ref } from "effect"
+import { type Context, Effect, Fiber, Option, Ref } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
 import { Undos } from "../../src/allocation/undos.ts"
-import { makeServices } from "../../src/app.ts"
 import type { Allocation } from "../../src/domain/allocation.ts"
-import { type AllocationId, type GatewayName, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
+import { type AllocationId, Generation, type OrganizationId } from "../../src/domain/ids.ts"
 import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
-import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { failureOf } from "../support/failures.ts"
-import { configFrom } from "../support/stack.ts"
-import { calls, gate, OutsideTest, TestWorld } from "../support/TestLayers.ts"
+import { undoOrder } from "../../src/domain/steps.ts"
+import { rowsOf } from "../support/journal.ts"
+import { calls, gate, TestWorld } from "../support/TestLayers.ts"
+import { testServices, untilCalled } from "../support/testServices.ts"
 
-const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayStore, (pool) =>
-    Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
-).pipe(
-  Layer.provideMerge(makeServices(OutsideTest)),
-  Layer.provide(configFrom({ STEP_TIMEOUT_MS: "1000", UNDO_TIMEOUT_MS: "500", RECONCILE_INTERVAL_MS: "3600000" }))
-)
+const TestServices = testServices({ env: { RECONCILE_INTERVAL_MS: "3600000" } })
 
 const newOrg = () => randomUUID() as OrganizationId
-
-/** Waits (in fiber yields) until `operation` has been called `times` times in all. */
-const untilCalled = (operation: string, times = 1) =>
-  calls.pipe(
-    Effect.repeat({ until: (made) => made.filter((call) => call === operation).length >= times }),
-    Effect.zipLeft(Effect.yieldNow())
-  )
 
 /** Rewrites the allocation's row, as another replica's compare-and-set would. */
 const setRow = (allocationId: AllocationId, change: Partial<Allocation>) =>
@@ -197,13 +184,9 @@ describe("a lease that lapses for a moment during a teardown", () => {
       const error = yield* allocator.stop(org).pipe(Effect.flip)
       expect(error._tag).toBe("StopFailed")
       const stopRows = (yield* Ref.get(world.journal)).filter((e) => e.allocationId === started.allocationId && e.actor === "stop")
-      expect(stopRows.filter((e) => e.event !== "undo_started").map((e) => `${e.step}:${e.event}`)).toEqual([
-        "nginx-reload:undo_skipped",
-        "nginx-config:undo_skipped",
-        "handshake:undo_skipped",
-        "dns:undo_skipped",
-        "allocate:undo_skipped"
-      ])
+      expect(rowsOf(stopRows.filter((e) => e.event !== "undo_started"))).toEqual(
+        undoOrder.map((step) => `${step}:undo_skipped`)
+      )
       // Still routed, still claimed: nothing was freed under a route.
       expect((yield* Ref.get(world.served)).get(org)).toBe(started.allocationId)
       expect((yield* Ref.get(world.gateways)).find((g) => g.gatewayId === started.gatewayId)?.allocationId).toBe(started.allocationId)

@@ -1,38 +1,27 @@
 // Dead gateways set aside, starts retried on another gateway, draining: the ordering logic over
 // the in-memory outside systems (the backoff arithmetic lives in Postgres: test/db/quarantine.test.ts).
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Option, Ref, TestClock } from "effect"
+import { Duration, Effect, Option, Ref, TestClock } from "effect"
 import { randomUUID } from "node:crypto"
 import { AllocationQueries } from "../../src/allocation/AllocationQueries.ts"
 import { Allocator } from "../../src/allocation/Allocator.ts"
-import { makeServices } from "../../src/app.ts"
-import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import type { OrganizationId } from "../../src/domain/ids.ts"
 import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { GatewayHealth } from "../../src/pool/GatewayHealth.ts"
-import { configFrom } from "../support/stack.ts"
-import { calls, clearFaults, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+import { expected, reportOf, stepsBefore, undoOrderOf } from "../support/journal.ts"
+import { calls, clearFaults, setFault, TestWorld } from "../support/TestLayers.ts"
+import { backgroundOff, testServices, testUpstreams } from "../support/testServices.ts"
 
-const UPSTREAMS = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+const UPSTREAMS = testUpstreams(3)
 const QUARANTINE_MS = 30_000
 
-const servicesWith = (upstreams: ReadonlyArray<string>, env: Readonly<Record<string, string>> = {}) =>
-  Layer.effectDiscard(
-    Effect.flatMap(GatewayStore, (pool) =>
-      Effect.forEach(upstreams, (upstream, i) => pool.addGateway(`gw-${i + 1}` as GatewayName, upstream as Upstream)))
-  ).pipe(
-    Layer.provideMerge(makeServices(OutsideTest)),
-    Layer.provide(configFrom({
-      STEP_TIMEOUT_MS: "1000",
-      UNDO_TIMEOUT_MS: "500",
-      START_ATTEMPTS: "3",
-      GATEWAY_QUARANTINE_MS: String(QUARANTINE_MS),
-      GATEWAY_HEALTH_INTERVAL_MS: "3600000",
-      RECONCILE_INTERVAL_MS: "3600000",
-      ...env
-    }))
-  )
+const servicesWith = (gateways: number, env: Readonly<Record<string, string>> = {}) =>
+  testServices({
+    gateways,
+    env: { START_ATTEMPTS: "3", GATEWAY_QUARANTINE_MS: String(QUARANTINE_MS), ...backgroundOff, ...env }
+  })
 
-const TestServices = servicesWith(UPSTREAMS)
+const TestServices = servicesWith(UPSTREAMS.length)
 
 const newOrg = () => randomUUID() as OrganizationId
 
@@ -57,7 +46,7 @@ describe("dead gateways (test layers)", () => {
       expect(attempts.map((a) => a.state).sort()).toEqual(["active", "rolled_back"])
       const first = attempts.find((a) => a.state === "rolled_back")
       const undone = (yield* Ref.get(world.journal)).filter((e) => e.allocationId === first?.allocationId && e.event === "undone")
-      expect(undone.map((e) => e.step)).toEqual(["nginx-reload", "nginx-config", "dns", "allocate"])
+      expect(undone.map((e) => e.step)).toEqual(undoOrderOf(stepsBefore("handshake")))
       expect((yield* Ref.get(world.served)).get(org)).toBe(started.allocationId)
       // The healthy gateway served: its health is known now.
       expect(yield* gatewayAt(UPSTREAMS[1] ?? "")).toMatchObject({ health: "healthy", consecutiveFailures: 0 })
@@ -75,12 +64,7 @@ describe("dead gateways (test layers)", () => {
       expect(new Set(error.attempts.map((a) => a.gatewayId)).size).toBe(3)
       expect(error.allocationId).toBe(error.attempts[2]?.allocationId)
       for (const attempt of error.attempts) {
-        expect(attempt.rollback.map((o) => `${o.step}:${o.status}`)).toEqual([
-          "nginx-reload:done",
-          "nginx-config:done",
-          "dns:done",
-          "allocate:done"
-        ])
+        expect(reportOf(attempt.rollback)).toEqual(expected.rollback(undoOrderOf(stepsBefore("handshake"))))
       }
       // All three are set aside now: the next start has no gateway to try.
       const next = yield* allocator.start(newOrg()).pipe(Effect.flip)
@@ -166,7 +150,7 @@ describe("dead gateways (test layers)", () => {
       // Every other gateway answered and is healthy, none quarantined.
       const healthy = (yield* gateways).filter((g) => g.gatewayId !== head.gatewayId && g.gatewayId !== last.gatewayId)
       expect(healthy.every((g) => g.quarantinedUntil === null)).toBe(true)
-    }).pipe(Effect.provide(servicesWith(Array.from({ length: 10 }, (_, i) => `127.0.0.1:${9101 + i}`), { GATEWAY_HEALTH_BATCH: "2" }))))
+    }).pipe(Effect.provide(servicesWith(10, { GATEWAY_HEALTH_BATCH: "2" }))))
 
   it.effect("a draining gateway keeps its org and is not handed out again; active again, it is", () =>
     Effect.gen(function*() {

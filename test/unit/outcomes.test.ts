@@ -2,38 +2,18 @@
 // point is not the gateway's handshake, and a stop that gave up waiting for a start in progress
 // is not "no allocation". The ordering logic over the in-memory outside systems.
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Layer, Option, Ref, TestClock } from "effect"
+import { Effect, Fiber, Option, Ref } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
-import { makeServices } from "../../src/app.ts"
-import type { AllocationId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import type { AllocationId, OrganizationId } from "../../src/domain/ids.ts"
+import { undoOrder } from "../../src/domain/steps.ts"
 import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
-import { GatewayStore } from "../../src/pool/GatewayStore.ts"
-import { configFrom } from "../support/stack.ts"
-import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+import { calls, setFault, TestWorld } from "../support/TestLayers.ts"
+import { advance, backgroundOff, testServices } from "../support/testServices.ts"
 
-const STEP_TIMEOUT_MS = 1000
-const UNDO_TIMEOUT_MS = 500
-
-const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayStore, (pool) =>
-    Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
-).pipe(
-  Layer.provideMerge(makeServices(OutsideTest)),
-  Layer.provide(configFrom({
-    STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
-    UNDO_TIMEOUT_MS: String(UNDO_TIMEOUT_MS),
-    START_ATTEMPTS: "3",
-    GATEWAY_HEALTH_INTERVAL_MS: "3600000",
-    RECONCILE_INTERVAL_MS: "3600000"
-  }))
-)
+const TestServices = testServices({ env: { START_ATTEMPTS: "3", ...backgroundOff } })
 
 const newOrg = () => randomUUID() as OrganizationId
-
-const advance = (totalMs: number) =>
-  Effect.forEach(Array.from({ length: Math.ceil(totalMs / 1000) }), () =>
-    TestClock.adjust(Duration.seconds(1)).pipe(Effect.zipRight(Effect.yieldNow())), { discard: true })
 
 describe("failures that are no step's (test layers)", () => {
   it.effect("Postgres fails at the commit point: ActivationFailed (not the gateway's handshake), rolled back, no other gateway tried or set aside", () =>
@@ -47,7 +27,7 @@ describe("failures that are no step's (test layers)", () => {
       expect(error.error._tag).toBe("ActivationFailed")
       expect(error.step).toBeUndefined()
       expect(error.attempts).toHaveLength(1)
-      expect(error.rollback.map((o) => o.step)).toEqual(["nginx-reload", "nginx-config", "handshake", "dns", "allocate"])
+      expect(error.rollback.map((o) => o.step)).toEqual(undoOrder)
       expect((yield* calls).filter((c) => c === "pool.claim")).toHaveLength(1)
       expect((yield* Ref.get(world.gateways)).every((g) => g.quarantinedUntil === null && g.allocationId === null)).toBe(true)
     }).pipe(Effect.provide(TestServices)))
@@ -62,7 +42,7 @@ describe("failures that are no step's (test layers)", () => {
       expect(Option.map(yield* allocations.findLive(org), (a) => a.state)).toEqual(Option.some("starting"))
       const stop = yield* Effect.fork(allocator.stop(org).pipe(Effect.flip))
       // Past the stop's patience (a start's and a teardown's bounds).
-      yield* advance(60_000)
+      yield* advance(60_000, 1000)
       const error = yield* Fiber.join(stop)
       expect(error._tag).toBe("InTransition")
       expect(error.message).toMatch(/starting.*retry/)

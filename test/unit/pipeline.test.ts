@@ -1,48 +1,31 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Layer, Option, Ref, Scope, TestClock } from "effect"
+import { Cause, Effect, Exit, Fiber, Layer, Option, Ref, Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
-import { makeServices } from "../../src/app.ts"
 import { type Failure, startFailure } from "../support/failures.ts"
-import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
-import type { StepName } from "../../src/domain/steps.ts"
+import type { OrganizationId } from "../../src/domain/ids.ts"
+import { type StepName, undoOrder } from "../../src/domain/steps.ts"
 import { GatewayStore } from "../../src/pool/GatewayStore.ts"
-import { configFrom } from "../support/stack.ts"
-import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+import { expected, reportOf, stepsBefore, stepsThrough, undoOrderOf } from "../support/journal.ts"
+import { calls, setFault, TestWorld } from "../support/TestLayers.ts"
+import { advance, testServices, untilCalled } from "../support/testServices.ts"
 
 const STEP_TIMEOUT_MS = 1000
 const UNDO_TIMEOUT_MS = 500
 const SHUTDOWN_GRACE_MS = 300
 
 /** The allocator over in-memory outside systems with two gateways in the pool. */
-const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayStore, (pool) =>
-    Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
-).pipe(
-  Layer.provideMerge(makeServices(OutsideTest)),
-  Layer.provide(configFrom({
+const TestServices = testServices({
+  env: {
     STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
     UNDO_TIMEOUT_MS: String(UNDO_TIMEOUT_MS),
     SHUTDOWN_GRACE_MS: String(SHUTDOWN_GRACE_MS),
     // One gateway per start: the pipeline of one attempt (retries: test/unit/gateways.test.ts).
     START_ATTEMPTS: "1"
-  }))
-)
+  }
+})
 
 const newOrg = () => randomUUID() as OrganizationId
-
-
-/** Moves the TestClock in small increments so timeouts that start during a rollback fire too. */
-const advance = (totalMs: number) =>
-  Effect.forEach(Array.from({ length: Math.ceil(totalMs / 100) }), () =>
-    TestClock.adjust(Duration.millis(100)).pipe(Effect.zipRight(Effect.yieldNow())), { discard: true })
-
-/** Waits (in fiber yields, not time) until the outside call was made. */
-const untilCalled = (operation: string) =>
-  calls.pipe(
-    Effect.repeat({ until: (made) => made.includes(operation) }),
-    Effect.zipLeft(Effect.yieldNow())
-  )
 
 /** Nothing of the org is left anywhere, and the whole pool is free. */
 const expectNothingLeft = (org: OrganizationId) =>
@@ -55,8 +38,7 @@ const expectNothingLeft = (org: OrganizationId) =>
     expect(stats).toMatchObject({ total: 2, free: 2, allocated: 0 })
   })
 
-const reportSteps = (error: Failure) =>
-  error._tag === "NoGatewayAvailable" ? [] : error.rollback.map((outcome) => [outcome.step, outcome.status])
+const reportSteps = (error: Failure) => error._tag === "NoGatewayAvailable" ? [] : reportOf(error.rollback)
 
 describe("allocation pipeline (test layers)", () => {
   it.effect("success: all five steps run in order and no undo runs", () =>
@@ -73,7 +55,7 @@ describe("allocation pipeline (test layers)", () => {
         "dns.upsert",
         "nginx.writeRoute",
         "nginx.reload",
-        "nginx.awaitRoute",
+        "nginx.awaitServed",
         "handshake.awaitHealthy",
         "handshake.handshake",
         "pool.transition",
@@ -89,34 +71,27 @@ describe("allocation pipeline (test layers)", () => {
       expect(again).toEqual({ ...started, reused: true })
     }).pipe(Effect.provide(TestServices)))
 
-  const failures: ReadonlyArray<{
-    readonly step: StepName
-    readonly fault: string
-    readonly undone: ReadonlyArray<StepName>
-  }> = [
-    { step: "allocate", fault: "pool.claim", undone: [] },
-    { step: "dns", fault: "dns.upsert", undone: ["allocate"] },
-    { step: "nginx-config", fault: "nginx.writeRoute", undone: ["dns", "allocate"] },
-    { step: "nginx-reload", fault: "nginx.reload", undone: ["nginx-config", "dns", "allocate"] },
-    { step: "handshake", fault: "handshake.handshake", undone: ["nginx-reload", "nginx-config", "dns", "allocate"] }
+  // A refused step changed nothing: exactly the steps before it are undone.
+  const failures: ReadonlyArray<{ readonly step: StepName; readonly fault: string }> = [
+    { step: "allocate", fault: "pool.claim" },
+    { step: "dns", fault: "dns.upsert" },
+    { step: "nginx-config", fault: "nginx.writeRoute" },
+    { step: "nginx-reload", fault: "nginx.reload" },
+    { step: "handshake", fault: "handshake.handshake" }
   ]
 
   it.effect("a failure after the reload was signalled (the probe fails) is undone too: nginx may still load the route", () =>
     Effect.gen(function*() {
-      yield* setFault("nginx.awaitRoute", "fail")
+      yield* setFault("nginx.awaitServed", "fail")
       const org = newOrg()
       const error = yield* startFailure(org)
       expect(error._tag === "StepFailed" && error.step).toBe("nginx-reload")
-      expect(reportSteps(error)).toEqual([
-        ["nginx-reload", "done"],
-        ["nginx-config", "done"],
-        ["dns", "done"],
-        ["allocate", "done"]
-      ])
+      expect(reportSteps(error)).toEqual(expected.rollback(undoOrderOf(stepsThrough("nginx-reload"))))
       yield* expectNothingLeft(org)
     }).pipe(Effect.provide(TestServices)))
 
-  for (const { fault, step, undone } of failures) {
+  for (const { fault, step } of failures) {
+    const undone = undoOrderOf(stepsBefore(step))
     it.effect(`failure at ${step}: exactly the completed steps are undone, in reverse order`, () =>
       Effect.gen(function*() {
         yield* setFault(fault, "fail")
@@ -127,7 +102,7 @@ describe("allocation pipeline (test layers)", () => {
         expect(error.step).toBe(step)
         expect(error.reason).toMatch(/injected|HTTP 500/)
         expect(error.allocationId === undefined).toBe(step === "allocate")
-        expect(reportSteps(error)).toEqual(undone.map((s) => [s, "done"]))
+        expect(reportSteps(error)).toEqual(expected.rollback(undone))
         yield* expectNothingLeft(org)
         const world = yield* TestWorld
         const journal = yield* Ref.get(world.journal)
@@ -164,12 +139,9 @@ describe("allocation pipeline (test layers)", () => {
       expect(error._tag).toBe("StepFailed")
       if (error._tag !== "StepFailed") return
       expect(error.step).toBe("handshake")
-      expect(reportSteps(error)).toEqual([
-        ["nginx-reload", "done"],
-        ["nginx-config", "done"],
-        ["dns", "failed"],
-        ["allocate", "timed_out"]
-      ])
+      expect(reportSteps(error)).toEqual(
+        expected.rollback(undoOrderOf(stepsBefore("handshake")), { dns: "failed", allocate: "timed_out" })
+      )
       const world = yield* TestWorld
       expect([...(yield* Ref.get(world.served)).keys()]).not.toContain(org)
       const journal = yield* Ref.get(world.journal)
@@ -192,13 +164,7 @@ describe("allocation pipeline (test layers)", () => {
       expect(error.step).toBe("handshake")
       expect(error.timeoutMs).toBe(STEP_TIMEOUT_MS)
       // A timed-out handshake may have reached the gateway: it is released once routing is gone.
-      expect(reportSteps(error)).toEqual([
-        ["nginx-reload", "done"],
-        ["nginx-config", "done"],
-        ["handshake", "done"],
-        ["dns", "done"],
-        ["allocate", "done"]
-      ])
+      expect(reportSteps(error)).toEqual(expected.rollback(undoOrder))
       yield* expectNothingLeft(org)
     }).pipe(Effect.provide(TestServices)))
 
@@ -211,7 +177,7 @@ describe("allocation pipeline (test layers)", () => {
       if (error._tag !== "StepFailed") return
       expect(error.step).toBe("nginx-config")
       expect(error.reason).toMatch(/defect: injected defect/)
-      expect(reportSteps(error)).toEqual([["nginx-config", "done"], ["dns", "done"], ["allocate", "done"]])
+      expect(reportSteps(error)).toEqual(expected.rollback(undoOrderOf(stepsThrough("nginx-config"))))
       yield* expectNothingLeft(org)
     }).pipe(Effect.provide(TestServices)))
 
@@ -225,13 +191,7 @@ describe("allocation pipeline (test layers)", () => {
       yield* setFault("nginx.reload", "fail")
       yield* advance(STEP_TIMEOUT_MS + 200)
       const error = yield* Fiber.join(fiber)
-      expect(reportSteps(error)).toEqual([
-        ["nginx-reload", "failed"],
-        ["nginx-config", "done"],
-        ["handshake", "done"],
-        ["dns", "done"],
-        ["allocate", "failed"]
-      ])
+      expect(reportSteps(error)).toEqual(expected.rollback(undoOrder, { "nginx-reload": "failed", allocate: "failed" }))
       const stats = yield* Effect.flatMap(GatewayStore, (pool) => pool.stats())
       expect(stats.allocated).toBe(1)
       const world = yield* TestWorld
@@ -263,7 +223,7 @@ describe("allocation pipeline (test layers)", () => {
       expect([...(yield* Ref.get(world.dnsRecords))]).toEqual([])
       expect((yield* Ref.get(world.gateways)).every((g) => g.allocationId === null)).toBe(true)
       const undone = (yield* Ref.get(world.journal)).filter((e) => e.event === "undone").map((e) => e.step)
-      expect(undone).toEqual(["nginx-reload", "nginx-config", "dns", "allocate"])
+      expect(undone).toEqual(undoOrderOf(stepsBefore("handshake")))
     }))
 
   it.effect("a caller that goes away does not abort the start; a retry finds it", () =>
@@ -307,7 +267,7 @@ describe("allocation pipeline (test layers)", () => {
         "pool.takeForStop",
         "nginx.removeRoute",
         "nginx.reload",
-        "nginx.awaitUnrouted",
+        "nginx.awaitWithdrawn",
         "nginx.removeRoute",
         "handshake.release",
         "dns.remove",

@@ -1,22 +1,16 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Ref } from "effect"
+import { Effect, Ref } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
 import { Reconciler } from "../../src/allocation/Reconciler.ts"
-import { makeServices } from "../../src/app.ts"
-import type { AllocationId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import type { AllocationId, OrganizationId } from "../../src/domain/ids.ts"
+import { undoOrder } from "../../src/domain/steps.ts"
 import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
 import { GatewayStore } from "../../src/pool/GatewayStore.ts"
-import { configFrom } from "../support/stack.ts"
-import { OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+import { setFault, TestWorld } from "../support/TestLayers.ts"
+import { testServices } from "../support/testServices.ts"
 
-const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayStore, (pool) =>
-    Effect.forEach(["gw-1", "gw-2"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
-).pipe(
-  Layer.provideMerge(makeServices(OutsideTest)),
-  Layer.provide(configFrom({ STEP_TIMEOUT_MS: "1000", UNDO_TIMEOUT_MS: "500" }))
-)
+const TestServices = testServices()
 
 const newOrg = () => randomUUID() as OrganizationId
 
@@ -51,13 +45,9 @@ describe("reconciler (test layers)", () => {
       expect((yield* Effect.flatMap(GatewayStore, (p) => p.stats())).free).toBe(2)
       expect((yield* Ref.get(world.allocations)).get(allocationId)?.state).toBe("rolled_back")
       const journal = (yield* Ref.get(world.journal)).filter((e) => e.allocationId === allocationId)
-      expect(journal.filter((e) => e.event === "undone").map((e) => [e.step, e.actor])).toEqual([
-        ["nginx-reload", "reconciler"],
-        ["nginx-config", "reconciler"],
-        ["handshake", "reconciler"],
-        ["dns", "reconciler"],
-        ["allocate", "reconciler"]
-      ])
+      expect(journal.filter((e) => e.event === "undone").map((e) => [e.step, e.actor])).toEqual(
+        undoOrder.map((step) => [step, "reconciler"])
+      )
       const notices = yield* Ref.get(world.notices)
       expect(notices.map((n) => n.kind)).toEqual(["reconciler_repair"])
       // A second pass finds nothing left to do.

@@ -2,41 +2,28 @@
 // in a teardown, when it is skipped, and the "unreleased" state a failed release leaves: the
 // gateway is free but never handed out until the health pass's retry succeeds.
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Layer, Option, Ref, TestClock } from "effect"
+import { Effect, Fiber, Option, Ref } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
-import { makeServices } from "../../src/app.ts"
-import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
+import type { OrganizationId } from "../../src/domain/ids.ts"
 import { undoOrder } from "../../src/domain/steps.ts"
 import { GatewayHealth } from "../../src/pool/GatewayHealth.ts"
 import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 import { startFailure } from "../support/failures.ts"
-import { configFrom } from "../support/stack.ts"
-import { calls, clearFaults, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+import { expected, reportOf, stepsBefore, undoOrderOf } from "../support/journal.ts"
+import { calls, clearFaults, setFault, TestWorld } from "../support/TestLayers.ts"
+import { advance, backgroundOff, testServices, testUpstreams } from "../support/testServices.ts"
 
 const STEP_TIMEOUT_MS = 1000
 const UNDO_TIMEOUT_MS = 500
-const UPSTREAMS = ["127.0.0.1:9001", "127.0.0.1:9002"]
+const UPSTREAMS = testUpstreams(2)
 
-const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayStore, (pool) =>
-    Effect.forEach(UPSTREAMS, (upstream, i) => pool.addGateway(`gw-${i + 1}` as GatewayName, upstream as Upstream)))
-).pipe(
-  Layer.provideMerge(makeServices(OutsideTest)),
-  Layer.provide(configFrom({
-    STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
-    UNDO_TIMEOUT_MS: String(UNDO_TIMEOUT_MS),
-    START_ATTEMPTS: "1",
-    GATEWAY_HEALTH_INTERVAL_MS: "3600000",
-    RECONCILE_INTERVAL_MS: "3600000"
-  }))
-)
+const TestServices = testServices({
+  gateways: UPSTREAMS.length,
+  env: { STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS), UNDO_TIMEOUT_MS: String(UNDO_TIMEOUT_MS), START_ATTEMPTS: "1", ...backgroundOff }
+})
 
 const newOrg = () => randomUUID() as OrganizationId
-
-const advance = (totalMs: number) =>
-  Effect.forEach(Array.from({ length: Math.ceil(totalMs / 100) }), () =>
-    TestClock.adjust(Duration.millis(100)).pipe(Effect.zipRight(Effect.yieldNow())), { discard: true })
 
 const stats = Effect.flatMap(GatewayStore, (pool) => pool.stats())
 const gatewayOf = (gatewayId: string) =>
@@ -57,7 +44,7 @@ describe("the gateway's release (test layers)", () => {
       expect(stopped.gatewayRelease).toBe("done")
       const made = yield* callsSince(before)
       // No new connection of the org can reach the gateway after the release: nginx no longer routes it.
-      expect(made.indexOf("handshake.release")).toBeGreaterThan(made.lastIndexOf("nginx.awaitUnrouted"))
+      expect(made.indexOf("handshake.release")).toBeGreaterThan(made.lastIndexOf("nginx.awaitWithdrawn"))
       expect(made.indexOf("handshake.release")).toBeLessThan(made.indexOf("dns.remove"))
       expect(made.indexOf("dns.remove")).toBeLessThan(made.indexOf("pool.release"))
       const world = yield* TestWorld
@@ -71,13 +58,7 @@ describe("the gateway's release (test layers)", () => {
       const fiber = yield* Effect.fork(startFailure(newOrg()))
       yield* advance(STEP_TIMEOUT_MS + 200)
       const error = yield* Fiber.join(fiber)
-      expect(error._tag !== "NoGatewayAvailable" && error.rollback.map((o) => `${o.step}:${o.status}`)).toEqual([
-        "nginx-reload:done",
-        "nginx-config:done",
-        "handshake:done",
-        "dns:done",
-        "allocate:done"
-      ])
+      expect(error._tag !== "NoGatewayAvailable" && reportOf(error.rollback)).toEqual(expected.rollback(undoOrder))
       expect(yield* calls).toContain("handshake.release")
     }).pipe(Effect.provide(TestServices)))
 
@@ -98,7 +79,7 @@ describe("the gateway's release (test layers)", () => {
     Effect.gen(function*() {
       yield* setFault("handshake.handshake", "fail")
       const error = yield* startFailure(newOrg())
-      expect(error._tag !== "NoGatewayAvailable" && error.rollback.map((o) => o.step)).toEqual(["nginx-reload", "nginx-config", "dns", "allocate"])
+      expect(error._tag !== "NoGatewayAvailable" && error.rollback.map((o) => o.step)).toEqual(undoOrderOf(stepsBefore("handshake")))
       expect(yield* calls).not.toContain("handshake.release")
     }).pipe(Effect.provide(TestServices)))
 

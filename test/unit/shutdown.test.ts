@@ -1,40 +1,26 @@
 // Shutdown over the in-memory outside systems: after the signal no gateway is claimed and no new
 // attempt begins; a start in flight keeps its grace period, and its caller gets an answer.
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Layer, Option, Ref, Scope, TestClock } from "effect"
+import { Cause, Effect, Exit, Fiber, Layer, Option, Ref, Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import { Allocator } from "../../src/allocation/Allocator.ts"
-import { makeServices } from "../../src/app.ts"
-import type { GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
-import { GatewayStore } from "../../src/pool/GatewayStore.ts"
-import { configFrom } from "../support/stack.ts"
-import { calls, OutsideTest, setFault, TestWorld } from "../support/TestLayers.ts"
+import type { OrganizationId } from "../../src/domain/ids.ts"
+import { calls, setFault, TestWorld } from "../support/TestLayers.ts"
+import { advance, backgroundOff, testServices, untilCalled } from "../support/testServices.ts"
 
 const STEP_TIMEOUT_MS = 1000
 const SHUTDOWN_GRACE_MS = 3000
 
-const TestServices = Layer.effectDiscard(
-  Effect.flatMap(GatewayStore, (pool) =>
-    Effect.forEach(["gw-1", "gw-2", "gw-3"], (name, i) => pool.addGateway(name as GatewayName, `127.0.0.1:${9001 + i}` as Upstream)))
-).pipe(
-  Layer.provideMerge(makeServices(OutsideTest)),
-  Layer.provide(configFrom({
+const TestServices = testServices({
+  gateways: 3,
+  env: {
     STEP_TIMEOUT_MS: String(STEP_TIMEOUT_MS),
-    UNDO_TIMEOUT_MS: "500",
     SHUTDOWN_GRACE_MS: String(SHUTDOWN_GRACE_MS),
     START_ATTEMPTS: "3",
     GATEWAY_QUARANTINE_MS: "1",
-    GATEWAY_HEALTH_INTERVAL_MS: "3600000",
-    RECONCILE_INTERVAL_MS: "3600000"
-  }))
-)
-
-const advance = (totalMs: number) =>
-  Effect.forEach(Array.from({ length: Math.ceil(totalMs / 100) }), () =>
-    TestClock.adjust(Duration.millis(100)).pipe(Effect.zipRight(Effect.yieldNow())), { discard: true })
-
-const untilCalled = (operation: string) =>
-  calls.pipe(Effect.repeat({ until: (made) => made.includes(operation) }), Effect.zipLeft(Effect.yieldNow()))
+    ...backgroundOff
+  }
+})
 
 const failureTag = <A, E extends { readonly _tag: string }>(exit: Exit.Exit<A, E>) =>
   Exit.isFailure(exit) ? Option.getOrNull(Option.map(Cause.failureOption(exit.cause), (e) => e._tag)) : null
