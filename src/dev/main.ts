@@ -1,15 +1,18 @@
 import { FileSystem } from "@effect/platform"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Config, ConfigProvider, Console, Effect, Layer, Option, Redacted } from "effect"
+import { SqlClient } from "@effect/sql"
+import { Config, ConfigProvider, Console, Effect, Layer, Option, Redacted, Schema } from "effect"
 import { ApiToken, DatabaseConfig, ListenConfig } from "../config.ts"
-import { randomBytes } from "node:crypto"
+import { randomBytes, randomUUID } from "node:crypto"
 import path from "node:path"
 import { AppLive, ServicesLive } from "../app.ts"
-import { GatewayName, Upstream } from "../domain/ids.ts"
+import { AllocationStore } from "../allocation/AllocationStore.ts"
+import { GatewayName, OrganizationId, Upstream } from "../domain/ids.ts"
 import { GatewayStore } from "../pool/GatewayStore.ts"
 import { LoggingLive } from "../telemetry/Logging.ts"
 import { TracingLive } from "../telemetry/Tracing.ts"
 import { type LocalStack, startLocalStack } from "./stack.ts"
+import { type ClaimOutlook, DEMO_ORG, welcome } from "./welcome.ts"
 
 /** A token kept under DATA_DIR, so curl lines keep working across restarts of the dev stack. */
 const devToken = (dataDir: string) =>
@@ -23,54 +26,43 @@ const devToken = (dataDir: string) =>
     return token
   })
 
-/** The sample gateways join the pool once; later runs find them by name. */
+/**
+ * The sample gateways join the pool once; later runs find them by name. Each run starts them
+ * afresh, so a quarantine (and its backoff) an earlier run gave one is stale: it is lifted, and
+ * the welcome's demos find every sample gateway free.
+ */
 const registerSampleGateways = (stack: LocalStack) =>
   Layer.effectDiscard(
     Effect.gen(function*() {
       const gateways = yield* GatewayStore
-      const known = new Set((yield* gateways.listGateways()).map((gateway) => gateway.name))
-      for (const gateway of stack.gateways) {
-        const name = GatewayName.make(gateway.name)
-        if (!known.has(name)) yield* gateways.addGateway(name, Upstream.make(gateway.upstream))
+      const known = new Map((yield* gateways.listGateways()).map((gateway) => [gateway.name, gateway]))
+      for (const sample of stack.gateways) {
+        const name = GatewayName.make(sample.name)
+        const gateway = known.get(name)
+        if (gateway === undefined) yield* gateways.addGateway(name, Upstream.make(sample.upstream))
+        else yield* gateways.markHealthy(gateway.gatewayId, true)
       }
     })
   )
 
-const welcome = (stack: LocalStack, port: number) => {
-  const api = `http://127.0.0.1:${port}`
-  const auth = `-H 'authorization: Bearer ${stack.apiToken}'`
-  const org = "3f1e2d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"
-  const randomUUIDForDemo = "7c0d5b8e-2f41-4c7a-9e36-5a1b2c3d4e5f"
-  return [
-    "",
-    "gateway-allocator dev stack is up",
-    `  API          ${api}   (token: ${stack.apiToken})`,
-    `  console      ${api}/console   (enter the token above)`,
-    stack.env.NGINX_ROUTING === "reload"
-      ? `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in ${stack.nginx.confDir}/routes)`
-      : `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in its shared memory; route API on 127.0.0.1:${stack.nginx.routeApiPort})`,
-    `  PowerDNS     ${stack.powerDns.apiUrl}   (DNS on 127.0.0.1:${stack.powerDns.dnsPort}, zone ${stack.powerDns.zone})`,
-    `  gateways     ${stack.gateways.map((g) => `${g.name}=${g.upstream}`).join("  ")}`,
-    "",
-    "Try:",
-    `  curl -s ${auth} ${api}/pool`,
-    `  curl -s ${auth} -H 'content-type: application/json' -d '{"organization_id":"${org}"}' ${api}/gateway/start`,
-    `  curl -s -H 'host: org-${org}.domain.local' http://127.0.0.1:${stack.nginx.listenPort}/hello`,
-    `  dig +short @127.0.0.1 -p ${stack.powerDns.dnsPort} org-${org}.domain.local`,
-    `  curl -s ${auth} -H 'content-type: application/json' -d '{"organization_id":"${org}"}' ${api}/gateway/stop`,
-    "A dead gateway (the first one refuses its handshake): a new org's start sets it aside and succeeds on another;",
-    "the pool shows it quarantined, and it comes back once it answers again:",
-    ...stack.gateways.slice(0, 1).map((g) => `  curl -s -d '{"handshake":"fail"}' http://${g.upstream}/__control`),
-    `  curl -s ${auth} -H 'content-type: application/json' -d '{"organization_id":"${randomUUIDForDemo}"}' ${api}/gateway/start`,
-    `  curl -s ${auth} ${api}/pool`,
-    "Force a failure (every sample gateway refuses the handshake), start, and watch every attempt roll back:",
-    ...stack.gateways.map((g) =>
-      `  curl -s -d '{"handshake":"fail"}' http://${g.upstream}/__control`
-    ),
-    `  curl -s ${auth} -H 'content-type: application/json' -d '{"organization_id":"${org}"}' ${api}/gateway/start`,
-    ""
-  ].join("\n")
-}
+const decodeNames = Schema.decodeUnknown(Schema.Array(Schema.Struct({ name: Schema.String })))
+
+/** What the welcome predicts from: the gateway DEMO_ORG holds, and the next free ones in claim order. */
+const claimOutlook = Effect.fn("DevStack.claimOutlook")(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const allocations = yield* AllocationStore
+  const gateways = yield* GatewayStore
+  const live = yield* allocations.findLive(OrganizationId.make(DEMO_ORG))
+  const pool = yield* gateways.listGateways()
+  // The claim's own view, so the prediction follows the claim (database/0009).
+  const next = yield* decodeNames(yield* sql`select c.name from gateways_claim_order c limit 3`)
+  const held = Option.flatMap(live, (allocation) =>
+    Option.fromNullable(pool.find((gateway) => gateway.gatewayId === allocation.gatewayId)))
+  return {
+    orgHolds: Option.match(held, { onNone: () => null, onSome: (gateway) => gateway.name }),
+    claimOrder: next.map((row) => row.name)
+  } satisfies ClaimOutlook
+})
 
 /**
  * `npm run dev`: embedded Postgres, a private nginx and PowerDNS, three sample gateways, and the
@@ -94,9 +86,13 @@ const DevLive = Layer.unwrapScoped(
       ConfigProvider.orElse(() => ConfigProvider.fromEnv()),
       ConfigProvider.orElse(() => ConfigProvider.fromMap(new Map([["LOG_FORMAT", "pretty"], ["HOST", "127.0.0.1"]])))
     )
-    // Logging and tracing wrap everything, so services built for the registration log alike.
-    return Layer.effectDiscard(Console.log(welcome(stack, port))).pipe(
-      Layer.provide(Layer.mergeAll(AppLive, registerSampleGateways(stack).pipe(Layer.provide(ServicesLive)))),
+    // A new second org each run: an earlier run's may still hold a gateway, and its start would be reused.
+    const secondOrg = randomUUID()
+    // Logging and tracing wrap everything, so services built for the registration log alike. The
+    // welcome reads the pool once the API listens and the sample gateways are registered.
+    const printWelcome = Effect.flatMap(claimOutlook(), (outlook) => Console.log(welcome(stack, port, outlook, secondOrg)))
+    return Layer.effectDiscard(printWelcome).pipe(
+      Layer.provide(Layer.mergeAll(AppLive, registerSampleGateways(stack)).pipe(Layer.provideMerge(ServicesLive))),
       Layer.provide(Layer.merge(LoggingLive, TracingLive)),
       Layer.provide(Layer.setConfigProvider(config))
     )
