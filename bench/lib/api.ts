@@ -1,7 +1,7 @@
 // The service's HTTP API (the README's API table), as the benchmark drives it.
 import { now } from "./stats.ts"
 
-export interface ApiAnswer<T = any> {
+export interface ApiAnswer<T = unknown> {
   readonly status: number
   readonly body: T
   readonly ms: number
@@ -16,6 +16,20 @@ export interface JournalEntry {
   readonly at: string
 }
 
+/** What the bench reads of a start's answer: the allocation on 200, the error's fields otherwise. */
+export interface StartBody {
+  readonly allocation_id?: string
+  readonly _tag?: string
+  readonly step?: string
+  readonly message?: string
+}
+
+export interface PoolView {
+  readonly total: number
+  readonly free: number
+  readonly allocated: number
+}
+
 export interface AllocationView {
   readonly allocation_id: string
   readonly state: string
@@ -27,7 +41,7 @@ export interface AllocationView {
 export class ApiClient {
   constructor(readonly baseUrl: string, readonly token: string) {}
 
-  async call<T = any>(method: string, path: string, body?: unknown, timeoutMs = 120_000): Promise<ApiAnswer<T>> {
+  async call<T = unknown>(method: string, path: string, body?: unknown, timeoutMs = 120_000): Promise<ApiAnswer<T>> {
     const start = now()
     const response = await fetch(`${this.baseUrl}${path}`, {
       method,
@@ -50,15 +64,19 @@ export class ApiClient {
   }
 
   start(organizationId: string) {
-    return this.call("POST", "/gateway/start", { organization_id: organizationId })
+    return this.call<StartBody>("POST", "/gateway/start", { organization_id: organizationId })
   }
 
   stop(organizationId: string) {
-    return this.call("POST", "/gateway/stop", { organization_id: organizationId })
+    return this.call<StartBody>("POST", "/gateway/stop", { organization_id: organizationId })
   }
 
   allocation(allocationId: string) {
     return this.call<AllocationView>("GET", `/allocations/${allocationId}`)
+  }
+
+  pool() {
+    return this.call<PoolView>("GET", "/pool")
   }
 
   addGateway(name: string, upstream: string) {

@@ -1,6 +1,6 @@
 // Direct calls to the outside systems, the way the service makes them, for the raw-cost figures:
-// nginx as a process (`-s reload`, `-t`), PowerDNS's HTTP API, the gateway protocol, and the
-// route probe through nginx on a fresh connection.
+// nginx as a process (`-s reload`, `-t`), PowerDNS's HTTP API, the gateway protocol (health,
+// handshake, release), and the route probe through nginx on a fresh connection.
 import { execFile } from "node:child_process"
 import { randomUUID } from "node:crypto"
 import { readFileSync } from "node:fs"
@@ -226,32 +226,36 @@ export const gatewayHealth = async (upstream: string): Promise<number> => {
   return now() - start
 }
 
+/**
+ * A handshake for a new allocation, timed, then its release, not timed: a gateway holds one
+ * allocation at a time and answers 409 to a handshake for another until it is released.
+ */
 export const gatewayHandshake = async (upstream: string): Promise<number> => {
+  const ids = { organization_id: randomUUID(), gateway_id: randomUUID(), allocation_id: randomUUID() }
   const start = now()
   const response = await fetch(`http://${upstream}/collab/start`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({
-      organization_id: randomUUID(),
-      gateway_id: randomUUID(),
-      allocation_id: randomUUID(),
-      gateway_hostname: "bench.domain.local"
-    }),
+    body: JSON.stringify({ ...ids, gateway_hostname: "bench.domain.local" }),
     signal: AbortSignal.timeout(10_000)
   })
   await response.arrayBuffer()
   if (response.status !== 200) throw new Error(`handshake answered HTTP ${response.status}`)
-  return now() - start
+  const ms = now() - start
+  await gatewayRelease(upstream, ids)
+  return ms
 }
 
-/** Switches a sample gateway's behaviour through its HTTP control endpoint. */
-export const controlGateway = async (upstream: string, behaviour: Record<string, unknown>): Promise<void> => {
-  const response = await fetch(`http://${upstream}/__control`, {
+const gatewayRelease = async (
+  upstream: string,
+  ids: { readonly organization_id: string; readonly gateway_id: string; readonly allocation_id: string }
+): Promise<void> => {
+  const response = await fetch(`http://${upstream}/collab/stop`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify(behaviour),
+    body: JSON.stringify(ids),
     signal: AbortSignal.timeout(10_000)
   })
   await response.arrayBuffer()
-  if (response.status !== 200) throw new Error(`__control answered HTTP ${response.status}`)
+  if (response.status !== 200) throw new Error(`release answered HTTP ${response.status}`)
 }

@@ -1,0 +1,254 @@
+// The shape of bench/results/latest.json: what each measure returns and where the run puts it.
+// The report (report.ts, chart.ts, figures.ts) reads only this, so it can redraw an old file.
+import type { BystanderTally } from "./bystander.ts"
+import type { Summary } from "./stats.ts"
+
+/** How the server under measurement routes: NGINX_ROUTING=lua, or reload with NGINX_RELOAD_MODE. */
+export type ServerMode = "lua" | "coalesce" | "each"
+
+export interface RawFigures {
+  readonly routes: number
+  readonly reload: Summary
+  readonly nginxTest: Summary
+  readonly pdnsPatch: Summary
+  readonly probe: Summary
+  readonly health?: Summary
+  readonly handshake?: Summary
+  readonly pdnsPatchBurst?: { requests: number; concurrency: number; failed: number; ms: number }
+  /** nginx -s reload, then the probe until nginx answers the new entry and no older worker still accepts. */
+  readonly reloadToFirstAnswer: Summary
+  readonly reloadToLive: Summary
+  readonly cpuSecondsDuring: Record<string, number>
+}
+
+export interface LuaRawFigures {
+  readonly pdnsPatch: Summary
+  readonly routePut: Summary
+  readonly routeDelete: Summary
+  readonly probe: Summary
+  readonly health: Summary
+  readonly handshake: Summary
+}
+
+export interface Breakdown {
+  /** Medians of the journal's duration_ms per forward step, and the rest of the client-seen time. */
+  readonly dns: number
+  readonly nginxConfig: number
+  readonly nginxReload: number
+  readonly handshake: number
+  readonly rest: number
+}
+
+export interface LatencyFigures {
+  readonly routes: number
+  readonly concurrency: 1
+  readonly mode: ServerMode
+  readonly latency: Summary
+  readonly stop: Summary
+  readonly breakdown: Breakdown
+  readonly errors: number
+  /** CPU milliseconds per start-and-stop pair, by component. */
+  readonly cpuPerStartAndStopMs: Record<string, number>
+}
+
+/** A c=1 start set against the sum of the p50s of the outside calls one start makes. */
+export interface StartVsRawSum {
+  readonly rawSumMs: number
+  readonly rawComponents: Record<string, number>
+  readonly ratio: number
+}
+
+/** Reload mode's c=1 start: also against p99s, and with "reload → served" in place of the bare reload. */
+export interface ReloadStartVsRawSum extends StartVsRawSum {
+  readonly ratioP99: number
+  readonly rawSumServedMs: number
+  readonly ratioToServed: number
+}
+
+export interface ThroughputFigures {
+  readonly mode: ServerMode
+  readonly concurrency: number
+  /** "stubbed": the benchmark's proxy answered the PowerDNS writes itself (nginx-only figure). */
+  readonly dns: "powerdns" | "stubbed"
+  readonly routes: number
+  readonly starts: number
+  readonly errors: number
+  readonly elapsedMs: number
+  readonly startsPerSecond: number
+  readonly latency: Summary
+  /** nginx reconfigurations during the case (the master's ": reconfiguring" log lines). */
+  readonly reloads: number
+  /** SIGHUPs nginx received during the case: `nginx -s reload` runs. */
+  readonly reloadSignals: number
+  readonly startsPerReload: number
+  /** CPU seconds per component during the case, and the share of all cores it kept busy. */
+  readonly cpuSeconds: Record<string, number>
+  readonly cpuBusy: number
+  /** Journal step medians over every 8th start of the case. */
+  readonly breakdown: Breakdown
+}
+
+export interface FillFigures {
+  /** The server's mode (absent in files written before it was recorded). */
+  readonly mode?: ServerMode
+  readonly from: number
+  readonly target: number
+  readonly reached: number
+  readonly concurrency: number
+  readonly ms: number
+  readonly startsPerSecond: number
+  readonly errors: number
+  readonly gaveUp: boolean
+  readonly cpuSeconds: Record<string, number>
+  /** Set when the rest was created directly (SQL, route files or table, PowerDNS) to stay in the time budget. */
+  readonly synthetic?: { readonly count: number; readonly ms: number }
+}
+
+export interface RollbackFigures {
+  readonly routes: number
+  readonly n: number
+  /** Journal: last undo event `at` minus the handshake `failed` event `at`. */
+  readonly journal: Summary
+  /** Sum of the undos' own duration_ms (rollback report). */
+  readonly undoSum: Summary
+  /** The failing start's 502 answer, seen by the client. */
+  readonly response: Summary
+  /** Median duration_ms of the nginx-reload undo (remove + reload + probe until gone). */
+  readonly unrouteUndo: number
+  readonly reloadP50: number
+  readonly ratioToReload: number
+}
+
+export interface PropagationFigures {
+  readonly trials: number
+  readonly connectionsPerTrial: number
+  /** ms from the write's answer until every worker served the new route. */
+  readonly put: Summary
+  /** ms from the removal's answer until no worker served the route. */
+  readonly remove: Summary
+  /** Answers that still showed the old state after the change had returned (must be 0). */
+  readonly staleAnswers: number
+  /** Distinct workers seen answering, over all trials. */
+  readonly workersSeen: number
+  readonly routeApiPut: Summary
+  readonly routeApiDelete: Summary
+}
+
+export interface LuaFigures {
+  readonly raw: LuaRawFigures
+  readonly startC1?: LatencyFigures & StartVsRawSum
+  /** The failing start's 502 against a successful start, both p50 at c=1. */
+  readonly rollback?: RollbackFigures & { readonly startP50: number; readonly ratioToStart: number }
+  readonly propagation?: PropagationFigures
+  /** nginx restarted with this many active allocations: the next server's start-up, which pushes them all. */
+  readonly restore?: RouteRefillFigures
+}
+
+export interface RouteRefillFigures {
+  readonly routes: number
+  readonly startupMs: number
+}
+
+export type KeptAliveFigures = { readonly mode: ServerMode; readonly operations: number } & BystanderTally
+
+export interface StartupFigures {
+  readonly mode: string
+  /** How the server was started: `node` with the start script's arguments, or `npm start` itself. */
+  readonly via?: "node" | "npm start"
+  /** Spawn to the first /healthz 200. */
+  readonly ms: number
+  readonly idleRssMiB: number
+  /** SIGTERM to exit. */
+  shutdownMs?: number
+}
+
+export interface MemoryFigures {
+  readonly routes: number
+  readonly serverPeakRssMiB: number
+  readonly serverRssMiB: number
+  readonly serverIdleRssMiB: number | undefined
+  readonly nginxRssMiB: number
+  /** Peak of the coalesce server (the first reload server, ~1,000 routes, after its c=64 cases). */
+  readonly serverAPeakRssMiB: number
+}
+
+export interface MemoryPoint {
+  readonly phase: string
+  readonly server: number
+  readonly routes: number
+  readonly rssMiB: number
+  readonly hwmMiB: number
+}
+
+export interface ConsistencyFigures {
+  readonly activeByBench: number
+  readonly poolAllocated: number
+  readonly poolFree: number
+  readonly poolTotal: number
+  readonly freePlusAllocatedIsTotal: boolean
+  readonly allocatedMatchesBench: boolean
+}
+
+export interface PoolSetup {
+  readonly viaApi: number
+  readonly apiLatency: Summary
+  readonly viaSql: number
+  readonly sqlMs: number
+  readonly total: number
+  readonly free: number
+}
+
+export interface Setup {
+  stackStartMs?: number
+  pool?: PoolSetup
+  serverStartups?: ReadonlyArray<StartupFigures>
+  pdnsProxy?: Record<string, number>
+  /** Over the whole run; "other" is CPU used by processes that are not part of the benchmark. */
+  cpuSecondsWholeRun?: Record<string, number>
+}
+
+/**
+ * One figure of the report: a name, a unit, its value, and its target with whether it is met
+ * (targets.ts). `id` is stable across runs; `name` may carry the run's own numbers.
+ */
+export interface Figure {
+  readonly id: string
+  readonly name: string
+  readonly unit: string
+  readonly value: number
+  readonly target?: { readonly comparison: "<=" | ">="; readonly limit: number; readonly why: string }
+  readonly met?: boolean
+  readonly note?: string
+}
+
+export interface Results {
+  complete: boolean
+  error?: string
+  startedAt: string
+  finishedAt?: string
+  durationSeconds?: number
+  machine: Record<string, unknown>
+  project: Record<string, unknown>
+  settings: Record<string, unknown>
+  setup: Setup
+  raw?: RawFigures
+  rawByRoutes: Array<RawFigures>
+  startC1?: LatencyFigures & ReloadStartVsRawSum
+  throughput: Array<ThroughputFigures>
+  throughputRatio: Record<string, number>
+  latencyByRoutes: Array<LatencyFigures>
+  fills: Array<FillFigures>
+  rollback: Array<RollbackFigures>
+  memory?: MemoryFigures
+  /** NGINX_ROUTING=lua: raw calls, c=1 start, rollback, propagation to every worker, restore after a restart. */
+  lua?: LuaFigures
+  /** A bystander org's kept-alive connections while other orgs start and stop, per mode. */
+  keptAlive: Array<KeptAliveFigures>
+  /** The server's RSS after each phase. */
+  memoryTimeline?: Array<MemoryPoint>
+  /** Failed calls by phase, status and message, with counts. */
+  errors?: Record<string, number>
+  consistency?: ConsistencyFigures
+  /** The headline figures with their targets (figures.ts); recomputed by the report from the rest. */
+  figures: Array<Figure>
+}
