@@ -215,6 +215,138 @@ export interface Operations {
       503: Schemas["ServiceUnavailable"]
     }
   }
+  /** POST /edges: Register a remote nginx edge (`http://{IP}:{port}` addresses); then install GET /edges/{edge_id}/config on it */
+  "edges.add": {
+    request: {
+      name: string
+      route_api_url: string
+      probe_url: string
+    }
+    responses: {
+      /** The edge: `unreachable` until a replica reaches it, `behind` until one has filled its table */
+      201: {
+        edge_id: Schemas["Lowercase"]
+        name: string
+        route_api_url: string
+        probe_url: string
+        local: boolean
+        state: "ready" | "behind" | "unreachable" | "draining"
+        boot_id: string | null
+        acked_generation: number
+        acked_at: string | null
+        last_seen: string | null
+        last_error: string | null
+        route_count: number
+        held_gateways: number
+      }
+      /** The request did not match the expected schema */
+      400: Schemas["HttpApiDecodeError"]
+      /** Missing or wrong bearer token */
+      401: Schemas["Unauthorized"]
+      /** An edge with this name or route API address exists, or NGINX_ROUTING=reload (it keeps its one local edge) */
+      409: Schemas["Conflict"]
+      /** The database did not answer */
+      503: Schemas["ServiceUnavailable"]
+    }
+  }
+  /** GET /edges/{edge_id}/config: The nginx file a remote edge installs (include it in its `http` block) */
+  "edges.config": {
+    responses: {
+      /** The edge's http-context nginx file, its secret included (`Cache-Control: no-store`) */
+      200: string
+      /** The request did not match the expected schema */
+      400: Schemas["HttpApiDecodeError"]
+      /** Missing or wrong bearer token */
+      401: Schemas["Unauthorized"]
+      /** No edge with this id */
+      404: Schemas["NotFound"]
+      /** The local edge: the service writes its file into NGINX_CONF_DIR */
+      409: Schemas["Conflict"]
+      /** The database did not answer */
+      503: Schemas["ServiceUnavailable"]
+    }
+  }
+  /** GET /edges: The nginx edges: each one's status, what it acknowledged, the gateways it holds */
+  "edges.list": {
+    responses: {
+      /** Every edge, the local one first */
+      200: {
+        edges: Array<{
+          edge_id: Schemas["Lowercase"]
+          name: string
+          route_api_url: string
+          probe_url: string
+          local: boolean
+          state: "ready" | "behind" | "unreachable" | "draining"
+          boot_id: string | null
+          acked_generation: number
+          acked_at: string | null
+          last_seen: string | null
+          last_error: string | null
+          route_count: number
+          held_gateways: number
+        }>
+      }
+      /** The request did not match the expected schema */
+      400: Schemas["HttpApiDecodeError"]
+      /** Missing or wrong bearer token */
+      401: Schemas["Unauthorized"]
+      /** The database did not answer */
+      503: Schemas["ServiceUnavailable"]
+    }
+  }
+  /** DELETE /edges/{edge_id}: Remove a remote edge (say it no longer serves anyone): the gateways it held return to the pool */
+  "edges.remove": {
+    responses: {
+      /** The edge is no longer in the registry; the gateways it held return to the pool */
+      200: {
+        edge_id: Schemas["Lowercase"]
+        removals_dropped: number
+      }
+      /** The request did not match the expected schema */
+      400: Schemas["HttpApiDecodeError"]
+      /** Missing or wrong bearer token */
+      401: Schemas["Unauthorized"]
+      /** No edge with this id */
+      404: Schemas["NotFound"]
+      /** The local edge: it registers itself at every start-up */
+      409: Schemas["Conflict"]
+      /** The database did not answer */
+      503: Schemas["ServiceUnavailable"]
+    }
+  }
+  /** PATCH /edges/{edge_id}: Drain an edge (`draining`: its readiness answers 503, so a load balancer takes it out; its routes are kept up to date) or make it `active` again */
+  "edges.setState": {
+    request: {
+      state: "active" | "draining"
+    }
+    responses: {
+      /** The edge with its new state */
+      200: {
+        edge_id: Schemas["Lowercase"]
+        name: string
+        route_api_url: string
+        probe_url: string
+        local: boolean
+        state: "ready" | "behind" | "unreachable" | "draining"
+        boot_id: string | null
+        acked_generation: number
+        acked_at: string | null
+        last_seen: string | null
+        last_error: string | null
+        route_count: number
+        held_gateways: number
+      }
+      /** The request did not match the expected schema */
+      400: Schemas["HttpApiDecodeError"]
+      /** Missing or wrong bearer token */
+      401: Schemas["Unauthorized"]
+      /** No edge with this id */
+      404: Schemas["NotFound"]
+      /** The database did not answer */
+      503: Schemas["ServiceUnavailable"]
+    }
+  }
   /** POST /gateway/start: Start the org's gateway (or return the one it has) */
   "gateway.start": {
     request: {
@@ -346,10 +478,10 @@ export interface Operations {
       503: Schemas["ServiceUnavailable"]
     }
   }
-  /** GET /pool: Pool counts (total, free, allocated, available, quarantined, draining) and every gateway */
+  /** GET /pool: Pool counts (total, free, allocated, available, quarantined, draining, unreleased, held) and every gateway */
   "pool.get": {
     responses: {
-      /** free + allocated = total; available <= free (not quarantined, not draining, no release pending) */
+      /** free + allocated = total; available <= free (not quarantined, not draining, no release pending, not held by an edge) */
       200: {
         total: number
         free: number
@@ -358,6 +490,7 @@ export interface Operations {
         quarantined: number
         draining: number
         unreleased: number
+        held: number
         gateways: Array<{
           gateway_id: Schemas["Lowercase"]
           name: string
@@ -368,6 +501,7 @@ export interface Operations {
           unreleased_allocation_id: Schemas["Lowercase"] | null
           quarantined_until: string | null
           last_failure: string | null
+          held_by_edges: string[]
         }>
       }
       /** The request did not match the expected schema */
@@ -415,6 +549,7 @@ export interface Operations {
         unreleased_allocation_id: Schemas["Lowercase"] | null
         quarantined_until: string | null
         last_failure: string | null
+        held_by_edges: string[]
       }
       /** The request did not match the expected schema */
       400: Schemas["HttpApiDecodeError"]

@@ -17,14 +17,15 @@
 /**
  * @typedef {ResponseBody<"pool.get", 200>} Pool
  * @typedef {Pool["gateways"][number]} PoolGateway
+ * @typedef {ResponseBody<"edges.list", 200>["edges"][number]} Edge
  * @typedef {ResponseBody<"allocations.get", 200>} Allocation
  * @typedef {Allocation["steps"][number]} JournalEntry
  * @typedef {Allocation["rollback"][number]} UndoOutcome
  * @typedef {ResponseBody<"health.readyz", 503>["not_ready"][number]} NotReadyDependency
  * What the page shows as not ready: what /readyz names, or the service itself when /readyz is unreadable.
  * @typedef {Omit<NotReadyDependency, "dependency"> & { dependency: NotReadyDependency["dependency"] | "service" }} NotReady
- * @typedef {{ pool: Pool, live: Allocation[], finished: Allocation[], rolledBack: Allocation[], repairs: Map<string, number>,
- *   notReady: NotReady[] }} Snapshot
+ * @typedef {{ pool: Pool, edges: Edge[], live: Allocation[], finished: Allocation[], rolledBack: Allocation[],
+ *   repairs: Map<string, number>, notReady: NotReady[] }} Snapshot
  */
 
 const TOKEN_KEY = "gateway-allocator.token"
@@ -241,8 +242,9 @@ async function load() {
   const merged = async (loading) =>
     (await Promise.all(loading)).flatMap((answer) => answer.allocations).sort((a, b) => b.created_at.localeCompare(a.created_at))
   const finalStates = filter.state === "" ? FINAL_STATES : FINAL_STATES.filter((state) => state === filter.state)
-  const [pool, live, finished, rolledBack, repairs, notReady] = await Promise.all([
+  const [pool, edges, live, finished, rolledBack, repairs, notReady] = await Promise.all([
     /** @type {Promise<Pool>} */ (api("GET", "/pool")),
+    /** @type {Promise<ResponseBody<"edges.list", 200>>} */ (api("GET", "/edges")),
     // Every live allocation (the pool shows whom each gateway serves); the filters apply on display.
     merged(LIVE_STATES.map((state) => list(allocationsPath({ state, limit: 500 })))),
     merged(finalStates.map((state) => list(allocationsPath({ state, organization_id: filter.organization_id, limit: RECENT })))),
@@ -250,7 +252,7 @@ async function load() {
     repairCounts().catch(() => /** @type {Map<string, number>} */ (new Map())),
     readiness().catch(() => /** @type {NotReady[]} */ ([]))
   ])
-  return { pool, live, finished: finished.slice(0, RECENT), rolledBack, repairs, notReady }
+  return { pool, edges: edges.edges, live, finished: finished.slice(0, RECENT), rolledBack, repairs, notReady }
 }
 
 /** Bumped at every sign-in and sign-out: a refresh still loading from an earlier session renders nothing. */
@@ -311,8 +313,8 @@ function render() {
       : [h("strong", {}, "Not ready: "),
         ...snapshot.notReady.map((item) => h("span", { "data-dependency": item.dependency }, `${item.dependency} (since ${time(item.since)}: ${item.reason}) `))])
 
-  renderInto($("#pool-counts", HTMLElement), [pool.total, pool.free, pool.allocated, pool.available, pool.quarantined, pool.draining, pool.unreleased], () =>
-    ["total", "free", "allocated", "available", "quarantined", "draining", "unreleased"].flatMap((name) => [
+  renderInto($("#pool-counts", HTMLElement), [pool.total, pool.free, pool.allocated, pool.available, pool.quarantined, pool.draining, pool.unreleased, pool.held], () =>
+    ["total", "free", "allocated", "available", "quarantined", "draining", "unreleased", "held"].flatMap((name) => [
       h("div", { "data-count": name }, h("dt", {}, name), h("dd", {}, String(pool[/** @type {keyof Pool} */ (name)])))
     ]))
 
@@ -324,7 +326,8 @@ function render() {
         return h("tr", { "data-gateway": gateway.name, class: quarantined ? "quarantined" : undefined },
           h("td", {}, gateway.name),
           h("td", { class: "mono" }, gateway.upstream),
-          h("td", {}, stateBadge(gateway.state)),
+          // Held: an edge may still route its last org to it (it owes that removal), so it is not handed out.
+          h("td", {}, stateBadge(gateway.state), ...gateway.held_by_edges.map((edge) => badge(`held by edge ${edge}`, "warn"))),
           // unreleased: its release failed, so it may still hold an org's connections: not handed out.
           h("td", {}, badge(gateway.health, gateway.health === "healthy" ? "ok" : gateway.health === "unknown" ? "muted" : "bad")),
           h("td", { class: "mono" }, allocation === undefined
@@ -338,6 +341,8 @@ function render() {
               : actionButton("Undrain", "undrain", gateway.gateway_id),
             gateway.allocation_id === null ? actionButton("Remove", "remove", gateway.gateway_id, "Confirm remove") : null))
       }), "No gateway in the pool."))
+
+  renderEdges(snapshot.edges)
 
   const shownLive = live.filter((allocation) =>
     (filter.state === "" || allocation.state === filter.state) &&
@@ -370,6 +375,26 @@ function render() {
 
   renderRollbacks(snapshot, gatewayName)
   renderDetail(gatewayName)
+}
+
+/** @type {Record<Edge["state"], string>} */
+const EDGE_STATUS = { ready: "ok", behind: "warn", unreachable: "bad", draining: "muted" }
+
+/** Every edge: its status, what it last told a replica, the gateways it holds. @param {Edge[]} edges */
+function renderEdges(edges) {
+  renderInto($("#edge-list", HTMLElement), edges, () =>
+    table(["Name", "Status", "Boot", "Last seen", "Routes", "Held gateways", "Last error"], edges.map((edge) =>
+      h("tr", { "data-edge": edge.name },
+        h("td", {}, edge.name, edge.local ? " " : null, edge.local ? badge("local", "info") : null,
+          h("small", { class: "mono" }, edge.route_api_url)),
+        h("td", {}, badge(edge.state, EDGE_STATUS[edge.state])),
+        h("td", { class: "mono", title: edge.boot_id ?? undefined }, edge.boot_id === null ? "-" : edge.boot_id.slice(0, 8)),
+        h("td", {}, edge.last_seen === null ? "never" : time(edge.last_seen)),
+        h("td", {}, String(edge.route_count)),
+        // It owes their last org's removal: none of them is handed out until it has acknowledged it.
+        h("td", { "data-held": String(edge.held_gateways) }, edge.held_gateways === 0 ? "0" : badge(String(edge.held_gateways), "warn")),
+        h("td", { class: "failure" }, edge.last_error ?? ""))
+    ), "No edge registered."))
 }
 
 /** What a table row shows of an allocation (its re-render key). @param {Allocation} allocation */
@@ -612,7 +637,7 @@ function onAction(action, id) {
 }
 
 /** What the service said is gone from the page with the token. */
-const VIEWS = ["#pool-counts", "#pool-gateways", "#live", "#finished", "#rollback-list", "#repairs", "#detail-body", "#message"]
+const VIEWS = ["#pool-counts", "#pool-gateways", "#edge-list", "#live", "#finished", "#rollback-list", "#repairs", "#detail-body", "#message"]
 
 /** @param {string} message */
 function signOut(message) {

@@ -1,5 +1,5 @@
 -- GENERATED FILE, DO NOT EDIT: the schema of a fresh database after every migration in
--- database/ (the last one: 0009_live_states_and_claim_order.sql), as PostgreSQL 18.4 prints it.
+-- database/ (the last one: 0010_edges.sql), as PostgreSQL 18.4 prints it.
 -- Regenerate it after adding a migration: npm run schema (scripts/schema.ts).
 -- test/db/schema.test.ts fails while it differs from what that script writes.
 -- The migrations, not this file, make a database: it is for reading (it does load, into an
@@ -54,6 +54,41 @@ CREATE TABLE public.edge (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT edge_pkey PRIMARY KEY (singleton),
     CONSTRAINT edge_singleton_check CHECK (singleton)
+);
+
+CREATE TABLE public.edge_removals_owed (
+    edge_id uuid NOT NULL,
+    allocation_id uuid NOT NULL,
+    organization_id uuid NOT NULL,
+    generation bigint NOT NULL,
+    gateway_id uuid NOT NULL,
+    reason text,
+    since timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT edge_removals_owed_pkey PRIMARY KEY (edge_id, allocation_id)
+);
+
+CREATE TABLE public.edges (
+    id uuid NOT NULL,
+    name text NOT NULL,
+    route_api_url text NOT NULL,
+    probe_url text NOT NULL,
+    secret text NOT NULL,
+    local boolean DEFAULT false NOT NULL,
+    state text DEFAULT 'active'::text NOT NULL,
+    behind boolean DEFAULT true NOT NULL,
+    behind_mark bigint DEFAULT 0 NOT NULL,
+    boot_id text,
+    acked_generation bigint DEFAULT 0 NOT NULL,
+    acked_at timestamp with time zone,
+    last_seen timestamp with time zone,
+    last_error text,
+    route_count integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT edges_name_key UNIQUE (name),
+    CONSTRAINT edges_pkey PRIMARY KEY (id),
+    CONSTRAINT edges_route_api_url_key UNIQUE (route_api_url),
+    CONSTRAINT edges_state_check CHECK (state = ANY (ARRAY['active'::text, 'draining'::text]))
 );
 
 CREATE TABLE public.gateway_allocator_migrations (
@@ -491,7 +526,9 @@ CREATE VIEW public.gateways_claimable AS
     unreleased_allocation_id,
     release_failures
    FROM public.gateways g
-  WHERE allocation_id IS NULL AND state = 'active'::text AND unreleased_allocation_id IS NULL AND (quarantined_until IS NULL OR quarantined_until <= now());
+  WHERE allocation_id IS NULL AND state = 'active'::text AND unreleased_allocation_id IS NULL AND (quarantined_until IS NULL OR quarantined_until <= now()) AND NOT (EXISTS ( SELECT 1
+           FROM public.edge_removals_owed o
+          WHERE o.gateway_id = g.id));
 
 CREATE VIEW public.gateways_claim_order AS
  SELECT id,
@@ -526,6 +563,10 @@ CREATE UNIQUE INDEX allocations_one_live_per_gateway ON public.allocations USING
 
 CREATE UNIQUE INDEX allocations_one_live_per_org ON public.allocations USING btree (organization_id) WHERE (state = ANY (ARRAY['starting'::text, 'active'::text, 'stopping'::text, 'rolling_back'::text]));
 
+CREATE INDEX edge_removals_owed_by_gateway ON public.edge_removals_owed USING btree (gateway_id);
+
+CREATE UNIQUE INDEX edges_one_local ON public.edges USING btree (local) WHERE local;
+
 CREATE INDEX gateways_available ON public.gateways USING btree (last_allocated_at NULLS FIRST, created_at, id) WHERE ((allocation_id IS NULL) AND (state = 'active'::text) AND (unreleased_allocation_id IS NULL));
 
 CREATE INDEX gateways_duplicates ON public.gateways USING btree (upstream) WHERE (duplicate_of IS NOT NULL);
@@ -540,6 +581,12 @@ ALTER TABLE ONLY public.allocation_steps ADD CONSTRAINT allocation_steps_allocat
 
 ALTER TABLE ONLY public.allocations ADD CONSTRAINT allocations_gateway_id_fkey FOREIGN KEY (gateway_id) REFERENCES public.gateways(id) ON DELETE SET NULL;
 
+ALTER TABLE ONLY public.edge_removals_owed ADD CONSTRAINT edge_removals_owed_allocation_id_fkey FOREIGN KEY (allocation_id) REFERENCES public.allocations(id);
+
+ALTER TABLE ONLY public.edge_removals_owed ADD CONSTRAINT edge_removals_owed_edge_id_fkey FOREIGN KEY (edge_id) REFERENCES public.edges(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.edge_removals_owed ADD CONSTRAINT edge_removals_owed_gateway_id_fkey FOREIGN KEY (gateway_id) REFERENCES public.gateways(id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.gateways ADD CONSTRAINT gateways_allocation_fk FOREIGN KEY (allocation_id) REFERENCES public.allocations(id) DEFERRABLE INITIALLY DEFERRED;
 
 ALTER TABLE ONLY public.gateways ADD CONSTRAINT gateways_unreleased_allocation_id_fkey FOREIGN KEY (unreleased_allocation_id) REFERENCES public.allocations(id);
@@ -550,8 +597,12 @@ CREATE TRIGGER gateways_upstream_identity BEFORE INSERT OR UPDATE OF upstream ON
 
 -- Comments
 
+COMMENT ON TABLE public.edge_removals_owed IS 'Route removals an edge has not acknowledged: the gateway stays out of every claim until it has (or the edge is deleted).';
+
+COMMENT ON TABLE public.edges IS 'The nginx edges (lua routing): every route change goes to each; one that missed a change is behind until caught up.';
+
 COMMENT ON FUNCTION public.gateway_allocator_is_live(pg_catalog.text) IS 'The live states (an allocation in one holds its org and its gateway). Inlined by the planner; indexes are built with it: never replace it with other states.';
 
 COMMENT ON VIEW public.gateways_claim_order IS 'gateways_claimable in the order claims take them (index gateways_available). Claim: select ... from gateways_claim_order limit 1 for update skip locked.';
 
-COMMENT ON VIEW public.gateways_claimable IS 'Free gateways a claim may take: no allocation, active, no release pending, out of quarantine.';
+COMMENT ON VIEW public.gateways_claimable IS 'Free gateways a claim may take: no allocation, active, no release pending, out of quarantine, no edge owing a removal.';

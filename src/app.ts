@@ -4,7 +4,7 @@
 //
 //   AppLive        the HTTP API, logging and tracing, over
 //   makeServices   the allocation core: Allocator (starts, stops, shutdown) over Pipeline (one attempt: the
-//                  five steps), AllocationQueries (read models), Reconciler and RouteRestorer, over
+//                  five steps), AllocationQueries (read models), Reconciler and EdgeWatcher, over
 //                  Dependencies (readiness), GatewayHealth, StepRunner, Undos and Ownership, over
 //   OutsideLive    one layer per outside system: Postgres (pool, journal, runner lease), PowerDNS,
 //                  nginx, the gateways' HTTP, the webhook; all over Settings (shared settings).
@@ -14,18 +14,19 @@ import { Allocator } from "./allocation/Allocator.ts"
 import { Pipeline } from "./allocation/Pipeline.ts"
 import { Ownership } from "./allocation/Ownership.ts"
 import { Reconciler } from "./allocation/Reconciler.ts"
-import { RouteRestorer } from "./allocation/RouteRestorer.ts"
+import { EdgeWatcher } from "./allocation/EdgeWatcher.ts"
 import { StepRunner } from "./allocation/StepRunner.ts"
 import { Undos } from "./allocation/undos.ts"
 import { Settings } from "./config.ts"
 import { Database, DatabaseLive } from "./db/Database.ts"
 import { DnsLive } from "./dns/Dns.ts"
 import { HandshakeLive } from "./handshake/Handshake.ts"
+import { EdgeRegistry } from "./edges/EdgeRegistry.ts"
+import { EdgesLive } from "./edges/EdgeSet.ts"
 import { HttpServerLive } from "./http/server.ts"
 import { Journal } from "./journal/Journal.ts"
 import { EdgeCheckLive, EdgeLockPostgres } from "./nginx/Edge.ts"
 import { Nginx } from "./nginx/Nginx.ts"
-import { NginxLive } from "./nginx/NginxLive.ts"
 import { AllocationStore } from "./allocation/AllocationStore.ts"
 import { GatewayStore } from "./pool/GatewayStore.ts"
 import { GatewayHealth } from "./pool/GatewayHealth.ts"
@@ -50,7 +51,7 @@ export const AppLive = Layer.suspend(() =>
  */
 export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
   Reconciler.Default.pipe(
-    Layer.provideMerge(RouteRestorer.Default),
+    Layer.provideMerge(EdgeWatcher.Default),
     Layer.provideMerge(Dependencies.Default),
     Layer.provideMerge(Layer.merge(Allocator.Default, AllocationQueries.Default)),
     Layer.provideMerge(Pipeline.Default),
@@ -77,17 +78,25 @@ const NginxInstalled = Layer.effectDiscard(
     ))
 )
 
-/** Postgres: the pool, the journal and this process's runner lease, migrations applied first. */
-const PostgresLive = Layer.mergeAll(GatewayStore.Default, AllocationStore.Default, Database.Default, Journal.Default, Runner.Default).pipe(
+/** Postgres: the pool, the edges, the journal and this process's runner lease, migrations applied first. */
+const PostgresLive = Layer.mergeAll(
+  GatewayStore.Default,
+  AllocationStore.Default,
+  EdgeRegistry.Default,
+  Database.Default,
+  Journal.Default,
+  Runner.Default
+).pipe(
   Layer.provideMerge(DatabaseLive)
 )
 
 /**
- * nginx, serialised across replicas through Postgres, and checked to be the one nginx every
- * replica of this database drives (EdgeCheckLive refuses to start otherwise).
+ * nginx: every edge the registry holds (lua) or the local one (reload), reloads serialised
+ * across replicas through Postgres, and the local edge checked to be the one every replica of
+ * this database drives (EdgeCheckLive refuses to start otherwise).
  */
 const EdgeLive = NginxInstalled.pipe(
-  Layer.provideMerge(EdgeCheckLive.pipe(Layer.provideMerge(NginxLive))),
+  Layer.provideMerge(EdgeCheckLive.pipe(Layer.provideMerge(EdgesLive))),
   Layer.provide(EdgeLockPostgres),
   Layer.provideMerge(PostgresLive)
 )

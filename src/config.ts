@@ -148,15 +148,44 @@ export const PowerDnsConfig = Config.all({
 /** `PORT`, `127.x.y.z:PORT`, `localhost:PORT` or `[::1]:PORT`: the route API answers on loopback only. */
 const loopbackListen = /^((127(\.\d{1,3}){3}|localhost|\[::1\]):)?\d{1,5}$/i
 
+/**
+ * `lua`: routes live in a `lua_shared_dict` nginx reads per request, written through a route
+ * API, never reloaded; `reload`: one route file per org and `nginx -s reload` (any nginx).
+ */
+const nginxRouting = Config.literal("lua", "reload")("NGINX_ROUTING").pipe(Config.withDefault("lua" as const))
+
+/**
+ * The route table's shared memory (nginx size syntax): routes only. One route takes 256 bytes
+ * of it (512 with an upstream over ~150 characters): the default holds ~260,000. A full table
+ * refuses new routes (the start fails at nginx-config); it never evicts one.
+ */
+const routeTableSize = Config.string("NGINX_ROUTE_TABLE_SIZE").pipe(
+  Config.withDefault("64m"),
+  Config.validate({
+    message: "NGINX_ROUTE_TABLE_SIZE must be a size nginx understands, at least 128k (e.g. 64m, 512k)",
+    validation: (s) => routeTableBytes(s) >= 128 * 1024
+  })
+)
+
+/**
+ * The fences' shared memory (lua mode): a removal's fence takes 128 bytes and lasts
+ * STEP_TIMEOUT_MS plus one outside call (15 s by default), one per org removed in that time.
+ * The default holds ~32,000: 2,000 removals a second. When it has no room, a removal fails
+ * (and is retried); routes never share it.
+ */
+const fenceTableSize = Config.string("NGINX_FENCE_TABLE_SIZE").pipe(
+  Config.withDefault("4m"),
+  Config.validate({
+    message: "NGINX_FENCE_TABLE_SIZE must be a size nginx understands, at least 128k (e.g. 4m, 512k)",
+    validation: (s) => routeTableBytes(s) >= 128 * 1024
+  })
+)
+
 export const NginxConfig = Config.all({
   confDir: Config.string("NGINX_CONF_DIR"),
   bin: Config.string("NGINX_BIN").pipe(Config.withDefault("nginx")),
   mainConf: Config.option(Config.string("NGINX_MAIN_CONF")),
-  /**
-   * `lua`: routes live in a `lua_shared_dict` nginx reads per request, written through a route
-   * API, never reloaded; `reload`: one route file per org and `nginx -s reload` (any nginx).
-   */
-  routing: Config.literal("lua", "reload")("NGINX_ROUTING").pipe(Config.withDefault("lua" as const)),
+  routing: nginxRouting,
   reloadMode: Config.literal("coalesce", "each")("NGINX_RELOAD_MODE").pipe(Config.withDefault("coalesce" as const)),
   routeApiListen: Config.string("NGINX_ROUTE_API_LISTEN").pipe(
     Config.withDefault("127.0.0.1:8089"),
@@ -165,32 +194,16 @@ export const NginxConfig = Config.all({
       validation: (s) => loopbackListen.test(s)
     })
   ),
-  /**
-   * The route table's shared memory (nginx size syntax): routes only. One route takes 256 bytes
-   * of it (512 with an upstream over ~150 characters): the default holds ~260,000. A full table
-   * refuses new routes (the start fails at nginx-config); it never evicts one.
-   */
-  routeTableSize: Config.string("NGINX_ROUTE_TABLE_SIZE").pipe(
-    Config.withDefault("64m"),
-    Config.validate({
-      message: "NGINX_ROUTE_TABLE_SIZE must be a size nginx understands, at least 128k (e.g. 64m, 512k)",
-      validation: (s) => routeTableBytes(s) >= 128 * 1024
-    })
-  ),
-  /**
-   * The fences' shared memory (lua mode): a removal's fence takes 128 bytes and lasts
-   * STEP_TIMEOUT_MS plus one outside call (15 s by default), one per org removed in that time.
-   * The default holds ~32,000: 2,000 removals a second. When it has no room, a removal fails
-   * (and is retried); routes never share it.
-   */
-  fenceTableSize: Config.string("NGINX_FENCE_TABLE_SIZE").pipe(
-    Config.withDefault("4m"),
-    Config.validate({
-      message: "NGINX_FENCE_TABLE_SIZE must be a size nginx understands, at least 128k (e.g. 4m, 512k)",
-      validation: (s) => routeTableBytes(s) >= 128 * 1024
-    })
-  )
+  routeTableSize,
+  fenceTableSize
 })
+
+/**
+ * What the edges API reads of nginx's configuration (the same definitions as NginxConfig's): the
+ * routing mode (reload mode keeps its one local edge) and the table sizes a remote edge's file is
+ * rendered with. Not NGINX_CONF_DIR: the API needs no nginx directory of its own.
+ */
+export const EdgeFilesConfig = Config.all({ routing: nginxRouting, routeTableSize, fenceTableSize })
 
 const routeTableBytes = (size: string): number => {
   const match = /^(\d+)([km]?)$/i.exec(size)

@@ -99,7 +99,7 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
 
     /**
      * Makes nginx serve the route and proves it. A route gone since its write (nginx restarted and
-     * its table came back empty; the restorer pushes active allocations only) is written again by
+     * its table came back empty; a catch-up pushes active allocations only) is written again by
      * its owner, fenced like the first write and undone by the same undo, instead of waiting out
      * the step's timeout.
      */

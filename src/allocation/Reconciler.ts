@@ -5,7 +5,7 @@ import { ChangedNothing } from "../domain/changedNothing.ts"
 import type { OrganizationId } from "../domain/ids.ts"
 import { isUnfinished } from "../domain/steps.ts"
 import { Dns } from "../dns/Dns.ts"
-import { type ListedRoute, Nginx, type RouteKey } from "../nginx/Nginx.ts"
+import { type EdgeRoutes, type ListedRoute, Nginx, type RouteKey } from "../nginx/Nginx.ts"
 import { Database } from "../db/Database.ts"
 import { AllocationStore } from "./AllocationStore.ts"
 import { Runner } from "../pool/Runner.ts"
@@ -14,7 +14,7 @@ import { Notifier } from "../telemetry/Notifier.ts"
 import { makeOutageLog } from "../telemetry/Outage.ts"
 import { Ownership } from "./Ownership.ts"
 import { StepRunner } from "./StepRunner.ts"
-import { RouteRestorer } from "./RouteRestorer.ts"
+import { EdgeWatcher } from "./EdgeWatcher.ts"
 import { Undos } from "./undos.ts"
 
 export interface ReconcileSummary {
@@ -57,7 +57,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
     const database = yield* Database
     const dns = yield* Dns
     const nginx = yield* Nginx
-    const routeRestorer = yield* RouteRestorer
+    const edgeWatcher = yield* EdgeWatcher
     const undos = yield* Undos
     const steps = yield* StepRunner
     const ownership = yield* Ownership
@@ -114,39 +114,102 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         }), { discard: true })
 
     /**
-     * Compares nginx's routes and PowerDNS's records with Postgres, both ways:
+     * One edge's routes against Postgres (`live`, read after the listing: anything created after
+     * it belongs to an allocation that is already live when it is read):
      * - a route no live allocation owns is removed (compare-and-delete by the allocation it names);
      * - an active allocation whose route is missing or differs in any part (upstream, allocation,
      *   generation) from its row gets its own back, written as a restore (which replaces a
      *   forged or stale entry) while its row is held: a stop cannot take it down halfway, and a
-     *   stopped one is not restored;
-     * - a record no live allocation owns is deleted while the org's slot is held
-     *   (`whileUnclaimed`), so a start cannot claim between the check and the delete and lose
-     *   its record;
-     * - an active allocation missing its record gets it back, its row held.
+     *   stopped one is not restored.
+     */
+    const repairRoutes = (edge: EdgeRoutes, routes: ReadonlyArray<ListedRoute>, live: ReadonlyMap<OrganizationId, LiveAllocation>, several: boolean) =>
+      Effect.gen(function*() {
+        const on = several ? ` on edge ${edge.name}` : ""
+        const ownedBy = (route: RouteKey, allocation: Option.Option<LiveAllocation>) =>
+          Option.exists(allocation, (a) => a.allocationId === route.allocationId)
+        // Looked at again right before each removal: the org may have started since the listing.
+        const stillOrphan = (route: RouteKey) => Effect.map(allocations.findLive(route.organizationId), (a) => !ownedBy(route, a))
+        const isActive = (organizationId: OrganizationId) => live.get(organizationId)?.state === "active"
+
+        // An active org's route is judged whole below, and replaced rather than removed.
+        const removed: Array<ListedRoute> = []
+        for (const route of routes) {
+          if (isActive(route.organizationId) || ownedBy(route, Option.fromNullable(live.get(route.organizationId)))) continue
+          if (!(yield* stillOrphan(route))) continue
+          if ((yield* edge.removeRoute(route)) === "removed") removed.push(route)
+        }
+        // Made to take effect together (reload mode: their reloads coalesce into one).
+        yield* Effect.forEach(removed, edge.awaitWithdrawn, { concurrency: "unbounded", discard: true })
+        const orphanRoutes = removed.map((route) => [route.organizationId, `orphan route removed${on}`] as const)
+
+        const listed = new Map(routes.map((route) => [route.organizationId, route]))
+        /** How the org's route differs from its active allocation's row, if it does. */
+        const drift = (a: LiveAllocation): Option.Option<string> => {
+          const route = listed.get(a.organizationId)
+          if (route === undefined) return Option.some(`missing route restored${on}`)
+          if (route.allocationId !== a.allocationId) return Option.some(`route of allocation ${route.allocationId} replaced${on}`)
+          if (route.upstream !== a.upstream) return Option.some(`route to ${route.upstream} put back to ${a.upstream}${on}`)
+          if (route.generation !== a.generation) {
+            return Option.some(`route generation ${route.generation} put back to ${a.generation}${on}`)
+          }
+          return Option.none()
+        }
+        const restoreRoute = (a: LiveAllocation) =>
+          allocations.whileActive(
+            a.allocationId,
+            edge.writeRoute(a, { restore: true }).pipe(
+              Effect.zipRight(edge.awaitServed(a)),
+              Effect.timeout(Duration.millis(settings.stepTimeoutMs))
+            )
+          )
+        // One org's route that cannot be put back (say a fence of a forged removal refuses it, until
+        // it expires) holds up no other org's.
+        const restoredRoutes = (yield* Effect.forEach(
+          [...live.values()].filter((a) => a.state === "active").flatMap((a) =>
+            Option.match(drift(a), { onNone: () => [], onSome: (what) => [[a, what] as const] })
+          ),
+          ([a, what]) =>
+            restoreRoute(a).pipe(
+              Effect.map(Option.as([a.organizationId, what] as const)),
+              Effect.catchAll((error) =>
+                Effect.logWarning(`drift: could not put back the route of org ${a.organizationId} (${what}), left to the next pass`, error)
+                  .pipe(Effect.as(Option.none()))
+              )
+            ),
+          { concurrency: 8 }
+        )).filter(Option.isSome).map((repair) => repair.value)
+        return { orphanRoutes, restoredRoutes }
+      })
+
+    /**
+     * Compares every edge's routes and PowerDNS's records with Postgres, both ways: routes edge by
+     * edge (`repairRoutes`; an edge that cannot be listed is left to its catch-up); a record no
+     * live allocation owns is deleted while the org's slot is held (`whileUnclaimed`), so a start
+     * cannot claim between the check and the delete and lose its record; an active allocation
+     * missing its record gets it back, its row held.
      */
     const repairDrift = Effect.gen(function*() {
       // Listed before the allocations are read: anything created after the listing belongs to
       // an allocation that is already live when it is read.
-      const routes = yield* nginx.listRoutes
+      const edges = yield* nginx.edges
+      const listings = yield* Effect.forEach(edges, (edge) =>
+        edge.listRoutes.pipe(
+          Effect.map(Option.some),
+          Effect.catchAll((error) =>
+            // Said once by the edge watcher's outage log of that edge, not on every pass.
+            Effect.logDebug(`drift: could not list the routes of edge ${edge.name}, left to its catch-up`, error).pipe(Effect.as(Option.none()))
+          )
+        ), { concurrency: "unbounded" })
       const records = yield* dns.listOrgRecords
       const live = new Map((yield* allocations.liveAllocations()).map((a) => [a.organizationId, a]))
-      const ownedBy = (route: RouteKey, allocation: Option.Option<LiveAllocation>) =>
-        Option.exists(allocation, (a) => a.allocationId === route.allocationId)
-      // Looked at again right before each removal: the org may have started since the listing.
-      const stillOrphan = (route: RouteKey) => Effect.map(allocations.findLive(route.organizationId), (a) => !ownedBy(route, a))
-      const isActive = (organizationId: OrganizationId) => live.get(organizationId)?.state === "active"
 
-      // An active org's route is judged whole below, and replaced rather than removed.
-      const removed: Array<ListedRoute> = []
-      for (const route of routes) {
-        if (isActive(route.organizationId) || ownedBy(route, Option.fromNullable(live.get(route.organizationId)))) continue
-        if (!(yield* stillOrphan(route))) continue
-        if ((yield* nginx.removeRoute(route)) === "removed") removed.push(route)
-      }
-      // Made to take effect together (reload mode: their reloads coalesce into one).
-      yield* Effect.forEach(removed, nginx.awaitWithdrawn, { concurrency: "unbounded", discard: true })
-      const orphanRoutes = removed.map((route) => route.organizationId)
+      const perEdge = yield* Effect.forEach(
+        edges.flatMap((edge, i) => Option.match(listings[i] ?? Option.none(), { onNone: () => [], onSome: (routes) => [[edge, routes] as const] })),
+        ([edge, routes]) => repairRoutes(edge, routes, live, edges.length > 1),
+        { concurrency: "unbounded" }
+      )
+      const orphanRoutes = perEdge.flatMap((repair) => repair.orphanRoutes)
+      const restoredRoutes = perEdge.flatMap((repair) => repair.restoredRoutes)
 
       // A delete that failed without a "no" may still land: the org's slot stays held for one
       // more outside call, so that it lands (or never will) before a claim can follow it.
@@ -162,41 +225,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
       }
 
       const active = [...live.values()].filter((a) => a.state === "active")
-      const listed = new Map(routes.map((route) => [route.organizationId, route]))
-      /** How the org's route differs from its active allocation's row, if it does. */
-      const drift = (a: LiveAllocation): Option.Option<string> => {
-        const route = listed.get(a.organizationId)
-        if (route === undefined) return Option.some("missing route restored")
-        if (route.allocationId !== a.allocationId) return Option.some(`route of allocation ${route.allocationId} replaced`)
-        if (route.upstream !== a.upstream) return Option.some(`route to ${route.upstream} put back to ${a.upstream}`)
-        if (route.generation !== a.generation) {
-          return Option.some(`route generation ${route.generation} put back to ${a.generation}`)
-        }
-        return Option.none()
-      }
       const recorded = new Set(records)
-      const restoreRoute = (a: LiveAllocation) =>
-        allocations.whileActive(
-          a.allocationId,
-          nginx.writeRoute(a, { restore: true }).pipe(
-            Effect.zipRight(nginx.awaitServed(a)),
-            Effect.timeout(Duration.millis(settings.stepTimeoutMs))
-          )
-        )
-      // One org's route that cannot be put back (say a fence of a forged removal refuses it, until
-      // it expires) holds up no other org's.
-      const restoredRoutes = (yield* Effect.forEach(
-        active.flatMap((a) => Option.match(drift(a), { onNone: () => [], onSome: (what) => [[a, what] as const] })),
-        ([a, what]) =>
-          restoreRoute(a).pipe(
-            Effect.map(Option.as([a.organizationId, what] as const)),
-            Effect.catchAll((error) =>
-              Effect.logWarning(`drift: could not put back the route of org ${a.organizationId} (${what}), left to the next pass`, error)
-                .pipe(Effect.as(Option.none()))
-            )
-          ),
-        { concurrency: 8 }
-      )).filter(Option.isSome).map((repair) => repair.value)
       const restoredRecords = dns.provider === "none" ? [] : (yield* Effect.forEach(
         active.filter((a) => !recorded.has(a.organizationId)),
         (a) => Effect.map(allocations.whileActive(a.allocationId, dns.upsert(a.organizationId)), Option.as(a.organizationId)),
@@ -213,7 +242,7 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
           `drift repaired: ${orphanRoutes.length} orphan route(s) and ${orphanRecords.length} orphan record(s) removed, ${restoredRoutes.length} route(s) and ${restoredRecords.length} record(s) restored`
         )
         yield* notifyDrift([
-          ...orphanRoutes.map((org) => [org, "orphan route removed"] as const),
+          ...orphanRoutes,
           ...orphanRecords.map((org) => [org, "orphan DNS record removed"] as const),
           ...restoredRoutes,
           ...restoredRecords.map((org) => [org, "missing DNS record restored"] as const)
@@ -236,9 +265,9 @@ export class Reconciler extends Effect.Service<Reconciler>()("Reconciler", {
         { concurrency: 4 }
       )
       const finished = outcomes.filter(Option.isSome)
-      // An emptied route table (nginx restarted) is refilled in one push first: drift repair
-      // would otherwise restore its routes one by one.
-      yield* routeRestorer.restoreIfEmptied
+      // An emptied route table (an edge restarted) or an edge behind is caught up in one push
+      // first: drift repair would otherwise restore its routes one by one.
+      yield* edgeWatcher.watchNow
       // Drift is judged once the orphans are gone, or their files and records would look owned.
       const drift = yield* database.exclusively("reconciler-drift", repairDrift)
       return {

@@ -90,6 +90,8 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
   readonly workers?: number
   /** Load nginx's Lua module when it is installed (default); false: an nginx without it. */
   readonly luaModule?: boolean
+  /** Files written into its conf.d before it starts (a registered edge's gateway-allocator.conf, say). */
+  readonly confFiles?: ReadonlyArray<{ readonly name: string; readonly text: string }>
 }) {
   const fs = yield* FileSystem.FileSystem
   const dir = path.resolve(options.dir)
@@ -110,6 +112,8 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
       mainConf,
       mainConfText({ dir, confDir, runAsRoot: process.getuid?.() === 0, workers: options.workers ?? 1, modules })
     )),
+    Effect.zipRight(Effect.forEach(options.confFiles ?? [], (file) =>
+      fs.writeFileString(path.join(confDir, file.name), file.text, { mode: 0o600 }), { discard: true })),
     Effect.mapError(fail(`cannot prepare nginx directory ${dir}`))
   )
 

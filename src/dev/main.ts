@@ -11,6 +11,7 @@ import { GatewayName, OrganizationId, Upstream } from "../domain/ids.ts"
 import { GatewayStore } from "../pool/GatewayStore.ts"
 import { LoggingLive } from "../telemetry/Logging.ts"
 import { TracingLive } from "../telemetry/Tracing.ts"
+import { startDevEdges } from "./edges.ts"
 import { type LocalStack, startLocalStack } from "./stack.ts"
 import { type ClaimOutlook, DEMO_ORG, welcome } from "./welcome.ts"
 
@@ -90,8 +91,12 @@ const DevLive = Layer.unwrapScoped(
     const secondOrg = randomUUID()
     // Logging and tracing wrap everything, so services built for the registration log alike. The
     // welcome reads the pool once the API listens and the sample gateways are registered.
-    const printWelcome = Effect.flatMap(claimOutlook(), (outlook) => Console.log(welcome(stack, port, outlook, secondOrg)))
-    return Layer.effectDiscard(printWelcome).pipe(
+    const printWelcome = Effect.gen(function*() {
+      const edges = yield* startDevEdges(dataDir)
+      const outlook = yield* claimOutlook()
+      yield* Console.log(welcome(stack, port, outlook, secondOrg, edges))
+    })
+    return Layer.scopedDiscard(printWelcome).pipe(
       Layer.provide(Layer.mergeAll(AppLive, registerSampleGateways(stack)).pipe(Layer.provideMerge(ServicesLive))),
       Layer.provide(Layer.merge(LoggingLive, TracingLive)),
       Layer.provide(Layer.setConfigProvider(config))

@@ -46,7 +46,13 @@ export const deadGatewayPlan = (
   return dead === undefined || fallback === undefined ? Option.none() : Option.some({ dead, fallback })
 }
 
-export const welcome = (stack: WelcomeStack, port: number, outlook: ClaimOutlook, secondOrg: string): string => {
+export const welcome = (
+  stack: WelcomeStack,
+  port: number,
+  outlook: ClaimOutlook,
+  secondOrg: string,
+  edges: ReadonlyArray<{ readonly name: string; readonly listenPort: number; readonly routeApiPort: number }> = []
+): string => {
   const api = `http://127.0.0.1:${port}`
   const domain = stack.env.DOMAIN ?? "domain.local"
   const auth = `-H 'authorization: Bearer ${stack.apiToken}'`
@@ -100,6 +106,9 @@ export const welcome = (stack: WelcomeStack, port: number, outlook: ClaimOutlook
     stack.env.NGINX_ROUTING === "reload"
       ? `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in ${stack.nginx.confDir}/routes)`
       : `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in its shared memory; route API on 127.0.0.1:${stack.nginx.routeApiPort})`,
+    ...edges.map((edge) =>
+      `  ${edge.name.padEnd(12)} http://127.0.0.1:${edge.listenPort}   (another nginx edge: every route on it too; route API on 127.0.0.1:${edge.routeApiPort})`
+    ),
     `  PowerDNS     ${stack.powerDns.apiUrl}   (DNS on 127.0.0.1:${stack.powerDns.dnsPort}, zone ${stack.powerDns.zone})`,
     `  gateways     ${stack.gateways.map((g) => `${g.name}=${g.upstream}`).join("  ")}`,
     "",
@@ -110,6 +119,11 @@ export const welcome = (stack: WelcomeStack, port: number, outlook: ClaimOutlook
     throughNginx(DEMO_ORG),
     resolve(DEMO_ORG),
     ...deadGateway,
+    ...(edges.length === 0 ? [] : [
+      "Every edge serves each org (GET /edges shows each one's state); the org's hostname on another edge:",
+      ...edges.map((edge) => `  curl -s -H 'host: org-${DEMO_ORG}.${domain}' http://127.0.0.1:${edge.listenPort}/hello`),
+      get("/edges")
+    ]),
     post("/gateway/stop", DEMO_ORG),
     "Force a failure (every sample gateway refuses the handshake), start, and watch every attempt roll back:",
     ...stack.gateways.map((g) => refuseHandshakes(g.upstream)),

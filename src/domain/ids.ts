@@ -13,6 +13,10 @@ export type GatewayId = typeof GatewayId.Type
 export const AllocationId = LowercaseUuid.pipe(Schema.brand("AllocationId"))
 export type AllocationId = typeof AllocationId.Type
 
+/** An nginx edge: the id of its edge file (the local one), or the registry's (POST /edges). */
+export const EdgeId = LowercaseUuid.pipe(Schema.brand("EdgeId"))
+export type EdgeId = typeof EdgeId.Type
+
 /**
  * An allocation's route generation, taken from a Postgres sequence at claim time: a newer
  * allocation of an org has a greater one, so nginx's route table can refuse a stale write.

@@ -16,11 +16,11 @@ import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api } from "./Api.ts"
 import { ConsoleLive } from "./console.ts"
 import { DocsPageLive } from "./docs.ts"
-import { AllocationsHandlers, AuthorizationLive, GatewayHandlers, HealthHandlers, PoolHandlers } from "./handlers.ts"
+import { AllocationsHandlers, AuthorizationLive, EdgesHandlers, GatewayHandlers, HealthHandlers, PoolHandlers } from "./handlers.ts"
 
-/** The HttpApi with its handlers (GET /metrics reads the process's Effect metrics); needs the Allocator and the stores. */
+/** The HttpApi with its handlers (GET /metrics reads the process's Effect metrics); needs the Allocator, the stores and the edge registry. */
 export const ApiLive = HttpApiBuilder.api(Api).pipe(
-  Layer.provide([GatewayHandlers, AllocationsHandlers, PoolHandlers, HealthHandlers]),
+  Layer.provide([GatewayHandlers, AllocationsHandlers, PoolHandlers, EdgesHandlers, HealthHandlers]),
   Layer.provide([AuthorizationLive, PrometheusMetrics.Default])
 )
 

@@ -87,60 +87,88 @@ export const makeEdgeKit = Effect.gen(function*() {
     }
   })
 
-  const probeUrl = edgeUrl + PROBE_PATH
-  const probeTimeout = Duration.min(PROBE_TIMEOUT, callTimeout)
-  /** One request through the org server block, answered by nginx: "{allocation served} {worker pid}". */
-  const probe = (organizationId: OrganizationId) =>
-    http.execute(
-      HttpClientRequest.get(probeUrl).pipe(
-        HttpClientRequest.setHeaders({
-          host: orgHostname(organizationId, domain),
-          // A fresh connection each time: a kept-alive one would stay with one worker.
-          connection: "close",
-          [PROBE_SECRET_HEADER]: secret
+  /**
+   * The probes of the edge whose org server block is at `baseUrl` and whose secret is `probeSecret`
+   * (this directory's edge: `edgeUrl` and its secret; a registered edge: its own).
+   */
+  const probesAt = (baseUrl: string, probeSecret: string) => {
+    const probeUrl = baseUrl + PROBE_PATH
+    const probeTimeout = Duration.min(PROBE_TIMEOUT, callTimeout)
+    /** One request through the org server block, answered by nginx: "{allocation served} {worker pid}". */
+    const probe = (organizationId: OrganizationId) =>
+      http.execute(
+        HttpClientRequest.get(probeUrl).pipe(
+          HttpClientRequest.setHeaders({
+            host: orgHostname(organizationId, domain),
+            // A fresh connection each time: a kept-alive one would stay with one worker.
+            connection: "close",
+            [PROBE_SECRET_HEADER]: probeSecret
+          })
+        )
+      ).pipe(
+        Effect.mapError((cause) => new NginxError({ operation: "probe", reason: cause.message, cause })),
+        Effect.flatMap((response) =>
+          response.status === 200
+            ? Effect.mapError(response.text, (cause) => new NginxError({ operation: "probe", reason: cause.message, cause }))
+            : Effect.fail(new NginxError({ operation: "probe", reason: `HTTP ${response.status}` }))
+        ),
+        Effect.map(parseProbe),
+        Effect.timeoutFail({
+          duration: probeTimeout,
+          onTimeout: () => new NginxError({ operation: "probe", reason: `no answer within ${Duration.format(probeTimeout)}` })
         })
       )
-    ).pipe(
-      Effect.mapError((cause) => new NginxError({ operation: "probe", reason: cause.message, cause })),
-      Effect.flatMap((response) =>
-        response.status === 200
-          ? Effect.mapError(response.text, (cause) => new NginxError({ operation: "probe", reason: cause.message, cause }))
-          : Effect.fail(new NginxError({ operation: "probe", reason: `HTTP ${response.status}` }))
-      ),
-      Effect.map(parseProbe),
-      Effect.timeoutFail({
-        duration: probeTimeout,
-        onTimeout: () => new NginxError({ operation: "probe", reason: `no answer within ${Duration.format(probeTimeout)}` })
-      })
-    )
 
-  /** The allocation nginx serves for the org right now, or null. */
-  const probeRoute = (organizationId: OrganizationId) =>
-    probe(organizationId).pipe(
-      Effect.flatMap(({ allocation }) =>
-        allocation === ""
-          ? Effect.succeed(null)
-          : Schema.decodeUnknown(AllocationId)(allocation).pipe(
-            Effect.mapError((cause) => new NginxError({ operation: "probe", reason: `unreadable answer: ${allocation.slice(0, 80)}`, cause }))
-          )
-      ),
-      Effect.withSpan("Nginx.probeRoute")
-    )
-
-  /** Fails with what nginx serves unless `accept` holds of it: for retrying until it does. */
-  const probeUntil = (organizationId: OrganizationId, accept: (served: string) => boolean) =>
-    probe(organizationId).pipe(
-      Effect.filterOrFail(
-        (answer) => accept(answer.allocation),
-        (answer) =>
-          new NginxError({
-            operation: "probe",
-            reason: `nginx serves ${answer.allocation === "" ? "no route" : `allocation ${answer.allocation}`}`
-          })
+    /** The allocation nginx serves for the org right now, or null. */
+    const probeRoute = (organizationId: OrganizationId) =>
+      probe(organizationId).pipe(
+        Effect.flatMap(({ allocation }) =>
+          allocation === ""
+            ? Effect.succeed(null)
+            : Schema.decodeUnknown(AllocationId)(allocation).pipe(
+              Effect.mapError((cause) => new NginxError({ operation: "probe", reason: `unreadable answer: ${allocation.slice(0, 80)}`, cause }))
+            )
+        ),
+        Effect.withSpan("Nginx.probeRoute")
       )
-    )
 
-  return { config, domain, listen: nginxListen, confDir, edge, secret, callTimeout, fs, path, http, fail, underEdgeLock, writeAtomically, signalReload, probe, probeRoute, probeUntil }
+    /** Fails with what nginx serves unless `accept` holds of it: for retrying until it does. */
+    const probeUntil = (organizationId: OrganizationId, accept: (served: string) => boolean) =>
+      probe(organizationId).pipe(
+        Effect.filterOrFail(
+          (answer) => accept(answer.allocation),
+          (answer) =>
+            new NginxError({
+              operation: "probe",
+              reason: `nginx serves ${answer.allocation === "" ? "no route" : `allocation ${answer.allocation}`}`
+            })
+        )
+      )
+    return { probe, probeRoute, probeUntil }
+  }
+  const { probe, probeRoute, probeUntil } = probesAt(edgeUrl, secret)
+
+  return {
+    config,
+    domain,
+    listen: nginxListen,
+    edgeUrl,
+    confDir,
+    edge,
+    secret,
+    callTimeout,
+    fs,
+    path,
+    http,
+    fail,
+    underEdgeLock,
+    writeAtomically,
+    signalReload,
+    probesAt,
+    probe,
+    probeRoute,
+    probeUntil
+  }
 })
 
 export type EdgeKit = Effect.Effect.Success<typeof makeEdgeKit>

@@ -7,36 +7,39 @@ import { PROBE_SECRET_HEADER } from "./config.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
 import { renderLuaConfig } from "./luaConfig.ts"
 import { MAX_FENCE_MS } from "./luaRouteApi.ts"
-import { Nginx, NginxError, type Route, type RouteKey, RouteLost, type Withdrawn, type WriteOptions } from "./Nginx.ts"
+import { type EdgeRoutes, NginxError, type Route, type RouteKey, RouteLost, singleEdge, type Withdrawn, type WriteOptions } from "./Nginx.ts"
 
 const gone: Withdrawn = { _tag: "gone" }
 
+/** Where the service reaches one edge's route API and org server block, and that edge's secret. */
+export interface RouteApiEndpoint {
+  readonly edgeId: string
+  readonly name: string
+  /** `http://{host}:{port}` of its route API. */
+  readonly apiUrl: string
+  /** `http://{host}:{port}` of its org server block (the route probes). */
+  readonly probeUrl: string
+  readonly secret: string
+}
+
 /**
- * NGINX_ROUTING=lua: routes live in nginx's shared memory (see luaConfig.ts), written through the
- * route API nginx serves on NGINX_ROUTE_API_LISTEN. A write is live on every worker when it
- * returns, so `apply` has nothing to do and one probe proves a change. nginx is reloaded once,
- * at install, never for a route.
+ * NGINX_ROUTING=lua, one edge: routes live in the edge's shared memory (see luaConfig.ts), written
+ * through the route API it serves. A write is live on every worker when it returns, so one probe
+ * proves a change; nginx is reloaded once, at install (the local edge), never for a route.
  *
  * Every write carries its deadline (`until`: now plus one outside call), and every removal the
  * fence it needs (`fence_ms`: STEP_TIMEOUT_MS plus one outside call, the longest a write can land
  * after its owner's fence check), so the table keeps fences seconds, not minutes. Fences live in
- * nginx's shared memory and vanish with a restart: this process remembers the ones it wrote
- * while they last, and pushes them back as soon as it sees a new boot id (before the routes are
- * pushed back, when this process is the one that pushes them).
+ * nginx's shared memory and vanish with a restart: this process remembers the ones it wrote to
+ * this edge while they last, and pushes them back as soon as it sees a new boot id (before the
+ * routes are pushed back, when this process is the one that pushes them).
  */
-export const makeLuaRouting = (kit: EdgeKit) =>
+export const makeRouteApiClient = (kit: EdgeKit, endpoint: RouteApiEndpoint) =>
   Effect.gen(function*() {
-    const { config, confDir, domain, path, fail, http, secret, callTimeout } = kit
+    const { fail, http, callTimeout } = kit
     const { stepTimeoutMs } = yield* Settings
-    const api = routeApiUrl(config.routeApiListen)
-    const file = renderLuaConfig({
-      domain,
-      listen: kit.listen,
-      routeApiListen: config.routeApiListen,
-      tableSize: config.routeTableSize,
-      fenceTableSize: config.fenceTableSize,
-      secret
-    })
+    const { apiUrl: api, secret } = endpoint
+    const probes = kit.probesAt(endpoint.probeUrl, secret)
     /** How long a removal fences late writes: the step that sends a write, then the write's own deadline. */
     const fenceMs = stepTimeoutMs + Duration.toMillis(callTimeout)
     if (fenceMs > MAX_FENCE_MS) {
@@ -146,6 +149,139 @@ export const makeLuaRouting = (kit: EdgeKit) =>
       )
     )
 
+    // nginx answers a probe in microseconds; a route written is served at once: poll fast.
+    const probeSchedule = Schedule.spaced(Duration.millis(2))
+
+
+    const RouteLine = Schema.Struct({ organizationId: OrganizationId, upstream: Schema.String, allocationId: AllocationId, generation: Generation })
+    const decodeLines = Schema.decodeUnknown(Schema.Array(RouteLine))
+
+    const routes: EdgeRoutes = {
+      edgeId: endpoint.edgeId,
+      name: endpoint.name,
+      writeRoute: Effect.fn("Nginx.writeRoute")(function*(route: Route, options?: WriteOptions) {
+        const answer = yield* call(
+          "write",
+          HttpClientRequest.put(routeUrl(route.organizationId)).pipe(
+            HttpClientRequest.setUrlParams({
+              upstream: route.upstream,
+              allocation: route.allocationId,
+              generation: String(route.generation),
+              until: yield* deadline,
+              ...(options?.restore === true ? { restore: "1" } : {})
+            })
+          )
+        )
+        if (answer.status !== 200) return yield* refused("write", answer)
+      }),
+      removeRoute: Effect.fn("Nginx.removeRoute")(function*(route: RouteKey) {
+        const answer = yield* call(
+          "remove",
+          HttpClientRequest.del(routeUrl(route.organizationId)).pipe(
+            HttpClientRequest.setUrlParams({
+              allocation: route.allocationId,
+              generation: String(route.generation),
+              fence_ms: String(fenceMs)
+            })
+          )
+        )
+        const outcome = answer.body.split(" ")[0]
+        if (answer.status === 200 && (outcome === "removed" || outcome === "absent" || outcome === "other")) {
+          yield* remember(route)
+          return outcome
+        }
+        return yield* refused("remove", answer)
+      }),
+      awaitServed: Effect.fn("Nginx.awaitServed")(function*({ allocationId, organizationId }: RouteKey) {
+        yield* probes.probe(organizationId).pipe(
+          Effect.filterOrFail(
+            (answer) => answer.allocation === allocationId,
+            (answer): NginxError | RouteLost =>
+              answer.allocation === ""
+                ? new RouteLost({ organizationId, allocationId })
+                : new NginxError({ operation: "probe", reason: `nginx serves allocation ${answer.allocation}` })
+          ),
+          // A probe nginx did not answer (restarting, say) is asked again; an empty table is not.
+          Effect.retry({ schedule: probeSchedule, while: (error) => error._tag !== "RouteLost" })
+        )
+      }),
+      // A removal is live when it returns: nothing to load, one probe proves it.
+      awaitWithdrawn: Effect.fn("Nginx.awaitWithdrawn")(function*({ allocationId, organizationId }: RouteKey) {
+        yield* probes.probeUntil(organizationId, (served) => served !== allocationId).pipe(Effect.retry(probeSchedule))
+        return gone
+      }),
+      probeRoute: probes.probeRoute,
+      listRoutes: Effect.gen(function*() {
+        const answer = yield* call("list", HttpClientRequest.get(`${api}/routes`))
+        if (answer.status !== 200) return yield* refused("list", answer)
+        const lines = answer.body.split("\n").slice(1).filter((line) => line !== "").map((line) => {
+          const [organizationId, upstream, allocationId, generation] = line.split(" ")
+          return { organizationId, upstream, allocationId, generation }
+        })
+        return yield* decodeLines(lines).pipe(Effect.mapError(fail("list")))
+      }).pipe(Effect.withSpan("Nginx.listRoutes")),
+      tableState: Effect.map(tableState, ({ bootId, ready }) => Option.some({ bootId, ready })),
+      restoreAll: Effect.fn("Nginx.restoreAll")(function*(bootId: string, routes: ReadonlyArray<Route>) {
+        yield* Effect.annotateCurrentSpan({ "nginx.routes": routes.length })
+        // In parts, each with its own deadline (100,000 routes take ~1.5 s in one request: more
+        // than a short outside call's bound); the last part marks the table ready.
+        const parts = Math.max(1, Math.ceil(routes.length / RESTORE_PART))
+        for (let part = 0; part < parts; part++) {
+          const body = routes.slice(part * RESTORE_PART, (part + 1) * RESTORE_PART)
+            .map((r) => `${r.organizationId} ${r.upstream} ${r.allocationId} ${r.generation}\n`).join("")
+          const answer = yield* call(
+            "table",
+            HttpClientRequest.post(`${api}/routes`).pipe(
+              HttpClientRequest.setUrlParams({ boot: bootId, until: yield* deadline, ready: part === parts - 1 ? "1" : "0" }),
+              HttpClientRequest.bodyText(body, "text/plain")
+            )
+          )
+          if (answer.status !== 200) return yield* refused("table", answer)
+        }
+      }),
+      heartbeat: Effect.fn("Nginx.heartbeat")(function*(bootId: string, ttlMs: number, serving: boolean) {
+        const answer = yield* call(
+          "table",
+          HttpClientRequest.post(`${api}/heartbeat`).pipe(
+            HttpClientRequest.setUrlParams({ boot: bootId, ttl_ms: String(ttlMs), ...(serving ? {} : { serving: "0" }) })
+          )
+        )
+        if (answer.status !== 200) return yield* refused("table", answer)
+      })
+    }
+    /** The route API's first answer, as the install reads it (an occupant of its address, or the version it runs). */
+    const firstBoot = Effect.either(call("install", bootRequest))
+    return { routes, firstBoot, parseBoot, tableState }
+  })
+
+export type RouteApiClient = Effect.Effect.Success<ReturnType<typeof makeRouteApiClient>>
+
+/**
+ * NGINX_ROUTING=lua, this replica's own edge (NGINX_CONF_DIR): its file written and loaded at
+ * install, then its routes through its route API. The Nginx of this edge alone (`singleEdge`)
+ * is what a test of nginx by itself drives; the service routes through every registered edge
+ * (src/edges/EdgeSet.ts), this one among them.
+ */
+export const makeLocalLuaEdge = (kit: EdgeKit) =>
+  Effect.gen(function*() {
+    const { config, confDir, domain, path, fail, secret, callTimeout } = kit
+    const file = renderLuaConfig({
+      domain,
+      listen: kit.listen,
+      routeApiListen: config.routeApiListen,
+      tableSize: config.routeTableSize,
+      fenceTableSize: config.fenceTableSize,
+      secret
+    })
+    const client = yield* makeRouteApiClient(kit, {
+      edgeId: kit.edge.id,
+      name: "local",
+      apiUrl: routeApiUrl(config.routeApiListen),
+      probeUrl: kit.edgeUrl,
+      secret
+    })
+    const { firstBoot, parseBoot, tableState } = client
+
     /**
      * What holds the route API's address, from the install's first `GET /boot`, when it is not
      * this nginx's route API: an answer in another format, or a connection accepted and then
@@ -164,9 +300,6 @@ export const makeLuaRouting = (kit: EdgeKit) =>
         }
       })
 
-    // nginx answers a probe in microseconds; a route written is served at once: poll fast.
-    const probeSchedule = Schedule.spaced(Duration.millis(2))
-
     /**
      * Writes the file and reloads nginx once; done when the route API answers with this file's
      * version. An nginx without the Lua module refuses the file: that stops the start-up with
@@ -176,7 +309,7 @@ export const makeLuaRouting = (kit: EdgeKit) =>
       yield* kit.writeAtomically(path.join(confDir, "gateway-allocator.conf"), file.text).pipe(Effect.mapError(fail("install")))
       // nginx already runs this very file (a restart of the service, another replica): a reload
       // would only drop every client's kept-alive connections.
-      const first = yield* Effect.either(call("install", bootRequest))
+      const first = yield* firstBoot
       const running = Either.isRight(first) ? parseBoot(first.right) : Option.none()
       if (Option.exists(running, (state) => state.version === file.version)) return
       if (Option.isNone(running)) {
@@ -220,94 +353,12 @@ export const makeLuaRouting = (kit: EdgeKit) =>
       )
     }).pipe(Effect.withSpan("Nginx.install", { attributes: { "nginx.routing": "lua" } }))
 
-    const RouteLine = Schema.Struct({ organizationId: OrganizationId, upstream: Schema.String, allocationId: AllocationId, generation: Generation })
-    const decodeLines = Schema.decodeUnknown(Schema.Array(RouteLine))
-
-    return Nginx.of({
-      edge: kit.edge,
-      install,
-      writeRoute: Effect.fn("Nginx.writeRoute")(function*(route: Route, options?: WriteOptions) {
-        const answer = yield* call(
-          "write",
-          HttpClientRequest.put(routeUrl(route.organizationId)).pipe(
-            HttpClientRequest.setUrlParams({
-              upstream: route.upstream,
-              allocation: route.allocationId,
-              generation: String(route.generation),
-              until: yield* deadline,
-              ...(options?.restore === true ? { restore: "1" } : {})
-            })
-          )
-        )
-        if (answer.status !== 200) return yield* refused("write", answer)
-      }),
-      removeRoute: Effect.fn("Nginx.removeRoute")(function*(route: RouteKey) {
-        const answer = yield* call(
-          "remove",
-          HttpClientRequest.del(routeUrl(route.organizationId)).pipe(
-            HttpClientRequest.setUrlParams({
-              allocation: route.allocationId,
-              generation: String(route.generation),
-              fence_ms: String(fenceMs)
-            })
-          )
-        )
-        const outcome = answer.body.split(" ")[0]
-        if (answer.status === 200 && (outcome === "removed" || outcome === "absent" || outcome === "other")) {
-          yield* remember(route)
-          return outcome
-        }
-        return yield* refused("remove", answer)
-      }),
-      awaitServed: Effect.fn("Nginx.awaitServed")(function*({ allocationId, organizationId }: RouteKey) {
-        yield* kit.probe(organizationId).pipe(
-          Effect.filterOrFail(
-            (answer) => answer.allocation === allocationId,
-            (answer): NginxError | RouteLost =>
-              answer.allocation === ""
-                ? new RouteLost({ organizationId, allocationId })
-                : new NginxError({ operation: "probe", reason: `nginx serves allocation ${answer.allocation}` })
-          ),
-          // A probe nginx did not answer (restarting, say) is asked again; an empty table is not.
-          Effect.retry({ schedule: probeSchedule, while: (error) => error._tag !== "RouteLost" })
-        )
-      }),
-      // A removal is live when it returns: nothing to load, one probe proves it.
-      awaitWithdrawn: Effect.fn("Nginx.awaitWithdrawn")(function*({ allocationId, organizationId }: RouteKey) {
-        yield* kit.probeUntil(organizationId, (served) => served !== allocationId).pipe(Effect.retry(probeSchedule))
-        return gone
-      }),
-      probeRoute: kit.probeRoute,
-      listRoutes: Effect.gen(function*() {
-        const answer = yield* call("list", HttpClientRequest.get(`${api}/routes`))
-        if (answer.status !== 200) return yield* refused("list", answer)
-        const lines = answer.body.split("\n").slice(1).filter((line) => line !== "").map((line) => {
-          const [organizationId, upstream, allocationId, generation] = line.split(" ")
-          return { organizationId, upstream, allocationId, generation }
-        })
-        return yield* decodeLines(lines).pipe(Effect.mapError(fail("list")))
-      }).pipe(Effect.withSpan("Nginx.listRoutes")),
-      tableState: Effect.map(tableState, ({ bootId, ready }) => Option.some({ bootId, ready })),
-      restoreAll: Effect.fn("Nginx.restoreAll")(function*(bootId: string, routes: ReadonlyArray<Route>) {
-        yield* Effect.annotateCurrentSpan({ "nginx.routes": routes.length })
-        // In parts, each with its own deadline (100,000 routes take ~1.5 s in one request: more
-        // than a short outside call's bound); the last part marks the table ready.
-        const parts = Math.max(1, Math.ceil(routes.length / RESTORE_PART))
-        for (let part = 0; part < parts; part++) {
-          const body = routes.slice(part * RESTORE_PART, (part + 1) * RESTORE_PART)
-            .map((r) => `${r.organizationId} ${r.upstream} ${r.allocationId} ${r.generation}\n`).join("")
-          const answer = yield* call(
-            "table",
-            HttpClientRequest.post(`${api}/routes`).pipe(
-              HttpClientRequest.setUrlParams({ boot: bootId, until: yield* deadline, ready: part === parts - 1 ? "1" : "0" }),
-              HttpClientRequest.bodyText(body, "text/plain")
-            )
-          )
-          if (answer.status !== 200) return yield* refused("table", answer)
-        }
-      })
-    })
+    return { install, routes: client.routes }
   })
+
+/** The Nginx of the local edge alone. */
+export const makeLuaRouting = (kit: EdgeKit) =>
+  Effect.map(makeLocalLuaEdge(kit), ({ install, routes }) => singleEdge(kit.edge, install, routes))
 
 /** Routes per request of a restore: ~30 ms of nginx's time each. */
 const RESTORE_PART = 2_000

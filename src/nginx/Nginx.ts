@@ -1,4 +1,4 @@
-import { Context, Data, type Effect, type Option } from "effect"
+import { Context, Data, Effect, type Option } from "effect"
 import type { AllocationId, Generation, OrganizationId, Upstream } from "../domain/ids.ts"
 import { type ChangedNothingMarker, ChangedNothingTypeId } from "../domain/changedNothing.ts"
 
@@ -84,19 +84,58 @@ export interface TableState {
 }
 
 /**
- * The service's corner of nginx: its http-context file, each org's route, and the probe that
- * proves what nginx serves. Two implementations (NGINX_ROUTING): `lua`, routes in nginx's shared
- * memory written through a route API, live as soon as a write returns; `reload`, one route file
- * per org applied by `nginx -s reload`. Nothing the service does not own is touched.
+ * One nginx edge, as the service reaches it: its routes one by one (the same operations as
+ * `Nginx`'s, on this edge only), its whole route list, and (lua) its table's state, refill and
+ * heartbeat. Drift repair and the edge watcher work edge by edge through it.
+ */
+export interface EdgeRoutes {
+  /** The edge's id (its edge file's for the local edge) and the name operators know it by. */
+  readonly edgeId: string
+  readonly name: string
+  readonly writeRoute: (route: Route, options?: WriteOptions) => Effect.Effect<void, NginxError>
+  readonly removeRoute: (route: RouteKey) => Effect.Effect<"removed" | "absent" | "other", NginxError>
+  readonly awaitServed: (route: RouteKey) => Effect.Effect<void, NginxError | RouteLost>
+  readonly awaitWithdrawn: (route: RouteKey) => Effect.Effect<Withdrawn, NginxError>
+  readonly probeRoute: (organizationId: OrganizationId) => Effect.Effect<AllocationId | null, NginxError>
+  /** Every route the service has given this edge: each org's upstream, and the allocation (and generation) it names. */
+  readonly listRoutes: Effect.Effect<ReadonlyArray<ListedRoute>, NginxError>
+  /**
+   * Whether the edge lost its routes (lua: its table is not filled for its current boot id, after
+   * a restart) and must be given every active one again: the table's state; none when nothing can
+   * be lost (reload: route files survive restarts).
+   */
+  readonly tableState: Effect.Effect<Option.Option<TableState>, NginxError>
+  /**
+   * Puts every route (each fenced like `writeRoute`) and marks the table ready for `bootId`;
+   * refused when nginx restarted again meanwhile. Only asked after `tableState` said so.
+   */
+  readonly restoreAll: (bootId: string, routes: ReadonlyArray<Route>) => Effect.Effect<void, NginxError>
+  /**
+   * lua: a replica reached the edge and found it up to date: its own readiness holds for
+   * `ttlMs` (`serving` false: draining, not ready). reload: nothing to tell.
+   */
+  readonly heartbeat: (bootId: string, ttlMs: number, serving: boolean) => Effect.Effect<void, NginxError>
+}
+
+/**
+ * The service's corner of nginx: its http-context file, each org's route on every edge, and the
+ * probe that proves what nginx serves. Two routing modes (NGINX_ROUTING): `lua`, routes in each
+ * edge's shared memory written through its route API, live as soon as a write returns (several
+ * edges: see src/edges/EdgeSet.ts); `reload`, one route file per org applied by `nginx -s reload`,
+ * one edge. Callers never ask which: each operation means the same in both. Nothing the service
+ * does not own is touched.
  */
 export class Nginx extends Context.Tag("Nginx")<Nginx, {
+  /** This replica's own edge (NGINX_CONF_DIR). */
   readonly edge: Edge
   /** Writes `gateway-allocator.conf` and makes nginx run it. Run once at start-up. */
   readonly install: Effect.Effect<void, NginxError>
   /**
    * Writes the org's route. lua: refused (noEffect) when the table holds a newer generation for
    * the org (unless `restore`), or a fence of this one, or when the write reaches nginx after
-   * its deadline; a full table is an error, never an eviction.
+   * its deadline; a full table is an error, never an eviction. Several edges: written on each
+   * that is up to date; one that cannot take it is behind (caught up later), never a failure
+   * unless no edge took it.
    */
   readonly writeRoute: (route: Route, options?: WriteOptions) => Effect.Effect<void, NginxError>
   /**
@@ -104,6 +143,8 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
    * late undo never removes a newer allocation's route. Says what it found: the allocation's
    * route (removed), none, or another allocation's (left alone). lua: it fences late writes of
    * this allocation (and older ones) first, and fails, removing nothing, when it cannot.
+   * Several edges: an edge that does not acknowledge it owes it (its gateway is held until it
+   * has); it fails only when no edge acknowledged.
    */
   readonly removeRoute: (route: RouteKey) => Effect.Effect<"removed" | "absent" | "other", NginxError>
   /**
@@ -124,17 +165,19 @@ export class Nginx extends Context.Tag("Nginx")<Nginx, {
   readonly awaitWithdrawn: (route: RouteKey) => Effect.Effect<Withdrawn, NginxError>
   /** One probe: the allocation nginx serves for the org's hostname right now, or null. */
   readonly probeRoute: (organizationId: OrganizationId) => Effect.Effect<AllocationId | null, NginxError>
-  /** Every route the service has given nginx: each org's upstream, and the allocation (and generation) it names. */
-  readonly listRoutes: Effect.Effect<ReadonlyArray<ListedRoute>, NginxError>
-  /**
-   * Whether nginx lost its routes (lua: its table is not filled for its current boot id, after a
-   * restart) and must be given every active one again: the table's state; none when nothing can
-   * be lost (reload: route files survive restarts).
-   */
-  readonly tableState: Effect.Effect<Option.Option<TableState>, NginxError>
-  /**
-   * Puts every route (each fenced like `writeRoute`) and marks the table ready for `bootId`;
-   * refused when nginx restarted again meanwhile. Only asked after `tableState` said so.
-   */
-  readonly restoreAll: (bootId: string, routes: ReadonlyArray<Route>) => Effect.Effect<void, NginxError>
+  /** The edges every change goes to, now (one in reload mode). */
+  readonly edges: Effect.Effect<ReadonlyArray<EdgeRoutes>>
 }>() {}
+
+/** The Nginx of one edge alone: reload mode, and a test of nginx by itself. */
+export const singleEdge = (edge: Edge, install: Effect.Effect<void, NginxError>, routes: EdgeRoutes): Nginx["Type"] =>
+  Nginx.of({
+    edge,
+    install,
+    writeRoute: routes.writeRoute,
+    removeRoute: routes.removeRoute,
+    awaitServed: routes.awaitServed,
+    awaitWithdrawn: routes.awaitWithdrawn,
+    probeRoute: routes.probeRoute,
+    edges: Effect.succeed([routes])
+  })

@@ -5,7 +5,7 @@ import { makeGroupCommit } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { renderMainConfig, renderRoute, routeFileName, routeOf } from "./config.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
-import { type ListedRoute, Nginx, NginxError, type RouteKey } from "./Nginx.ts"
+import { type EdgeRoutes, type ListedRoute, NginxError, type RouteKey, singleEdge } from "./Nginx.ts"
 import { awaitOldWorkersClosed, siblingWorkers } from "./workers.ts"
 
 /**
@@ -140,9 +140,7 @@ export const makeReloadRouting = (kit: EdgeKit) =>
         )
       )
 
-    return Nginx.of({
-      edge: kit.edge,
-      install: Effect.gen(function*() {
+    const install = Effect.gen(function*() {
         yield* fs.makeDirectory(routesDir, { recursive: true })
         yield* writeAtomically(
           path.join(confDir, "gateway-allocator.conf"),
@@ -152,7 +150,11 @@ export const makeReloadRouting = (kit: EdgeKit) =>
         Effect.mapError(fail("install")),
         Effect.zipRight(reload),
         Effect.withSpan("Nginx.install")
-      ),
+      )
+
+    const routes: EdgeRoutes = {
+      edgeId: kit.edge.id,
+      name: "local",
       writeRoute: Effect.fn("Nginx.writeRoute")(function*(route) {
         yield* routeLock(route.organizationId)(writeAtomically(
           path.join(routesDir, routeFileName(route.organizationId)),
@@ -206,8 +208,10 @@ export const makeReloadRouting = (kit: EdgeKit) =>
         Effect.mapError(fail("list"))
       ),
       tableState: Effect.succeedNone,
-      restoreAll: () => Effect.void
-    })
+      restoreAll: () => Effect.void,
+      heartbeat: () => Effect.void
+    }
+    return singleEdge(kit.edge, install, routes)
   })
 
 /** What a route file names: its allocation and generation. */

@@ -6,6 +6,13 @@ export const PROBE_PATH = "/__gateway_allocator/route"
 /** In NGINX_CONF_DIR: the edge's id and probe secret, made by the first process that uses the directory. */
 export const EDGE_FILE = ".gateway-allocator-edge.json"
 
+/**
+ * lua mode: each edge answers it itself, on the org server block (with any org hostname as the
+ * Host): 200 only while its table is filled for its boot id and a replica reached it lately, so a
+ * load balancer takes a behind or cut-off edge out of rotation.
+ */
+export const READY_PATH = "/__gateway_allocator/ready"
+
 /** The header a probe carries the edge's probe secret in (see `renderMainConfig`). */
 export const PROBE_SECRET_HEADER = "x-gateway-allocator-probe"
 

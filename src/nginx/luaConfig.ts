@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto"
-import { escapeRegex, PROBE_PATH, PROBE_SECRET_HEADER, PROXY_TO_UPSTREAM } from "./config.ts"
-import { FENCES_DICT, LOCK_TABLE_SIZE, LOCKS_DICT, routeApiLua, SHARED_DICT } from "./luaRouteApi.ts"
+import { escapeRegex, PROBE_PATH, PROBE_SECRET_HEADER, PROXY_TO_UPSTREAM, READY_PATH } from "./config.ts"
+import { edgeReadyLua, FENCES_DICT, LOCK_TABLE_SIZE, LOCKS_DICT, routeApiLua, SHARED_DICT } from "./luaRouteApi.ts"
 
 /**
  * NGINX_ROUTING=lua: the service's http-context file. Routes live in a `lua_shared_dict`, a
@@ -49,8 +49,15 @@ export const renderLuaConfig = (options: {
   readonly fenceTableSize: string
   /** Guards the probe and the route API (hex, so safe in the file). */
   readonly secret: string
+  /**
+   * Who may reach the probe and the route API besides: loopback for the local edge (the default);
+   * a remote edge's file adds the private networks its replicas call from. The secret guards both
+   * either way.
+   */
+  readonly allow?: ReadonlyArray<string>
 }) => {
   const domain = escapeRegex(options.domain)
+  const allow = (options.allow ?? LOOPBACK).map((network) => `allow ${network};`).join("\n        ")
   const secretVariable = `$http_${PROBE_SECRET_HEADER.replace(/-/g, "_")}`
   const body = `lua_shared_dict ${SHARED_DICT} ${options.tableSize};
 lua_shared_dict ${FENCES_DICT} ${options.fenceTableSize};
@@ -66,10 +73,9 @@ server {
     server_name "~^([a-z0-9-]+\\.)*org-(?<gateway_allocator_org>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\\.${domain}$";
 
     # Route probe: nginx itself answers with the allocation its table holds for this Host (and the
-    # answering worker's pid). Loopback only, and only with the secret.
+    # answering worker's pid). Only from the service's addresses, and only with the secret.
     location = ${PROBE_PATH} {
-        allow 127.0.0.0/8;
-        allow ::1;
+        ${allow}
         deny all;
         if (${secretVariable} != "${options.secret}") {
             return 404;
@@ -80,6 +86,17 @@ server {
             local value = ngx.shared.${SHARED_DICT}:get(ngx.var.gateway_allocator_org)
             local allocation = value and value:match("^R %S+ (%S+) ") or ""
             ngx.print(allocation, " ", ngx.worker.pid())
+        }
+    }
+
+    # The edge's own readiness, for a load balancer (any org hostname as the Host): 200 only while
+    # its table is filled for its boot id, a replica reached it within its last heartbeat's time,
+    # and it is not draining.
+    location = ${READY_PATH} {
+        default_type text/plain;
+        add_header Cache-Control no-store;
+        content_by_lua_block {
+${indent(edgeReadyLua, 12)}
         }
     }
 
@@ -108,11 +125,10 @@ ${PROXY_TO_UPSTREAM}
     }
 }
 
-# The route API (the service's only way in): loopback, and the secret header.
+# The route API (the service's only way in): the service's addresses, and the secret header.
 server {
     listen ${options.routeApiListen};
-    allow 127.0.0.0/8;
-    allow ::1;
+    ${allow.replace(/\n {8}/g, "\n    ")}
     deny all;
     access_log off;
 
@@ -137,6 +153,9 @@ ${indent(routeApiLua(options.secret), 12)}
 ${body.replace("__CONFIG_VERSION__", version)}`
   }
 }
+
+/** The local edge's probe and route API: this host only. */
+const LOOPBACK: ReadonlyArray<string> = ["127.0.0.0/8", "::1"]
 
 const indent = (text: string, spaces: number) =>
   text.split("\n").map((line) => (line === "" ? line : " ".repeat(spaces) + line)).join("\n")

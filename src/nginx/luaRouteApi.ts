@@ -39,6 +39,9 @@ const LUA_UUID = `^${"[0-9a-f]".repeat(8)}%-${"[0-9a-f]".repeat(4)}%-${"[0-9a-f]
  *   table's boot id is another (nothing put)
  * - `POST /fences?boot={id}` with lines `fence {org} {allocation} {generation} {fence_ms}`: each a
  *   removal (after a restart emptied the fences); never marks the table ready
+ * - `POST /heartbeat?boot={id}&ttl_ms={n}[&serving=0]`: a replica reached this edge and found it
+ *   up to date; its readiness (READY_PATH) holds for `ttl_ms` (`serving=0`: draining, not ready);
+ *   409 when the table's boot id is another
  */
 export const routeApiLua = (secret: string) => `local routes = ngx.shared.${SHARED_DICT}
 local fences = ngx.shared.${FENCES_DICT}
@@ -282,6 +285,17 @@ if (uri == "/routes" or uri == "/fences") and method == "POST" then
         counts.stored, counts.unchanged, counts.stale, counts.expired, counts.full, counts.error, counts.fenced, ready and 1 or 0))
 end
 
+if uri == "/heartbeat" and method == "POST" then
+    local args = ngx.req.get_uri_args()
+    if args.boot ~= boot_id then return answer(409, "the table's boot id is " .. boot_id .. "\\n") end
+    local ttl = digits(args.ttl_ms) and tonumber(args.ttl_ms) or nil
+    if not ttl or ttl < 1 or ttl > 60000 then return answer(400, "ttl_ms must be 1-60000\\n") end
+    -- In the lock zone, stored safely: a forcible set could evict an org's lock.
+    local ok, err = store(locks, "safe_set", "#contact", args.serving == "0" and "draining" or "serving", ttl / 1000)
+    if not ok then return answer(507, "locks: " .. tostring(err) .. "\\n") end
+    return answer(200, "ok\\n")
+end
+
 local fenced_org = uri:match("^/fences/([0-9a-f%-]+)$")
 if fenced_org and method == "GET" then
     local generation = fences:get(fenced_org)
@@ -316,3 +330,22 @@ if method == "DELETE" then
     return answer(outcome_status[outcome] or 500, outcome .. (detail and (" " .. detail) or "") .. "\\n")
 end
 return answer(405, "method not allowed\\n")`
+
+/**
+ * The edge's readiness (READY_PATH), on the org server block: ready while its table is filled for
+ * its boot id and the last heartbeat has not lapsed (see `POST /heartbeat`).
+ */
+export const edgeReadyLua = `local routes = ngx.shared.${SHARED_DICT}
+local contact = ngx.shared.${LOCKS_DICT}:get("#contact")
+local boot = routes:get("#boot")
+local function say(status, text)
+    ngx.status = status
+    ngx.print(text, "\\n")
+    return ngx.exit(ngx.OK)
+end
+if not boot or routes:get("#ready") ~= boot then
+    return say(503, "not ready: the route table is not filled since nginx started")
+end
+if contact == "draining" then return say(503, "not ready: draining") end
+if not contact then return say(503, "not ready: no replica reached this edge lately") end
+return say(200, "ready " .. boot)`

@@ -14,12 +14,14 @@ export const PoolStats = Schema.Struct({
   total: Schema.Number,
   free: Schema.Number,
   allocated: Schema.Number,
-  /** Free gateways that may be handed out now: not in quarantine, not draining, no release pending. */
+  /** Free gateways that may be handed out now: not in quarantine, not draining, no release pending, no edge owing a removal. */
   available: Schema.Number,
   quarantined: Schema.Number,
   draining: Schema.Number,
   /** Free gateways whose release failed: held back until a retry succeeds. */
-  unreleased: Schema.Number
+  unreleased: Schema.Number,
+  /** Free gateways some edge may still route to (it owes their org's removal): held back until it acknowledged. */
+  held: Schema.Number
 })
 export type PoolStats = typeof PoolStats.Type
 
@@ -58,7 +60,9 @@ export class GatewayStore extends Effect.Service<GatewayStore>()("GatewayStore",
                (select count(*) from gateways_claimable)::int as available,
                (count(*) filter (where quarantined_until > now()))::int as quarantined,
                (count(*) filter (where state = 'draining'))::int as draining,
-               (count(*) filter (where unreleased_allocation_id is not null))::int as unreleased
+               (count(*) filter (where unreleased_allocation_id is not null))::int as unreleased,
+               (select count(distinct o.gateway_id) from edge_removals_owed o
+                  join gateways h on h.id = o.gateway_id where h.allocation_id is null)::int as held
           from gateways`
       return yield* decodeStats(rows[0])
     }, Effect.mapError(databaseError))

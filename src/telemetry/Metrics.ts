@@ -70,6 +70,9 @@ export const poolGatewaysDraining = Metric.gauge("gateway_allocator_pool_gateway
 export const poolGatewaysUnreleased = Metric.gauge("gateway_allocator_pool_gateways_unreleased", {
   description: "Free gateways held back because their release failed (they may still hold an org's connections)"
 })
+export const poolGatewaysHeld = Metric.gauge("gateway_allocator_pool_gateways_held", {
+  description: "Free gateways held back until every nginx edge acknowledged the removal of their last org's route"
+})
 
 export const dependencyUp = Metric.gauge("gateway_allocator_dependency_up", {
   description: "Whether a dependency (postgres, powerdns, edge) answered its last check: 1 usable, 0 not"
@@ -115,6 +118,7 @@ export const recordPool = (stats: {
   readonly quarantined: number
   readonly draining: number
   readonly unreleased: number
+  readonly held: number
 }) =>
   Effect.all([
     Metric.set(poolGatewaysTotal, stats.total),
@@ -123,5 +127,6 @@ export const recordPool = (stats: {
     Metric.set(poolGatewaysAvailable, stats.available),
     Metric.set(poolGatewaysQuarantined, stats.quarantined),
     Metric.set(poolGatewaysDraining, stats.draining),
-    Metric.set(poolGatewaysUnreleased, stats.unreleased)
+    Metric.set(poolGatewaysUnreleased, stats.unreleased),
+    Metric.set(poolGatewaysHeld, stats.held)
   ], { discard: true })

@@ -5,6 +5,7 @@
 // enters the token, as an operator would.
 //
 // CONSOLE_SCREENSHOT=1 writes docs/console.png (the README's picture) after the rolled-back start.
+import { PgClient } from "@effect/sql-pg"
 import { Context, Effect, Exit, Layer, Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import { existsSync, mkdtempSync, rmSync } from "node:fs"
@@ -14,13 +15,17 @@ import path from "node:path"
 import { type BrowserContext, chromium, type Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { LocalStack } from "../../src/dev/stack.ts"
+import type { EdgeId } from "../../src/domain/ids.ts"
+import { EdgeRegistry } from "../../src/edges/EdgeRegistry.ts"
 import { freePort } from "../../src/lib/ports.ts"
 import {
   PROJECT_ROOT,
   registerGateways,
   request,
   type ServiceProcess,
-  startServer
+  startGateway,
+  startServer,
+  stopGateway
 } from "../support/server.ts"
 import { setAllGateways, Stack, StackLive } from "../support/stack.ts"
 
@@ -336,6 +341,54 @@ describe("operator console in Chromium (real stack)", () => {
     expect(await page.locator("#live").textContent()).toBe("")
     expect(await page.evaluate("sessionStorage.length")).toBe(0)
     await page.close()
+  })
+
+  it("edges: each edge with its status; a gateway an edge owes a removal for is badged held by it, until the edge is removed", async () => {
+    // An org served and stopped first: the edge registered next is made to owe its route's removal
+    // (as if it had been cut off then), with no route change of its own in flight to a dead address.
+    const org = randomUUID()
+    expect((await Effect.runPromise(startGateway(server, org))).status).toBe(200)
+    const stopped = await Effect.runPromise(stopGateway(server, org))
+    expect(stopped.status).toBe(200)
+    const [allocation] = (await Effect.runPromise(request(server, "GET", `/allocations?organization_id=${org}`))).json.allocations
+
+    const added = await Effect.runPromise(request(server, "POST", "/edges", {
+      body: { name: "console-edge", route_api_url: "http://10.255.0.1:8089", probe_url: "http://10.255.0.1:8080" }
+    }))
+    expect(added.status).toBe(201)
+    const edgeId: string = added.json.edge_id
+    try {
+      const page = await openConsole()
+      const row = page.locator('#edge-list tr[data-edge="console-edge"]')
+      // Registered, never reached by a replica (nothing listens there): unreachable.
+      await row.locator(".badge").getByText("unreachable", { exact: true }).waitFor({ timeout: SHOWN_MS })
+      await row.getByText("never").waitFor()
+      await row.getByText("http://10.255.0.1:8089").waitFor()
+      expect(await row.locator("[data-held]").getAttribute("data-held")).toBe("0")
+
+      await Effect.runPromise(
+        Effect.flatMap(EdgeRegistry, (edges) =>
+          edges.owe(edgeId as EdgeId, { allocationId: allocation.allocation_id, generation: 1 }, "cut off")).pipe(
+          Effect.provide(EdgeRegistry.Default.pipe(Layer.provide(PgClient.layer({ url: stack.databaseUrl }))))
+        )
+      )
+      const pool = (await Effect.runPromise(request(server, "GET", "/pool"))).json
+      const held = pool.gateways.find((gateway: { gateway_id: string }) => gateway.gateway_id === stopped.json.gateway_id)
+      const gatewayRow = page.locator(`#pool-gateways tr[data-gateway="${held.name}"]`)
+      await gatewayRow.getByText("held by edge console-edge").waitFor({ timeout: SHOWN_MS })
+      await count(page, "held").getByText("1", { exact: true }).waitFor({ timeout: SHOWN_MS })
+      await row.locator('[data-held="1"]').waitFor({ timeout: SHOWN_MS })
+
+      // Removed from the registry: what it owed goes with it, the gateway is back in the pool.
+      const removed = await Effect.runPromise(request(server, "DELETE", `/edges/${edgeId}`))
+      expect(removed.json).toEqual({ edge_id: edgeId, removals_dropped: 1 })
+      await row.waitFor({ state: "detached", timeout: SHOWN_MS })
+      await gatewayRow.getByText("held by edge console-edge").waitFor({ state: "detached", timeout: SHOWN_MS })
+      await count(page, "held").getByText("0", { exact: true }).waitFor({ timeout: SHOWN_MS })
+      await page.close()
+    } finally {
+      await Effect.runPromise(request(server, "DELETE", `/edges/${edgeId}`))
+    }
   })
 
   it("no tab had a script error or a Content-Security-Policy violation", () => {

@@ -410,6 +410,7 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
             quarantined: 0,
             draining: 0,
             unreleased: 0,
+            held: 0,
             gateways: GATEWAYS.map(({ name, upstream }) => ({
               gateway_id: expect.stringMatching(uuidPattern),
               name,
@@ -419,7 +420,8 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
               health: "unknown",
               unreleased_allocation_id: null,
               quarantined_until: null,
-              last_failure: null
+              last_failure: null,
+              held_by_edges: []
             }))
           })
 
@@ -441,7 +443,8 @@ describe("HTTP handlers in memory (typed client over NodeHttpServer.layerTest)",
               health: "healthy",
               unreleased_allocation_id: null,
               quarantined_until: null,
-              last_failure: null
+              last_failure: null,
+              held_by_edges: []
             }
           ])
         })

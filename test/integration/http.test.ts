@@ -386,7 +386,8 @@ layer(
               health: "unknown",
               unreleased_allocation_id: null,
               quarantined_until: null,
-              last_failure: null
+              last_failure: null,
+              held_by_edges: []
             }
           ])
 

@@ -8,9 +8,9 @@ import { randomUUID } from "node:crypto"
 import { readFileSync } from "node:fs"
 import path from "node:path"
 import { type AllocationId, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
-import { Nginx, type Route } from "../../src/nginx/Nginx.ts"
+import type { Route } from "../../src/nginx/Nginx.ts"
 import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
-import { InstalledNginx, RealNginx, RealNginxLive } from "../support/nginx.ts"
+import { InstalledNginx, localEdge, RealNginx, RealNginxLive } from "../support/nginx.ts"
 import { rawGet } from "../support/probes.ts"
 
 const DOMAIN = "domain.local"
@@ -31,7 +31,7 @@ const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
 layer(RealNginxLive({ workers: 4 }), { excludeTestServices: true, timeout: 600_000 })("GET /routes at scale (real nginx, a measurement)", (it) => {
   it.effect("lists 10,000 and 100,000 routes; prints how long the listing takes and how long lookups wait meanwhile", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const secret = (JSON.parse(readFileSync(path.join(handle.confDir, EDGE_FILE), "utf8")) as { probeSecret: string }).probeSecret
       const headers = { [PROBE_SECRET_HEADER]: secret }

@@ -3,7 +3,7 @@
 // the table fences late writes and removals by generation and allocation; a full table is an
 // error, never an eviction; a restart empties the table (503 until the routes are pushed back).
 import { expect, layer } from "@effect/vitest"
-import { type Context, Effect, Metric, Schedule } from "effect"
+import { Effect, Metric, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { readFileSync } from "node:fs"
 import * as http from "node:http"
@@ -11,10 +11,10 @@ import * as net from "node:net"
 import path from "node:path"
 import type { NginxHandle } from "../../src/dev/NginxProcess.ts"
 import { type AllocationId, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
-import { Nginx, type Route } from "../../src/nginx/Nginx.ts"
+import { type EdgeRoutes, Nginx, type Route } from "../../src/nginx/Nginx.ts"
 import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
 import { nginxReloadsTotal } from "../../src/telemetry/Metrics.ts"
-import { InstalledNginx, RealNginx, RealNginxLive } from "../support/nginx.ts"
+import { InstalledNginx, localEdge, RealNginx, RealNginxLive } from "../support/nginx.ts"
 import { rawGet } from "../support/probes.ts"
 
 const WORKERS = 4
@@ -36,7 +36,7 @@ const reloads = Effect.map(Metric.value(nginxReloadsTotal.pipe(Metric.tagged("ou
 layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout: 60_000 })("lua route table (real nginx, 4 workers)", (it) => {
   it.effect("a route written is served by every worker on the next fresh connection; removed, it is gone everywhere; no reload", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const reloadsBefore = yield* reloads
       for (let round = 0; round < 5; round++) {
@@ -55,7 +55,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 
   it.effect("fencing: an older generation is refused, a removal for another allocation changes nothing, a tombstone refuses a late write", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const org = randomUUID() as OrganizationId
       const older = route(org)
       const newer = route(org)
@@ -98,12 +98,12 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 
   it.effect("installing the same file again (a service restart, another replica) does not reload nginx", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const r = route()
       yield* nginx.writeRoute(r)
       const before = yield* probeEveryWorker(handle, r.organizationId)
-      yield* nginx.install
+      yield* Effect.flatMap(Nginx, (service) => service.install)
       const after = yield* probeEveryWorker(handle, r.organizationId)
       // The same workers (no new generation), still serving the route.
       expect(after.pids).toEqual(before.pids)
@@ -121,7 +121,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 
   it.effect("a restart empties the table: 503 for every org (not 404) until the routes are pushed back for this boot", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const kept = route()
       yield* nginx.restoreAll((yield* stateOf(nginx)).bootId, [])
@@ -151,7 +151,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout: 60_000 })("lua route table, a small one (real nginx)", (it) => {
   it.effect("a full table refuses the write (an error, noEffect) and evicts nothing", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const written: Array<Route> = []
       for (;;) {
         const r = route()
@@ -188,7 +188,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout: 120_000 })("lua route table, a small one under churn (real nginx)", (it) => {
   it.effect("churned far past its size (thousands of orgs started and stopped), the table still takes routes and lists exactly the live ones", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const capacity = (yield* zones(handle)).routes
       // Live throughout: the churn must neither crowd them out nor bring anything back.
@@ -262,7 +262,7 @@ layer(RealNginxLive({ workers: 1 }), { excludeTestServices: true, timeout: 60_00
   }
 })
 
-const stateOf = (nginx: Context.Tag.Service<typeof Nginx>) =>
+const stateOf = (nginx: EdgeRoutes) =>
   Effect.flatMap(nginx.tableState, (state) => state._tag === "Some" ? Effect.succeed(state.value) : Effect.dieMessage("no table"))
 
 /** A request through the org server block (not the probe): what nginx answers for the org. */
@@ -336,7 +336,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 
   it.effect("a removal fences late writes of its allocation (and older ones) for STEP_TIMEOUT_MS plus one outside call, then the fence is gone", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const org = randomUUID() as OrganizationId
       const older = route(org)
@@ -380,7 +380,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 
   it.effect("a fence kept longer keeps its time: an older allocation's late removal neither shortens nor lowers it", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const org = randomUUID() as OrganizationId
       const older = route(org)
@@ -399,7 +399,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 
   it.effect("a restore replaces a forged or stale entry (another upstream, a greater generation, another allocation); a step's write does not", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const live = route()
       const org = live.organizationId
@@ -425,7 +425,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 
   it.effect("an nginx restart empties the fences; this process pushes back the ones it wrote as soon as it sees the new boot id", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const r = route()
       yield* nginx.writeRoute(r)
@@ -445,7 +445,7 @@ layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout:
 layer(RealNginxLive({ workers: WORKERS }), { excludeTestServices: true, timeout: 60_000 })("lua route table, a small fence zone (real nginx)", (it) => {
   it.effect("a removal whose fence has no room fails and removes nothing; retried once fences expired, it succeeds", () =>
     Effect.gen(function*() {
-      const nginx = yield* Nginx
+      const nginx = yield* localEdge
       const handle = yield* RealNginx
       const r = route()
       yield* nginx.writeRoute(r)

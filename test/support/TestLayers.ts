@@ -1,11 +1,12 @@
 import { SqlError } from "@effect/sql"
 import { Clock, Context, Deferred, Effect, Layer, Option, Ref } from "effect"
 import { NoGatewayAvailable } from "../../src/domain/errors.ts"
-import { type AllocationId, type GatewayId, type GatewayName, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
+import { type AllocationId, EdgeId, type GatewayId, type GatewayName, Generation, type OrganizationId, type Upstream } from "../../src/domain/ids.ts"
 import { Dns, DnsError } from "../../src/dns/Dns.ts"
 import { Handshake, HandshakeError } from "../../src/handshake/Handshake.ts"
 import { type AllocationJournalEntry, Journal, type JournalRecord } from "../../src/journal/Journal.ts"
-import { Nginx, NginxError, RouteLost, type TableState, type Withdrawn } from "../../src/nginx/Nginx.ts"
+import { type EdgeRoutes, Nginx, NginxError, RouteLost, singleEdge, type TableState, type Withdrawn } from "../../src/nginx/Nginx.ts"
+import { EdgeSet } from "../../src/edges/EdgeSet.ts"
 import { type Notice, Notifier } from "../../src/telemetry/Notifier.ts"
 import { DatabaseError } from "../../src/db/errors.ts"
 import { Database } from "../../src/db/Database.ts"
@@ -19,6 +20,8 @@ import {
   GatewayStore
 } from "../../src/pool/GatewayStore.ts"
 import { Runner } from "../../src/pool/Runner.ts"
+import { EdgeRegistry } from "../../src/edges/EdgeRegistry.ts"
+import { edgeRegistryTest } from "./edgesTest.ts"
 
 /**
  * In-memory stand-ins for the outside systems, for the ordering logic. Every call is recorded
@@ -267,7 +270,9 @@ const poolOf = (world: World) => {
           available: free.filter((g) => g.state === "active" && g.unreleasedAllocationId === null && !inQuarantine(g)).length,
           quarantined: gs.filter(inQuarantine).length,
           draining: gs.filter((g) => g.state === "draining").length,
-          unreleased: gs.filter((g) => g.unreleasedAllocationId !== null).length
+          unreleased: gs.filter((g) => g.unreleasedAllocationId !== null).length,
+          // The in-memory nginx is one edge, which acknowledges every removal or fails it: nothing is ever owed.
+          held: 0
         }
       })),
     quarantine: (gatewayId, reason, baseMs) =>
@@ -446,9 +451,9 @@ const nginxOf = (world: World, routing: "reload" | "lua") => {
     Effect.zipRight(Ref.update(world.routeFiles, update), lua ? Ref.update(world.served, update) : Effect.void)
   const reload = lua ? Effect.void : op("reload", "reload", Effect.flatMap(Ref.get(world.routeFiles), (files) => Ref.set(world.served, files)))
   const served = (org: OrganizationId) => Effect.map(Ref.get(world.served), (all) => all.get(org))
-  return Nginx.of({
-    edge: { id: "test-edge", confDir: "/nonexistent/test-edge" },
-    install: Effect.void,
+  const routes: EdgeRoutes = {
+    edgeId: TEST_EDGE_ID,
+    name: "local",
     writeRoute: (route) => op("writeRoute", "write", written((m) => new Map(m).set(route.organizationId, route.allocationId))),
     removeRoute: ({ allocationId, organizationId: org }) =>
       op("removeRoute", "remove", Effect.flatMap(Ref.get(world.routeFiles), (m) => {
@@ -499,9 +504,14 @@ const nginxOf = (world: World, routing: "reload" | "lua") => {
           ? Effect.fail(new NginxError({ operation: "table", reason: `the table's boot id is ${table.bootId}` }))
           : written((m) => new Map([...m, ...routes.map((route) => [route.organizationId, route.allocationId] as const)])).pipe(
             Effect.zipRight(Ref.set(world.table, { bootId, ready: true }))
-          )))
-  })
+          ))),
+    heartbeat: () => Effect.void
+  }
+  return routes
 }
+
+/** The in-memory nginx's one edge. */
+const TEST_EDGE_ID = EdgeId.make("00000000-0000-4000-8000-000000000ed9")
 
 /** lua: nginx restarts; its route table comes back empty, not ready, under a new boot id. */
 export const restartNginx = Effect.flatMap(TestWorld, (world) =>
@@ -540,6 +550,7 @@ const handshakeOf = (world: World) =>
 export const makeOutsideTest = (routing: "reload" | "lua") => Layer.effectContext(
   Effect.map(makeWorld, (world) => {
     const stores = poolOf(world)
+    const routes = nginxOf(world, routing)
     return Context.empty().pipe(
       Context.add(TestWorld, world),
       Context.add(Runner, Runner.make({ id: "test-runner", leaseHeld: Ref.get(world.leaseHeld) })),
@@ -548,8 +559,16 @@ export const makeOutsideTest = (routing: "reload" | "lua") => Layer.effectContex
       Context.add(Database, stores.database),
       Context.add(Journal, journalOf(world)),
       Context.add(Dns, dnsOf(world)),
-      Context.add(Nginx, nginxOf(world, routing)),
+      Context.add(Nginx, singleEdge({ id: TEST_EDGE_ID, confDir: "/nonexistent/test-edge" }, Effect.void, routes)),
+      Context.add(EdgeSet, EdgeSet.of({
+        members: Effect.succeed([{ edgeId: TEST_EDGE_ID, name: "local", local: true, draining: false, behind: false, behindMark: 0, routes }]),
+        registerLocal: Effect.void,
+        refresh: Effect.void,
+        markBehind: () => Effect.void,
+        takeAcknowledged: Effect.succeed(new Map())
+      })),
       Context.add(Handshake, handshakeOf(world)),
+      Context.add(EdgeRegistry, edgeRegistryTest(world)),
       Context.add(Notifier, Notifier.of({ notify: (notice) => Ref.update(world.notices, (all) => [...all, notice]) }))
     )
   })

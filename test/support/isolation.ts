@@ -59,6 +59,11 @@ export interface IsolationOptions {
   readonly longLivedConnections?: number
   /** Bound on opening one (connect, 101, first frame; default twice `requestTimeoutMs`). */
   readonly openTimeoutMs?: number
+  /**
+   * The org listener of every edge to ask (default: the stack's nginx alone). Every round asks
+   * each org on each edge; long-lived connections are opened on the edges in turn.
+   */
+  readonly edgePorts?: ReadonlyArray<number>
   /** Samples kept of each kind (default 20). */
   readonly maxSamples?: number
   /** The checker ends by itself once this says so (it also ends with `stop` and with the Scope). */
@@ -77,6 +82,8 @@ export interface CrossingSample {
   readonly at: string
   /** The org whose hostname was asked. */
   readonly org: string
+  /** The org listener (edge) asked. */
+  readonly edgePort: number
   /** The gateway that answered. */
   readonly gateway: string
   /** The other org's allocation that held that gateway in both snapshots. */
@@ -94,6 +101,8 @@ export interface CrossingSample {
 export interface StaleRouteSample {
   readonly at: string
   readonly org: string
+  /** The org listener (edge) asked. */
+  readonly edgePort: number
   readonly gateway: string
   /** Who held that gateway in each snapshot ("free" when nobody did). */
   readonly holderBefore: string
@@ -134,8 +143,9 @@ export interface LongLivedCrossingSample {
   /** The connection's allocation (its first frame's), and its state in Postgres right after. */
   readonly connectionAllocation: string
   readonly connectionAllocationState: string
-  /** When the connection was opened (ISO), and through which gateway. */
+  /** When the connection was opened (ISO), through which edge (its org listener) and which gateway. */
   readonly openedAt: string
+  readonly edgePort: number
   readonly openedOn: string
   /** The gateway that answered, and what it says it serves now. */
   readonly gateway: string
@@ -277,8 +287,8 @@ type Answer =
   | { readonly _tag: "Status"; readonly status: number; readonly body: string }
   | { readonly _tag: "NoAnswer"; readonly message: string }
 
-const ask = (stack: LocalStack, org: string, timeoutMs: number): Effect.Effect<Answer> =>
-  rawGet({ port: stack.nginx.listenPort, path: `/isolation/${org}`, headers: { host: hostnameOf(stack, org) }, timeoutMs }).pipe(
+const ask = (stack: LocalStack, port: number, org: string, timeoutMs: number): Effect.Effect<Answer> =>
+  rawGet({ port, path: `/isolation/${org}`, headers: { host: hostnameOf(stack, org) }, timeoutMs }).pipe(
     Effect.map((response): Answer => {
       // The sample gateway's answer: 200 served, 421 refused for its allocation header.
       const answer = gatewayAnswerOf(response.body)
@@ -305,6 +315,8 @@ interface LongLivedConnection {
   readonly allocation: string
   /** The gateway its first frame came from. */
   readonly gateway: string
+  /** The org listener (edge) it was opened on. */
+  readonly edgePort: number
   readonly openedAt: number
   readonly socket: WebSocketConnection
   nextSeq: number
@@ -331,6 +343,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
     const longLivedTarget = options.longLivedConnections ?? 4
     const openTimeoutMs = options.openTimeoutMs ?? 2 * requestTimeoutMs
     const maxSamples = options.maxSamples ?? 20
+    const edgePorts = options.edgePorts ?? [stack.nginx.listenPort]
     const log = options.log ?? (() => {})
     const startedAt = Date.now()
 
@@ -586,6 +599,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
             org: connection.org,
             connectionAllocation: connection.allocation,
             openedAt: new Date(connection.openedAt).toISOString(),
+            edgePort: connection.edgePort,
             openedOn: connection.gateway,
             gateway,
             servedAllocation: served,
@@ -672,8 +686,9 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
         Effect.gen(function*() {
           ll.attempts += 1
           const sentAt = Date.now()
+          const edgePort = edgePorts[ll.attempts % edgePorts.length] ?? stack.nginx.listenPort
           const result = yield* restore(openWebSocket({
-            port: stack.nginx.listenPort,
+            port: edgePort,
             host: hostnameOf(stack, org),
             path: `/isolation/long-lived/${org}`,
             timeoutMs: openTimeoutMs
@@ -714,6 +729,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
               connectionAllocation: "(none: first frame)",
               connectionAllocationState: "-",
               openedAt: new Date(sentAt).toISOString(),
+              edgePort,
               openedOn: gateway,
               gateway,
               servedAllocation: allocation,
@@ -733,7 +749,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
           ll.opened += 1
           lastOpenedAt.set(org, Date.now())
           const id = nextConnectionId++
-          connections.set(id, { id, org, allocation, gateway, openedAt: Date.now(), socket, nextSeq: 1, inFlight: new Map() })
+          connections.set(id, { id, org, allocation, gateway, edgePort, openedAt: Date.now(), socket, nextSeq: 1, inFlight: new Map() })
         })
       ).pipe(Effect.ensuring(Effect.sync(() => opening.delete(org))))
 
@@ -773,9 +789,11 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
       yield* judge(before.right)
       sendMessages(before.right)
       const sentAt = new Date().toISOString()
-      const asked = yield* Effect.forEach(orgs, (org) => Effect.map(ask(stack, org, requestTimeoutMs), (answer) => [org, answer] as const), {
-        concurrency: "unbounded"
-      })
+      const asked = yield* Effect.forEach(
+        orgs.flatMap((org) => edgePorts.map((port) => [org, port] as const)),
+        ([org, port]) => Effect.map(ask(stack, port, org, requestTimeoutMs), (answer) => [org, port, answer] as const),
+        { concurrency: "unbounded" }
+      )
       const after = yield* snapshot
       if (after._tag === "Left") {
         skippedRounds += 1
@@ -791,7 +809,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
       const stale: Array<Omit<StaleRouteSample, "diagnosis">> = []
       const fenced: Array<Omit<FencedSample, "diagnosis">> = []
 
-      for (const [org, answer] of asked) {
+      for (const [org, edgePort, answer] of asked) {
         const ownBefore = b.byOrg.get(org) ?? []
         const ownAfter = a.byOrg.get(org) ?? []
         const steadyActive = ownBefore.length === 1 && ownAfter.length === 1 && ownBefore[0]!.id === ownAfter[0]!.id &&
@@ -860,6 +878,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
           crossed.push({
             at: sentAt,
             org,
+            edgePort,
             gateway,
             heldBy: intruder.organization_id,
             allocationId: intruder.id,
@@ -881,6 +900,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
           stale.push({
             at: sentAt,
             org,
+            edgePort,
             gateway,
             holderBefore: describeHolder(holdersBefore),
             holderAfter: describeHolder(holdersAfter),
@@ -896,7 +916,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
         const diagnosis = crossingSamples.length < maxSamples ? yield* diagnose(crossing.org) : ""
         if (crossingSamples.length < maxSamples) crossingSamples.push({ ...crossing, diagnosis })
         log(
-          `isolation: CROSSING at ${crossing.at}: org ${crossing.org} reached ${crossing.gateway}, held by org ${crossing.heldBy} ` +
+          `isolation: CROSSING at ${crossing.at}: org ${crossing.org} reached ${crossing.gateway} through edge :${crossing.edgePort}, held by org ${crossing.heldBy} ` +
             `(allocation ${crossing.allocationId}, ${crossing.stateBefore} -> ${crossing.stateAfter}); own: ${crossing.ownBefore} -> ${crossing.ownAfter}` +
             (diagnosis === "" ? "" : `; ${diagnosis}`)
         )
@@ -929,7 +949,7 @@ export const startIsolationChecker = (options: IsolationOptions): Effect.Effect<
 
 const describeLongLivedCrossing = (s: LongLivedCrossingSample) =>
   `${s.at} org ${s.org}: ${s.kind === "first frame" ? "upgrade answered" : "message on its connection"} of ${s.connectionAllocation}` +
-  ` (${s.connectionAllocationState}; opened ${s.openedAt} on ${s.openedOn}) answered by ${s.gateway} serving ${s.servedAllocation}` +
+  ` (${s.connectionAllocationState}; opened ${s.openedAt} through edge :${s.edgePort} on ${s.openedOn}) answered by ${s.gateway} serving ${s.servedAllocation}` +
   ` of org ${s.servedOrg} (${s.servedState}); gateway holder before the message: ${s.holderBefore}, after: ${s.holderAfter}`
 
 const table = (record: Readonly<Record<string, number>>) =>
@@ -951,7 +971,7 @@ export const describeIsolation = (report: IsolationReport): string => {
     `  not answered by its gateway while steadily active (not a failure): ${report.unavailableWhileActive}`,
     `  stale routes (a gateway no other org held throughout; not a failure): ${report.staleRoutes}`,
     ...report.staleRouteSamples.slice(0, 5).map((s) =>
-      `    ${s.at} org ${s.org} reached ${s.gateway}; holder ${s.holderBefore} -> ${s.holderAfter}; own ${s.ownBefore} -> ${s.ownAfter}; ${s.diagnosis}`
+      `    ${s.at} org ${s.org} reached ${s.gateway} through edge :${s.edgePort}; holder ${s.holderBefore} -> ${s.holderAfter}; own ${s.ownBefore} -> ${s.ownAfter}; ${s.diagnosis}`
     ),
     `  fenced by the gateway (421 from a gateway holding another org's live allocation; not a crossing): ${report.fencedByGateway}`,
     ...report.fencedSamples.slice(0, 5).map((s) =>
@@ -961,7 +981,7 @@ export const describeIsolation = (report: IsolationReport): string => {
     ...report.otherSamples.slice(0, 3).map((line) => `    other: ${line}`),
     `  CROSSINGS (another org's gateway, held by it throughout): ${report.crossings}`,
     ...report.crossingSamples.slice(0, 10).map((s) =>
-      `    ${s.at} org ${s.org} reached ${s.gateway}, held by org ${s.heldBy} allocation ${s.allocationId}` +
+      `    ${s.at} org ${s.org} reached ${s.gateway} through edge :${s.edgePort}, held by org ${s.heldBy} allocation ${s.allocationId}` +
       ` (${s.stateBefore} -> ${s.stateAfter}); own ${s.ownBefore} -> ${s.ownAfter}; ${s.diagnosis}`
     ),
     `long-lived WebSockets through nginx (up to ${ll.target} at a time; longest open ${(ll.longestOpenMs / 1000).toFixed(1)} s):`,

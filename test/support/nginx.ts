@@ -38,3 +38,7 @@ export const InstalledNginx = (env: Readonly<Record<string, string>>) =>
         }))
       ))
   )
+
+/** The one edge of the Nginx under test (an nginx by itself is one edge): its routes, listing and table. */
+export const localEdge = Effect.flatMap(Nginx, (nginx) =>
+  Effect.flatMap(nginx.edges, ([edge]) => (edge === undefined ? Effect.dieMessage("the Nginx under test has no edge") : Effect.succeed(edge))))

@@ -327,9 +327,13 @@ const pidFromFile = (file: string, command: string): number => {
 export const nginxMasterPid = (stack: LocalStack) => pidFromFile(path.join(path.dirname(stack.nginx.confDir), "nginx.pid"), "nginx")
 
 /** The stack's nginx master and its workers (every process whose parent is the master); none while it is stopped. */
-export const nginxPids = (stack: LocalStack): ReadonlyArray<number> => {
-  if (!existsSync(path.join(path.dirname(stack.nginx.confDir), "nginx.pid"))) return []
-  const master = nginxMasterPid(stack)
+export const nginxPids = (stack: LocalStack): ReadonlyArray<number> => nginxPidsOf(stack.nginx.confDir)
+
+/** The master and workers of the nginx (src/dev/NginxProcess.ts) whose conf.d is `confDir`; none while it is stopped. */
+export const nginxPidsOf = (confDir: string): ReadonlyArray<number> => {
+  const pidFile = path.join(path.dirname(confDir), "nginx.pid")
+  if (!existsSync(pidFile)) return []
+  const master = pidFromFile(pidFile, "nginx")
   const children = readdirSync("/proc").filter((name) => /^\d+$/.test(name)).filter((pid) => {
     try {
       const stat = readFileSync(`/proc/${pid}/stat`, "utf8")

@@ -18,6 +18,11 @@ const contract: ReadonlyArray<readonly [string, string, ReadonlyArray<number>]> 
   ["post", "/pool/gateways", [201, 400, 401, 409]],
   ["patch", "/pool/gateways/{gateway_id}", [200, 400, 401, 404]],
   ["delete", "/pool/gateways/{gateway_id}", [200, 401, 404, 409]],
+  ["get", "/edges", [200, 401]],
+  ["post", "/edges", [201, 400, 401, 409]],
+  ["patch", "/edges/{edge_id}", [200, 400, 401, 404]],
+  ["delete", "/edges/{edge_id}", [200, 400, 401, 404, 409]],
+  ["get", "/edges/{edge_id}/config", [200, 400, 401, 404, 409]],
   ["get", "/healthz", [200]],
   ["get", "/readyz", [200, 503]],
   ["get", "/metrics", [200]]
@@ -47,8 +52,8 @@ describe("API docs", () => {
         for (const [status, described] of Object.entries(operation.responses as Record<string, any>)) {
           expect(described.description, `${name} ${status}`).toMatch(/\w/)
         }
-        // Auth: everything under /gateway, /pool and /allocations needs the bearer token, the rest none.
-        const needsAuth = /^\/(gateway|pool|allocations)/.test(path)
+        // Auth: everything under /gateway, /pool, /allocations and /edges needs the bearer token, the rest none.
+        const needsAuth = /^\/(gateway|pool|allocations|edges)/.test(path)
         expect(operation.security.length > 0, `${name} security`).toBe(needsAuth)
       }
       // The error bodies of failed starts name the step and carry the rollback report.

@@ -48,15 +48,19 @@ const WithOrgSlots = Layer.effectContext(
         Nginx,
         Nginx.of({
           ...nginx,
-          listRoutes: Effect.gen(function*() {
-            const allocations = yield* Ref.get(world.allocations)
-            return [...(yield* Ref.get(world.routeFiles)).entries()].flatMap(([organizationId, allocationId]) => {
-              const allocation = allocations.get(allocationId)
-              return allocation === undefined
-                ? []
-                : [{ organizationId, allocationId, upstream: allocation.upstream, generation: allocation.generation }]
-            })
-          })
+          edges: Effect.map(nginx.edges, (edges) =>
+            edges.map((edge) => ({
+              ...edge,
+              listRoutes: Effect.gen(function*() {
+                const allocations = yield* Ref.get(world.allocations)
+                return [...(yield* Ref.get(world.routeFiles)).entries()].flatMap(([organizationId, allocationId]) => {
+                  const allocation = allocations.get(allocationId)
+                  return allocation === undefined
+                    ? []
+                    : [{ organizationId, allocationId, upstream: allocation.upstream, generation: allocation.generation }]
+                })
+              })
+            })))
         })
       )
     )
