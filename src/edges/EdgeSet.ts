@@ -1,6 +1,6 @@
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
-import { Context, Duration, Effect, Either, Layer, Redacted, Ref } from "effect"
+import { Clock, Context, Duration, Effect, Either, Layer, Redacted, Ref } from "effect"
 import { NginxConfig, routeApiUrl, Settings } from "../config.ts"
 import type { DatabaseError } from "../db/errors.ts"
 import type { AllocationId, EdgeId, OrganizationId } from "../domain/ids.ts"
@@ -204,11 +204,17 @@ const makeEdgeSet = Effect.gen(function*() {
   const reasonOf = (error: { readonly message: string }) => error.message
 
   /** Owed removals this replica recorded, by allocation: their proofs skip those edges. */
-  const owing = yield* Ref.make(new Map<AllocationId, ReadonlySet<EdgeId>>())
+  const owing = yield* Ref.make(new Map<AllocationId, { readonly edges: ReadonlySet<EdgeId>; readonly atMs: number }>())
+  /** What a removal's proof needs to know lasts one undo at most; older entries (no proof followed) go. */
+  const OWING_KEPT_MS = 10 * 60_000
   const owe = (member: EdgeMember, route: RouteKey, reason: string) =>
     Effect.gen(function*() {
       yield* registry.owe(member.edgeId, route, `edge ${member.name}: ${reason}`)
-      yield* Ref.update(owing, (all) => new Map(all).set(route.allocationId, new Set([...(all.get(route.allocationId) ?? []), member.edgeId])))
+      const now = yield* Clock.currentTimeMillis
+      yield* Ref.update(owing, (all) => {
+        const next = new Map([...all].filter(([, entry]) => now - entry.atMs < OWING_KEPT_MS))
+        return next.set(route.allocationId, { edges: new Set([...(all.get(route.allocationId)?.edges ?? []), member.edgeId]), atMs: now })
+      })
       yield* markBehind(member.edgeId, `it did not acknowledge the removal of allocation ${route.allocationId}: ${reason}`)
       yield* Effect.logWarning(
         `edge ${member.name} owes the removal of allocation ${route.allocationId} (org ${route.organizationId}): its gateway is held until the edge acknowledges`
@@ -277,7 +283,7 @@ const makeEdgeSet = Effect.gen(function*() {
 
   const awaitWithdrawn = Effect.fn("Nginx.awaitWithdrawn")(function*(route: RouteKey) {
     const all = yield* Ref.get(members)
-    const owed = (yield* Ref.get(owing)).get(route.allocationId) ?? new Set<EdgeId>()
+    const owed = (yield* Ref.get(owing)).get(route.allocationId)?.edges ?? new Set<EdgeId>()
     const proving = all.filter((member) => !owed.has(member.edgeId) && !member.behind)
     const targets = proving.length > 0 ? proving : all.filter((member) => !owed.has(member.edgeId))
     if (targets.length === 0) return { _tag: "gone" } as Withdrawn
