@@ -169,21 +169,31 @@ export const startPowerDns = Effect.fn("PowerDnsProcess.start")(function*(option
   }
   yield* Effect.acquireRelease(handle.start, () => handle.stop)
 
-  // The zone lives in the sqlite file, so it survives restarts; create it once.
+  // The zone lives in the sqlite file, so it survives restarts; create it once. Without API
+  // rectify: PowerDNS would otherwise rectify the whole zone (list every record) on every API
+  // change, so each start's PATCH would grow with the zone; a zone without DNSSEC needs none.
   const zoneUrl = `${apiUrl}/api/v1/servers/localhost/zones/${encodeURIComponent(zone)}`
-  const existing = yield* http.get(zoneUrl).pipe(Effect.mapError(fail(`cannot read zone ${zone}`)))
+  const existing = yield* http.get(`${zoneUrl}?rrsets=false`).pipe(Effect.mapError(fail(`cannot read zone ${zone}`)))
   if (existing.status === 404) {
     // 4.7 accepts an empty nameserver list and adds a default SOA itself.
     const created = yield* http.execute(
       HttpClientRequest.post(`${apiUrl}/api/v1/servers/localhost/zones`).pipe(
-        HttpClientRequest.bodyUnsafeJson({ name: zone, kind: "Native", nameservers: [] })
+        HttpClientRequest.bodyUnsafeJson({ name: zone, kind: "Native", nameservers: [], api_rectify: false })
       )
     ).pipe(Effect.mapError(fail(`cannot create zone ${zone}`)))
     if (created.status !== 201 && created.status !== 409) {
       const body = yield* created.text.pipe(Effect.orElseSucceed(() => ""))
       return yield* new PowerDnsProcessError({ message: `creating zone ${zone} answered ${created.status}: ${body}` })
     }
-  } else if (existing.status !== 200) {
+  } else if (existing.status === 200) {
+    // A zone an earlier version created (with API rectify on): turned off once.
+    const changed = yield* http.execute(
+      HttpClientRequest.put(zoneUrl).pipe(HttpClientRequest.bodyUnsafeJson({ api_rectify: false }))
+    ).pipe(Effect.mapError(fail(`cannot change zone ${zone}`)))
+    if (changed.status !== 204 && changed.status !== 200) {
+      return yield* new PowerDnsProcessError({ message: `turning API rectify off for zone ${zone} answered ${changed.status}` })
+    }
+  } else {
     return yield* new PowerDnsProcessError({ message: `reading zone ${zone} answered ${existing.status}` })
   }
 

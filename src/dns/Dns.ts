@@ -59,6 +59,9 @@ class PatchFailed extends Data.TaggedError("PatchFailed")<{
  */
 const refusedRrsets = (status: number): boolean => status === 422 || status === 400
 
+/** What the start-up look at the zone reads: whether PowerDNS rectifies it on every API change, and whether it is signed. */
+const ZoneSettings = Schema.Struct({ api_rectify: Schema.optional(Schema.Boolean), dnssec: Schema.optional(Schema.Boolean) })
+
 /**
  * PowerDNS's HTTP API: one A rrset per org, REPLACEd on upsert and DELETEd on remove (204 both),
  * through the HttpClient it is given (tests wrap one to watch the PATCHes).
@@ -77,6 +80,28 @@ export const DnsPowerDnsOver = Layer.scoped(
       HttpClient.filterStatusOk
     )
     const fqdn = (organizationId: OrganizationId) => `${orgHostname(organizationId, domain)}.`
+
+    // PowerDNS rectifies the whole zone on every API change unless the zone says not to
+    // (default-api-rectify=yes since 4.2): each start's PATCH then lists every record, and starts
+    // slow down as the zone grows. A zone without DNSSEC needs no rectify: told once at start-up.
+    yield* client.get(`${zoneUrl}?rrsets=false`).pipe(
+      Effect.flatMap((response) => response.json),
+      Effect.flatMap(Schema.decodeUnknown(ZoneSettings)),
+      Effect.flatMap((zone) =>
+        zone.api_rectify === true && zone.dnssec !== true
+          ? Effect.logWarning(
+            `PowerDNS rectifies zone ${config.zone} on every API change (API-RECTIFY on, no DNSSEC), so every start's DNS step ` +
+              `grows with the zone: turn it off (pdnsutil set-meta ${config.zone} API-RECTIFY 0, or PUT the zone with ` +
+              `{"api_rectify": false}); a zone without DNSSEC does not need it`
+          )
+          : Effect.void
+      ),
+      Effect.scoped,
+      Effect.timeout(callTimeout),
+      // PowerDNS away at start-up is the readiness check's to tell.
+      Effect.catchAllCause((cause) => Effect.logDebug("could not read the zone's API-RECTIFY setting", cause)),
+      Effect.forkScoped
+    )
 
     interface RrsetChange {
       readonly operation: "upsert" | "remove"

@@ -1,7 +1,7 @@
 import { HttpClient, type HttpClientRequest } from "@effect/platform"
 import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
-import { Context, Effect, Either, Layer, Option, Redacted, Schema } from "effect"
+import { Context, Effect, Either, Layer, Logger, Option, Redacted, Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -10,6 +10,7 @@ import { listRecords, type PowerDnsHandle, startPowerDns } from "../../src/dev/P
 import { Settings } from "../../src/config.ts"
 import { Dns, DnsPowerDnsOver } from "../../src/dns/Dns.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
+import { pollUntil } from "../support/poll.ts"
 import { configFrom } from "../support/stack.ts"
 
 class RealPowerDns extends Context.Tag("test/RealPowerDns")<RealPowerDns, PowerDnsHandle>() {}
@@ -153,5 +154,44 @@ layer(Layer.provideMerge(DnsLive, RealPowerDnsLive), { excludeTestServices: true
         yield* Effect.forEach(added, dns.remove, { concurrency: "unbounded" })
       }).pipe(Effect.provide(dnsLayer(recordingPatches(patches))))
     })
+
+    it.effect("the stack's zone is made without API rectify; the service warns at start-up about a zone that has it on", () =>
+      Effect.gen(function*() {
+        const pdns = yield* RealPowerDns
+        const zoneUrl = `${pdns.apiUrl}/api/v1/servers/localhost/zones/domain.local.`
+        const zone = (method: "GET" | "PUT", body?: unknown) =>
+          Effect.promise(() =>
+            fetch(method === "GET" ? `${zoneUrl}?rrsets=false` : zoneUrl, {
+              method,
+              headers: { "X-API-Key": "test-key", "content-type": "application/json" },
+              ...(body === undefined ? {} : { body: JSON.stringify(body) })
+            }).then(async (response) => ({ status: response.status, json: response.status === 200 ? await response.json() : undefined }))
+          )
+        expect((yield* zone("GET")).json).toMatchObject({ api_rectify: false, dnssec: false })
+
+        /** The warnings a fresh Dns layer logs at start-up (its look at the zone is forked: given a moment). */
+        const startupWarnings = Effect.gen(function*() {
+          const lines: Array<string> = []
+          const capture = Logger.replace(
+            Logger.defaultLogger,
+            Logger.make(({ logLevel, message }) => {
+              if (logLevel._tag === "Warning") lines.push(String(Array.isArray(message) ? message[0] : message))
+            })
+          )
+          yield* Effect.scoped(
+            Effect.gen(function*() {
+              yield* Layer.build(DnsLive)
+              yield* pollUntil(Effect.sync(() => lines.length), (n) => n > 0, { withinMs: 1000 })
+            })
+          ).pipe(Effect.provide(capture))
+          return lines
+        })
+        expect(yield* startupWarnings).toEqual([])
+        expect((yield* zone("PUT", { api_rectify: true })).status).toBe(204)
+        const warned = yield* startupWarnings.pipe(Effect.ensuring(zone("PUT", { api_rectify: false })))
+        expect(warned).toHaveLength(1)
+        expect(warned[0]).toContain("API-RECTIFY")
+        expect(warned[0]).toContain("pdnsutil set-meta domain.local. API-RECTIFY 0")
+      }))
   }
 )
