@@ -26,6 +26,9 @@ export interface EdgeEndpoint {
   readonly behindMark: number
 }
 
+/** Each gateway some edge still owes a removal for, with those edges' names (`holds`). */
+export type GatewayHolds = ReadonlyMap<GatewayId, ReadonlyArray<string>>
+
 /** The name the local edge is registered under. */
 export const LOCAL_EDGE_NAME = "local"
 
@@ -233,7 +236,7 @@ export class EdgeRegistry extends Effect.Service<EdgeRegistry>()("EdgeRegistry",
             from edge_removals_owed o join edges e on e.id = o.edge_id
            group by o.gateway_id`
       )
-      return new Map(rows.map((row) => [row.gatewayId, row.edges]))
+      return new Map(rows.map((row) => [row.gatewayId, row.edges])) as GatewayHolds
     }, Effect.mapError(databaseError))
 
     return {

@@ -109,3 +109,6 @@ export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()
   { message: Schema.String },
   HttpApiSchema.annotations({ status: 503, description: "The database did not answer" })
 ) {}
+
+/** The database failed under a handler: 503, saying what it said. */
+export const serviceUnavailable = (error: { readonly message: string }) => new ServiceUnavailable({ message: error.message })

@@ -16,7 +16,8 @@ import { PrometheusMetrics } from "../telemetry/Prometheus.ts"
 import { Api } from "./Api.ts"
 import { ConsoleLive } from "./console.ts"
 import { DocsPageLive } from "./docs.ts"
-import { AllocationsHandlers, AuthorizationLive, EdgesHandlers, GatewayHandlers, HealthHandlers, PoolHandlers } from "./handlers.ts"
+import { EdgesHandlers } from "./edgesHandlers.ts"
+import { AllocationsHandlers, AuthorizationLive, GatewayHandlers, HealthHandlers, PoolHandlers } from "./handlers.ts"
 
 /** The HttpApi with its handlers (GET /metrics reads the process's Effect metrics); needs the Allocator, the stores and the edge registry. */
 export const ApiLive = HttpApiBuilder.api(Api).pipe(

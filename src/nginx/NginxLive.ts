@@ -3,7 +3,7 @@ import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Effect, Layer } from "effect"
 import { NginxConfig } from "../config.ts"
 import { makeEdgeKit } from "./EdgeKit.ts"
-import { makeLuaRouting } from "./LuaRouting.ts"
+import { makeLuaRouting } from "./LocalLuaEdge.ts"
 import { Nginx } from "./Nginx.ts"
 import { makeReloadRouting } from "./ReloadRouting.ts"
 

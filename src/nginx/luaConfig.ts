@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto"
 import { escapeRegex, PROBE_PATH, PROBE_SECRET_HEADER, PROXY_TO_UPSTREAM, READY_PATH } from "./config.ts"
-import { edgeReadyLua, FENCES_DICT, LOCK_TABLE_SIZE, LOCKS_DICT, routeApiLua, SHARED_DICT } from "./luaRouteApi.ts"
+import { FENCES_DICT, LOCK_TABLE_SIZE, LOCKS_DICT, routeApiLua, SHARED_DICT } from "./luaRouteApi.ts"
 
 /**
  * NGINX_ROUTING=lua: the service's http-context file. Routes live in a `lua_shared_dict`, a
@@ -153,6 +153,25 @@ ${indent(routeApiLua(options.secret), 12)}
 ${body.replace("__CONFIG_VERSION__", version)}`
   }
 }
+
+/**
+ * The edge's readiness (READY_PATH), on the org server block: ready while its table is filled for
+ * its boot id and the last heartbeat has not lapsed (see `POST /heartbeat`).
+ */
+const edgeReadyLua = `local routes = ngx.shared.${SHARED_DICT}
+local contact = ngx.shared.${LOCKS_DICT}:get("#contact")
+local boot = routes:get("#boot")
+local function say(status, text)
+    ngx.status = status
+    ngx.print(text, "\\n")
+    return ngx.exit(ngx.OK)
+end
+if not boot or routes:get("#ready") ~= boot then
+    return say(503, "not ready: the route table is not filled since nginx started")
+end
+if contact == "draining" then return say(503, "not ready: draining") end
+if not contact then return say(503, "not ready: no replica reached this edge lately") end
+return say(200, "ready " .. boot)`
 
 /** The local edge's probe and route API: this host only. */
 const LOOPBACK: ReadonlyArray<string> = ["127.0.0.0/8", "::1"]

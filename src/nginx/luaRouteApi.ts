@@ -330,22 +330,3 @@ if method == "DELETE" then
     return answer(outcome_status[outcome] or 500, outcome .. (detail and (" " .. detail) or "") .. "\\n")
 end
 return answer(405, "method not allowed\\n")`
-
-/**
- * The edge's readiness (READY_PATH), on the org server block: ready while its table is filled for
- * its boot id and the last heartbeat has not lapsed (see `POST /heartbeat`).
- */
-export const edgeReadyLua = `local routes = ngx.shared.${SHARED_DICT}
-local contact = ngx.shared.${LOCKS_DICT}:get("#contact")
-local boot = routes:get("#boot")
-local function say(status, text)
-    ngx.status = status
-    ngx.print(text, "\\n")
-    return ngx.exit(ngx.OK)
-end
-if not boot or routes:get("#ready") ~= boot then
-    return say(503, "not ready: the route table is not filled since nginx started")
-end
-if contact == "draining" then return say(503, "not ready: draining") end
-if not contact then return say(503, "not ready: no replica reached this edge lately") end
-return say(200, "ready " .. boot)`
