@@ -199,7 +199,8 @@ export class EdgeRegistry extends Effect.Service<EdgeRegistry>()("EdgeRegistry",
 
     /**
      * The edge did not acknowledge this removal: it may still route the org to the allocation's
-     * gateway, which no claim takes until the edge has (or is removed from the registry).
+     * gateway, which no claim takes until the edge has (or is removed from the registry). An edge
+     * deleted meanwhile (another replica's registry may lag a second) owes nothing.
      */
     const owe = Effect.fn("EdgeRegistry.owe")(function*(
       edgeId: EdgeId,
@@ -208,8 +209,9 @@ export class EdgeRegistry extends Effect.Service<EdgeRegistry>()("EdgeRegistry",
     ) {
       yield* sql`
         insert into edge_removals_owed (edge_id, allocation_id, organization_id, generation, gateway_id, reason)
-        select ${edgeId}, a.id, a.organization_id, ${removal.generation}, a.gateway_id, ${reason.slice(0, 500)}
-          from allocations a where a.id = ${removal.allocationId} and a.gateway_id is not null
+        select e.id, a.id, a.organization_id, ${removal.generation}, a.gateway_id, ${reason.slice(0, 500)}
+          from allocations a join edges e on e.id = ${edgeId}
+         where a.id = ${removal.allocationId} and a.gateway_id is not null
         on conflict (edge_id, allocation_id) do nothing`
     }, Effect.mapError(databaseError))
 
