@@ -1,7 +1,7 @@
 import { Duration, Effect, Either, Metric, Option, Ref, Schedule } from "effect"
 import { AllocationStore } from "./AllocationStore.ts"
 import { Database } from "../db/Database.ts"
-import type { EdgeId } from "../domain/ids.ts"
+import { type EdgeId, Generation } from "../domain/ids.ts"
 import { describeCause } from "../lib/describeCause.ts"
 import type { TableState } from "../nginx/Nginx.ts"
 import { Dependencies } from "../readiness/Dependencies.ts"
@@ -71,7 +71,8 @@ export class EdgeWatcher extends Effect.Service<EdgeWatcher>()("EdgeWatcher", {
         const live = new Set((yield* allocations.liveAllocations()).map((a) => a.allocationId))
         const orphans = listed.filter((route) => !live.has(route.allocationId))
         yield* Effect.forEach(orphans, (route) => routes.removeRoute(route), { concurrency: 8, discard: true })
-        const settled = (yield* registry.owedBy(member.edgeId)).filter((owed) => !live.has(owed.allocationId))
+        // Debts of allocations that are over: their routes were orphans, removed just now.
+        const settled = yield* registry.owedFinished(member.edgeId)
         yield* registry.settle(member.edgeId, settled.map((owed) => owed.allocationId))
         const cleared = yield* registry.markCaughtUp(member.edgeId, {
           fromMark: member.behindMark,
@@ -118,6 +119,27 @@ export class EdgeWatcher extends Effect.Service<EdgeWatcher>()("EdgeWatcher", {
       yield* dependencies.report("edge", failures.length < looks.length ? Either.void : Either.left(failures.join("; ")))
     })
 
+    /**
+     * The removals an edge owes for allocations that are over, made and settled: a debt whose
+     * allocation was still live when the edge was caught up (its owner's stop still running) is
+     * paid once that allocation is over, whether or not the edge is behind by then. Each removal
+     * names its allocation (compare-and-delete, fenced), so a newer allocation's route stays.
+     */
+    const payDebts = (member: EdgeMember) =>
+      Effect.gen(function*() {
+        const finished = yield* registry.owedFinished(member.edgeId)
+        if (finished.length === 0) return
+        yield* Effect.forEach(finished, (owed) =>
+          member.routes.removeRoute({
+            organizationId: owed.organizationId,
+            allocationId: owed.allocationId,
+            generation: Generation.make(owed.generation)
+          }), { concurrency: 8, discard: true })
+        yield* registry.settle(member.edgeId, finished.map((owed) => owed.allocationId))
+        yield* Effect.logInfo(`edge ${member.name} acknowledged ${finished.length} removal(s) it owed: their gateways are no longer held by it`)
+          .pipe(Effect.annotateLogs({ edge_id: member.edgeId }))
+      })
+
     /** Each edge up to date told it was reached; the registry told what each was seen with and acknowledged. */
     const heartbeat = Effect.gen(function*() {
       yield* set.refresh
@@ -125,7 +147,9 @@ export class EdgeWatcher extends Effect.Service<EdgeWatcher>()("EdgeWatcher", {
       yield* Effect.forEach(members, (member) =>
         Effect.gen(function*() {
           const state = yield* member.routes.tableState
-          if (Option.isNone(state) || !state.value.ready || member.behind) return
+          if (Option.isNone(state) || !state.value.ready) return
+          yield* payDebts(member)
+          if (member.behind) return
           yield* member.routes.heartbeat(state.value.bootId, HEARTBEAT_TTL_MS, !member.draining)
           yield* registry.markSeen(member.edgeId, { bootId: state.value.bootId })
         }).pipe(

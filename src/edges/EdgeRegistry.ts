@@ -207,12 +207,17 @@ export class EdgeRegistry extends Effect.Service<EdgeRegistry>()("EdgeRegistry",
       removal: { readonly allocationId: AllocationId; readonly generation: number },
       reason: string
     ) {
+      // The debt and the edge's behind mark in one statement: a timeout cannot keep one without the other.
       yield* sql`
-        insert into edge_removals_owed (edge_id, allocation_id, organization_id, generation, gateway_id, reason)
-        select e.id, a.id, a.organization_id, ${removal.generation}, a.gateway_id, ${reason.slice(0, 500)}
-          from allocations a join edges e on e.id = ${edgeId}
-         where a.id = ${removal.allocationId} and a.gateway_id is not null
-        on conflict (edge_id, allocation_id) do nothing`
+        with owed as (
+          insert into edge_removals_owed (edge_id, allocation_id, organization_id, generation, gateway_id, reason)
+          select e.id, a.id, a.organization_id, ${removal.generation}, a.gateway_id, ${reason.slice(0, 500)}
+            from allocations a join edges e on e.id = ${edgeId}
+           where a.id = ${removal.allocationId} and a.gateway_id is not null
+          on conflict (edge_id, allocation_id) do nothing
+          returning edge_id)
+        update edges set behind = true, behind_mark = behind_mark + 1, last_error = ${reason.slice(0, 500)}, updated_at = now()
+         where id = ${edgeId}`
     }, Effect.mapError(databaseError))
 
     const owedBy = Effect.fn("EdgeRegistry.owedBy")(function*(edgeId: EdgeId) {
@@ -221,6 +226,22 @@ export class EdgeRegistry extends Effect.Service<EdgeRegistry>()("EdgeRegistry",
           select edge_id as "edgeId", allocation_id as "allocationId", organization_id as "organizationId",
                  generation::text as generation, gateway_id as "gatewayId", reason, since
             from edge_removals_owed where edge_id = ${edgeId} order by since`
+      )
+    }, Effect.mapError(databaseError))
+
+    /**
+     * The removals the edge owes whose allocation is over (no longer live): their routes are
+     * orphans it can remove now, and then their debts are settled. One still live is its owner's
+     * to remove first.
+     */
+    const owedFinished = Effect.fn("EdgeRegistry.owedFinished")(function*(edgeId: EdgeId) {
+      return yield* decodeOwed(
+        yield* sql`
+          select o.edge_id as "edgeId", o.allocation_id as "allocationId", o.organization_id as "organizationId",
+                 o.generation::text as generation, o.gateway_id as "gatewayId", o.reason, o.since
+            from edge_removals_owed o join allocations a on a.id = o.allocation_id
+           where o.edge_id = ${edgeId} and not gateway_allocator_is_live(a.state)
+           order by o.since`
       )
     }, Effect.mapError(databaseError))
 
@@ -256,6 +277,7 @@ export class EdgeRegistry extends Effect.Service<EdgeRegistry>()("EdgeRegistry",
       acknowledge,
       owe,
       owedBy,
+      owedFinished,
       settle,
       holds
     } as const

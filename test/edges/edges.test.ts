@@ -3,7 +3,7 @@
 // running the file GET /edges/{id}/config renders. Faults are real: an edge frozen (SIGSTOP of its
 // master and workers), restarted (its table comes back empty), removed from the registry.
 import { expect, layer } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Fiber } from "effect"
 import { randomUUID } from "node:crypto"
 import { describeIsolation, startIsolationChecker } from "../support/isolation.ts"
 import { awaitEdgeState, edgeReadiness, edgeView, type RemoteEdge, startRemoteEdge } from "../support/edges.ts"
@@ -11,6 +11,7 @@ import { pollUntil } from "../support/poll.ts"
 import { domainOf, gatewayAnswerOf, hostnameOf, rawGet } from "../support/rawHttp.ts"
 import { request, startGateway, stopGateway } from "../support/server.ts"
 import { type Served, ServedStackLive, withServedStack } from "../support/servedStack.ts"
+import { setAllGateways } from "../support/stack.ts"
 
 /** What an edge answers for the org's hostname: the gateway that served it (by name), or the status. */
 const answerOn = (served: Served, port: number, org: string) =>
@@ -156,6 +157,35 @@ layer(
         expect(report.longLived.crossings + report.longLived.outlived + report.longLived.handedOver, describeIsolation(report)).toBe(0)
         expect(report.requests).toBeGreaterThan(0)
         for (const org of [y, z, ...others]) yield* stopped(served, org)
+      })
+    ))
+
+  it.scoped("a removal an edge owes for an allocation still stopping when the edge was caught up is paid once that stop is over", () =>
+    withServedStack((served) =>
+      Effect.gen(function*() {
+        const edge = yield* startRemoteEdge(served.server, "edge-debt")
+        yield* awaitEdgeState(served.server, edge.edgeId, "ready")
+        const org = randomUUID()
+        const allocation = yield* started(served, org)
+        // The stop's release hangs (its undo times out after 3 s), so the allocation is still
+        // stopping when the frozen edge comes back and is caught up.
+        yield* setAllGateways(served.stack, { release: "hang" })
+        yield* edge.freeze(true)
+        const stop = yield* Effect.fork(stopGateway(served.server, org, { timeoutMs: 30_000 }))
+        yield* pollUntil(poolGateway(served, allocation.gateway_id), ({ gateway }) => (gateway?.held_by_edges ?? []).includes("edge-debt"), {
+          withinMs: 10_000,
+          spacingMs: 50
+        })
+        yield* edge.freeze(false)
+        yield* awaitEdgeState(served.server, edge.edgeId, "ready")
+        expect((yield* Fiber.join(stop)).status).toBe(200)
+        // Over now: the edge removes the route it still held and the debt is settled.
+        const paid = yield* pollUntil(poolGateway(served, allocation.gateway_id), ({ gateway }) => (gateway?.held_by_edges ?? []).length === 0, {
+          withinMs: 10_000,
+          spacingMs: 100
+        })
+        expect(paid.gateway?.held_by_edges).toEqual([])
+        expect(yield* answerOn(served, edge.port, org)).toBe("HTTP 404")
       })
     ))
 

@@ -7,7 +7,7 @@ import { Clock, Effect, Redacted, Ref } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
 import { DatabaseError } from "../../src/db/errors.ts"
 import type { Edge, EdgeName, EdgeState, OwedRemoval } from "../../src/domain/edge.ts"
-import type { EdgeId, GatewayId } from "../../src/domain/ids.ts"
+import type { AllocationId, EdgeId, GatewayId } from "../../src/domain/ids.ts"
 import {
   EdgeAddressTaken,
   EdgeIsLocal,
@@ -174,13 +174,14 @@ export const edgeRegistryTest = (world: World) => {
     owe: (edgeId, removal, reason) =>
       Effect.gen(function*() {
         const at = yield* now
-        if (!(yield* Ref.get(rows)).has(edgeId)) return yield* refused("23503", "insert violates foreign key constraint on edge_id")
+        // A deleted edge owes nothing (the insert joins edges).
+        if (!(yield* Ref.get(rows)).has(edgeId)) return
         const allocation = (yield* Ref.get(world.allocations)).get(removal.allocationId)
         // The insert selects the allocation: none, no row.
         if (allocation === undefined) return
         const gatewayId = allocation.gatewayId
-        if (gatewayId === null) return yield* refused("23502", "null value in column gateway_id violates not-null constraint")
-        yield* Ref.update(owed, (all) =>
+        // An allocation whose gateway left the pool holds no gateway: no row (the insert's `where`).
+        if (gatewayId !== null) yield* Ref.update(owed, (all) =>
           all.some((known) => known.edgeId === edgeId && known.allocationId === removal.allocationId) ? all : [...all, {
             edgeId,
             allocationId: allocation.allocationId,
@@ -190,10 +191,22 @@ export const edgeRegistryTest = (world: World) => {
             reason: reasonOf(reason),
             since: at
           }])
+        // The same statement marks the edge behind.
+        yield* update(edgeId, (row) => ({ ...row, behindMark: row.behindMark + 1, edge: { ...row.edge, behind: true, lastError: reasonOf(reason) } }))
       }),
     owedBy: (edgeId) =>
       Effect.map(Ref.get(owed), (all) =>
         all.filter((removal) => removal.edgeId === edgeId).sort((a, b) => a.since.getTime() - b.since.getTime())),
+    owedFinished: (edgeId) =>
+      Effect.gen(function*() {
+        const allocations = yield* Ref.get(world.allocations)
+        const over = (allocationId: AllocationId) => {
+          const state = allocations.get(allocationId)?.state
+          return state === "released" || state === "rolled_back"
+        }
+        return (yield* Ref.get(owed)).filter((removal) => removal.edgeId === edgeId && over(removal.allocationId))
+          .sort((a, b) => a.since.getTime() - b.since.getTime())
+      }),
     settle: (edgeId, allocationIds) =>
       Ref.update(owed, (all) => all.filter((removal) => removal.edgeId !== edgeId || !allocationIds.includes(removal.allocationId))),
     holds: () =>
