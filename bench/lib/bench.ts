@@ -7,6 +7,7 @@ import type { LocalStack } from "../../src/dev/stack.ts"
 import { type BenchContext, type BenchOptions, openContext, reps } from "./context.ts"
 import { measureBystanderConnections } from "./measures/bystanderConnections.ts"
 import { measureWholeRunCpu, startWholeRunCpu } from "./measures/cpu.ts"
+import { measureEdgeCatchUp, measureEdges } from "./measures/edges.ts"
 import { failedStartVsStart, measureFailedStart } from "./measures/failedStart.ts"
 import { FILL_CONCURRENCY } from "./measures/fill.ts"
 import { measureMemory, noteMemory } from "./measures/memory.ts"
@@ -162,8 +163,8 @@ const eachServer = async (ctx: BenchContext, results: Results): Promise<{ orgs: 
 
 /**
  * Server C, lua, started after an nginx restart (the route table refill), fresh so that its peak
- * RSS covers the largest level: lua throughput at ~1,000 routes, then the 10,000-route level, the
- * pool's books and the memory figures.
+ * RSS covers the largest level: lua throughput at ~1,000 routes, several edges there, then the
+ * 10,000-route level, the pool's books, the memory figures and a remote edge's catch-up.
  */
 const largestLevelServer = async (
   ctx: BenchContext,
@@ -183,6 +184,9 @@ const largestLevelServer = async (
     const ratio = throughputRatio(results.throughput, { mode: "lua", concurrency, dns: "powerdns" }, { mode: "coalesce", concurrency, dns: "powerdns" })
     if (ratio !== undefined) results.throughputRatio[`lua vs coalesce c${concurrency}`] = ratio
   }
+  // Two remote edges at ~1,000 routes; deregistered and stopped again before the largest level.
+  results.edges = await measureEdges(ctx)
+  noteMemory(ctx, "several edges")
   if (ctx.allocations.size < ctx.run.maxRoutes) {
     const level = await measureLargestLevel(ctx)
     results.fills.push(level.fill)
@@ -191,6 +195,10 @@ const largestLevelServer = async (
   results.consistency = await checkPoolConsistency(ctx)
   noteMemory(ctx, "end of server C")
   results.memory = measureMemory(ctx, coalescePeakMiB)
+  // The edges are registered again only now, at the largest level: the routes created directly
+  // went to the local edge alone, and their catch-ups stay out of the memory figures above.
+  const catchUp = await measureEdgeCatchUp(ctx)
+  if (results.edges !== undefined) results.edges = { ...results.edges, catchUp }
   await ctx.fleet.shutdown()
 }
 

@@ -147,6 +147,33 @@ export const computeFigures = (results: Results): Array<Figure> => {
     )
   }
 
+  // Several edges: the start's cost, propagation to every edge, a restarted edge's catch-up.
+  const edges = results.edges
+  if (edges !== undefined) {
+    const all = edges.remoteEdges + 1
+    add("edges.start.c1.p50", `lua, ${all} edges: start p50 at c=1, ~${count(edges.routes)} routes`, "ms", edges.startAllEdges.latency.p50)
+    add(
+      "edges.start.c1.vsOneEdge",
+      `lua: start p50 at c=1 with ${all} edges ÷ with the local edge alone (${ms(edges.startOneEdge.latency.p50)} ms), same server and routes`,
+      "x",
+      edges.startRatio
+    )
+    const p = edges.propagation
+    const stale = `${p.staleAnswers} of ${count(p.answers)} answers after the 200 showed the old state`
+    add("edges.propagation.start.p99", `lua, ${p.edges} edges: a start's 200 → every edge serving the org (fresh connections), p99`, "ms", p.start.p99, stale)
+    add("edges.propagation.stop.p99", `lua, ${p.edges} edges: a stop's 200 → no edge serving the org, p99`, "ms", p.stop.p99, stale)
+  }
+  const catchUp = edges?.catchUp
+  if (catchUp !== undefined) {
+    add(
+      "edges.catchUp10k.ms",
+      `lua: a remote edge's nginx restarted with ${count(catchUp.routes)} active routes → \`ready\` again on GET /edges, every route in its table`,
+      "ms",
+      catchUp.ms,
+      catchUp.routes < 10_000 ? `measured at ${count(catchUp.routes)} routes only` : undefined
+    )
+  }
+
   // The process: memory, start-up, shutdown.
   if (results.memory !== undefined) {
     add("memory.peakRss.largest", `server peak RSS (VmHWM) at ${count(results.memory.routes)} active allocations`, "MiB", results.memory.serverPeakRssMiB)

@@ -20,6 +20,7 @@ export const renderMarkdown = (results: Results): string =>
     rawCallsSection(results),
     startLatencySection(results),
     throughputSection(results),
+    edgesSection(results),
     routeLevelsSection(results),
     fillsSection(results),
     rollbackSection(results),
@@ -202,6 +203,53 @@ const throughputSection = (results: Results): Array<string> => {
     `Ratios of starts/s: ${ratios}.`,
     ""
   ]
+}
+
+const edgesSection = (results: Results): Array<string> => {
+  const edges = results.edges
+  if (edges === undefined) return []
+  const all = edges.remoteEdges + 1
+  const one = edges.startOneEdge
+  const three = edges.startAllEdges
+  const p = edges.propagation
+  const ready = (list: ReadonlyArray<{ readonly name: string; readonly readyMs: number }>) =>
+    list.map((r) => `${r.name} ${ms(r.readyMs)} ms`).join(", ")
+  const standing = (list: ReadonlyArray<{ readonly name: string; readonly state: string; readonly heldGateways: number; readonly lastError: string | null }>) =>
+    list.map((s) => `${s.name} ${s.state}, ${s.heldGateways} gateways held${s.lastError === null ? "" : ` (last error: ${s.lastError.slice(0, 120)})`}`).join("; ")
+  const row = (label: string, l: typeof one, remoteCpu: string) => {
+    const b = l.breakdown
+    return `| ${label} | ${l.latency.n} | ${pp(l.latency)} | ${ms(l.stop.p50)} | ${ms(b.nginxConfig)} | ${ms(b.nginxReload)} | ${ms(b.dns)} | ${ms(b.handshake)} | ${ms(b.rest)} | ` +
+      `${l.cpuPerStartAndStopMs.server ?? "-"} | ${l.cpuPerStartAndStopMs.nginx ?? "-"} | ${remoteCpu} | ${l.cpuPerStartAndStopMs.other ?? "-"} |`
+  }
+  const lines = [
+    `**Several edges** (lua; ${edges.remoteEdges} remote nginx edges of ${edges.workersPerRemoteEdge} workers each beside the local one, ` +
+    `registered through POST /edges and running the file of GET /edges/{id}/config; ${count(edges.routes)} active routes; ms). ` +
+    `Registered → \`ready\` with every route (nginx up to GET /edges ready): ${ready(edges.registered)}.`,
+    "",
+    "| edges | starts | start p50 | start p99 | stop p50 | nginx-config p50 | nginx-reload (the proof) p50 | dns p50 | handshake p50 | rest p50 | CPU ms per start+stop: server | local nginx | remote nginx | other processes |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    row("local alone", one, "-"),
+    row(`${all} (local + ${edges.remoteEdges} remote)`, three, String(edges.remoteEdgesCpuPerStartAndStopMs)),
+    "",
+    `Start p50 with ${all} edges ÷ with the local edge alone: **${edges.startRatio}x**. ` +
+    `Propagation (${p.trials} starts and stops at c=1, at least ${p.connectionsPerEdge} fresh connections to each of the ${p.edges} edges' org listeners after each 200; ` +
+    `workers seen: ${Object.entries(p.workersSeen).map(([name, n]) => `${name} ${n}`).join(", ")}): every edge served a start within p50 ${ms(p.start.p50)} / ` +
+    `p99 ${ms(p.start.p99)} ms of its 200, and none served a stopped org within p50 ${ms(p.stop.p50)} / p99 ${ms(p.stop.p99)} ms; ` +
+    `**${p.staleAnswers}** of ${count(p.answers)} answers showed the old state${p.errors > 0 ? `; ${p.errors} starts failed` : ""}. ` +
+    `On GET /edges before they were removed: ${standing(edges.standing)}.`,
+    ""
+  ]
+  const c = edges.catchUp
+  if (c !== undefined) {
+    lines.push(
+      `Catch-up at ${count(c.routes)} active routes (the remote edges registered again at this level; registered → ready: ${ready(c.registered)}): ` +
+        `${c.edge}'s nginx restarted (stop and start ${ms(c.restartMs)} ms; its table empty), then its table ready on its route API after ` +
+        `${ms(c.tableReadyMs)} ms and the edge \`ready\` on GET /edges for its new boot with ${count(c.routeCount)} routes after **${ms(c.ms)} ms**; ` +
+        `its route API lists ${count(c.routesListed)} routes. Then: ${standing(c.standing)}.`,
+      ""
+    )
+  }
+  return lines
 }
 
 const routeLevelsSection = (results: Results): Array<string> => {

@@ -149,6 +149,80 @@ export interface RouteRefillFigures {
   readonly startupMs: number
 }
 
+/** A remote edge registered: from its nginx up (with the file of GET /edges/{id}/config) to `ready` holding every route. */
+export interface EdgeReadyFigures {
+  readonly name: string
+  readonly routes: number
+  readonly readyMs: number
+}
+
+/** How a remote edge stood on GET /edges at the end of a part, before it was deregistered. */
+export interface EdgeStanding {
+  readonly name: string
+  readonly state: string
+  readonly routeCount: number
+  readonly heldGateways: number
+  readonly lastError: string | null
+}
+
+export interface EdgePropagationFigures {
+  readonly trials: number
+  /** The local edge and the remote ones. */
+  readonly edges: number
+  /** Fresh connections to each edge after each 200, at least. */
+  readonly connectionsPerEdge: number
+  /** ms from a start's 200 until every edge answered the new allocation (the slowest edge's first answer). */
+  readonly start: Summary
+  /** ms from a stop's 200 until no edge answered it. */
+  readonly stop: Summary
+  /** Answers after the 200 that still showed the old state (must be 0: the service proves on each edge first). */
+  readonly staleAnswers: number
+  readonly answers: number
+  /** Starts that did not answer 200. */
+  readonly errors: number
+  /** Distinct nginx workers seen answering, per edge. */
+  readonly workersSeen: Record<string, number>
+}
+
+export interface EdgeCatchUpFigures {
+  /** Active allocations (routes every edge must hold). */
+  readonly routes: number
+  /** The remote edges registered at this level, each filled from Postgres from empty. */
+  readonly registered: ReadonlyArray<EdgeReadyFigures>
+  /** The edge whose nginx was restarted. */
+  readonly edge: string
+  /** Its nginx stopped and started again (the table is in shared memory: empty after). */
+  readonly restartMs: number
+  /** From the new nginx up until its route API said the table is ready (GET /boot). */
+  readonly tableReadyMs: number
+  /** From the new nginx up until GET /edges showed it `ready` for its new boot with every route, and its table ready. */
+  readonly ms: number
+  /** route_count on GET /edges then, and the routes its route API lists (GET /routes). */
+  readonly routeCount: number
+  readonly routesListed: number
+  readonly standing: ReadonlyArray<EdgeStanding>
+}
+
+/** Several edges (lua): two remote nginx edges registered beside the local one. */
+export interface EdgesFigures {
+  readonly remoteEdges: number
+  readonly workersPerRemoteEdge: number
+  /** Active allocations while the start cost and propagation were measured (~1,000). */
+  readonly routes: number
+  readonly registered: ReadonlyArray<EdgeReadyFigures>
+  /** c=1 starts, same server and route count: the local edge alone, then every edge registered. */
+  readonly startOneEdge: LatencyFigures
+  readonly startAllEdges: LatencyFigures
+  /** startAllEdges p50 / startOneEdge p50. */
+  readonly startRatio: number
+  /** CPU of the remote edges' nginx (masters and workers) per start and stop of startAllEdges. */
+  readonly remoteEdgesCpuPerStartAndStopMs: number
+  readonly propagation: EdgePropagationFigures
+  readonly standing: ReadonlyArray<EdgeStanding>
+  /** At the largest level: one remote edge's nginx restarted, caught up from Postgres. */
+  readonly catchUp?: EdgeCatchUpFigures
+}
+
 export type KeptAliveFigures = { readonly mode: ServerMode; readonly operations: number } & BystanderTally
 
 export interface StartupFigures {
@@ -242,6 +316,8 @@ export interface Results {
   memory?: MemoryFigures
   /** NGINX_ROUTING=lua: raw calls, c=1 start, rollback, propagation to every worker, restore after a restart. */
   lua?: LuaFigures
+  /** Several edges (lua): start cost with 3 edges vs 1, propagation to every edge, catch-up of a restarted edge. */
+  edges?: EdgesFigures
   /** A bystander org's kept-alive connections while other orgs start and stop, per mode. */
   keptAlive: Array<KeptAliveFigures>
   /** The server's RSS after each phase. */

@@ -45,6 +45,17 @@ export const TARGETS = {
     limit: 0,
     why: "starting and stopping other orgs must not break an unrelated org's open connections"
   },
+  // ---- several edges (lua: the local edge and remote ones, each change to each) ---------------
+  "edges.start.c1.vsOneEdge": {
+    comparison: "<=",
+    limit: 1.2,
+    why: "a change goes to every edge in parallel: a second and third edge should add little to a start, not an edge's round trip each"
+  },
+  "edges.catchUp10k.ms": {
+    comparison: "<=",
+    limit: 2000,
+    why: "a restarted edge answers 503 (out of rotation) until it is caught up: with 10,000 routes it should be back within a load balancer's health check or two"
+  },
   // ---- reload routing (route files, `nginx -s reload`) ----------------------------------------
   "coalesce.throughput.c64.vsEach": {
     comparison: ">=",

@@ -15,19 +15,27 @@
 // systems, the pool must hold no gateway whose release is still owed (GET /pool), and every
 // sample gateway must hold what Postgres gives it (its live allocation, or nothing).
 //
+// With --edges N, N remote nginx edges (test/support/edges.ts: each a real nginx on loopback,
+// registered through POST /edges, its route API behind a dropping TCP proxy) join the stack's
+// nginx (the local edge): the isolation checker asks every edge, and edge faults join the mix (an
+// edge frozen, restarted with its table emptied, or partitioned: its route API unreachable while
+// it keeps serving). At the end every edge must be ready again and hold no gateway within 30 s
+// of the last fault, and route every org as Postgres says.
+//
 //   npm run chaos -- --ops 2000 --seed 42 [--gateways 6] [--orgs 12] [--workers 4] [--time-limit-s 900]
 //                    [--think-ms 100-700] [--fault-every-ms 700-2500] [--kill-every-ms 8000-16000]
-//                    [--long-lived 4]
+//                    [--long-lived 4] [--edges 0]
 //
 // Randomness is seeded (one stream per actor: clients, faults, kills); the interleaving still
 // depends on timing, but a failing seed replays the same choices.
 import { NodeContext } from "@effect/platform-node"
-import { Duration, Effect, Exit, Fiber, Scope } from "effect"
+import { Duration, Effect, Exit, Fiber, Schedule, Scope } from "effect"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import { pathToFileURL } from "node:url"
 import { type LocalStack, startLocalStack } from "../../src/dev/stack.ts"
+import { awaitEdgeState, type RemoteEdge, startRemoteEdge } from "../support/edges.ts"
 import {
   checkInvariants,
   type Db,
@@ -36,6 +44,7 @@ import {
   openDb
 } from "../support/invariants.ts"
 import { describeIsolation, type IsolationReport, startIsolationChecker } from "../support/isolation.ts"
+import { gatewayAnswerOf, hostnameOf, rawGet } from "../support/rawHttp.ts"
 import {
   type ApiAnswer,
   nginxMasterPid,
@@ -82,6 +91,13 @@ export interface ChaosOptions {
   readonly isolationIntervalMs?: number
   /** Long-lived WebSockets the isolation checker keeps open at a time (default 4; 0: none). */
   readonly longLivedConnections?: number
+  /**
+   * Remote nginx edges started next to the stack's own (default 0). With some, the isolation
+   * checker asks every edge, and the edge faults join the mix.
+   */
+  readonly edges?: number
+  /** The fault mix's weights by kind, over FAULT_WEIGHTS (and EDGE_FAULT_WEIGHTS with edges); 0 takes a kind out. */
+  readonly faultWeights?: Partial<Readonly<Record<FaultKind, number>>>
   readonly reconcileIntervalMs?: number
   readonly stepTimeoutMs?: number
   readonly undoTimeoutMs?: number
@@ -130,7 +146,57 @@ export interface ChaosSummary {
   readonly durationMs: number
   /** The stack's directory (logs of every replica under servers/), when the run started its own. */
   readonly dataDir: string | undefined
+  /** Remote edges (besides the local one); the figures below are about edges only when there are some. */
+  readonly edges: number
+  /** The edge faults by kind (also in `faults`). */
+  readonly edgeFaults: Readonly<Record<string, number>>
+  /** The most gateways GET /pool showed `held` (by an edge owing a removal), asked every second through the run. */
+  readonly heldMax: number
+  /** GET /pool's `held` once every edge was ready at the end (null: not read). */
+  readonly heldAtEnd: number | null
+  /** How long after the last fault every edge was `ready` on GET /edges with no held gateway (null: not within 30 s). */
+  readonly edgesReadyAfterMs: number | null
+  /** The edges not ready, or holding gateways, when the 30 s were up: one line each; empty when none. */
+  readonly edgesAtEnd: ReadonlyArray<string>
+  /** Requests made by the final check of every org on every edge. */
+  readonly edgeRoutesChecked: number
+  /**
+   * Orgs an edge did not route as Postgres says at the end (an active org's hostname to another
+   * gateway than its allocation's, a stopped one's anywhere but a 404): one line each.
+   */
+  readonly edgeRoutesAtEnd: ReadonlyArray<string>
 }
+
+/** The fault mix (relative weights). */
+export const FAULT_WEIGHTS = {
+  "gateway handshake 500": 3,
+  "gateway handshake hang": 2,
+  "gateway health hang": 2,
+  "gateway slow handshake": 1,
+  "gateway release 500": 1.5,
+  "gateway release hang": 1,
+  "gateway slow release": 1.5,
+  "PowerDNS stopped": 1.5,
+  "PowerDNS frozen (SIGSTOP)": 0.7,
+  "nginx broken foreign file": 1.5,
+  "nginx master frozen (SIGSTOP)": 0.7,
+  "nginx frozen, master and workers (SIGSTOP)": 0.7,
+  "nginx restarted (lua: route table emptied)": 0.8,
+  "replica frozen (SIGSTOP)": 0.7,
+  "replica lease lost": 1.2
+} as const
+
+/**
+ * The faults of one remote edge, in the mix only when the run has remote edges (so a seed without
+ * them replays the same choices as before they existed).
+ */
+export const EDGE_FAULT_WEIGHTS = {
+  "edge frozen": 1.5,
+  "edge restarted": 1,
+  "edge partitioned": 1.5
+} as const
+
+export type FaultKind = keyof typeof FAULT_WEIGHTS | keyof typeof EDGE_FAULT_WEIGHTS
 
 /** mulberry32: small, fast, good enough to replay choices from a seed. */
 export const rng = (seed: number) => {
@@ -254,6 +320,104 @@ const gatewaysHolding = (stack: LocalStack, db: Db) =>
     return lines
   })
 
+/** GET /pool's `held` (gateways held by an edge owing a removal); null when it did not answer. */
+const poolHeld = (endpoint: ServiceProcess) =>
+  request(endpoint, "GET", "/pool", { timeoutMs: 2000 }).pipe(
+    Effect.map((answer) => (answer.status === 200 && typeof answer.json?.held === "number" ? answer.json.held as number : null)),
+    Effect.orElseSucceed(() => null)
+  )
+
+/** An edge as GET /edges shows it: the fields the run reads. */
+interface EdgeRow {
+  readonly name: string
+  readonly state: string
+  readonly held_gateways: number
+  readonly last_error: string | null
+}
+
+/** The edges that are not `ready` or hold gateways (GET /edges), one line each; one line too when fewer than `expected` are listed. */
+const edgesNotReady = (endpoint: ServiceProcess, expected: number) =>
+  request(endpoint, "GET", "/edges", { timeoutMs: 5000 }).pipe(
+    Effect.map((answer): ReadonlyArray<string> => {
+      if (answer.status !== 200) return [`GET /edges: ${answer.status} ${answer.text.slice(0, 200)}`]
+      const edges = (answer.json?.edges ?? []) as ReadonlyArray<EdgeRow>
+      const lines = edges.filter((edge) => edge.state !== "ready" || edge.held_gateways !== 0).map((edge) =>
+        `${edge.name}: ${edge.state}, ${edge.held_gateways} held gateway(s)${edge.last_error === null ? "" : ` (last error: ${edge.last_error})`}`
+      )
+      if (edges.length !== expected) lines.push(`GET /edges lists ${edges.length} edges, not ${expected}`)
+      return lines
+    }),
+    Effect.catchAll((error) => Effect.succeed([`GET /edges: ${error.message}`]))
+  )
+
+/** The removals edges still owe (edge_removals_owed), one line each, with the owing allocation's state now. */
+const owedRemovals = (db: Db) =>
+  db.query<{ edge: string; behind: boolean; behind_mark: string; allocation_id: string; state: string; finished_at: Date | null; since: Date; gateway: string; reason: string | null }>(
+    `select e.name as edge, e.behind, e.behind_mark, o.allocation_id, a.state, a.finished_at, o.since, g.name as gateway, o.reason
+       from edge_removals_owed o join edges e on e.id = o.edge_id
+       join allocations a on a.id = o.allocation_id join gateways g on g.id = o.gateway_id
+      order by o.since`
+  ).pipe(
+    Effect.map((rows) =>
+      rows.map((row) =>
+        `owed by ${row.edge} (behind ${row.behind}, mark ${row.behind_mark}): allocation ${row.allocation_id} on ${row.gateway}, owed since ` +
+        `${row.since.toISOString()}, now ${row.state}${row.finished_at === null ? "" : ` (finished ${row.finished_at.toISOString()})`}: ${row.reason ?? ""}`
+      )
+    ),
+    Effect.catchAll((error) => Effect.succeed([`cannot read edge_removals_owed: ${error.message}`]))
+  )
+
+/**
+ * Every org on every edge (a fresh request with its hostname) against Postgres read before and
+ * after: an active org must reach its allocation's gateway, an org with no live allocation must
+ * get nginx's 404. An org whose allocation moved between the two reads is not judged.
+ */
+const edgeRouteMismatches = (
+  stack: LocalStack,
+  db: Db,
+  edges: ReadonlyArray<{ readonly name: string; readonly port: number }>,
+  orgs: ReadonlyArray<string>
+) =>
+  Effect.gen(function*() {
+    const read = db.query<{ organization_id: string; id: string; state: string; gateway: string }>(
+      `select a.organization_id, a.id, a.state, g.name as gateway
+         from allocations a join gateways g on g.id = a.gateway_id
+        where a.state in ('starting', 'active', 'stopping', 'rolling_back')`
+    ).pipe(Effect.map((rows) => new Map(rows.map((row) => [row.organization_id, row]))), Effect.either)
+    const before = yield* read
+    const everyOrg = [...new Set([...orgs, ...(before._tag === "Right" ? before.right.keys() : [])])].sort()
+    const asked = yield* Effect.forEach(
+      edges.flatMap((edge) => everyOrg.map((org) => ({ edge, org }))),
+      ({ edge, org }) =>
+        rawGet({ port: edge.port, path: "/chaos/edge-check", headers: { host: hostnameOf(stack, org) }, timeoutMs: 3000 }).pipe(
+          Effect.map((response) => {
+            const answer = gatewayAnswerOf(response.body)
+            return response.status === 200 && answer !== undefined ? answer.gateway : `HTTP ${response.status} ${response.body.slice(0, 80).trim()}`
+          }),
+          Effect.catchAll((error) => Effect.succeed(`no answer (${error.message})`)),
+          Effect.map((answer) => ({ edge, org, answer }))
+        ),
+      { concurrency: 8 }
+    )
+    const after = yield* read
+    const unreadable = (error: { readonly message: string }) => ({ requests: asked.length, mismatches: [`cannot read Postgres: ${error.message}`] })
+    if (before._tag === "Left") return unreadable(before.left)
+    if (after._tag === "Left") return unreadable(after.left)
+    const mismatches: Array<string> = []
+    for (const { answer, edge, org } of asked) {
+      const was = before.right.get(org)
+      const is = after.right.get(org)
+      if (was?.id !== is?.id || was?.state !== is?.state) continue
+      const expected = is === undefined ? "HTTP 404" : is.state === "active" ? is.gateway : undefined
+      if (expected === undefined) {
+        mismatches.push(`org ${org}: allocation ${is?.id} left ${is?.state}`)
+      } else if (expected === "HTTP 404" ? !answer.startsWith("HTTP 404") : answer !== expected) {
+        mismatches.push(`edge ${edge.name}: org ${org} answered ${answer}; Postgres: ${is === undefined ? "nothing live" : `active ${is.id} on ${is.gateway}`}`)
+      }
+    }
+    return { requests: asked.length, mismatches: [...new Set(mismatches)] }
+  })
+
 /**
  * The Postgres sessions holding a replica's runner lease: the advisory lock keyed
  * `gateway_allocator_runner_key(runner)` (database/0002_runners_and_recovery.sql) of the runner
@@ -293,7 +457,8 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       timeLimitMs: options.timeLimitMs ?? 120_000,
       reconcileIntervalMs: options.reconcileIntervalMs ?? 1000,
       stepTimeoutMs: options.stepTimeoutMs ?? 2500,
-      undoTimeoutMs: options.undoTimeoutMs ?? 2000
+      undoTimeoutMs: options.undoTimeoutMs ?? 2000,
+      edges: options.edges ?? 0
     }
     const faultEveryMs = options.faultEveryMs ?? [700, 2500]
     const thinkMs = options.thinkMs ?? [100, 700]
@@ -324,6 +489,20 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
     ]
     yield* registerGateways(servers[0]!, stack)
     const db: Db = yield* openDb(stack.env["DATABASE_URL"]!)
+    // The remote edges, each ready (filled by a replica) before the clients begin. Their route APIs
+    // sit behind a dropping proxy, for the partition fault.
+    const remoteEdges: Array<RemoteEdge> = []
+    for (let i = 1; i <= settings.edges; i++) {
+      const edge = yield* startRemoteEdge(servers[0]!, `chaos-edge-${i}`, { partitionable: true })
+      yield* awaitEdgeState(servers[0]!, edge.edgeId, "ready", 30_000)
+      remoteEdges.push(edge)
+    }
+    /** Every edge's org listener, the local one first: where the isolation checker and the final check ask. */
+    const edgePorts = [
+      { name: "local", port: stack.nginx.listenPort },
+      ...remoteEdges.map((edge) => ({ name: edge.name, port: edge.port }))
+    ]
+    if (remoteEdges.length > 0) log(`chaos: edges ${edgePorts.map((edge) => `${edge.name} :${edge.port}`).join(", ")}`)
 
     const clients = rng(options.seed)
     const faultRng = rng(options.seed ^ 0x5bd1e995)
@@ -331,6 +510,12 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
     const orgs = Array.from({ length: settings.orgs }, () => deterministicUuid(clients))
     const outcomes: Record<string, number> = {}
     const faults: Record<string, number> = {}
+    const edgeFaults: Record<string, number> = {}
+    const faultWeights: Partial<Record<FaultKind, number>> = {
+      ...FAULT_WEIGHTS,
+      ...(remoteEdges.length > 0 ? EDGE_FAULT_WEIGHTS : {}),
+      ...options.faultWeights
+    }
     const contractBreaks: Array<string> = []
     const count = (table: Record<string, number>, key: string) => {
       table[key] = (table[key] ?? 0) + 1
@@ -350,6 +535,12 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
     // --- faults, each undone by itself after a while (and all of them at the end) ---
     const brokenFile = path.join(stack.nginx.confDir, "chaos-broken.conf")
     const faulted = new Set<string>()
+    /** Starts a remote edge's nginx again (no-op when running); its ports may take a moment to come free: retried. */
+    const startEdgeNginx = (edge: RemoteEdge) =>
+      edge.nginx.start.pipe(
+        Effect.retry(Schedule.spaced(Duration.millis(200)).pipe(Schedule.intersect(Schedule.recurs(25)))),
+        Effect.orDie
+      )
     const restoreAll = Effect.gen(function*() {
       yield* Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(GATEWAY_OK), { discard: true })
       rmSync(brokenFile, { force: true })
@@ -358,28 +549,44 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       if (yield* stack.powerDns.isRunning) yield* signalPid(powerDnsPid(stack), "SIGCONT")
       yield* stack.powerDns.start
       for (const server of servers) yield* server.signal("SIGCONT")
+      for (const edge of remoteEdges) {
+        if (edge.proxy !== undefined) yield* edge.proxy.setDropping(false)
+        yield* edge.freeze(false)
+        yield* startEdgeNginx(edge)
+      }
       faulted.clear()
     })
     const injectFault = Effect.gen(function*() {
-      const kind = faultRng.weighted({
-        "gateway handshake 500": 3,
-        "gateway handshake hang": 2,
-        "gateway health hang": 2,
-        "gateway slow handshake": 1,
-        "gateway release 500": 1.5,
-        "gateway release hang": 1,
-        "gateway slow release": 1.5,
-        "PowerDNS stopped": 1.5,
-        "PowerDNS frozen (SIGSTOP)": 0.7,
-        "nginx broken foreign file": 1.5,
-        "nginx master frozen (SIGSTOP)": 0.7,
-        "nginx frozen, master and workers (SIGSTOP)": 0.7,
-        "nginx restarted (lua: route table emptied)": 0.8,
-        "replica frozen (SIGSTOP)": 0.7,
-        "replica lease lost": 1.2
-      })
+      // Undefined weights are kinds the caller left out (only when it passes some).
+      const kind = faultRng.weighted(faultWeights as Record<FaultKind, number>)
       const lasting = faultRng.between(400, 2500)
-      if (kind.startsWith("gateway")) {
+      if (kind.startsWith("edge ")) {
+        const edge = faultRng.pick(remoteEdges)
+        const lastingMs = faultRng.between(1000, 4000)
+        // One fault at a time on one edge (a frozen nginx would not act on a restart's SIGTERM).
+        const key = `edge ${edge.name}`
+        if (faulted.has(key)) return
+        faulted.add(key)
+        count(faults, kind)
+        count(edgeFaults, kind)
+        yield* Effect.gen(function*() {
+          if (kind === "edge frozen") {
+            // Its master and workers stopped: route calls, probes and org traffic all hang.
+            yield* edge.freeze(true)
+            yield* sleep(lastingMs).pipe(Effect.ensuring(edge.freeze(false)))
+          } else if (kind === "edge restarted") {
+            // Shared memory does not survive: 503 for every org until a replica refills it.
+            yield* edge.nginx.stop
+            yield* sleep(Math.min(lasting, 500)).pipe(Effect.ensuring(startEdgeNginx(edge)))
+          } else if (edge.proxy !== undefined) {
+            // The replicas lose its route API (writes, removals, heartbeats), org traffic still flows.
+            const proxy = edge.proxy
+            yield* proxy.setDropping(true)
+            yield* sleep(lastingMs).pipe(Effect.ensuring(proxy.setDropping(false)))
+          }
+          log(`chaos: ${kind}: ${edge.name} for ${kind === "edge restarted" ? "a restart" : `${lastingMs} ms`} after ${issued} ops`)
+        }).pipe(Effect.ensuring(Effect.sync(() => faulted.delete(key))))
+      } else if (kind.startsWith("gateway")) {
         const gateway = faultRng.pick(stack.gateways)
         if (faulted.has(gateway.name)) return
         faulted.add(gateway.name)
@@ -629,16 +836,31 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       return true
     })
 
+    /** A replica to ask: one that is up and not frozen by a fault, else the first. */
+    const anyReplica = () => servers.find((server) => !down.has(server) && !faulted.has(server.name) && server.running()) ?? servers[0]!
+
+    /** GET /pool's `held`, every second, the most seen kept (a frozen or killed replica's turn is skipped). */
+    let heldMax = 0
+    const heldLoop = Effect.gen(function*() {
+      while (true) {
+        const held = yield* poolHeld(anyReplica())
+        if (held !== null) heldMax = Math.max(heldMax, held)
+        yield* sleep(1000)
+      }
+    })
+
     // --- the run ---
-    // The isolation checker asks about every org started so far, from the first start to the
-    // final check (it stops by itself with the Scope should the run fail before that).
+    // The isolation checker asks about every org started so far, on every edge, from the first
+    // start to the final check (it stops by itself with the Scope should the run fail before that).
     const isolation = yield* startIsolationChecker({
       stack,
       orgs: () => startedOrgs,
       intervalMs: options.isolationIntervalMs ?? 50,
       longLivedConnections: options.longLivedConnections ?? 4,
+      edgePorts: edgePorts.map((edge) => edge.port),
       log
     })
+    const heldFiber = yield* Effect.fork(heldLoop)
     const faultFiber = yield* Effect.fork(faultLoop)
     const killFiber = yield* Effect.fork(killLoop)
     yield* Effect.forEach(Array.from({ length: settings.workers }, (_, i) => i), worker, {
@@ -654,14 +876,30 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
     if (Exit.isFailure(killExit) && !Exit.isInterrupted(killExit)) log(`chaos: kill loop failed: ${String(killExit.cause)}`)
     yield* Fiber.interrupt(faultFiber)
     yield* restoreAll
+    // Every edge thawed, its partition healed, its nginx up: the last fault is over.
+    const faultsOffAt = Date.now()
+    // From now on, every edge ready again and holding no gateway (its owed removals done) within
+    // 30 s, watched while the replicas come back and the checks below run: when is the figure.
+    const edgesReadyFiber = yield* Effect.fork(Effect.gen(function*() {
+      if (remoteEdges.length === 0) return { edgesReadyAfterMs: null, edgesAtEnd: [] as ReadonlyArray<string> }
+      while (true) {
+        const notReady = yield* edgesNotReady(anyReplica(), edgePorts.length)
+        if (notReady.length === 0) return { edgesReadyAfterMs: Date.now() - faultsOffAt, edgesAtEnd: notReady }
+        if (Date.now() - faultsOffAt >= 30_000) {
+          // What each edge still owes, from Postgres: which allocation, since when, in what state now.
+          const atEnd = [...notReady, ...(yield* owedRemovals(db))]
+          log(`chaos: edges not ready, or holding gateways, 30 s after the last fault:\n  ${atEnd.join("\n  ")}`)
+          return { edgesReadyAfterMs: null, edgesAtEnd: atEnd }
+        }
+        yield* sleep(250)
+      }
+    }))
     for (const server of servers) {
       if (!server.running() || down.has(server)) yield* revive(server)
     }
     yield* awaitLeases
     const quietAt = Date.now()
     yield* sleep(2 * settings.reconcileIntervalMs)
-    const isolationReport = yield* isolation.stop
-    if (isolationFailed(isolationReport)) log(`chaos: tenant isolation broken:\n${describeIsolation(isolationReport)}`)
     const target = { stack, endpoint: servers[0]!, db, orgs }
     const report = yield* checkInvariants(target)
     let convergedAfterMs: number | null = null
@@ -700,6 +938,27 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       }
       yield* sleep(250)
     }
+    // The isolation checker kept asking every edge until they were all ready (catch-ups included).
+    const { edgesAtEnd, edgesReadyAfterMs } = yield* Fiber.join(edgesReadyFiber)
+    yield* Fiber.interrupt(heldFiber)
+    const heldAtEnd = remoteEdges.length > 0 ? yield* poolHeld(servers[0]!) : null
+    const isolationReport = yield* isolation.stop
+    if (isolationFailed(isolationReport)) log(`chaos: tenant isolation broken:\n${describeIsolation(isolationReport)}`)
+    // Every edge routes every org as Postgres says: an active org's hostname to its allocation's
+    // gateway, any other's nowhere (404). A catch-up finishing is given 5 s.
+    let edgeRoutesAtEnd: ReadonlyArray<string> = []
+    let edgeRoutesChecked = 0
+    if (remoteEdges.length > 0) {
+      const until = Date.now() + 5000
+      while (true) {
+        const checked = yield* edgeRouteMismatches(stack, db, edgePorts, orgs)
+        edgeRoutesChecked += checked.requests
+        edgeRoutesAtEnd = checked.mismatches
+        if (edgeRoutesAtEnd.length === 0 || Date.now() >= until) break
+        yield* sleep(500)
+      }
+      if (edgeRoutesAtEnd.length > 0) log(`chaos: edges route orgs otherwise than Postgres says:\n  ${edgeRoutesAtEnd.join("\n  ")}`)
+    }
     return {
       seed: options.seed,
       settings,
@@ -720,7 +979,15 @@ export const runChaos = (options: ChaosOptions): Effect.Effect<ChaosSummary, unk
       releasedAllAfterMs,
       gatewaysHoldingAtEnd,
       durationMs: Date.now() - startedAt,
-      dataDir
+      dataDir,
+      edges: remoteEdges.length,
+      edgeFaults,
+      heldMax,
+      heldAtEnd,
+      edgesReadyAfterMs,
+      edgesAtEnd,
+      edgeRoutesChecked,
+      edgeRoutesAtEnd
     } satisfies ChaosSummary
   })
 
@@ -733,13 +1000,15 @@ export const isolationFailed = (report: IsolationReport): boolean =>
   report.crossings > 0 || report.longLived.crossings > 0 || report.longLived.outlived > 0 || report.longLived.handedOver > 0
 
 /**
- * Whether the run failed: an invariant violated, a contract broken, tenant isolation broken, or a
- * gateway still owing its release, or holding an allocation Postgres does not give it, after the
- * faults stopped.
+ * Whether the run failed: an invariant violated, a contract broken, tenant isolation broken (on
+ * any edge), a gateway still owing its release, or holding an allocation Postgres does not give
+ * it, after the faults stopped; with remote edges, an edge not ready or still holding a gateway
+ * 30 s after the last fault, or routing an org otherwise than Postgres says.
  */
 export const chaosFailed = (summary: ChaosSummary): boolean =>
   summary.report.violations.length > 0 || summary.contractBreaks.length > 0 || isolationFailed(summary.isolation) ||
-  summary.unreleasedAtEnd.length > 0 || summary.gatewaysHoldingAtEnd.length > 0
+  summary.unreleasedAtEnd.length > 0 || summary.gatewaysHoldingAtEnd.length > 0 ||
+  (summary.edges > 0 && (summary.edgesReadyAfterMs === null || summary.heldAtEnd !== 0 || summary.edgeRoutesAtEnd.length > 0))
 
 /** The summary as text: ops by outcome, faults, kills, tenant isolation, the invariants' verdict. */
 export const formatSummary = (summary: ChaosSummary): string => {
@@ -757,7 +1026,24 @@ export const formatSummary = (summary: ChaosSummary): string => {
     `  faults injected: ${Object.values(summary.faults).reduce((a, b) => a + b, 0)} (runner leases terminated: ${summary.leaseFaults})`,
     ...table(summary.faults),
     `  kill -9 + restart: ${summary.kills} (restarts refused and retried: ${summary.refusedRestarts})`,
-    `  tenant isolation through nginx, continuously:`,
+    ...(summary.edges === 0
+      ? [`  edges: the local one only; gateways held by an edge (GET /pool held) at most: ${summary.heldMax}`]
+      : [
+        `  edges: ${summary.edges + 1} (the local one and ${summary.edges} remote), edge faults: ${
+          Object.values(summary.edgeFaults).reduce((a, b) => a + b, 0)
+        }`,
+        ...table(summary.edgeFaults),
+        `    gateways held by an edge (GET /pool held, every second): at most ${summary.heldMax}, at the end ${summary.heldAtEnd ?? "(not read)"}`,
+        summary.edgesReadyAfterMs === null
+          ? `    edges NOT all ready (or still holding gateways) 30 s after the last fault: ${summary.edgesAtEnd.length}`
+          : `    every edge ready, holding no gateway: ${summary.edgesReadyAfterMs} ms after the last fault`,
+        ...summary.edgesAtEnd.map((line) => `      ${line}`),
+        `    every org on every edge as Postgres says (${summary.edgeRoutesChecked} requests): ${
+          summary.edgeRoutesAtEnd.length === 0 ? "yes" : `${summary.edgeRoutesAtEnd.length} mismatch(es)`
+        }`,
+        ...summary.edgeRoutesAtEnd.slice(0, 20).map((line) => `      ${line}`)
+      ]),
+    `  tenant isolation through ${summary.edges === 0 ? "nginx" : "every edge"}, continuously:`,
     ...describeIsolation(summary.isolation).split("\n").map((line) => `    ${line}`),
     `  contract breaks (5xx without a step, malformed bodies): ${summary.contractBreaks.length}`,
     ...summary.contractBreaks.slice(0, 10).map((line) => `    ${line}`),
@@ -823,6 +1109,7 @@ const parseArgs = (argv: ReadonlyArray<string>) => {
     replicas: number("replicas", 2),
     workers: number("workers", 4),
     longLivedConnections: number("long-lived", 4),
+    edges: number("edges", 0),
     timeLimitMs: number("time-limit-s", 900) * 1000
   }
   if (flags.size > 0) throw new Error(`unknown flags: ${[...flags.keys()].map((f) => `--${f}`).join(", ")}`)
@@ -839,7 +1126,7 @@ if (isMain) {
     console.error(`chaos: ${(error as Error).message}`)
     console.error(
       "usage: npm run chaos -- [--ops N] [--seed N] [--gateways N] [--orgs N] [--replicas N] [--workers N] [--time-limit-s N]" +
-        " [--think-ms MIN-MAX] [--fault-every-ms MIN-MAX] [--kill-every-ms MIN-MAX] [--long-lived N]"
+        " [--think-ms MIN-MAX] [--fault-every-ms MIN-MAX] [--kill-every-ms MIN-MAX] [--long-lived N] [--edges N]"
     )
     process.exit(2)
   }

@@ -4,6 +4,9 @@
 // kill -9 of a replica; tenant isolation checked through nginx every ~50 ms all along, on fresh
 // connections and on long-lived WebSockets; then every invariant of docs/architecture.md checked
 // two reconcile periods after the last fault, and no gateway left owing its release.
+// Then a shorter run with two remote nginx edges next to the stack's own and edge faults (an edge
+// frozen, restarted with its table emptied, its route API cut off): no crossing on any edge, no
+// gateway lost or left held by an edge, every edge ready again at the end.
 // Before it, on a stack of ONE gateway (so the next org necessarily gets the gateway the last one
 // used), the long-lived check is shown not to be vacuous: a gateway that ignores the protocol
 // (isolation "off") makes it report a crossing, an enforcing one does not.
@@ -19,6 +22,7 @@ import { Stack, StackLive, withStack } from "../support/stack.ts"
 
 const SEED = Number(process.env["CHAOS_SEED"] ?? 20261125)
 const OPERATIONS = Number(process.env["CHAOS_OPS"] ?? 300)
+const EDGE_OPERATIONS = Number(process.env["CHAOS_EDGE_OPS"] ?? 150)
 
 // ---------------------------------------------------------------------------------------------
 // The negative control: one gateway, reused by the next org.
@@ -194,4 +198,59 @@ layer(StackLive({ gateways: 6 }), { timeout: 120_000, excludeTestServices: true 
       expect(summary.unreleasedAtEnd, `seed ${SEED}`).toEqual([])
       expect(summary.gatewaysHoldingAtEnd, `seed ${SEED}`).toEqual([])
     }).pipe(Effect.scoped), { timeout: 180_000 })
+})
+
+// ---------------------------------------------------------------------------------------------
+// The chaos run with several edges.
+
+layer(StackLive({ gateways: 6 }), { timeout: 120_000, excludeTestServices: true })("chaos with several edges", (it) => {
+  it.effect(
+    `${EDGE_OPERATIONS} starts and stops with two remote edges and edge faults (seed ${SEED}): no crossing on any edge, no gateway lost, every edge ready at the end`,
+    () =>
+      Effect.gen(function*() {
+        const stack = yield* Stack
+        const summary = yield* runChaos({
+          operations: EDGE_OPERATIONS,
+          seed: SEED,
+          stack,
+          orgs: 10,
+          replicas: 2,
+          workers: 4,
+          timeLimitMs: 60_000,
+          killEveryMs: [15_000, 25_000],
+          // Quicker clients and faults than the run above: as many faults in a shorter run (CI time).
+          thinkMs: [50, 400],
+          faultEveryMs: [500, 1500],
+          longLivedConnections: 4,
+          edges: 2,
+          // A short run: edge faults weigh more, so each kind is likely to come up.
+          faultWeights: { "edge frozen": 4, "edge restarted": 3, "edge partitioned": 4 }
+        })
+        console.log(formatSummary(summary))
+        const described = `seed ${SEED}\n${formatSummary(summary)}`
+        expect(summary.edges).toBe(2)
+        expect(summary.operations).toBeGreaterThanOrEqual(Math.min(EDGE_OPERATIONS, 100))
+        expect(Object.values(summary.edgeFaults).reduce((a, b) => a + b, 0), described).toBeGreaterThan(0)
+        expect(summary.contractBreaks, described).toEqual([])
+        // No crossing on any edge, plain or long-lived, and the checker asked every edge.
+        const { isolation } = summary
+        expect(isolationFailed(isolation), described).toBe(false)
+        expect(isolation.crossings, described).toBe(0)
+        expect(isolation.answers.ownGateway, described).toBeGreaterThan(100)
+        // No gateway lost: every invariant holds (free + allocated = total among them), none owes a
+        // release or holds what Postgres does not give it, none is still held by an edge.
+        expect(summary.report.violations, `seed ${SEED}\n${describeReport(summary.report)}`).toEqual([])
+        const pool = summary.report.pool
+        expect(pool === undefined ? undefined : pool.free + pool.allocated, described).toBe(pool?.total)
+        expect(summary.unreleasedAtEnd, described).toEqual([])
+        expect(summary.gatewaysHoldingAtEnd, described).toEqual([])
+        expect(summary.heldAtEnd, described).toBe(0)
+        // Every edge ready again (within 30 s of the last fault), routing every org as Postgres says.
+        expect(summary.edgesAtEnd, described).toEqual([])
+        expect(summary.edgesReadyAfterMs, described).not.toBeNull()
+        expect(summary.edgeRoutesAtEnd, described).toEqual([])
+        expect(summary.edgeRoutesChecked).toBeGreaterThan(0)
+      }).pipe(Effect.scoped),
+    { timeout: 120_000 }
+  )
 })

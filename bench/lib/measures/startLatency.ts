@@ -10,7 +10,7 @@ import type { LatencyFigures, LuaRawFigures, RawFigures, ReloadStartVsRawSum, Se
 import { round, summarize } from "../stats.ts"
 
 /** Warm-up starts before the timed ones (counted in the CPU per start, as before). */
-const WARMUP_STARTS = 2
+export const WARMUP_STARTS = 2
 
 export const measureStartLatency = async (ctx: BenchContext, count: number, mode: ServerMode = "coalesce"): Promise<LatencyFigures> => {
   const { api } = ctx.fleet.require("start latency")
