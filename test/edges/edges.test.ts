@@ -219,6 +219,37 @@ layer(
       })
     ))
 
+  it.scoped("every replica gone: the edges keep serving the routes they hold, and their own readiness lapses until a replica is back", () =>
+    withServedStack((served) =>
+      Effect.gen(function*() {
+        const edge = yield* startRemoteEdge(served.server, "edge-alone")
+        yield* awaitEdgeState(served.server, edge.edgeId, "ready")
+        const org = randomUUID()
+        const allocation = yield* started(served, org)
+        const gateway = yield* nameOfGateway(served, allocation.gateway_id)
+        const domain = domainOf(served.stack)
+        const readiness = (status: number, withinMs: number) =>
+          pollUntil(edgeReadiness(edge.port, domain).pipe(Effect.either), (r) => r._tag === "Right" && r.right.status === status, {
+            withinMs,
+            spacingMs: 100
+          })
+        yield* readiness(200, 5000)
+
+        yield* served.server.kill("SIGKILL")
+        for (const port of portsOf(served, [edge])) expect(yield* answerOn(served, port, org)).toBe(gateway)
+        // No heartbeat for 3 s: the edge says it is not ready (a load balancer takes it out)...
+        const lapsed = yield* readiness(503, 6000)
+        expect(lapsed._tag === "Right" ? lapsed.right.body : "").toContain("no replica reached")
+        // ...and still serves what it holds: nothing expires.
+        for (const port of portsOf(served, [edge])) expect(yield* answerOn(served, port, org)).toBe(gateway)
+
+        yield* Effect.orDie(served.server.restart)
+        const back = yield* readiness(200, 6000)
+        expect(back._tag === "Right" ? back.right.status : 0).toBe(200)
+        yield* stopped(served, org)
+      })
+    ))
+
   it.scoped("an edge removed from the registry gives back the gateways it held; a draining edge says it is not ready", () =>
     withServedStack((served) =>
       Effect.gen(function*() {
