@@ -30,11 +30,20 @@ const portsOf = (n: number) => ({ listenPort: 8081 + 10 * (n - 1), routeApiPort:
 export const startDevEdges = (dataDir: string) => Effect.gen(function*() {
   const count = yield* DevEdges
   const config = yield* NginxConfig
+  const registry = yield* EdgeRegistry
+  // Edges an earlier run with a larger EDGES registered, whose nginx this run does not start: left
+  // registered, they would owe every removal and hold every gateway.
+  for (const edge of yield* registry.list()) {
+    const n = /^edge-(\d+)$/.exec(edge.name)?.[1]
+    if (!edge.local && n !== undefined && Number(n) > (config.routing === "lua" ? count : 1)) {
+      yield* registry.remove(edge.edgeId).pipe(Effect.catchTag("EdgeIsLocal", () => Effect.succeed(0)))
+      yield* Effect.logInfo(`edge ${edge.name} of an earlier run with more EDGES is no longer registered`)
+    }
+  }
   if (count > 1 && config.routing !== "lua") {
     yield* Effect.logWarning("EDGES needs NGINX_ROUTING=lua: the dev stack runs its one local edge")
     return []
   }
-  const registry = yield* EdgeRegistry
   const { domain } = yield* Settings
   const started: Array<DevEdge> = []
   for (let n = 2; n <= count; n++) {

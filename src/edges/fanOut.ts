@@ -32,13 +32,18 @@ export const makeFanOut = (rules: FanOutOptions) =>
       return current.length > 0 ? current : all
     })
 
-    /** Runs `operation` on each edge at once; each edge's outcome, in order. A lone edge is not bounded here (its caller bounds it). */
-    const onEach = <A, E>(targets: ReadonlyArray<EdgeMember>, operation: (member: EdgeMember) => Effect.Effect<A, E>) =>
-      Effect.forEach(
+    /** Runs `operation` on each edge at once, each bounded by one outside call; each edge's outcome, in order. A lone edge is not bounded here (its caller bounds it). */
+    const onEach = <A, E>(targets: ReadonlyArray<EdgeMember>, operation: (member: EdgeMember) => Effect.Effect<A, E>) => {
+      // One edge (the common case): no fiber forked per change, no bound added.
+      const [only] = targets
+      if (targets.length === 1 && only !== undefined) {
+        return Effect.map(Effect.either(operation(only)), (outcome) => [{ member: only, outcome }])
+      }
+      return Effect.forEach(
         targets,
         (member) =>
           Effect.either(
-            targets.length === 1 ? operation(member) : operation(member).pipe(
+            operation(member).pipe(
               Effect.timeoutFail({
                 duration: rules.perEdgeBound,
                 onTimeout: () => new NginxError({ operation: "probe", reason: `edge ${member.name} did not answer within ${Duration.format(rules.perEdgeBound)}` })
@@ -47,6 +52,7 @@ export const makeFanOut = (rules: FanOutOptions) =>
           ).pipe(Effect.map((outcome) => ({ member, outcome }))),
         { concurrency: "unbounded" }
       )
+    }
 
     /** The first failure when no edge succeeded: no edge took the change. */
     const noneTook = <E>(outcomes: ReadonlyArray<{ readonly member: EdgeMember; readonly outcome: Either.Either<unknown, E> }>): E | NginxError => {
