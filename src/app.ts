@@ -98,6 +98,8 @@ const PostgresLive = Layer.mergeAll(
 const EdgeLive = NginxInstalled.pipe(
   Layer.provideMerge(EdgeCheckLive.pipe(Layer.provideMerge(EdgesLive))),
   Layer.provide(EdgeLockPostgres),
+  // An edge that begins to owe removals is told to the operator (one Notifier: layers are shared).
+  Layer.provide(NotifierLive),
   Layer.provideMerge(PostgresLive)
 )
 

@@ -11,6 +11,7 @@ import { type EdgeRoutes, Nginx } from "../nginx/Nginx.ts"
 import { makeReloadRouting } from "../nginx/ReloadRouting.ts"
 import { type EdgeEndpoint, EdgeRegistry, LOCAL_EDGE_NAME } from "./EdgeRegistry.ts"
 import { makeFanOut } from "./fanOut.ts"
+import { Notifier } from "../telemetry/Notifier.ts"
 
 /** One edge as this replica works with it: how to reach it, and whether it is up to date. */
 export interface EdgeMember {
@@ -54,6 +55,7 @@ const makeEdgeSet = Effect.gen(function*() {
   const kit = yield* makeEdgeKit
   const config = yield* NginxConfig
   const registry = yield* EdgeRegistry
+  const notifier = yield* Notifier
   const settings = yield* Settings
   const localId = kit.edge.id as EdgeId
 
@@ -165,7 +167,17 @@ const makeEdgeSet = Effect.gen(function*() {
     markBehind,
     acknowledge,
     owe: registry.owe,
-    perEdgeBound: kit.callTimeout
+    perEdgeBound: kit.callTimeout,
+    beganToOwe: (member, removal, reason) =>
+      notifier.notify({
+        kind: "edge_holds_gateways",
+        organization_id: removal.organizationId,
+        allocation_id: removal.allocationId,
+        gateway_id: null,
+        message: `nginx edge ${member.name} did not acknowledge a removal (${reason}): it holds that allocation's gateway, and ` +
+          "every one whose removal it misses, until it is caught up or deleted from the registry (GET /edges)",
+        undos: []
+      })
   })
 
   const set = EdgeSet.of({

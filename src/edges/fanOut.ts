@@ -16,6 +16,8 @@ export interface FanOutOptions {
   readonly owe: (edgeId: EdgeId, removal: RouteKey, reason: string) => Effect.Effect<void, DatabaseError>
   /** One edge's bound when others can take the change: one outside call. */
   readonly perEdgeBound: Duration.Duration
+  /** An edge that was up to date began to owe removals (told once, until it is caught up again). */
+  readonly beganToOwe: (member: EdgeMember, removal: RouteKey, reason: string) => Effect.Effect<void>
 }
 
 /**
@@ -71,6 +73,7 @@ export const makeFanOut = (rules: FanOutOptions) =>
     const owe = (member: EdgeMember, route: RouteKey, reason: string) =>
       Effect.gen(function*() {
         yield* rules.owe(member.edgeId, route, `edge ${member.name}: ${reason}`)
+        if (!member.behind) yield* rules.beganToOwe(member, route, reason)
         const now = yield* Clock.currentTimeMillis
         yield* Ref.update(owing, (all) => {
           const next = new Map([...all].filter(([, entry]) => now - entry.atMs < OWING_KEPT_MS))

@@ -6,11 +6,13 @@ import { makeWebhook, type WebhookOptions } from "./Webhook.ts"
 
 /**
  * What an operator is told: a rollback could not finish, the reconciler repaired something, a
- * gateway was quarantined for the third time in a row, or a gateway failed to release an org for
- * the third time in a row (someone should look at it: it is held out of the pool meanwhile).
+ * gateway was quarantined for the third time in a row, a gateway failed to release an org for
+ * the third time in a row (someone should look at it: it is held out of the pool meanwhile), or
+ * an nginx edge began to owe removals (it holds their gateways until it acknowledges or is
+ * deleted: a dead edge left registered would hold them all).
  */
 export interface Notice {
-  readonly kind: "rollback_incomplete" | "reconciler_repair" | "gateway_quarantined" | "gateway_unreleased"
+  readonly kind: "rollback_incomplete" | "reconciler_repair" | "gateway_quarantined" | "gateway_unreleased" | "edge_holds_gateways"
   readonly organization_id: string | null
   readonly allocation_id: string | null
   readonly gateway_id: string | null

@@ -54,6 +54,7 @@ const makeSet = (edges: ReadonlyArray<{ readonly name: string; readonly behind?:
     const calls: Array<string> = []
     const behindMarks: Array<string> = []
     const owed: Array<string> = []
+    const told: Array<string> = []
     const acked = new Map<string, number>()
     const built = yield* Effect.forEach(edges, (edge) =>
       Effect.gen(function*() {
@@ -81,14 +82,15 @@ const makeSet = (edges: ReadonlyArray<{ readonly name: string; readonly behind?:
         ),
       acknowledge: (edgeId, generation) => Effect.sync(() => acked.set(nameOf(edgeId), generation)),
       owe: (edgeId, removal) => Effect.sync(() => owed.push(`${nameOf(edgeId)} ${removal.allocationId}`)),
-      perEdgeBound: Duration.seconds(1)
+      perEdgeBound: Duration.seconds(1),
+      beganToOwe: (member, removal) => Effect.sync(() => told.push(`${member.name} ${removal.allocationId}`))
     })
     const edge = (name: string) => {
       const found = built.find((e) => e.member.name === name)
       if (found === undefined) throw new Error(`no edge ${name}`)
       return found
     }
-    return { fanOut, calls, behindMarks, owed, acked, edge }
+    return { fanOut, calls, behindMarks, owed, told, acked, edge }
   })
 
 const route = (): Route => ({
@@ -147,6 +149,12 @@ describe("several edges: the rules of a change (test layers)", () => {
       // Its proof asks the edges that acknowledged, not the one that owes it.
       expect(yield* set.fanOut.awaitWithdrawn(r)).toEqual({ _tag: "gone" })
       expect(set.calls.filter((c) => c === "b awaitWithdrawn")).toEqual([])
+      // The operator is told when b begins to owe, not for every removal it misses while behind.
+      const again = route()
+      yield* set.fanOut.writeRoute(again)
+      expect(yield* set.fanOut.removeRoute(again)).toBe("removed")
+      expect(set.owed).toEqual([`b ${r.allocationId}`, `b ${again.allocationId}`])
+      expect(set.told).toEqual([`b ${r.allocationId}`])
 
       const lone = yield* makeSet([{ name: "only" }])
       const s = route()
