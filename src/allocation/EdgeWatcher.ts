@@ -59,8 +59,11 @@ export class EdgeWatcher extends Effect.Service<EdgeWatcher>()("EdgeWatcher", {
         outages.set(member.edgeId, log)
         return log
       })
-    /** The boot id each edge had when this process last looked: a new one is a restart, worth a warning. */
-    const lastBoot = yield* Ref.make(new Map<EdgeId, string>())
+    /**
+     * What this process's last look found of each edge's table (after any catch-up it ran): a new
+     * boot id is a restart, worth a warning; the heartbeat goes by it rather than asking again.
+     */
+    const lastState = yield* Ref.make(new Map<EdgeId, TableState>())
 
     /** Brings one edge up to date with Postgres (see the class comment); how many routes it holds then. */
     const catchUp = (member: EdgeMember, state: TableState) =>
@@ -79,7 +82,7 @@ export class EdgeWatcher extends Effect.Service<EdgeWatcher>()("EdgeWatcher", {
           bootId: state.bootId,
           routeCount: listed.length - orphans.length
         })
-        const restarted = Option.exists(Option.fromNullable((yield* Ref.get(lastBoot)).get(member.edgeId)), (seen) => seen !== state.bootId)
+        const restarted = Option.exists(Option.fromNullable((yield* Ref.get(lastState)).get(member.edgeId)), (seen) => seen.bootId !== state.bootId)
         yield* Metric.update(reconcilerRepairsTotal.pipe(Metric.tagged("kind", "route_table_restored")), 1)
         yield* (restarted ? Effect.logWarning : Effect.logInfo)(
           `edge ${member.name} ${
@@ -95,12 +98,15 @@ export class EdgeWatcher extends Effect.Service<EdgeWatcher>()("EdgeWatcher", {
       Effect.gen(function*() {
         const state = yield* member.routes.tableState
         if (Option.isNone(state)) return { _tag: "ok", state } as const
+        let ready = state.value.ready
         if (!state.value.ready || member.behind) {
           const cleared = yield* database.exclusively(`edge-catch-up:${member.edgeId}`, catchUp(member, state.value))
+          // The push marked the table ready (when this replica ran it).
+          ready = ready || Option.isSome(cleared)
           // Up to date: it takes (awaited) writes again from now, not from the next read of the registry.
           if (Option.getOrElse(cleared, () => false)) yield* set.refresh
         }
-        yield* Ref.update(lastBoot, (boots) => new Map(boots).set(member.edgeId, state.value.bootId))
+        yield* Ref.update(lastState, (states) => new Map(states).set(member.edgeId, { bootId: state.value.bootId, ready }))
         return { _tag: "ok", state } as const
       }).pipe(
         Effect.catchAllCause((cause) => Effect.succeed({ _tag: "failed", reason: describeCause(cause) } as const)),
@@ -146,12 +152,12 @@ export class EdgeWatcher extends Effect.Service<EdgeWatcher>()("EdgeWatcher", {
       const members = yield* set.members
       yield* Effect.forEach(members, (member) =>
         Effect.gen(function*() {
-          const state = yield* member.routes.tableState
-          if (Option.isNone(state) || !state.value.ready) return
+          const state = (yield* Ref.get(lastState)).get(member.edgeId)
+          if (state === undefined || !state.ready) return
           yield* payDebts(member)
           if (member.behind) return
-          yield* member.routes.heartbeat(state.value.bootId, HEARTBEAT_TTL_MS, !member.draining)
-          yield* registry.markSeen(member.edgeId, { bootId: state.value.bootId })
+          yield* member.routes.heartbeat(state.bootId, HEARTBEAT_TTL_MS, !member.draining)
+          yield* registry.markSeen(member.edgeId, { bootId: state.bootId })
         }).pipe(
           Effect.catchAll((error) => registry.markFailing(member.edgeId, error.message).pipe(Effect.ignore))
         ), { concurrency: "unbounded", discard: true })

@@ -43,7 +43,7 @@ export const releaseLeft = (report: RollbackReport): Option.Option<UndoOutcome> 
   Option.fromNullable(report.find((outcome) => outcome.step === "handshake" && isUnfinished(outcome)))
 
 /**
- * An unfinished undo that halts a stop there (the rest waits for a retry): any but the release,
+ * An unfinished undo that halts a stop there (the rest waits for a retry): every one but the release,
  * whose failure holds the gateway back by itself (`releaseLeft`) while DNS and the row go.
  */
 export const haltsTeardown = (outcome: UndoOutcome): boolean => isUnfinished(outcome) && outcome.step !== "handshake"

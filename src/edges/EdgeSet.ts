@@ -58,6 +58,13 @@ const makeEdgeSet = Effect.gen(function*() {
   const notifier = yield* Notifier
   const settings = yield* Settings
   const localId = kit.edge.id as EdgeId
+  /** This replica's own edge in the registry: its edge file's id and secret, its configured addresses. */
+  const registerLocal = registry.registerLocal({
+    edgeId: localId,
+    routeApiUrl: routeApiUrl(config.routeApiListen),
+    probeUrl: kit.edgeUrl,
+    secret: Redacted.make(kit.secret)
+  })
 
   if (config.routing === "reload") {
     const nginx = yield* makeReloadRouting(kit)
@@ -80,12 +87,7 @@ const makeEdgeSet = Effect.gen(function*() {
     }
     const set = EdgeSet.of({
       members: Effect.succeed([member]),
-      registerLocal: registry.registerLocal({
-        edgeId: localId,
-        routeApiUrl: routeApiUrl(config.routeApiListen),
-        probeUrl: kit.edgeUrl,
-        secret: Redacted.make(kit.secret)
-      }),
+      registerLocal,
       refresh: Effect.void,
       markBehind: () => Effect.void,
       takeAcknowledged: Effect.succeed(new Map())
@@ -149,14 +151,20 @@ const makeEdgeSet = Effect.gen(function*() {
     yield* Ref.set(members, next)
   }).pipe(Effect.withSpan("EdgeSet.refresh"))
 
+  /** Behind in this replica's view at once, whatever a registry read in flight says. */
+  const behindHere = (edgeId: EdgeId) =>
+    Effect.zipRight(
+      Ref.update(markedHere, (marked) => new Set(marked).add(edgeId)),
+      Ref.update(members, (all) => all.map((member) => (member.edgeId === edgeId ? { ...member, behind: true } : member)))
+    )
+
   const markBehind = (edgeId: EdgeId, reason: string) =>
-    Effect.gen(function*() {
-      yield* Ref.update(markedHere, (marked) => new Set(marked).add(edgeId))
-      yield* Ref.update(members, (all) => all.map((member) => (member.edgeId === edgeId ? { ...member, behind: true } : member)))
-      yield* registry.markBehind(edgeId, reason).pipe(
+    Effect.zipRight(
+      behindHere(edgeId),
+      registry.markBehind(edgeId, reason).pipe(
         Effect.catchAll((error) => Effect.logWarning(`could not record in Postgres that edge ${edgeId} is behind`, error))
       )
-    })
+    )
 
   const acknowledged = yield* Ref.make(new Map<EdgeId, number>())
   const acknowledge = (edgeId: EdgeId, generation: number) =>
@@ -166,7 +174,7 @@ const makeEdgeSet = Effect.gen(function*() {
     members: Ref.get(members),
     markBehind,
     acknowledge,
-    owe: registry.owe,
+    owe: (edgeId, removal, reason) => Effect.zipRight(registry.owe(edgeId, removal, reason), behindHere(edgeId)),
     perEdgeBound: kit.callTimeout,
     beganToOwe: (member, removal, reason) =>
       notifier.notify({
@@ -182,15 +190,7 @@ const makeEdgeSet = Effect.gen(function*() {
 
   const set = EdgeSet.of({
     members: Ref.get(members),
-    registerLocal: Effect.zipRight(
-      registry.registerLocal({
-        edgeId: localId,
-        routeApiUrl: routeApiUrl(config.routeApiListen),
-        probeUrl: kit.edgeUrl,
-        secret: Redacted.make(kit.secret)
-      }),
-      refresh
-    ),
+    registerLocal: Effect.zipRight(registerLocal, refresh),
     refresh,
     markBehind,
     takeAcknowledged: Ref.getAndSet(acknowledged, new Map())

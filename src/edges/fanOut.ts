@@ -1,7 +1,6 @@
 import { Clock, Duration, Effect, Either, Ref } from "effect"
 import type { DatabaseError } from "../db/errors.ts"
 import type { AllocationId, EdgeId, OrganizationId } from "../domain/ids.ts"
-import { describeCause } from "../lib/describeCause.ts"
 import { type Nginx, NginxError, type Route, type RouteKey, RouteLost, type Withdrawn, type WriteOptions } from "../nginx/Nginx.ts"
 import type { EdgeMember } from "./EdgeSet.ts"
 
@@ -12,7 +11,10 @@ export interface FanOutOptions {
   readonly markBehind: (edgeId: EdgeId, reason: string) => Effect.Effect<void>
   /** The edge acknowledged a change of this generation. */
   readonly acknowledge: (edgeId: EdgeId, generation: number) => Effect.Effect<void>
-  /** The edge owes this removal: its gateway is held until it acknowledged (EdgeRegistry.owe). */
+  /**
+   * The edge owes this removal: its gateway is held until it acknowledged (EdgeRegistry.owe),
+   * and the edge is behind (the debt and the mark are one statement; this replica's view too).
+   */
   readonly owe: (edgeId: EdgeId, removal: RouteKey, reason: string) => Effect.Effect<void, DatabaseError>
   /** One edge's bound when others can take the change: one outside call. */
   readonly perEdgeBound: Duration.Duration
@@ -57,7 +59,7 @@ export const makeFanOut = (rules: FanOutOptions) =>
     }
 
     /** The first failure when no edge succeeded: no edge took the change. */
-    const noneTook = <E>(outcomes: ReadonlyArray<{ readonly member: EdgeMember; readonly outcome: Either.Either<unknown, E> }>): E | NginxError => {
+    const noneTook = (outcomes: ReadonlyArray<{ readonly member: EdgeMember; readonly outcome: Either.Either<unknown, NginxError> }>): NginxError => {
       const first = outcomes.find((o) => Either.isLeft(o.outcome))
       return first !== undefined && Either.isLeft(first.outcome)
         ? first.outcome.left
@@ -79,7 +81,6 @@ export const makeFanOut = (rules: FanOutOptions) =>
           const next = new Map([...all].filter(([, entry]) => now - entry.atMs < OWING_KEPT_MS))
           return next.set(route.allocationId, { edges: new Set([...(all.get(route.allocationId)?.edges ?? []), member.edgeId]), atMs: now })
         })
-        yield* rules.markBehind(member.edgeId, `it did not acknowledge the removal of allocation ${route.allocationId}: ${reason}`)
         yield* Effect.logWarning(
           `edge ${member.name} owes the removal of allocation ${route.allocationId} (org ${route.organizationId}): its gateway is held until the edge acknowledges`
         )
@@ -100,8 +101,7 @@ export const makeFanOut = (rules: FanOutOptions) =>
       }
       const outcomes = yield* onEach(targets, (member) => member.routes.writeRoute(route, options))
       if (!outcomes.some((o) => Either.isRight(o.outcome))) {
-        const error = noneTook(outcomes)
-        return yield* (error instanceof NginxError ? error : new NginxError({ operation: "write", reason: describeCause(error) }))
+        return yield* noneTook(outcomes)
       }
       yield* Effect.forEach(outcomes, ({ member, outcome }) =>
         Either.isLeft(outcome)
@@ -134,8 +134,7 @@ export const makeFanOut = (rules: FanOutOptions) =>
       const outcomes = yield* onEach(asked, (member) => member.routes.removeRoute(route))
       const found = outcomes.flatMap((o) => (Either.isRight(o.outcome) ? [o.outcome.right] : []))
       if (found.length === 0) {
-        const error = noneTook(outcomes)
-        return yield* (error instanceof NginxError ? error : new NginxError({ operation: "remove", reason: describeCause(error) }))
+        return yield* noneTook(outcomes)
       }
       for (const { member, outcome } of outcomes) {
         if (Either.isLeft(outcome)) yield* owe(member, route, reasonOf(outcome.left))
@@ -154,8 +153,7 @@ export const makeFanOut = (rules: FanOutOptions) =>
       const outcomes = yield* onEach(targets, (member) => member.routes.awaitWithdrawn(route))
       const proven = outcomes.flatMap((o) => (Either.isRight(o.outcome) ? [o.outcome.right] : []))
       if (proven.length === 0) {
-        const error = noneTook(outcomes)
-        return yield* (error instanceof NginxError ? error : new NginxError({ operation: "probe", reason: describeCause(error) }))
+        return yield* noneTook(outcomes)
       }
       for (const { member, outcome } of outcomes) {
         if (Either.isLeft(outcome)) yield* owe(member, route, reasonOf(outcome.left))
@@ -175,8 +173,7 @@ export const makeFanOut = (rules: FanOutOptions) =>
         const answered = outcomes.filter((o) => Either.isRight(o.outcome))
         const chosen = answered.find((o) => o.member.local) ?? answered[0]
         if (chosen === undefined || Either.isLeft(chosen.outcome)) {
-          const error = noneTook(outcomes)
-          return yield* (error instanceof NginxError ? error : new NginxError({ operation: "probe", reason: describeCause(error) }))
+          return yield* noneTook(outcomes)
         }
         return chosen.outcome.right
       })

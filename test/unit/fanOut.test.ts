@@ -81,7 +81,12 @@ const makeSet = (edges: ReadonlyArray<{ readonly name: string; readonly behind?:
           Ref.update(members, (all) => all.map((m) => (m.edgeId === edgeId ? { ...m, behind: true } : m)))
         ),
       acknowledge: (edgeId, generation) => Effect.sync(() => acked.set(nameOf(edgeId), generation)),
-      owe: (edgeId, removal) => Effect.sync(() => owed.push(`${nameOf(edgeId)} ${removal.allocationId}`)),
+      // As EdgeSet's: the debt, and the edge behind (one statement in Postgres).
+      owe: (edgeId, removal) =>
+        Effect.zipRight(
+          Effect.sync(() => owed.push(`${nameOf(edgeId)} ${removal.allocationId}`)),
+          Ref.update(members, (all) => all.map((m) => (m.edgeId === edgeId ? { ...m, behind: true } : m)))
+        ),
       perEdgeBound: Duration.seconds(1),
       beganToOwe: (member, removal) => Effect.sync(() => told.push(`${member.name} ${removal.allocationId}`))
     })
