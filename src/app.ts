@@ -8,6 +8,7 @@
 //                  Dependencies (readiness), GatewayHealth, StepRunner, Undos and Ownership, over
 //   OutsideLive    one layer per outside system: Postgres (pool, journal, runner lease), PowerDNS,
 //                  nginx, the gateways' HTTP, the webhook; all over Settings (shared settings).
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import { Effect, Layer } from "effect"
 import { AllocationQueries } from "./allocation/AllocationQueries.ts"
 import { Allocator } from "./allocation/Allocator.ts"
@@ -26,6 +27,7 @@ import { EdgesLive } from "./edges/EdgeSet.ts"
 import { HttpServerLive } from "./http/server.ts"
 import { Journal } from "./journal/Journal.ts"
 import { EdgeCheckLive, EdgeLockPostgres } from "./nginx/Edge.ts"
+import { watchCertificate } from "./nginx/certificateWatch.ts"
 import { Nginx } from "./nginx/Nginx.ts"
 import { AllocationStore } from "./allocation/AllocationStore.ts"
 import { GatewayStore } from "./pool/GatewayStore.ts"
@@ -66,17 +68,21 @@ export const makeServices = <ROut, E, R>(outside: Layer.Layer<ROut, E, R>) =>
  * Writes the service's nginx file and reloads nginx before the first request is served. A reload
  * nginx refuses (say a broken file of someone else's) does not keep the service down: stops,
  * status and crash recovery still work, and starts fail at `nginx-reload` (and roll back) until
- * nginx accepts its configuration again.
+ * nginx accepts its configuration again. A TLS certificate nginx could not serve stops the
+ * start-up, naming the file; one renewed on disk later is installed again (watchCertificate).
  */
-const NginxInstalled = Layer.effectDiscard(
-  Effect.flatMap(Nginx, (nginx) =>
-    nginx.install.pipe(
+const NginxInstalled = Layer.scopedDiscard(
+  Effect.gen(function*() {
+    const nginx = yield* Nginx
+    yield* watchCertificate(nginx.install)
+    yield* nginx.install.pipe(
       Effect.catchIf(
         (error) => error.operation === "reload",
         (error) => Effect.logError(`nginx refused the start-up reload: ${error.reason}`)
       )
-    ))
-)
+    )
+  })
+).pipe(Layer.provide(NodeFileSystem.layer))
 
 /** Postgres: the pool, the edges, the journal and this process's runner lease, migrations applied first. */
 const PostgresLive = Layer.mergeAll(

@@ -4,6 +4,7 @@
 // reads DOMAIN, to check that PDNS_ZONE contains it.
 import { Config, ConfigError, Effect, Either, LogLevel, Option, Redacted } from "effect"
 import { isIPv4 } from "node:net"
+import * as nodePath from "node:path"
 
 const hostnamePattern = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/
 const listenPattern = /^((\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\]|[a-z0-9.-]+):)?\d{1,5}$/i
@@ -57,6 +58,67 @@ const limitsOf = (stepTimeoutMs: number, undoTimeoutMs: number) => {
 }
 
 /**
+ * A file nginx reads (a certificate, a key), as an absolute path it reads literally: nginx
+ * resolves a relative path against its own prefix, not the service's directory, and treats `$`
+ * in these paths as a variable (loading the file on every handshake).
+ */
+const nginxFilePath = (name: string) =>
+  Config.option(Config.string(name)).pipe(
+    // Set empty: unset, as an operator clears a variable.
+    Config.map((file) => Option.map(Option.filter(file, (f) => f.trim() !== ""), (f) => nodePath.resolve(f.trim()))),
+    Config.validate({
+      message: `${name} must be a file path without quotes, backslashes, '$', ';', braces or control characters`,
+      validation: (file) => Option.isNone(file) || !/["\\$;{}\u0000-\u001f]/.test(file.value)
+    })
+  )
+
+/**
+ * NGINX_TLS_*: the org server block also serves HTTPS (HTTP/2, WebSockets) with one certificate,
+ * a wildcard `*.{DOMAIN}`; NGINX_HTTP=redirect answers plain HTTP with 308 to HTTPS. None: plain
+ * HTTP only.
+ */
+const tls = Config.all({
+  cert: nginxFilePath("NGINX_TLS_CERT"),
+  key: nginxFilePath("NGINX_TLS_KEY"),
+  listen: Config.string("NGINX_TLS_LISTEN").pipe(
+    Config.withDefault("443"),
+    Config.validate({ message: "NGINX_TLS_LISTEN must be PORT or HOST:PORT", validation: (s) => listenPattern.test(s) })
+  ),
+  http: Config.literal("serve", "redirect")("NGINX_HTTP").pipe(Config.withDefault("serve" as const))
+}).pipe(
+  Config.mapOrFail(({ cert, http, key, listen }): Either.Either<Option.Option<TlsListener>, ConfigError.ConfigError> => {
+    if (Option.isSome(cert) && Option.isSome(key)) {
+      return Either.right(Option.some({ certPath: cert.value, keyPath: key.value, listen, redirect: http === "redirect" }))
+    }
+    if (Option.isSome(cert) || Option.isSome(key)) {
+      return Either.left(ConfigError.InvalidData(
+        [Option.isSome(cert) ? "NGINX_TLS_KEY" : "NGINX_TLS_CERT"],
+        "NGINX_TLS_CERT and NGINX_TLS_KEY go together: set both (the wildcard certificate for *.{DOMAIN} and its key), or neither"
+      ))
+    }
+    return http === "redirect"
+      ? Either.left(ConfigError.InvalidData(
+        ["NGINX_HTTP"],
+        "NGINX_HTTP=redirect needs NGINX_TLS_CERT and NGINX_TLS_KEY: without them there is no HTTPS to redirect to"
+      ))
+      : Either.right(Option.none())
+  })
+)
+
+/** HTTPS on the org server block, as configured (the certificate itself is read by the edge that serves it). */
+export interface TlsListener {
+  readonly certPath: string
+  readonly keyPath: string
+  /** nginx's `listen` of the HTTPS listener (NGINX_TLS_LISTEN). */
+  readonly listen: string
+  /** NGINX_HTTP=redirect: the plain listener answers 308 to HTTPS (its probe and readiness excepted). */
+  readonly redirect: boolean
+}
+
+/** The port of a `listen` (`443`, `127.0.0.1:8443`, `[::1]:443`). */
+export const listenPort = (listen: string): string => listen.slice(listen.lastIndexOf(":") + 1)
+
+/**
  * What the allocation core shares: the domain, the time limits and the bounds derived from them.
  */
 export class Settings extends Effect.Service<Settings>()("Settings", {
@@ -69,6 +131,7 @@ export class Settings extends Effect.Service<Settings>()("Settings", {
         Config.validate({ message: "NGINX_LISTEN must be PORT or HOST:PORT", validation: (s) => listenPattern.test(s) })
       ),
       nginxProbeUrl: Config.option(Config.url("NGINX_PROBE_URL")),
+      tls,
       stepTimeoutMs: milliseconds("STEP_TIMEOUT_MS", 10_000),
       undoTimeoutMs: milliseconds("UNDO_TIMEOUT_MS", 10_000),
       shutdownGraceMs: milliseconds("SHUTDOWN_GRACE_MS", 10_000),
@@ -87,12 +150,21 @@ export class Settings extends Effect.Service<Settings>()("Settings", {
         Config.validate({ message: "GATEWAY_HEALTH_BATCH must be between 1 and 10000", validation: (n) => n >= 1 && n <= 10_000 })
       )
     })
+    /** Where requests through nginx's plain listener go (with an org's Host header): the route probe. */
+    const edgeUrl = Option.match(settings.nginxProbeUrl, {
+      onNone: () => `http://127.0.0.1:${listenPort(settings.nginxListen)}`,
+      onSome: (url) => url.toString().replace(/\/$/, "")
+    })
     return {
       ...settings,
-      /** Where requests through nginx go (with an org's Host header): the route probe, the health wait. */
-      edgeUrl: Option.match(settings.nginxProbeUrl, {
-        onNone: () => `http://127.0.0.1:${settings.nginxListen.slice(settings.nginxListen.lastIndexOf(":") + 1)}`,
-        onSome: (url) => url.toString().replace(/\/$/, "")
+      edgeUrl,
+      /**
+       * Where the health wait goes through nginx: the way users go, so over HTTPS (the probe's
+       * host, NGINX_TLS_LISTEN's port, the org's name by SNI) when TLS is on.
+       */
+      healthUrl: Option.match(settings.tls, {
+        onNone: () => edgeUrl,
+        onSome: (tls) => `https://${new URL(edgeUrl).host.replace(/:\d+$/, "")}:${listenPort(tls.listen)}`
       }),
       limits: limitsOf(settings.stepTimeoutMs, settings.undoTimeoutMs)
     }

@@ -32,6 +32,8 @@ export interface NginxHandle {
   readonly listenPort: number
   /** Port reserved for the route API (NGINX_ROUTE_API_LISTEN, lua mode); nothing listens until the service writes it. */
   readonly routeApiPort: number
+  /** Port reserved for HTTPS (NGINX_TLS_LISTEN); nothing listens unless the service is given a certificate. */
+  readonly tlsPort: number
   readonly bin: "nginx"
   readonly errorLog: string
   /** Stops the master (SIGTERM, then SIGKILL); no-op when already stopped. */
@@ -86,6 +88,7 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
   readonly dir: string
   readonly listenPort?: number
   readonly routeApiPort?: number
+  readonly tlsPort?: number
   /** worker_processes (default 1). */
   readonly workers?: number
   /** Load nginx's Lua module when it is installed (default); false: an nginx without it. */
@@ -101,6 +104,7 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
   const errorLog = path.join(dir, "error.log")
   const listenPort = options.listenPort ?? (yield* freePort)
   const routeApiPort = options.routeApiPort ?? (yield* freePort)
+  const tlsPort = options.tlsPort ?? (yield* freePort)
   const modules = options.luaModule === false
     ? []
     : yield* Effect.filter(NGINX_LUA_MODULES, (file) => fs.exists(file).pipe(Effect.orElseSucceed(() => false)))
@@ -162,6 +166,7 @@ export const startNginx = Effect.fn("NginxProcess.start")(function*(options: {
     mainConf,
     listenPort,
     routeApiPort,
+    tlsPort,
     bin: "nginx",
     errorLog,
     stop: lock.withPermits(1)(halt),

@@ -1,6 +1,6 @@
 // The Debian packages the dev stack and the integration tests run: nginx (with
-// its Lua module), PowerDNS with its sqlite3 backend, and the sqlite3 CLI (to create the
-// PowerDNS database). Installed on demand when we are root with apt-get.
+// its Lua module), PowerDNS with its sqlite3 backend, the sqlite3 CLI (to create the
+// PowerDNS database) and the openssl CLI (the dev stack's TLS certificates). Installed on demand when we are root with apt-get.
 import { Command, FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { Data, Effect, Stream } from "effect"
@@ -12,7 +12,7 @@ export class MissingPackagesError extends Data.TaggedError("MissingPackagesError
   readonly cause?: unknown
 }> {}
 
-export const DEBIAN_PACKAGES = ["nginx-light", "libnginx-mod-http-lua", "pdns-server", "pdns-backend-sqlite3", "sqlite3"] as const
+export const DEBIAN_PACKAGES = ["nginx-light", "libnginx-mod-http-lua", "pdns-server", "pdns-backend-sqlite3", "sqlite3", "openssl"] as const
 
 /** nginx's Lua module and the NDK it needs (NGINX_ROUTING=lua), as Debian installs them. */
 export const NGINX_LUA_MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so"] as const
@@ -64,7 +64,8 @@ export const missingDebianPackages: Effect.Effect<ReadonlyArray<DebianPackage>> 
       )),
     "pdns-server": commandExists("pdns_server"),
     "pdns-backend-sqlite3": gsqlite3BackendExists,
-    sqlite3: commandExists("sqlite3")
+    sqlite3: commandExists("sqlite3"),
+    openssl: commandExists("openssl")
   }, { concurrency: "unbounded" })
   return DEBIAN_PACKAGES.filter((name) => !present[name])
 }).pipe(Effect.withSpan("packages.missingDebianPackages"), Effect.provide(NodeContext.layer))

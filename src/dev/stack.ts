@@ -3,6 +3,7 @@ import { Effect, Redacted } from "effect"
 import { randomBytes } from "node:crypto"
 import path from "node:path"
 import { startEmbeddedPostgres } from "../db/EmbeddedPostgres.ts"
+import { type DevCertificate, devCertificate } from "./certificate.ts"
 import { type NginxHandle, startNginx } from "./NginxProcess.ts"
 import { ensureDebianPackages } from "./packages.ts"
 import { type PowerDnsHandle, startPowerDns } from "./PowerDnsProcess.ts"
@@ -16,6 +17,8 @@ export interface LocalStack {
   readonly powerDns: PowerDnsHandle
   readonly gateways: ReadonlyArray<SampleGatewayHandle>
   readonly apiToken: string
+  /** With `tls`: the wildcard certificate nginx serves HTTPS with, and the CA that signed it. */
+  readonly certificate?: DevCertificate
 }
 
 /**
@@ -31,6 +34,11 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
   readonly apiToken?: string
   /** NGINX_ROUTING for the service (default lua). */
   readonly routing?: "lua" | "reload"
+  /**
+   * HTTPS on the org server block (NGINX_TLS_*): a wildcard certificate for the domain, signed by
+   * a dev CA under `{dataDir}/tls`; `redirect` also sets NGINX_HTTP=redirect.
+   */
+  readonly tls?: boolean | "redirect"
   /** nginx's worker_processes. */
   readonly nginxWorkers?: number
   /** A Postgres the caller brings (DATABASE_URL); an embedded one is started otherwise. */
@@ -39,6 +47,7 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
   readonly ports?: {
     readonly nginx?: number
     readonly nginxRouteApi?: number
+    readonly nginxTls?: number
     readonly powerDnsApi?: number
     readonly powerDnsDns?: number
     readonly firstGateway?: number
@@ -60,6 +69,7 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
       dir: path.join(dataDir, "nginx"),
       ...optional("listenPort", options.ports?.nginx),
       ...optional("routeApiPort", options.ports?.nginxRouteApi),
+      ...optional("tlsPort", options.ports?.nginxTls),
       // lua: several workers, as in production, since a route must reach every one without a reload.
       workers: options.nginxWorkers ?? ((options.routing ?? "lua") === "lua" ? 4 : 1)
     }),
@@ -83,6 +93,10 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
     { concurrency: "unbounded" }
   )
 
+  const certificate = options.tls === undefined || options.tls === false
+    ? undefined
+    : yield* devCertificate(path.join(dataDir, "tls"), domain)
+
   const env: Record<string, string> = {
     API_TOKEN: apiToken,
     DATABASE_URL: Redacted.value(databaseUrl),
@@ -98,9 +112,23 @@ export const startLocalStack = Effect.fn("LocalStack.start")(function*(options: 
     NGINX_BIN: nginx.bin,
     NGINX_LISTEN: `127.0.0.1:${nginx.listenPort}`,
     NGINX_ROUTE_API_LISTEN: `127.0.0.1:${nginx.routeApiPort}`,
-    NGINX_ROUTING: options.routing ?? "lua"
+    NGINX_ROUTING: options.routing ?? "lua",
+    ...(certificate === undefined ? {} : {
+      NGINX_TLS_CERT: certificate.certPath,
+      NGINX_TLS_KEY: certificate.keyPath,
+      NGINX_TLS_LISTEN: `127.0.0.1:${nginx.tlsPort}`,
+      ...(options.tls === "redirect" ? { NGINX_HTTP: "redirect" } : {})
+    })
   }
-  return { env, databaseUrl, nginx, powerDns, gateways, apiToken } satisfies LocalStack
+  return {
+    env,
+    databaseUrl,
+    nginx,
+    powerDns,
+    gateways,
+    apiToken,
+    ...(certificate === undefined ? {} : { certificate })
+  } satisfies LocalStack
 })
 
 const optional = <K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } =>

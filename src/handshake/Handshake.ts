@@ -65,7 +65,7 @@ export class Handshake extends Context.Tag("Handshake")<Handshake, {
 /** One health request's bound: a gateway that cannot answer a ping this fast is not ready. */
 const HEALTH_REQUEST_TIMEOUT = Duration.seconds(2)
 
-export const HandshakeLive = Layer.effect(
+export const HandshakeLive = Layer.scoped(
   Handshake,
   Effect.gen(function*() {
     const { handshakePath, healthPath, releasePath } = yield* HandshakeConfig
@@ -75,17 +75,28 @@ export const HandshakeLive = Layer.effect(
           "(WebSockets, streams) can outlive its allocation and reach the next org given its gateway"
       )
     }
-    const { edgeUrl, limits } = yield* Settings
+    const { healthUrl, limits, tls } = yield* Settings
     const healthTimeout = Duration.min(HEALTH_REQUEST_TIMEOUT, Duration.millis(limits.outsideCallMs))
     // Thousands of gateways, each asked now and then, and only the status matters: a request asks
     // the gateway to close and is aborted when its scope closes. Kept alive or left unread, each
     // held its socket until a timeout or a GC (measured: +100-400 MiB during one health pass over
     // 10,300 gateways).
-    const client = (yield* HttpClient.HttpClient).pipe(
-      HttpClient.mapRequest(HttpClientRequest.setHeader("connection", "close")),
-      HttpClient.filterStatusOk,
-      HttpClient.withScope
-    )
+    const asking = (http: HttpClient.HttpClient) =>
+      http.pipe(
+        HttpClient.mapRequest(HttpClientRequest.setHeader("connection", "close")),
+        HttpClient.filterStatusOk,
+        HttpClient.withScope
+      )
+    const client = asking(yield* HttpClient.HttpClient)
+    // With TLS the health wait goes through nginx over HTTPS, the org's name as SNI (taken from the
+    // Host header), as browsers go. It does not verify the chain: nginx is this service's own edge
+    // on a loopback or private address, and the certificate was checked when the service read it
+    // (its key, its dates, its names); what this request proves is that nginx serves the org there.
+    const throughNginx = Option.isSome(tls)
+      ? asking(yield* NodeHttpClient.make.pipe(
+        Effect.provideServiceEffect(NodeHttpClient.HttpAgent, NodeHttpClient.makeAgent({ rejectUnauthorized: false }))
+      ))
+      : client
 
     // A booting gateway refuses connections or answers 5xx for a while: keep asking.
     const healthSchedule = Schedule.exponential(Duration.millis(10)).pipe(
@@ -93,8 +104,8 @@ export const HandshakeLive = Layer.effect(
     )
 
     /** One `GET {HEALTH_PATH}`, bounded: 2xx or a HandshakeError saying what answered instead. */
-    const askHealth = (request: HttpClientRequest.HttpClientRequest, via: string) =>
-      client.execute(request).pipe(
+    const askHealth = (http: typeof client, request: HttpClientRequest.HttpClientRequest, via: string) =>
+      http.execute(request).pipe(
         Effect.scoped,
         Effect.mapError((cause) =>
           new HandshakeError({
@@ -112,14 +123,15 @@ export const HandshakeLive = Layer.effect(
     return Handshake.of({
       awaitHealthy: Effect.fn("Handshake.awaitHealthy")(function*(hostname) {
         yield* askHealth(
-          HttpClientRequest.get(`${edgeUrl}${healthPath}`).pipe(
+          throughNginx,
+          HttpClientRequest.get(`${healthUrl}${healthPath}`).pipe(
             HttpClientRequest.setHeaders({ host: hostname })
           ),
           " through nginx"
         ).pipe(Effect.retry(healthSchedule))
       }),
       checkHealth: Effect.fn("Handshake.checkHealth")(function*(upstream) {
-        yield* askHealth(HttpClientRequest.get(`http://${upstream}${healthPath}`), "")
+        yield* askHealth(client, HttpClientRequest.get(`http://${upstream}${healthPath}`), "")
       }),
       handshake: Effect.fn("Handshake.handshake")(function*(upstream, body) {
         yield* client.execute(

@@ -1,11 +1,13 @@
 // The handlers of the nginx edges' endpoints (/edges).
 import { HttpApiBuilder, HttpServerResponse } from "@effect/platform"
-import { Clock, Effect, Either, Redacted } from "effect"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import { Clock, Effect, Either, Option, Redacted } from "effect"
 import { EdgeFilesConfig, Settings } from "../config.ts"
 import { type Edge, edgeStatus } from "../domain/edge.ts"
 import type { EdgeId } from "../domain/ids.ts"
 import { renderEdgeConfig } from "../edges/edgeConfig.ts"
 import { EdgeRegistry, type GatewayHolds } from "../edges/EdgeRegistry.ts"
+import { readCertificate } from "../nginx/tls.ts"
 import { Api } from "./Api.ts"
 import type { NewEdge } from "./edgesApi.ts"
 import * as ApiError from "./errors.ts"
@@ -83,9 +85,20 @@ export const EdgesHandlers = HttpApiBuilder.group(Api, "edges", (handlers) =>
       if (edge.local) {
         return yield* new ApiError.Conflict({ message: "the local edge's file is written by the service into NGINX_CONF_DIR" })
       }
+      // Rendered with the certificate this replica serves (read now: whether nginx can staple OCSP).
+      const tls = yield* Option.match(settings.tls, {
+        onNone: () => Effect.succeed({}),
+        onSome: (listener) =>
+          Clock.currentTimeMillis.pipe(
+            Effect.flatMap((now) => readCertificate(listener, settings.domain, new Date(now))),
+            Effect.provide(NodeFileSystem.layer),
+            Effect.map((certificate) => ({ tls: { listener, certificate } })),
+            Effect.mapError((error) => new ApiError.Conflict({ message: `cannot render an HTTPS edge: ${error.message}` }))
+          )
+      })
       const text = renderEdgeConfig(
         { routeApiUrl: edge.routeApiUrl, probeUrl: edge.probeUrl, secret: Redacted.value(edge.secret) },
-        { domain: settings.domain, tableSize: files.routeTableSize, fenceTableSize: files.fenceTableSize }
+        { domain: settings.domain, tableSize: files.routeTableSize, fenceTableSize: files.fenceTableSize, ...tls }
       )
       // Only an address stored before POST /edges checked it could fail here.
       if (Either.isLeft(text)) return yield* new ApiError.Conflict({ message: `edge ${edge.name}: ${text.left}` })

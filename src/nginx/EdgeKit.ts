@@ -1,11 +1,12 @@
 import { Command, FileSystem, Headers, HttpClient, HttpClientRequest, Path } from "@effect/platform"
 import type * as NodeContext from "@effect/platform-node/NodeContext"
-import { Chunk, Duration, Effect, Option, Schema, Stream } from "effect"
+import { Chunk, Clock, Duration, Effect, Option, Schema, Stream } from "effect"
 import * as crypto from "node:crypto"
 import { NginxConfig, Settings } from "../config.ts"
 import { AllocationId, type OrganizationId, orgHostname } from "../domain/ids.ts"
 import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "./config.ts"
 import { EdgeLock } from "./Edge.ts"
+import { readCertificate, type TlsServing } from "./tls.ts"
 import { type Edge, NginxError } from "./Nginx.ts"
 
 /**
@@ -15,7 +16,7 @@ import { type Edge, NginxError } from "./Nginx.ts"
  */
 export const makeEdgeKit = Effect.gen(function*() {
   const config = yield* NginxConfig
-  const { domain, edgeUrl, limits, nginxListen } = yield* Settings
+  const { domain, edgeUrl, limits, nginxListen, tls } = yield* Settings
   const edgeLock = yield* EdgeLock
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
@@ -44,6 +45,23 @@ export const makeEdgeKit = Effect.gen(function*() {
     return yield* Effect.flatMap(fs.readFileString(edgeFile), Schema.decodeUnknown(EdgeFile))
   }).pipe(Effect.mapError(fail("install")))
   const edge: Edge = { id: edgeId, confDir }
+
+  /**
+   * The TLS the local edge's file is rendered with, its certificate read and checked now (at every
+   * install: start-up, and each time the files changed). A certificate nginx could not serve, or
+   * browsers would refuse, fails the install with what is wrong, naming the file.
+   */
+  const currentTls: Effect.Effect<{ readonly tls?: TlsServing }, NginxError> = Option.match(tls, {
+    onNone: () => Effect.succeed({}),
+    onSome: (listener) =>
+      Clock.currentTimeMillis.pipe(
+        Effect.flatMap((now) => readCertificate(listener, domain, new Date(now))),
+        Effect.provideService(FileSystem.FileSystem, fs),
+        Effect.map((certificate) => ({ tls: { tls: listener, listen: listener.listen, certificate, stampDigest: true } })),
+        Effect.mapError((error) => new NginxError({ operation: "install", reason: error.message, cause: error, noEffect: true })),
+        Effect.withSpan("Nginx.readCertificate")
+      )
+  })
 
   /** Runs `effect` while no other process reloads or removes files on this nginx. */
   const underEdgeLock = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
@@ -156,6 +174,7 @@ export const makeEdgeKit = Effect.gen(function*() {
     confDir,
     edge,
     secret,
+    currentTls,
     callTimeout,
     fs,
     path,

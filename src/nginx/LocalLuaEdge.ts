@@ -15,14 +15,6 @@ import { NginxError, singleEdge } from "./Nginx.ts"
 export const makeLocalLuaEdge = (kit: EdgeKit) =>
   Effect.gen(function*() {
     const { config, confDir, domain, path, fail, secret, callTimeout } = kit
-    const file = renderLuaConfig({
-      domain,
-      listen: kit.listen,
-      routeApiListen: config.routeApiListen,
-      tableSize: config.routeTableSize,
-      fenceTableSize: config.fenceTableSize,
-      secret
-    })
     const client = yield* makeRouteApiClient(kit, {
       edgeId: kit.edge.id,
       name: "local",
@@ -53,9 +45,19 @@ export const makeLocalLuaEdge = (kit: EdgeKit) =>
     /**
      * Writes the file and reloads nginx once; done when the route API answers with this file's
      * version. An nginx without the Lua module refuses the file: that stops the start-up with
-     * what to install, or NGINX_ROUTING=reload.
+     * what to install, or NGINX_ROUTING=reload. Run again when the TLS certificate changed: the
+     * file carries its digest, so nginx is reloaded when, and only when, the file changed.
      */
     const install = Effect.gen(function*() {
+      const file = renderLuaConfig({
+        domain,
+        listen: kit.listen,
+        routeApiListen: config.routeApiListen,
+        tableSize: config.routeTableSize,
+        fenceTableSize: config.fenceTableSize,
+        secret,
+        ...(yield* kit.currentTls)
+      })
       yield* kit.writeAtomically(path.join(confDir, "gateway-allocator.conf"), file.text).pipe(Effect.mapError(fail("install")))
       // nginx already runs this very file (a restart of the service, another replica): a reload
       // would only drop every client's kept-alive connections.

@@ -141,13 +141,15 @@ export const makeReloadRouting = (kit: EdgeKit) =>
       )
 
     const install = Effect.gen(function*() {
-        yield* fs.makeDirectory(routesDir, { recursive: true })
-        yield* writeAtomically(
-          path.join(confDir, "gateway-allocator.conf"),
-          renderMainConfig({ confDir, domain, listen: kit.listen, probeSecret: kit.secret })
-        )
+        const tls = yield* kit.currentTls
+        yield* Effect.gen(function*() {
+          yield* fs.makeDirectory(routesDir, { recursive: true })
+          yield* writeAtomically(
+            path.join(confDir, "gateway-allocator.conf"),
+            renderMainConfig({ confDir, domain, listen: kit.listen, probeSecret: kit.secret, ...tls })
+          )
+        }).pipe(Effect.mapError(fail("install")))
       }).pipe(
-        Effect.mapError(fail("install")),
         Effect.zipRight(reload),
         Effect.withSpan("Nginx.install")
       )

@@ -1,4 +1,5 @@
 import type { AllocationId, Generation, OrganizationId, Upstream } from "../domain/ids.ts"
+import { renderOrgServers, type TlsServing } from "./tls.ts"
 
 /** The location nginx answers itself with the allocation id its map gives for the Host. */
 export const PROBE_PATH = "/__gateway_allocator/route"
@@ -55,8 +56,31 @@ export const renderMainConfig = (options: {
   readonly listen: string
   /** Only requests carrying it in PROBE_SECRET_HEADER see the probe (hex, so safe in the file). */
   readonly probeSecret: string
+  /** HTTPS on the org server block too (NGINX_TLS_*). */
+  readonly tls?: TlsServing
 }) => {
   const domain = escapeRegex(options.domain)
+  const own = `    # Route probe: nginx itself answers with the allocation its map holds for this Host (and the
+    # answering worker's pid), so a start completes only once nginx really serves its route.
+    # Loopback only, and only with the secret: behind a proxy on this host, every client is on
+    # loopback.
+    location = ${PROBE_PATH} {
+        allow 127.0.0.0/8;
+        allow ::1;
+        deny all;
+        if ($http_${PROBE_SECRET_HEADER.replace(/-/g, "_")} != "${options.probeSecret}") {
+            return 404;
+        }
+        default_type text/plain;
+        add_header Cache-Control no-store;
+        return 200 "$gateway_allocator_allocation $pid";
+    }`
+  const site = `    location / {
+        if ($gateway_allocator_upstream = "") {
+            return 404;
+        }
+${PROXY_TO_UPSTREAM}
+    }`
   return `# Written by gateway-allocator at start-up; edits are overwritten. Routes live in routes/.
 map_hash_max_size 131072;
 map_hash_bucket_size 128;
@@ -83,34 +107,13 @@ map $http_upgrade $gateway_allocator_connection {
     "" close;
 }
 
-server {
-    listen ${options.listen};
-    server_name "~^([a-z0-9-]+\\.)*org-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\\.${domain}$";
-
-    # Route probe: nginx itself answers with the allocation its map holds for this Host (and the
-    # answering worker's pid), so a start completes only once nginx really serves its route.
-    # Loopback only, and only with the secret: behind a proxy on this host, every client is on
-    # loopback.
-    location = ${PROBE_PATH} {
-        allow 127.0.0.0/8;
-        allow ::1;
-        deny all;
-        if ($http_${PROBE_SECRET_HEADER.replace(/-/g, "_")} != "${options.probeSecret}") {
-            return 404;
-        }
-        default_type text/plain;
-        add_header Cache-Control no-store;
-        return 200 "$gateway_allocator_allocation $pid";
-    }
-
-    location / {
-        if ($gateway_allocator_upstream = "") {
-            return 404;
-        }
-${PROXY_TO_UPSTREAM}
-    }
-}
-`
+${renderOrgServers({
+    listen: options.listen,
+    serverName: `~^([a-z0-9-]+\\.)*org-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\\.${domain}$`,
+    tls: options.tls,
+    own,
+    site
+  })}`
 }
 
 /**

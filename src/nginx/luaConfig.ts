@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto"
 import { escapeRegex, PROBE_PATH, PROBE_SECRET_HEADER, PROXY_TO_UPSTREAM, READY_PATH } from "./config.ts"
 import { FENCES_DICT, LOCK_TABLE_SIZE, LOCKS_DICT, routeApiLua, SHARED_DICT } from "./luaRouteApi.ts"
+import { renderOrgServers, type TlsServing } from "./tls.ts"
 
 /**
  * NGINX_ROUTING=lua: the service's http-context file. Routes live in a `lua_shared_dict`, a
@@ -55,24 +56,14 @@ export const renderLuaConfig = (options: {
    * either way.
    */
   readonly allow?: ReadonlyArray<string>
+  /** HTTPS on the org server block too (NGINX_TLS_*). */
+  readonly tls?: TlsServing
 }) => {
   const domain = escapeRegex(options.domain)
   const allow = (options.allow ?? LOOPBACK).map((network) => `allow ${network};`).join("\n        ")
   const secretVariable = `$http_${PROBE_SECRET_HEADER.replace(/-/g, "_")}`
-  const body = `lua_shared_dict ${SHARED_DICT} ${options.tableSize};
-lua_shared_dict ${FENCES_DICT} ${options.fenceTableSize};
-lua_shared_dict ${LOCKS_DICT} ${LOCK_TABLE_SIZE};
-
-map $http_upgrade $gateway_allocator_connection {
-    default upgrade;
-    "" close;
-}
-
-server {
-    listen ${options.listen};
-    server_name "~^([a-z0-9-]+\\.)*org-(?<gateway_allocator_org>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\\.${domain}$";
-
-    # Route probe: nginx itself answers with the allocation its table holds for this Host (and the
+  // What nginx answers itself, on every listener of the org server block.
+  const ownLocations = `    # Route probe: nginx itself answers with the allocation its table holds for this Host (and the
     # answering worker's pid). Only from the service's addresses, and only with the secret.
     location = ${PROBE_PATH} {
         ${allow}
@@ -98,9 +89,9 @@ server {
         content_by_lua_block {
 ${indent(edgeReadyLua, 12)}
         }
-    }
-
-    location / {
+    }`
+  // The org's traffic: its route from the table, proxied to its gateway.
+  const siteLocation = `    location / {
         set $gateway_allocator_upstream "";
         set $gateway_allocator_allocation "";
         rewrite_by_lua_block {
@@ -122,9 +113,23 @@ ${indent(edgeReadyLua, 12)}
             return ngx.exit(503)
         }
 ${PROXY_TO_UPSTREAM}
-    }
+    }`
+  const body = `lua_shared_dict ${SHARED_DICT} ${options.tableSize};
+lua_shared_dict ${FENCES_DICT} ${options.fenceTableSize};
+lua_shared_dict ${LOCKS_DICT} ${LOCK_TABLE_SIZE};
+
+map $http_upgrade $gateway_allocator_connection {
+    default upgrade;
+    "" close;
 }
 
+${renderOrgServers({
+    listen: options.listen,
+    serverName: `~^([a-z0-9-]+\\.)*org-(?<gateway_allocator_org>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\\.${domain}$`,
+    tls: options.tls,
+    own: ownLocations,
+    site: siteLocation
+  })}
 # The route API (the service's only way in): the service's addresses, and the secret header.
 server {
     listen ${options.routeApiListen};

@@ -130,3 +130,7 @@ export const recordPool = (stats: {
     Metric.set(poolGatewaysUnreleased, stats.unreleased),
     Metric.set(poolGatewaysHeld, stats.held)
   ], { discard: true })
+
+export const tlsCertificateExpiry = Metric.gauge("gateway_allocator_tls_certificate_expiry_seconds", {
+  description: "Seconds until the TLS certificate nginx serves (NGINX_TLS_CERT) expires, as last read (alert well before 0)"
+})

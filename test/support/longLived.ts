@@ -7,6 +7,7 @@
 import { Effect, Either } from "effect"
 import { randomBytes } from "node:crypto"
 import * as net from "node:net"
+import * as tls from "node:tls"
 import { acceptKey, closeCode, encodeFrame, messageReader, Opcode } from "../../src/dev/webSocketFrames.ts"
 
 export type WebSocketEvent =
@@ -47,6 +48,8 @@ interface WebSocketOptions {
   readonly path: string
   /** The bound on the whole opening (connect, 101, and the first frame when it is waited for). */
   readonly timeoutMs: number
+  /** WSS: over TLS, trusting this CA, the Host as the server name (SNI), HTTP/1.1 by ALPN. */
+  readonly tls?: { readonly ca: string }
 }
 
 /**
@@ -71,7 +74,9 @@ const connect = (options: WebSocketOptions, settleAt: "upgrade" | "first frame")
     | Exclude<UpgradeResult, { _tag: "Upgraded" }>
     | { readonly _tag: "Upgraded"; readonly connection: WebSocketConnection; readonly first: string | null }
   >((resume) => {
-    const socket = net.connect({ host: "127.0.0.1", port: options.port })
+    const socket = options.tls === undefined
+      ? net.connect({ host: "127.0.0.1", port: options.port })
+      : tls.connect({ host: "127.0.0.1", port: options.port, ca: options.tls.ca, servername: options.host, ALPNProtocols: ["http/1.1"] })
     const key = randomBytes(16).toString("base64")
     const read = messageReader({ masked: false, maxPayload: 1 << 20 })
     const events: Array<WebSocketEvent> = []
@@ -137,7 +142,7 @@ const connect = (options: WebSocketOptions, settleAt: "upgrade" | "first frame")
       settle({ _tag: "Refused", status: refusal.status, body: refusal.body.toString("utf8") })
     }
 
-    socket.on("connect", () =>
+    socket.on(options.tls === undefined ? "connect" : "secureConnect", () =>
       socket.write(
         `GET ${options.path} HTTP/1.1\r\nHost: ${options.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
           `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`

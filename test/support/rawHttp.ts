@@ -4,6 +4,8 @@
 // gateway's answer says. The WebSocket client is ./longLived.ts.
 import { Data, Effect, Either } from "effect"
 import * as http from "node:http"
+import * as https from "node:https"
+import type { TLSSocket } from "node:tls"
 import type { LocalStack } from "../../src/dev/stack.ts"
 
 /** A probe could not get an answer from the system it asks (that is not a "no"). */
@@ -17,6 +19,14 @@ export const hostnameOf = (stack: LocalStack, org: string) => `org-${org}.${doma
 export interface RawResponse {
   readonly status: number
   readonly body: string
+  readonly headers: http.IncomingHttpHeaders
+  /** Over TLS: the SHA-256 fingerprint of the certificate the server presented. */
+  readonly certificate?: string
+}
+
+/** HTTPS to nginx: the CA the client trusts; the server name (SNI) is the Host header's. */
+export interface RawTls {
+  readonly ca: string
 }
 
 /**
@@ -29,6 +39,7 @@ export const rawGet = (options: {
   readonly path: string
   readonly headers?: Readonly<Record<string, string>>
   readonly timeoutMs?: number
+  readonly tls?: RawTls
 }) =>
   Effect.async<RawResponse, ProbeError>((resume) => {
     const timeoutMs = options.timeoutMs ?? 5000
@@ -41,23 +52,29 @@ export const rawGet = (options: {
     }
     const failed = (cause: Error) =>
       settle(Effect.fail(new ProbeError({ message: `GET 127.0.0.1:${options.port}${options.path}: ${cause.message}`, cause })))
-    const request = http.request(
-      {
-        host: "127.0.0.1",
-        port: options.port,
-        path: options.path,
-        method: "GET",
-        headers: { ...options.headers, connection: "close" },
-        agent: false
-      },
-      (response) => {
-        const chunks: Array<Buffer> = []
-        response.on("data", (chunk: Buffer) => chunks.push(chunk))
-        response.on("error", failed)
-        response.on("end", () =>
-          settle(Effect.succeed({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") })))
-      }
-    )
+    const requestOptions: https.RequestOptions = {
+      host: "127.0.0.1",
+      port: options.port,
+      path: options.path,
+      method: "GET",
+      headers: { ...options.headers, connection: "close" },
+      agent: false,
+      ...(options.tls === undefined ? {} : { ca: options.tls.ca, servername: options.headers?.["host"] ?? "" })
+    }
+    const onResponse = (response: http.IncomingMessage) => {
+      const chunks: Array<Buffer> = []
+      const certificate = options.tls === undefined ? undefined : (response.socket as TLSSocket).getPeerCertificate().fingerprint256
+      response.on("data", (chunk: Buffer) => chunks.push(chunk))
+      response.on("error", failed)
+      response.on("end", () =>
+        settle(Effect.succeed({
+          status: response.statusCode ?? 0,
+          body: Buffer.concat(chunks).toString("utf8"),
+          headers: response.headers,
+          ...(certificate === undefined ? {} : { certificate })
+        })))
+    }
+    const request = options.tls === undefined ? http.request(requestOptions, onResponse) : https.request(requestOptions, onResponse)
     // A bound on the whole exchange, not only on idle time.
     const timer = setTimeout(() => request.destroy(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
     request.on("error", failed)

@@ -14,7 +14,13 @@ import { GatewayStore } from "../../src/pool/GatewayStore.ts"
 export class Stack extends Context.Tag("test/Stack")<Stack, LocalStack>() {}
 
 export const StackLive = (
-  options: { readonly gateways?: number; readonly routing?: "lua" | "reload"; readonly nginxWorkers?: number } = {}
+  options: {
+    readonly gateways?: number
+    readonly routing?: "lua" | "reload"
+    readonly nginxWorkers?: number
+    /** HTTPS on nginx with a dev CA's wildcard certificate (NGINX_TLS_*); `redirect`: NGINX_HTTP=redirect too. */
+    readonly tls?: boolean | "redirect"
+  } = {}
 ) =>
   Layer.scoped(
     Stack,
@@ -24,7 +30,8 @@ export const StackLive = (
         dataDir,
         gateways: options.gateways ?? 3,
         routing: options.routing ?? "lua",
-        ...(options.nginxWorkers === undefined ? {} : { nginxWorkers: options.nginxWorkers })
+        ...(options.nginxWorkers === undefined ? {} : { nginxWorkers: options.nginxWorkers }),
+        ...(options.tls === undefined ? {} : { tls: options.tls })
       })
     })
   ).pipe(Layer.provide(NodeContext.layer))
