@@ -79,7 +79,9 @@ const DevLive = Layer.unwrapScoped(
     const stack = yield* startLocalStack({
       dataDir,
       apiToken: Option.isSome(apiToken) ? Redacted.value(apiToken.value) : yield* devToken(dataDir),
-      ports: { nginx: 8081, nginxRouteApi: 8089, powerDnsApi: 8082, powerDnsDns: 8053, firstGateway: 9001 },
+      ports: { nginx: 8081, nginxRouteApi: 8089, nginxTls: 8443, powerDnsApi: 8082, powerDnsDns: 8053, firstGateway: 9001 },
+      // HTTPS as in production: a wildcard certificate for the domain, signed by a dev CA.
+      tls: true,
       ...(Option.isSome(database.url) ? { databaseUrl: database.url.value } : {})
     })
     // What the stack manages wins; the rest (PORT, LOG_FORMAT, timeouts...) comes from the env.

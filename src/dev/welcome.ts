@@ -9,7 +9,9 @@ export const DEMO_ORG = "3f1e2d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"
 export interface WelcomeStack {
   readonly apiToken: string
   readonly env: Readonly<Record<string, string>>
-  readonly nginx: { readonly listenPort: number; readonly routeApiPort: number; readonly confDir: string }
+  readonly nginx: { readonly listenPort: number; readonly routeApiPort: number; readonly tlsPort: number; readonly confDir: string }
+  /** HTTPS: the dev CA that signed nginx's wildcard certificate (absent: plain HTTP only). */
+  readonly certificate?: { readonly caPath: string }
   readonly powerDns: { readonly apiUrl: string; readonly dnsPort: number; readonly zone: string }
   readonly gateways: ReadonlyArray<{ readonly name: string; readonly upstream: string }>
 }
@@ -65,6 +67,19 @@ export const welcome = (
   const resolve = (org: string) =>
     `  node -e "const r = new (require('node:dns/promises').Resolver)(); ` +
     `r.setServers(['127.0.0.1:${stack.powerDns.dnsPort}']); r.resolve4('org-${org}.${domain}').then(console.log)"`
+  const hostname = (org: string) => `org-${org}.${domain}`
+  // curl's --resolve stands in for the DNS record (PowerDNS answers on its own port, not :53).
+  const overHttps = (org: string, caPath: string) =>
+    `  curl -s --cacert ${caPath} --resolve ${hostname(org)}:${stack.nginx.tlsPort}:127.0.0.1 ` +
+    `https://${hostname(org)}:${stack.nginx.tlsPort}/hello`
+  // Node 20 has no WebSocket client: the upgrade by hand over TLS, printing the 101 and the gateway's greeting.
+  const overWss = (org: string, caPath: string) =>
+    `  node -e "const s = require('tls').connect({ host: '127.0.0.1', port: ${stack.nginx.tlsPort}, ` +
+    `servername: '${hostname(org)}', ca: require('fs').readFileSync('${caPath}'), ALPNProtocols: ['http/1.1'] }, ` +
+    `() => s.write('GET /ws HTTP/1.1\\r\\nHost: ${hostname(org)}\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n` +
+    `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n')); ` +
+    `s.on('data', (d) => { const t = d.toString(); if (t.startsWith('HTTP/')) console.log(t.split('\\r\\n')[0]); ` +
+    `const j = t.indexOf('{'); if (j >= 0) { console.log(t.slice(j)); s.end() } })"`
   const refuseHandshakes = (upstream: string) => `  curl -s -d '{"handshake":"fail"}' http://${upstream}/__control`
   const plan = deadGatewayPlan(outlook, stack.gateways)
   const first = outlook.claimOrder[0]
@@ -103,9 +118,12 @@ export const welcome = (
     "gateway-allocator dev stack is up",
     `  API          ${api}   (token: ${stack.apiToken})`,
     `  console      ${api}/console   (enter the token above)`,
-    stack.env.NGINX_ROUTING === "reload"
-      ? `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in ${stack.nginx.confDir}/routes)`
-      : `  nginx        http://127.0.0.1:${stack.nginx.listenPort}   (routes in its shared memory; route API on 127.0.0.1:${stack.nginx.routeApiPort})`,
+    `  nginx        http://127.0.0.1:${stack.nginx.listenPort}` +
+    (stack.certificate === undefined ? "" : ` and https://127.0.0.1:${stack.nginx.tlsPort}`) +
+    (stack.env.NGINX_ROUTING === "reload"
+      ? `   (routes in ${stack.nginx.confDir}/routes)`
+      : `   (routes in its shared memory; route API on 127.0.0.1:${stack.nginx.routeApiPort})`),
+    ...(stack.certificate === undefined ? [] : [`  dev CA       ${stack.certificate.caPath}   (trust it to reach orgs over HTTPS without warnings)`]),
     ...edges.map((edge) =>
       `  ${edge.name.padEnd(12)} http://127.0.0.1:${edge.listenPort}   (another nginx edge: every route on it too; route API on 127.0.0.1:${edge.routeApiPort})`
     ),
@@ -118,6 +136,11 @@ export const welcome = (
     post("/gateway/start", DEMO_ORG),
     throughNginx(DEMO_ORG),
     resolve(DEMO_ORG),
+    ...(stack.certificate === undefined ? [] : [
+      `Over HTTPS by its name (nginx's wildcard certificate for *.${domain} is signed by the dev CA), and over WSS:`,
+      overHttps(DEMO_ORG, stack.certificate.caPath),
+      overWss(DEMO_ORG, stack.certificate.caPath)
+    ]),
     ...deadGateway,
     ...(edges.length === 0 ? [] : [
       "Every edge serves each org (GET /edges shows each one's state); the org's hostname on another edge:",

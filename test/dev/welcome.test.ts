@@ -8,7 +8,8 @@ import { type ClaimOutlook, DEMO_ORG, deadGatewayPlan, welcome, type WelcomeStac
 const stack: WelcomeStack = {
   apiToken: "token-token-token-token",
   env: { DOMAIN: "domain.local", NGINX_ROUTING: "lua" },
-  nginx: { listenPort: 8081, routeApiPort: 8089, confDir: "/data/nginx/conf.d" },
+  nginx: { listenPort: 8081, routeApiPort: 8089, tlsPort: 8443, confDir: "/data/nginx/conf.d" },
+  certificate: { caPath: "/data/tls/ca.pem" },
   powerDns: { apiUrl: "http://127.0.0.1:8082", dnsPort: 8053, zone: "domain.local." },
   gateways: [1, 2, 3].map((i) => ({ name: `gateway-${i}`, upstream: `127.0.0.1:900${i}` }))
 }
@@ -65,5 +66,19 @@ describe("welcome", () => {
       `  node -e "const r = new (require('node:dns/promises').Resolver)(); r.setServers(['127.0.0.1:8053']); ` +
         `r.resolve4('org-${DEMO_ORG}.domain.local').then(console.log)"`
     )
+  })
+
+  it("reaches the first org over HTTPS (curl trusting the dev CA, the name resolved to nginx) and WSS (node's tls), after it starts", () => {
+    const text = lines(fresh)
+    const started = text.findIndex((line) => line.includes(`"${DEMO_ORG}"}' http://127.0.0.1:8080/gateway/start`))
+    const https = text.findIndex((line) => line.startsWith("  curl -s --cacert"))
+    expect(https).toBeGreaterThan(started)
+    const host = `org-${DEMO_ORG}.domain.local`
+    expect(text[https]).toBe(`  curl -s --cacert /data/tls/ca.pem --resolve ${host}:8443:127.0.0.1 https://${host}:8443/hello`)
+    expect(text[https + 1]).toContain(`servername: '${host}', ca: require('fs').readFileSync('/data/tls/ca.pem')`)
+    expect(text[https + 1]).toContain("Upgrade: websocket")
+    // Without TLS, no HTTPS line.
+    const { certificate: _, ...plain } = stack
+    expect(welcome(plain, 8080, fresh, SECOND_ORG)).not.toContain("https://")
   })
 })

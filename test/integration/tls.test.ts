@@ -15,7 +15,7 @@ import { READY_PATH } from "../../src/nginx/config.ts"
 import { upgradeWebSocket, type WebSocketConnection } from "../support/longLived.ts"
 import { awaitThat, pollUntil } from "../support/poll.ts"
 import { gatewayAnswerOf, hostnameOf, rawGet } from "../support/rawHttp.ts"
-import { nginxPids, registerGateways, type ServiceProcess, startGateway, startServer, stopGateway } from "../support/server.ts"
+import { nginxPids, registerGateways, request, type ServiceProcess, startGateway, startServer, stopGateway } from "../support/server.ts"
 import { Stack, StackLive } from "../support/stack.ts"
 
 const certificateOf = (stack: LocalStack) => {
@@ -143,6 +143,12 @@ layer(StackLive({ tls: true }), { timeout: 180_000, excludeTestServices: true })
       expect(stopped.status, stopped.text).toBe(200)
       yield* awaitThat("the WSS connection closed by the release", () => wss.isClosed(), { withinMs: 5000 })
       expect((yield* httpsGet(stack, org)).status).toBe(404)
+
+      // How long the served certificate has left, for alerts (the dev certificate: 397 days).
+      const metrics = yield* request(server, "GET", "/metrics")
+      const left = Number(/^gateway_allocator_tls_certificate_expiry_seconds(?:\{[^}]*\})? (\d+)/m.exec(metrics.text)?.[1])
+      expect(left).toBeGreaterThan(390 * 24 * 3600)
+      expect(left).toBeLessThanOrEqual(397 * 24 * 3600)
     }).pipe(Effect.scoped))
 
   it.effect("a renewed certificate is served within seconds with open WSS and HTTP/2 streams kept; nothing reloads while it is unchanged, nor for a pair that does not fit", () =>
