@@ -19,6 +19,7 @@ import { measureRouteRefill } from "./measures/routeRefill.ts"
 import { measureLargestLevel, measureLevel } from "./measures/routeLevels.ts"
 import { luaStartVsRawSum, measureStartLatency, reloadStartVsRawSum } from "./measures/startLatency.ts"
 import { measureNpmStart } from "./measures/startup.ts"
+import { measureTls } from "./measures/tls.ts"
 import { measureThroughput, THROUGHPUT_MAX_MS, THROUGHPUT_MAX_STARTS, throughputRatio } from "./measures/throughput.ts"
 import { nginxReload, pdnsDelete } from "./outside.ts"
 import { poolSize, fillPool } from "./pool.ts"
@@ -86,6 +87,8 @@ const luaServer = async (ctx: BenchContext, results: Results): Promise<void> => 
   await ctx.allocations.stopAll(api, ctx.allocations.orgs())
   noteMemory(ctx, "end of server L")
   await ctx.fleet.shutdown()
+  // Server T: the same with HTTPS on, against server L's c=1 start (same route count).
+  results.tls = await measureTls(ctx, start)
 }
 
 /**

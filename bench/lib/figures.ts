@@ -147,6 +147,20 @@ export const computeFigures = (results: Results): Array<Figure> => {
     )
   }
 
+  // HTTPS: what TLS adds to a start, and to a request through nginx.
+  const tls = results.tls
+  if (tls !== undefined) {
+    add(
+      "tls.start.c1.vsPlain",
+      `lua, HTTPS on: start p50 at c=1 ÷ the same without TLS (${ms(tls.plainStart.latency.p50)} ms), ${count(tls.routes)} routes`,
+      "x",
+      tls.startRatio
+    )
+    const r = tls.requests
+    add("tls.request.keptAlive.vsPlain", `GET through nginx on a kept-alive connection, HTTPS ÷ plain (${ms(r.plainKeptAlive.p50)} ms), p50`, "x", round(r.tlsKeptAlive.p50 / r.plainKeptAlive.p50))
+    add("tls.request.newConnection.p50", `GET through nginx on a new HTTPS connection (full handshake; plain: ${ms(r.plainNewConnection.p50)} ms), p50`, "ms", r.tlsFullHandshake.p50)
+  }
+
   // Several edges: the start's cost, propagation to every edge, a restarted edge's catch-up.
   const edges = results.edges
   if (edges !== undefined) {

@@ -61,7 +61,12 @@ export class ServerFleet {
   }
 
   /** A server: `node` with the start script's arguments, or `npm start` itself (its start-up as an operator sees it). */
-  async launch(mode: ServerMode, via: "node" | "npm start" = "node"): Promise<RunningServer> {
+  async launch(
+    mode: ServerMode,
+    via: "node" | "npm start" = "node",
+    /** On top of the run's settings (the TLS measure's certificate, say). */
+    extraEnv: Readonly<Record<string, string>> = {}
+  ): Promise<RunningServer> {
     if (this.running !== undefined) throw new Error(`server #${this.running.number} is still running`)
     const { stack, log } = this.settings
     const number = ++this.launched
@@ -91,7 +96,8 @@ export class ServerFleet {
         GATEWAY_QUARANTINE_MS: "1",
         NGINX_ROUTING: mode === "lua" ? "lua" : "reload",
         NGINX_RELOAD_MODE: mode === "lua" ? "coalesce" : mode,
-        ...(this.settings.serverNodeOptions === undefined ? {} : { NODE_OPTIONS: this.settings.serverNodeOptions })
+        ...(this.settings.serverNodeOptions === undefined ? {} : { NODE_OPTIONS: this.settings.serverNodeOptions }),
+        ...extraEnv
       }
     })
     // Idle RSS right after start-up: the baseline the per-allocation cost adds to (npm start: its node process).

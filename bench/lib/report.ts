@@ -16,6 +16,7 @@ export const renderMarkdown = (results: Results): string =>
     header(results),
     figuresTable(computeFigures(results)),
     luaSection(results),
+    tlsSection(results),
     bystanderSection(results),
     rawCallsSection(results),
     startLatencySection(results),
@@ -62,6 +63,28 @@ const figuresTable = (figures: ReadonlyArray<Figure>): Array<string> => {
       `| ${f.name}${f.note === undefined ? "" : ` (${f.note})`} | ${f.value} ${f.unit} | ${targetText(f)} | ` +
       `${f.met === undefined ? "" : f.met ? "met" : "**not met**"} | ${f.target?.why ?? ""} |`
     ),
+    ""
+  ]
+}
+
+const tlsSection = (results: Results): Array<string> => {
+  const tls = results.tls
+  if (tls === undefined) return []
+  const r = tls.requests
+  return [
+    `**HTTPS** (NGINX_TLS_*: lua, a server of its own with a wildcard certificate, ECDSA P-256; ${count(tls.routes)} routes; ms). ` +
+    "A start with TLS on (its health wait goes through nginx over HTTPS) against the plain lua server's just before, and " +
+    "GET /hello to one org's gateway through nginx:",
+    "",
+    "| what | n | p50 | p99 |",
+    "|---|---:|---:|---:|",
+    `| start at c=1, plain | ${tls.plainStart.latency.n} | ${pp(tls.plainStart.latency)} |`,
+    `| start at c=1, HTTPS on (${tls.startRatio}x) | ${tls.tlsStart.latency.n} | ${pp(tls.tlsStart.latency)} |`,
+    `| GET, plain, kept-alive connection | ${r.plainKeptAlive.n} | ${pp(r.plainKeptAlive)} |`,
+    `| GET, HTTPS, kept-alive connection | ${r.tlsKeptAlive.n} | ${pp(r.tlsKeptAlive)} |`,
+    `| GET, plain, new connection | ${r.plainNewConnection.n} | ${pp(r.plainNewConnection)} |`,
+    `| GET, HTTPS, new connection, full handshake | ${r.tlsFullHandshake.n} | ${pp(r.tlsFullHandshake)} |`,
+    `| GET, HTTPS, new connection resuming its session (${Math.round(r.resumedShare * 100)}% resumed) | ${r.tlsResumed.n} | ${pp(r.tlsResumed)} |`,
     ""
   ]
 }

@@ -203,6 +203,27 @@ export interface EdgeCatchUpFigures {
   readonly standing: ReadonlyArray<EdgeStanding>
 }
 
+/** HTTPS on the org server block (NGINX_TLS_*), lua: a start's cost and a request's through nginx. */
+export interface TlsFigures {
+  readonly routes: number
+  /** The plain lua server's c=1 start just before, same route count. */
+  readonly plainStart: LatencyFigures
+  /** The same with TLS on (the health wait over HTTPS). */
+  readonly tlsStart: LatencyFigures
+  /** tlsStart p50 ÷ plainStart p50. */
+  readonly startRatio: number
+  /** GET /hello through nginx to the org's gateway. */
+  readonly requests: {
+    readonly plainKeptAlive: Summary
+    readonly tlsKeptAlive: Summary
+    readonly plainNewConnection: Summary
+    readonly tlsFullHandshake: Summary
+    readonly tlsResumed: Summary
+    /** Of the resuming series, the share of connections that did resume their session. */
+    readonly resumedShare: number
+  }
+}
+
 /** Several edges (lua): two remote nginx edges registered beside the local one. */
 export interface EdgesFigures {
   readonly remoteEdges: number
@@ -318,6 +339,8 @@ export interface Results {
   lua?: LuaFigures
   /** Several edges (lua): start cost with 3 edges vs 1, propagation to every edge, catch-up of a restarted edge. */
   edges?: EdgesFigures
+  /** HTTPS (lua): a start's cost with TLS on, and a request's through nginx. */
+  tls?: TlsFigures
   /** A bystander org's kept-alive connections while other orgs start and stop, per mode. */
   keptAlive: Array<KeptAliveFigures>
   /** The server's RSS after each phase. */

@@ -15,6 +15,16 @@ export const TARGETS = {
     limit: 1.3,
     why: "with no reload, a start is its outside calls; the allocator's own work (claim, fences, journal) should add little"
   },
+  "tls.start.c1.vsPlain": {
+    comparison: "<=",
+    limit: 1.15,
+    why: "with TLS on, only the health wait's one request goes over HTTPS: a start should not feel the handshake"
+  },
+  "tls.request.keptAlive.vsPlain": {
+    comparison: "<=",
+    limit: 1.2,
+    why: "on a kept-alive connection TLS is symmetric encryption of a few hundred bytes: a request should barely notice it"
+  },
   "lua.failedStart.vsStart": {
     comparison: "<=",
     limit: 1.3,

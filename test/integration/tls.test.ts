@@ -12,6 +12,7 @@ import path from "node:path"
 import { signCertificate } from "../../src/dev/certificate.ts"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import { READY_PATH } from "../../src/nginx/config.ts"
+import { awaitEdgeState, startRemoteEdge } from "../support/edges.ts"
 import { upgradeWebSocket, type WebSocketConnection } from "../support/longLived.ts"
 import { awaitThat, pollUntil } from "../support/poll.ts"
 import { gatewayAnswerOf, hostnameOf, rawGet } from "../support/rawHttp.ts"
@@ -213,6 +214,28 @@ layer(StackLive({ tls: true }), { timeout: 180_000, excludeTestServices: true })
       expect(ready.status).toBe(200)
       const https = yield* httpsGet(stack, org)
       expect(gatewayAnswerOf(https.body)?.allocation).toBe(started.allocation_id)
+      expect((yield* stopGateway(server, org)).status).toBe(200)
+    }).pipe(Effect.scoped))
+
+  it.effect("a remote edge's file serves HTTPS too, on its own address with the TLS port and the same certificate", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      const server = yield* startedServer(stack, "tls-edge")
+      // On 127.0.0.2, so that it can take the stack's HTTPS port beside the local edge (on 127.0.0.1).
+      const edge = yield* startRemoteEdge(server, "edge-tls", { address: "127.0.0.2" })
+      yield* awaitEdgeState(server, edge.edgeId, "ready")
+      const org = randomUUID()
+      const started = yield* startOrg(server, org)
+      const answer = yield* rawGet({
+        address: "127.0.0.2",
+        port: stack.nginx.tlsPort,
+        path: "/hello",
+        headers: { host: hostnameOf(stack, org) },
+        tls: { ca: caOf(stack) }
+      })
+      expect(answer.status, answer.body).toBe(200)
+      expect(answer.certificate).toBe(fingerprintOf(certificateOf(stack).certPath))
+      expect(gatewayAnswerOf(answer.body)?.allocation).toBe(started.allocation_id)
       expect((yield* stopGateway(server, org)).status).toBe(200)
     }).pipe(Effect.scoped))
 

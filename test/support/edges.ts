@@ -102,14 +102,19 @@ export const startDroppingProxy = (targetPort: number): Effect.Effect<DroppingPr
 export const startRemoteEdge = (
   server: Endpoint,
   name: string,
-  options: { readonly partitionable?: boolean } = {}
+  options: {
+    readonly partitionable?: boolean
+    /** The loopback address it listens on (default 127.0.0.1): another one lets it share the stack's ports (its HTTPS port, say). */
+    readonly address?: string
+  } = {}
 ): Effect.Effect<RemoteEdge, EdgeSetupError, Scope.Scope> =>
   Effect.gen(function*() {
     const [apiPort, port] = yield* Effect.all([freePort, freePort])
     const proxy = options.partitionable === true ? yield* startDroppingProxy(apiPort) : undefined
     const registeredApiPort = proxy?.port ?? apiPort
+    const address = proxy === undefined ? options.address ?? "127.0.0.1" : "127.0.0.1"
     const added = yield* request(server, "POST", "/edges", {
-      body: { name, route_api_url: `http://127.0.0.1:${registeredApiPort}`, probe_url: `http://127.0.0.1:${port}` },
+      body: { name, route_api_url: `http://${address}:${registeredApiPort}`, probe_url: `http://${address}:${port}` },
       timeoutMs: 10_000
     })
     if (added.status !== 201) return yield* new EdgeSetupError({ message: `POST /edges answered ${added.status}: ${added.text}` })

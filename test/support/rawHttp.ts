@@ -35,6 +35,8 @@ export interface RawTls {
  * (refused, reset, the bound) is a ProbeError. Interrupted, the request is destroyed.
  */
 export const rawGet = (options: {
+  /** The loopback address (default 127.0.0.1). */
+  readonly address?: string
   readonly port: number
   readonly path: string
   readonly headers?: Readonly<Record<string, string>>
@@ -53,7 +55,7 @@ export const rawGet = (options: {
     const failed = (cause: Error) =>
       settle(Effect.fail(new ProbeError({ message: `GET 127.0.0.1:${options.port}${options.path}: ${cause.message}`, cause })))
     const requestOptions: https.RequestOptions = {
-      host: "127.0.0.1",
+      host: options.address ?? "127.0.0.1",
       port: options.port,
       path: options.path,
       method: "GET",
