@@ -3,9 +3,11 @@
 // (the barrels' cluster, rpc, workflow... are left out). dist/build-info.json records the inputs'
 // hash for scripts/prestart.mjs. Files read at run time stay where they are: database/*.sql (found
 // from the package root, see src/lib/packageRoot.ts) and Swagger UI (the swagger-ui-dist package).
+// Then the callers' client, gateway-allocator/client: dist/client and dist/types (scripts/buildClient.mjs).
 import * as esbuild from "esbuild"
 import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import path from "node:path"
+import { buildClient } from "./buildClient.mjs"
 import { buildInfoFile, inputsHash, root } from "./buildInputs.mjs"
 
 const started = performance.now()
@@ -36,9 +38,14 @@ await esbuild.build({
 // Node holds a parsed map in memory (measured: ~65 MiB of RSS with the whole map).
 const mapFile = path.join(root, "dist", "main.js.map")
 writeFileSync(mapFile, JSON.stringify(ownSourcesOnly(JSON.parse(readFileSync(mapFile, "utf8")))))
+const serviceMs = Math.round(performance.now() - started)
+await buildClient()
 writeFileSync(buildInfoFile, `${JSON.stringify({ inputsHash: hash, builtAt: new Date().toISOString() }, null, 2)}\n`)
 const mib = (file) => (statSync(path.join(root, "dist", file)).size / 1024 / 1024).toFixed(1)
-process.stderr.write(`built dist/main.js (${mib("main.js")} MiB, map ${mib("main.js.map")} MiB) in ${Math.round(performance.now() - started)} ms\n`)
+process.stderr.write(
+  `built dist/main.js (${mib("main.js")} MiB, map ${mib("main.js.map")} MiB) in ${serviceMs} ms, ` +
+    `and the client (dist/client, dist/types) in ${Math.round(performance.now() - started) - serviceMs} ms\n`
+)
 
 /**
  * A source map with the mappings into node_modules removed: a run of them becomes one
