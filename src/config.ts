@@ -115,6 +115,12 @@ export interface TlsListener {
   readonly redirect: boolean
 }
 
+/** Two `listen`s that nginx could not both bind: the same port, on the same address or on all of them. */
+const sameListen = (a: string, b: string): boolean => {
+  const host = (listen: string) => (listen.includes(":") ? listen.slice(0, listen.lastIndexOf(":")) : "*")
+  return listenPort(a) === listenPort(b) && (host(a) === host(b) || host(a) === "*" || host(b) === "*")
+}
+
 /** The port of a `listen` (`443`, `127.0.0.1:8443`, `[::1]:443`). */
 export const listenPort = (listen: string): string => listen.slice(listen.lastIndexOf(":") + 1)
 
@@ -150,6 +156,12 @@ export class Settings extends Effect.Service<Settings>()("Settings", {
         Config.validate({ message: "GATEWAY_HEALTH_BATCH must be between 1 and 10000", validation: (n) => n >= 1 && n <= 10_000 })
       )
     })
+    if (Option.isSome(settings.tls) && sameListen(settings.tls.value.listen, settings.nginxListen)) {
+      return yield* Effect.fail(ConfigError.InvalidData(
+        ["NGINX_TLS_LISTEN"],
+        `NGINX_TLS_LISTEN (${settings.tls.value.listen}) must differ from NGINX_LISTEN (${settings.nginxListen}): HTTPS needs a port of its own`
+      ))
+    }
     /** Where requests through nginx's plain listener go (with an org's Host header): the route probe. */
     const edgeUrl = Option.match(settings.nginxProbeUrl, {
       onNone: () => `http://127.0.0.1:${listenPort(settings.nginxListen)}`,

@@ -4,7 +4,7 @@ import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/p
 import { Either, ParseResult, Schema } from "effect"
 import { EdgeName, EdgeState, EdgeStatus } from "../domain/edge.ts"
 import { EdgeId } from "../domain/ids.ts"
-import { parseEdgeAddress } from "../edges/edgeConfig.ts"
+import { parseEdgeAddress } from "../domain/edgeAddress.ts"
 import { Authorization, described } from "./apiShared.ts"
 import { Conflict, NotFound, ServiceUnavailable } from "./errors.ts"
 

@@ -1,5 +1,5 @@
 import { FileSystem } from "@effect/platform"
-import { Clock, Duration, Effect, Metric, Option, Schedule } from "effect"
+import { Clock, Duration, Effect, Equal, Metric, Option, Schedule } from "effect"
 import { Settings, type TlsListener } from "../config.ts"
 import { tlsCertificateExpiry } from "../telemetry/Metrics.ts"
 import type { NginxError } from "./Nginx.ts"
@@ -56,7 +56,7 @@ export const watchCertificate = (install: Effect.Effect<void, NginxError>) =>
 
     const check = Effect.gen(function*() {
       const digest = yield* digestNow
-      if (Option.isNone(digest) || Option.getEquivalence((a: string, b: string) => a === b)(digest, installed)) {
+      if (Option.isNone(digest) || Equal.equals(digest, installed)) {
         return yield* reportExpiry
       }
       if (Option.contains(reported, digest.value)) return

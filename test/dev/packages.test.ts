@@ -4,7 +4,7 @@ import { ensureDebianPackages, missingDebianPackages } from "../../src/dev/packa
 
 describe("packages", () => {
   // .ci/run installs them before the tests; a developer's machine gets them from ensureDebianPackages.
-  it.live("nginx, pdns_server with the gsqlite3 backend, and sqlite3 are present (installed if needed)", () =>
+  it.live("nginx, pdns_server with the gsqlite3 backend, sqlite3 and openssl are present (installed if needed)", () =>
     Effect.gen(function*() {
       yield* ensureDebianPackages
       expect(yield* missingDebianPackages).toEqual([])

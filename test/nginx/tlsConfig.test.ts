@@ -69,6 +69,8 @@ describe("HTTPS for org hostnames: configuration", () => {
         const refused = yield* settingsFrom({ NGINX_TLS_CERT: bad, NGINX_TLS_KEY: "/etc/tls/wild.key" })
         expect(Either.isLeft(refused) && String(refused.left), bad).toMatch(/NGINX_TLS_CERT must be a file path without/)
       }
+      const samePort = yield* settingsFrom({ NGINX_TLS_CERT: "/a.pem", NGINX_TLS_KEY: "/a.key", NGINX_LISTEN: "8443", NGINX_TLS_LISTEN: "127.0.0.1:8443" })
+      expect(Either.isLeft(samePort) && String(samePort.left)).toMatch(/NGINX_TLS_LISTEN \(127\.0\.0\.1:8443\) must differ from NGINX_LISTEN \(8443\)/)
       const badListen = yield* settingsFrom({ NGINX_TLS_CERT: "/a.pem", NGINX_TLS_KEY: "/a.key", NGINX_TLS_LISTEN: "https" })
       expect(Either.isLeft(badListen) && String(badListen.left)).toMatch(/NGINX_TLS_LISTEN must be PORT or HOST:PORT/)
     }))
