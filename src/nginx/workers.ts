@@ -24,46 +24,21 @@ const readStat = (fs: FileSystem.FileSystem, pid: number) =>
 const readCommand = (fs: FileSystem.FileSystem, pid: number) =>
   Effect.map(fs.readFileString(`/proc/${pid}/cmdline`), (text) => text.replace(/\0/g, " ").trim())
 
-/**
- * How much earlier than the answering worker a worker must have started to be of an older
- * generation, in clock ticks (10 ms). The master forks a generation's workers one after another,
- * then sleeps 100 ms before it tells the previous generation to stop, and takes no other reload
- * meanwhile: so every worker of an older generation started at least 100 ms (10 ticks, 9 after
- * rounding) before any worker of a newer one, while the workers of one generation start within
- * the time its forks take. That spread was taken to be under 20 ms; it is not: forking a master
- * that holds 1,000 route files took over 30 ms on a loaded 2-core machine, and a worker of the
- * answering generation then passed for an old one that never shuts down (the step waited out its
- * 30 s timeout).
- */
-const GENERATION_GAP_TICKS = 8
-
-/** A worker as /proc shows it: when it started, and its title (`worker process [is shutting down]`). */
-export interface WorkerView {
-  readonly startTime: number
-  readonly command: string
-}
-
-/** Whether a worker older than the answering one (started `answeringStart`) still accepts connections. */
-export const olderGenerationAccepting = (answeringStart: number, workers: ReadonlyArray<WorkerView>): boolean =>
-  workers.some((worker) =>
-    worker.command.includes("worker process") &&
-    !worker.command.includes("shutting down") &&
-    worker.startTime < answeringStart - GENERATION_GAP_TICKS
-  )
-
 /** True once no worker older than `answeringPid` still accepts connections. */
 const oldGenerationClosed = (fs: FileSystem.FileSystem, answeringPid: number) =>
   Effect.gen(function*() {
     const answering = yield* readStat(fs, answeringPid)
     const children = (yield* fs.readFileString(`/proc/${answering.ppid}/task/${answering.ppid}/children`))
       .trim().split(/\s+/).filter((pid) => pid !== "").map(Number)
-    const workers = yield* Effect.forEach(children, (pid) =>
-      Effect.all([readStat(fs, pid), readCommand(fs, pid)]).pipe(
-        Effect.map(([stat, command]): WorkerView => ({ startTime: stat.startTime, command })),
+    for (const pid of children) {
+      const [stat, command] = yield* Effect.all([readStat(fs, pid), readCommand(fs, pid)]).pipe(
         // A worker that exited while we looked is not accepting anything.
-        Effect.orElseSucceed((): WorkerView => ({ startTime: 0, command: "" }))
-      ))
-    return !olderGenerationAccepting(answering.startTime, workers)
+        Effect.orElseSucceed(() => [undefined, ""] as const)
+      )
+      if (stat === undefined || !command.includes("worker process") || command.includes("shutting down")) continue
+      if (stat.startTime < answering.startTime - 2) return false
+    }
+    return true
   })
 
 /**
