@@ -7,7 +7,7 @@ import { type Edge, edgeStatus } from "../domain/edge.ts"
 import type { EdgeId } from "../domain/ids.ts"
 import { renderEdgeConfig } from "../edges/edgeConfig.ts"
 import { EdgeRegistry, type GatewayHolds } from "../edges/EdgeRegistry.ts"
-import { readCertificate } from "../nginx/tls.ts"
+import { readCertificateNow } from "../nginx/tls.ts"
 import { Api } from "./Api.ts"
 import type { NewEdge } from "./edgesApi.ts"
 import * as ApiError from "./errors.ts"
@@ -89,8 +89,7 @@ export const EdgesHandlers = HttpApiBuilder.group(Api, "edges", (handlers) =>
       const tls = yield* Option.match(settings.tls, {
         onNone: () => Effect.succeed({}),
         onSome: (listener) =>
-          Clock.currentTimeMillis.pipe(
-            Effect.flatMap((now) => readCertificate(listener, settings.domain, new Date(now))),
+          readCertificateNow(listener, settings.domain).pipe(
             Effect.provide(NodeFileSystem.layer),
             Effect.map((certificate) => ({ tls: { listener, certificate } })),
             Effect.mapError((error) => new ApiError.Conflict({ message: `cannot render an HTTPS edge: ${error.message}` }))

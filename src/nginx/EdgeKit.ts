@@ -1,12 +1,12 @@
 import { Command, FileSystem, Headers, HttpClient, HttpClientRequest, Path } from "@effect/platform"
 import type * as NodeContext from "@effect/platform-node/NodeContext"
-import { Chunk, Clock, Duration, Effect, Option, Schema, Stream } from "effect"
+import { Chunk, Duration, Effect, Option, Schema, Stream } from "effect"
 import * as crypto from "node:crypto"
 import { NginxConfig, Settings } from "../config.ts"
 import { AllocationId, type OrganizationId, orgHostname } from "../domain/ids.ts"
 import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "./config.ts"
 import { EdgeLock } from "./Edge.ts"
-import { readCertificate, type TlsServing } from "./tls.ts"
+import { readCertificateNow, type TlsServing } from "./tls.ts"
 import { type Edge, NginxError } from "./Nginx.ts"
 
 /**
@@ -54,8 +54,7 @@ export const makeEdgeKit = Effect.gen(function*() {
   const currentTls: Effect.Effect<{ readonly tls?: TlsServing }, NginxError> = Option.match(tls, {
     onNone: () => Effect.succeed({}),
     onSome: (listener) =>
-      Clock.currentTimeMillis.pipe(
-        Effect.flatMap((now) => readCertificate(listener, domain, new Date(now))),
+      readCertificateNow(listener, domain).pipe(
         Effect.provideService(FileSystem.FileSystem, fs),
         Effect.map((certificate) => ({ tls: { tls: listener, listen: listener.listen, certificate, stampDigest: true } })),
         Effect.mapError((error) => new NginxError({ operation: "install", reason: error.message, cause: error, noEffect: true })),

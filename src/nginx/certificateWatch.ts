@@ -1,9 +1,9 @@
 import { FileSystem } from "@effect/platform"
 import { Clock, Duration, Effect, Equal, Metric, Option, Schedule } from "effect"
-import { Settings, type TlsListener } from "../config.ts"
+import { Settings } from "../config.ts"
 import { tlsCertificateExpiry } from "../telemetry/Metrics.ts"
 import type { NginxError } from "./Nginx.ts"
-import { certificateDigest, readCertificate } from "./tls.ts"
+import { certificateDigest, readCertificateNow } from "./tls.ts"
 
 /**
  * How a renewal is noticed: the certificate and key files are read and hashed this often. Reading
@@ -32,28 +32,32 @@ export const watchCertificate = (install: Effect.Effect<void, NginxError>) =>
     const listener = tls.value
     const fs = yield* FileSystem.FileSystem
     const digestNow = certificateDigest(listener).pipe(Effect.provideService(FileSystem.FileSystem, fs), Effect.option)
+    /** When the served certificate expires: read once at start and after each renewal, not at every check. */
+    const readExpiry = readCertificateNow(listener, domain).pipe(
+      Effect.provideService(FileSystem.FileSystem, fs),
+      Effect.map((certificate) => certificate.notAfter),
+      Effect.option
+    )
     let installed = yield* digestNow
+    let notAfter = yield* readExpiry
     let reported: Option.Option<string> = Option.none()
     let warnedAt = 0
 
     const reportExpiry = Effect.gen(function*() {
+      if (Option.isNone(notAfter)) return
       const now = yield* Clock.currentTimeMillis
-      const certificate = yield* readCertificate(listener, domain, new Date(now)).pipe(
-        Effect.provideService(FileSystem.FileSystem, fs),
-        Effect.option
-      )
-      if (Option.isNone(certificate)) return
-      const left = certificate.value.notAfter.getTime() - now
+      const left = notAfter.value.getTime() - now
       yield* Metric.set(tlsCertificateExpiry, Math.floor(left / 1000))
       if (left < Duration.toMillis(EXPIRY_WARNING) && now - warnedAt >= Duration.toMillis(Duration.days(1))) {
         warnedAt = now
         yield* Effect.logWarning(
           `the TLS certificate NGINX_TLS_CERT (${listener.certPath}) expires on ` +
-            `${certificate.value.notAfter.toISOString()}: renew it (nginx serves the new one within seconds of it landing)`
+            `${notAfter.value.toISOString()}: renew it (nginx serves the new one within seconds of it landing)`
         )
       }
     })
 
+    // Each check reads and hashes the two files; the certificate is parsed only when they changed.
     const check = Effect.gen(function*() {
       const digest = yield* digestNow
       if (Option.isNone(digest) || Equal.equals(digest, installed)) {
@@ -65,8 +69,11 @@ export const watchCertificate = (install: Effect.Effect<void, NginxError>) =>
           onSuccess: () =>
             Effect.gen(function*() {
               installed = digest
+              notAfter = yield* readExpiry
               reported = Option.none()
-              yield* Effect.logInfo(`the TLS certificate changed on disk (${describe(listener)}): nginx serves it now`)
+              yield* Effect.logInfo(
+                `the TLS certificate changed on disk (${listener.certPath}, ${listener.keyPath}): nginx serves it now`
+              )
               yield* reportExpiry
             }),
           onFailure: (error) =>
@@ -83,5 +90,3 @@ export const watchCertificate = (install: Effect.Effect<void, NginxError>) =>
     })
     yield* check.pipe(Effect.repeat(Schedule.spaced(CERTIFICATE_CHECK_INTERVAL)), Effect.forkScoped)
   })
-
-const describe = (tls: TlsListener) => `${tls.certPath}, ${tls.keyPath}`

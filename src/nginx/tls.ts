@@ -1,5 +1,5 @@
 import { FileSystem } from "@effect/platform"
-import { Data, Effect, Either } from "effect"
+import { Clock, Data, Effect, Either } from "effect"
 import { createHash, createPrivateKey, type KeyObject, X509Certificate } from "node:crypto"
 import { listenPort, type TlsListener } from "../config.ts"
 
@@ -79,21 +79,25 @@ export const readCertificate = (tls: TlsListener, domain: string, now: Date) =>
       )
     }
     return {
-      digest: createHash("sha256").update(certText).update(keyText).digest("hex"),
+      digest: digestOf(certText, keyText),
       notAfter,
       fingerprint: certificate.fingerprint256,
       ocsp: /^OCSP - URI:/m.test(certificate.infoAccess ?? "")
     } satisfies TlsCertificate
   })
 
+/** The certificate checked as of now (the Clock): at an install, a renewal, a remote edge's file. */
+export const readCertificateNow = (tls: TlsListener, domain: string) =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) => readCertificate(tls, domain, new Date(now)))
+
+/** The pair's content, hashed: what tells a renewal apart. */
+const digestOf = (certificate: Uint8Array, key: Uint8Array) => createHash("sha256").update(certificate).update(key).digest("hex")
+
 /** The digest `readCertificate` would give, without the checks: cheap enough to compare every few seconds. */
 export const certificateDigest = (tls: TlsListener) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
-    const hash = createHash("sha256")
-    hash.update(yield* fs.readFile(tls.certPath))
-    hash.update(yield* fs.readFile(tls.keyPath))
-    return hash.digest("hex")
+    return digestOf(yield* fs.readFile(tls.certPath), yield* fs.readFile(tls.keyPath))
   })
 
 /**
