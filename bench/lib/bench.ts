@@ -12,6 +12,7 @@ import { failedStartVsStart, measureFailedStart } from "./measures/failedStart.t
 import { FILL_CONCURRENCY } from "./measures/fill.ts"
 import { measureMemory, noteMemory } from "./measures/memory.ts"
 import { checkPoolConsistency } from "./measures/poolConsistency.ts"
+import { measureProfile } from "./measures/profile.ts"
 import { measurePropagation } from "./measures/propagation.ts"
 import { measureRawCalls } from "./measures/rawCalls.ts"
 import { measureRawCallsLua } from "./measures/rawCallsLua.ts"
@@ -29,12 +30,20 @@ import { sleep } from "./stats.ts"
 /** Start-up work (the first reconcile pass, lazy imports) finishes before the first measure. */
 const SETTLE_AFTER_START_MS = 3000
 
-export const runBench = async (stack: LocalStack, results: Results, options: BenchOptions): Promise<void> => {
+/** What a run writes beside its results (run.ts writes them, also when the run fails part way). */
+export interface BenchArtifacts {
+  /** The profiled server's flame graph (measures/profile.ts). */
+  flameSvg?: string
+  /** Its raw .cpuprofile, in the run's temp directory (kept with BENCH_KEEP_PROFILE=1). */
+  cpuProfileFile?: string
+}
+
+export const runBench = async (stack: LocalStack, results: Results, options: BenchOptions, artifacts: BenchArtifacts = {}): Promise<void> => {
   const ctx = await openContext(stack, options)
   results.settings = settingsOf(ctx, options)
   const runCpu = startWholeRunCpu(ctx)
   try {
-    await luaServer(ctx, results)
+    await luaServer(ctx, results, artifacts)
     const coalescePeakMiB = await coalesceServer(ctx, results)
     const eachLeftovers = await eachServer(ctx, results)
     await largestLevelServer(ctx, results, eachLeftovers, coalescePeakMiB)
@@ -60,9 +69,10 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
 /**
  * Server L, lua (the default): what a start costs with no reload: raw calls, c=1 start, failed
  * start, propagation to every worker, a bystander's connections, 100 routes. It fills the pool
- * first; its allocations are stopped before the next server.
+ * first; its allocations are stopped before the next server. Then servers P and P-traces (where a
+ * start and a stop go) and server T (HTTPS), with the same 0 routes.
  */
-const luaServer = async (ctx: BenchContext, results: Results): Promise<void> => {
+const luaServer = async (ctx: BenchContext, results: Results, artifacts: BenchArtifacts): Promise<void> => {
   const { api } = await ctx.fleet.launch("lua")
   results.setup.pool = await fillPool(ctx)
   noteMemory(ctx, "started, pool filled")
@@ -87,8 +97,18 @@ const luaServer = async (ctx: BenchContext, results: Results): Promise<void> => 
   await ctx.allocations.stopAll(api, ctx.allocations.orgs())
   noteMemory(ctx, "end of server L")
   await ctx.fleet.shutdown()
+  // Servers P and P-traces: where a start and a stop go (CPU profile, Postgres, spans), 0 routes.
+  await profileServers(ctx, results, artifacts)
   // Server T: the same with HTTPS on, against server L's c=1 start (same route count).
   results.tls = await measureTls(ctx, start)
+}
+
+/** Servers P and P-traces (measures/profile.ts): the figures in the results, the flame graph and profile aside. */
+export const profileServers = async (ctx: BenchContext, results: Results, artifacts: BenchArtifacts): Promise<void> => {
+  const outcome = await measureProfile(ctx)
+  results.profile = outcome.figures
+  if (outcome.flameSvg !== undefined) artifacts.flameSvg = outcome.flameSvg
+  if (outcome.cpuProfileFile !== undefined) artifacts.cpuProfileFile = outcome.cpuProfileFile
 }
 
 /**
@@ -211,7 +231,7 @@ const addLuaFigures = (results: Results, more: Partial<Omit<LuaFigures, "raw">>)
   results.lua = { ...results.lua, ...more }
 }
 
-const settingsOf = (ctx: BenchContext, options: BenchOptions): Record<string, unknown> => ({
+export const settingsOf = (ctx: BenchContext, options: BenchOptions): Record<string, unknown> => ({
   sampleGateways: ctx.outside.gateways.length,
   poolSize: poolSize(ctx.run.maxRoutes),
   maxRoutes: ctx.run.maxRoutes,

@@ -74,6 +74,19 @@ export const computeFigures = (results: Results): Array<Figure> => {
     )
   }
 
+  // What a start and its stop cost the server in CPU (the profiled server P, measures/profile.ts).
+  const profile = results.profile
+  if (profile !== undefined) {
+    const c = profile.cpu
+    add(
+      "lua.cpu.perStartStop",
+      `lua: server CPU per start and its stop at c=1, ${count(profile.routes)} routes (user ${ms(c.userMsPerCycle)} + system ${ms(c.systemMsPerCycle)} ms, ` +
+        `${profile.cycles} cycles, profiler on)`,
+      "ms",
+      c.totalMsPerCycle
+    )
+  }
+
   // A failed start and its rollback.
   if (lua?.rollback !== undefined) {
     add("lua.failedStart.vsStart", "lua: failed start (handshake refused, every undo run) p50 ÷ a successful start p50", "x", lua.rollback.ratioToStart)

@@ -50,6 +50,16 @@ export class ServerFleet {
     return new ServerFleet(settings, command)
   }
 
+  /** Where the server runs from (the working tree, or a `git archive` of BENCH_REF). */
+  get serverRoot(): string {
+    return this.settings.serverRoot
+  }
+
+  /** The run's temp directory (server logs; the profile's .cpuprofile files). */
+  get workDir(): string {
+    return this.settings.workDir
+  }
+
   get current(): RunningServer | undefined {
     return this.running
   }
@@ -65,19 +75,25 @@ export class ServerFleet {
     mode: ServerMode,
     via: "node" | "npm start" = "node",
     /** On top of the run's settings (the TLS measure's certificate, say). */
-    extraEnv: Readonly<Record<string, string>> = {}
+    extraEnv: Readonly<Record<string, string>> = {},
+    /**
+     * node's own options, put before the start script's (the profile's `--cpu-prof...`: Node 20
+     * refuses those in NODE_OPTIONS). With `node` only: `npm start` runs the script as it is.
+     */
+    nodeArgs: ReadonlyArray<string> = []
   ): Promise<RunningServer> {
     if (this.running !== undefined) throw new Error(`server #${this.running.number} is still running`)
+    if (via !== "node" && nodeArgs.length > 0) throw new Error("node arguments need a server launched with node, not npm start")
     const { stack, log } = this.settings
     const number = ++this.launched
     const port = await Effect.runPromise(freePort)
     const logFile = path.join(this.settings.workDir, `server-${number}-${mode}.log`)
     this.logFiles.push(logFile)
     const routing = mode === "lua" ? "NGINX_ROUTING=lua" : `NGINX_ROUTING=reload, NGINX_RELOAD_MODE=${mode}`
-    log(`server #${number} (${routing}, ${via}) starting on port ${port}`)
+    log(`server #${number} (${routing}, ${via}${nodeArgs.length === 0 ? "" : ` ${nodeArgs.join(" ")}`}) starting on port ${port}`)
     const server = await startServer({
       projectRoot: this.settings.serverRoot,
-      ...(via === "node" ? { args: this.command.args } : { command: "npm", args: ["start", "--silent"] }),
+      ...(via === "node" ? { args: [...nodeArgs, ...this.command.args] } : { command: "npm", args: ["start", "--silent"] }),
       port,
       mode,
       logFile,

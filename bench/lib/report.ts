@@ -16,6 +16,7 @@ export const renderMarkdown = (results: Results): string =>
     header(results),
     figuresTable(computeFigures(results)),
     luaSection(results),
+    profileSection(results),
     tlsSection(results),
     bystanderSection(results),
     rawCallsSection(results),
@@ -66,6 +67,101 @@ const figuresTable = (figures: ReadonlyArray<Figure>): Array<string> => {
     ""
   ]
 }
+
+const pct = (share: number) => (Number.isFinite(share) ? `${(share * 100).toFixed(1)}%` : "-")
+const ms3 = (value: number) => (Number.isFinite(value) ? value.toFixed(value >= 10 ? 1 : value >= 1 ? 2 : 3) : "-")
+
+/** Where a start and a stop go (measures/profile.ts): servers P and P-traces. */
+export const profileSection = (results: Results): Array<string> => {
+  const p = results.profile
+  if (p === undefined) return []
+  const c = p.cpu
+  const pg = p.postgres
+  const t = pg.tuplesPerCycle
+  const others = Object.entries(c.byComponentMsPerCycle).filter(([name]) => name !== "server" && name !== "total")
+  const lines = [
+    `**Where a start and a stop go** (server P: lua, c=1, ${count(p.routes)} other routes; ${p.warmup} warm-up cycles, then ${p.cycles} ` +
+    "cycles of a new org's start and its stop, no journal read; node `--cpu-prof`, a sample every " +
+    `${p.intervalUs} µs). Cycle p50 ${ms(p.cycle.p50)} ms (start ${ms(p.start.p50)}, stop ${ms(p.stop.p50)}), p99 ${ms(p.cycle.p99)} ms.`,
+    "",
+    `- Server CPU per start and stop (/proc, all its threads, the profiler's sampling included): **${ms3(c.totalMsPerCycle)} ms**, ` +
+    `user ${ms3(c.userMsPerCycle)} + system ${ms3(c.systemMsPerCycle)}. The rest of the stack meanwhile, ms per cycle: ` +
+    `${others.map(([name, v]) => `${name} ${ms3(v)}`).join(", ")}.`,
+    `- Postgres (pg_stat_database of \`${pg.database}\`): **${pg.transactionsPerCycle} transactions per cycle** ` +
+    `(xact_commit + xact_rollback: a statement outside a transaction block counts one, a block counts one however many ` +
+    `statements it holds; ${pg.rollbacksPerCycle} rolled back); tuples returned ${t.returned}, fetched ${t.fetched}, inserted ` +
+    `${t.inserted}, updated ${t.updated}, deleted ${t.deleted} per cycle. Read from before the first cycle to the server's exit ` +
+    `(${pg.windowSeconds} s: Postgres publishes a backend's counters late, at the latest when it exits), so the service's ` +
+    "background work meanwhile is in (see the trace pass's background rows).",
+    ""
+  ]
+  const s = p.samples
+  if (!s.attributed) {
+    lines.push(`CPU profile: **not attributed**. ${s.alignment}. ${s.mapping}.`, "")
+  } else {
+    lines.push(
+      `CPU profile: ${count(s.inWindow)} samples taken during the cycles: ${ms3(s.wallMsPerCycle)} ms per cycle, of which ` +
+        `${ms3(s.busyMsPerCycle)} ms busy (the main thread; /proc counts every thread) and ${pct(s.idleShare)} idle. ` +
+        `Samples kept to the cycles: ${s.alignment}. ${s.mapping}.`,
+      "",
+      "| self time in | ms per cycle | % of the window | % of busy |",
+      "|---|---:|---:|---:|",
+      ...p.categories.map((cat) => `| ${cat.name} | ${ms3(cat.msPerCycle)} | ${pct(cat.shareOfWall)} | ${pct(cat.shareOfBusy)} |`),
+      "",
+      `Top ${p.topFunctions.length} functions by self time:`,
+      "",
+      "| function | where | category | self ms per cycle | % of busy |",
+      "|---|---|---|---:|---:|",
+      ...p.topFunctions.map((f) =>
+        `| \`${f.name.replace(/\|/g, "\\|")}\` | ${f.file === "" ? "-" : `${f.file}${f.line > 0 ? `:${f.line}` : ""}`} | ${f.category} | ` +
+        `${ms3(f.selfMsPerCycle)} | ${pct(f.shareOfBusy)} |`
+      ),
+      ""
+    )
+    if (p.flameGraph !== undefined) {
+      lines.push(
+        `Flame graph: [${p.flameGraph}](${p.flameGraph}) (the cycles' busy samples, merged by function and source line, ` +
+          `stacks cut at ${s.depthCap} frames, deepest ${s.maxDepth}; hover a frame for its file:line and ms).`,
+        ""
+      )
+    }
+  }
+  const tr = p.traces
+  if (tr === undefined) return lines
+  if ("error" in tr) {
+    lines.push(`Trace pass failed: ${tr.error}`, "")
+    return lines
+  }
+  const shown = tr.bySpan.slice(0, 30)
+  const rest = tr.bySpan.slice(30)
+  lines.push(
+    `Trace pass (server P-traces: the same ${tr.cycles} cycles, the service exporting its traces over OTLP/HTTP to a receiver in the ` +
+      `benchmark): cycle p50 ${ms(tr.cycle.p50)} ms; ${tr.requestTraces} request traces, ${tr.spansPerCycle} spans per cycle` +
+      `${tr.orphans > 0 ? ` (${tr.orphans} spans whose parent never arrived)` : ""}; its CPU, tracing on, ${ms3(tr.cpuMsPerCycle.user + tr.cpuMsPerCycle.system)} ` +
+      `ms per cycle (not used above). By span name, per cycle: "self" is the span's duration minus what its child spans covered ` +
+      "(a `sql.execute` span is one statement's round trip to Postgres, `sql.transaction` adds BEGIN and COMMIT):",
+    "",
+    "| span | count | ms | self ms |",
+    "|---|---:|---:|---:|",
+    ...shown.map((r) => `| ${r.name.replace(/\|/g, "\\|")} | ${r.countPerCycle} | ${ms3(r.msPerCycle)} | ${ms3(r.selfMsPerCycle)} |`),
+    ...(rest.length === 0
+      ? []
+      : [`| ${rest.length} more | ${round2(rest.reduce((a, r) => a + r.countPerCycle, 0))} | ${ms3(rest.reduce((a, r) => a + r.msPerCycle, 0))} | ` +
+        `${ms3(rest.reduce((a, r) => a + r.selfMsPerCycle, 0))} |`]),
+    ""
+  )
+  const bg = tr.background
+  if (bg.spans > 0) {
+    lines.push(
+      `Background (other traces, started during the ${bg.seconds} s of cycles): ${bg.spans} spans, per second: ` +
+        bg.bySpan.slice(0, 12).map((r) => `${r.name} ${r.perSecond} (${ms3(r.msPerSecond)} ms)`).join(", ") + ".",
+      ""
+    )
+  }
+  return lines
+}
+
+const round2 = (value: number) => Math.round(value * 100) / 100
 
 const tlsSection = (results: Results): Array<string> => {
   const tls = results.tls

@@ -224,6 +224,109 @@ export interface TlsFigures {
   }
 }
 
+/** Self time of one category of a CPU profile's frames (an npm package, node's internals, a folder of src/, ...). */
+export interface ProfileCategory {
+  readonly name: string
+  readonly kind: "state" | "package" | "node" | "native" | "service" | "bundle" | "other"
+  /** Sampled self time ÷ cycles. */
+  readonly msPerCycle: number
+  /** Of all the samples in the window (idle included), and of the busy ones (idle excluded). */
+  readonly shareOfWall: number
+  readonly shareOfBusy: number
+}
+
+export interface ProfileFunction {
+  readonly name: string
+  /** Source file relative to the server's root (mapped through the bundle's whole source map), "" for native. */
+  readonly file: string
+  readonly line: number
+  readonly category: string
+  readonly selfMsPerCycle: number
+  readonly shareOfBusy: number
+}
+
+/** One span name of the trace pass: per cycle, how many, their summed duration, and that minus their child spans'. */
+export interface SpanRow {
+  readonly name: string
+  readonly countPerCycle: number
+  readonly msPerCycle: number
+  readonly selfMsPerCycle: number
+}
+
+/** Pass 2: the same cycles on a server exporting its traces (OTLP/HTTP) to the benchmark. */
+export interface TraceBreakdown {
+  readonly cycles: number
+  /** Client-seen start + stop, with tracing on. */
+  readonly cycle: Summary
+  readonly cpuMsPerCycle: { readonly user: number; readonly system: number }
+  /** The cycles' requests (traces whose root is an HTTP server span) by span name. */
+  readonly requestTraces: number
+  readonly spansPerCycle: number
+  readonly bySpan: ReadonlyArray<SpanRow>
+  /** Spans of other traces started during the cycles (the service's background work). */
+  readonly background: {
+    readonly spans: number
+    readonly seconds: number
+    readonly bySpan: ReadonlyArray<{ readonly name: string; readonly perSecond: number; readonly msPerSecond: number }>
+  }
+  readonly exportRequests: number
+  /** Spans seen whose parent never arrived (dropped by the exporter, or not yet flushed). */
+  readonly orphans: number
+}
+
+/**
+ * Server P: where a start and its stop go (lua, c=1, 0 other routes): the server's CPU, Postgres's
+ * counters, a CPU profile's self time by category and function, and (pass 2) the spans.
+ */
+export interface ProfileFigures {
+  readonly routes: number
+  readonly cycles: number
+  readonly warmup: number
+  /** --cpu-prof-interval. */
+  readonly intervalUs: number
+  readonly start: Summary
+  readonly stop: Summary
+  /** Client-seen start + stop. */
+  readonly cycle: Summary
+  /** First cycle's start to the last one's end. */
+  readonly windowMs: number
+  readonly cpu: {
+    readonly userMsPerCycle: number
+    readonly systemMsPerCycle: number
+    readonly totalMsPerCycle: number
+    /** CPU ms per cycle of each part of the stack (server, nginx, PowerDNS, Postgres, bench, other), from /proc. */
+    readonly byComponentMsPerCycle: Record<string, number>
+  }
+  readonly postgres: {
+    readonly database: string
+    /** xact_commit + xact_rollback per cycle (a statement outside a transaction block is one). */
+    readonly transactionsPerCycle: number
+    readonly rollbacksPerCycle: number
+    readonly tuplesPerCycle: { readonly returned: number; readonly fetched: number; readonly inserted: number; readonly updated: number; readonly deleted: number }
+    /** From the read before the first cycle to the server's exit (the counters are published late: see profile/pgStats.ts). */
+    readonly windowSeconds: number
+  }
+  readonly samples: {
+    /** How the bundle's frames were mapped, or why they were not. */
+    readonly mapping: string
+    /** False: the samples could not be placed in the cycles' window; no table, no flame graph. */
+    readonly attributed: boolean
+    readonly alignment: string
+    readonly inWindow: number
+    /** Sampled time ÷ cycles: all of it, and the busy part (not idle). */
+    readonly wallMsPerCycle: number
+    readonly busyMsPerCycle: number
+    readonly idleShare: number
+    readonly maxDepth: number
+    readonly depthCap: number
+  }
+  readonly categories: ReadonlyArray<ProfileCategory>
+  readonly topFunctions: ReadonlyArray<ProfileFunction>
+  readonly traces?: TraceBreakdown | { readonly error: string }
+  /** The flame graph's file name, beside the results (set when it is written). */
+  flameGraph?: string
+}
+
 /** Several edges (lua): two remote nginx edges registered beside the local one. */
 export interface EdgesFigures {
   readonly remoteEdges: number
@@ -341,6 +444,8 @@ export interface Results {
   edges?: EdgesFigures
   /** HTTPS (lua): a start's cost with TLS on, and a request's through nginx. */
   tls?: TlsFigures
+  /** Where a start and a stop go (lua, c=1): CPU, Postgres, a CPU profile by category and function, spans. */
+  profile?: ProfileFigures
   /** A bystander org's kept-alive connections while other orgs start and stop, per mode. */
   keptAlive: Array<KeptAliveFigures>
   /** The server's RSS after each phase. */

@@ -30,6 +30,16 @@ export const TARGETS = {
     limit: 1.3,
     why: "a refused handshake is the common failure: undoing a start should cost about what the start did"
   },
+  "lua.cpu.perStartStop": {
+    comparison: "<=",
+    limit: 7,
+    why: "a start and its stop are a handful of outside calls and Postgres statements: the service's own CPU should be a small part of the time they take"
+  },
+  "lua.throughput.c64": {
+    comparison: ">=",
+    limit: 200,
+    why: "2 cores should start 200 orgs a second when the outside calls are cheap"
+  },
   "lua.throughput.c64.vsCoalesce": {
     comparison: ">=",
     limit: 2,

@@ -1,0 +1,343 @@
+// Where a start and a stop go (lua, c=1, the routes the caller left: 0 in the run). Two servers of
+// their own, each after a warm-up running N sequential cycles (start a new org, then stop it):
+//
+// - server P, run with `node --cpu-prof` (a sample every 250 µs): its CPU over the cycles from
+//   /proc (user and system apart), Postgres's counters for the service's database, and, once it
+//   has stopped (gracefully: node writes the profile at exit), the profile's samples taken during
+//   the cycles, their frames mapped through the bundle's whole source map (profile/bundleMap.ts):
+//   self time by category and by function, and the flame graph (flame.ts);
+// - server P-traces, exporting its traces over OTLP/HTTP to a receiver in this process
+//   (profile/otlp.ts): the cycles' spans by name (profile/spans.ts), i.e. where the wall time goes.
+//   Its CPU is shown, not used: exporting costs CPU; the CPU figures are server P's.
+//
+// Aligning the samples with the cycles: a .cpuprofile's timestamps are µs of CLOCK_MONOTONIC (V8's
+// TimeTicks on Linux), the clock process.hrtime reads, the same in every process of the machine.
+// So the window is taken with process.hrtime in this process, just before the first cycle's
+// request and just after the last one's answer, and compared with the profile's timestamps as
+// they are. Checked every run: the profile must end after the SIGTERM this process sent and before
+// it saw the server exit; if not, nothing is attributed.
+import { randomUUID } from "node:crypto"
+import { existsSync, mkdirSync, statSync } from "node:fs"
+import path from "node:path"
+import type { ApiClient } from "../api.ts"
+import { type BenchContext, checkAbort, cpuNow, reps } from "../context.ts"
+import { cpuDelta, processCpuMs } from "../cpu.ts"
+import { FLAME_MIN_SHARE, renderFlameGraph } from "../flame.ts"
+import { bundleSourceMap, readBundle, sha256 } from "../profile/bundleMap.ts"
+import { type CpuProfile, mergedTree, readCpuProfile, resolveFrames, selfTimeBy, selfTimeInWindow } from "../profile/cpuProfile.ts"
+import { startOtlpReceiver } from "../profile/otlp.ts"
+import { type DatabaseStats, PGSTAT_IDLE_FLUSH_MS, readDatabaseStats, readDatabaseStatsOnceAlone } from "../profile/pgStats.ts"
+import { spanBreakdown } from "../profile/spans.ts"
+import type { ProfileCategory, ProfileFigures, ProfileFunction, TraceBreakdown } from "../results.ts"
+import { projectRoot } from "../stack.ts"
+import { now, round, sleep, summarize } from "../stats.ts"
+
+/** Cycles before the measured ones, on each server (JIT, connections, caches). */
+export const PROFILE_WARMUP = 10
+/** --cpu-prof-interval, µs. */
+export const PROFILE_INTERVAL_US = 250
+/** The flame graph's deepest frame (Effect's stacks run deep: the fiber runtime's loop under every call). */
+export const PROFILE_DEPTH_CAP = 80
+/** Functions in the top list. */
+const TOP_FUNCTIONS = 25
+/** After start-up: its first reconcile pass and lazy imports happen before the warm-up. */
+const SETTLE_MS = 3000
+
+const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n)
+const epochMs = (): number => performance.timeOrigin + performance.now()
+
+export interface ProfileOutcome {
+  readonly figures: ProfileFigures
+  /** The flame graph (SVG), when the samples could be attributed. */
+  readonly flameSvg: string | undefined
+  /** The raw .cpuprofile, in the run's temp directory (BENCH_KEEP_PROFILE=1 keeps a copy). */
+  readonly cpuProfileFile: string | undefined
+}
+
+interface Cycles {
+  readonly starts: Array<number>
+  readonly stops: Array<number>
+  readonly cycles: Array<number>
+}
+
+/** `count` sequential cycles: a start of a new org, then its stop (no journal read in between). */
+const runCycles = async (ctx: BenchContext, api: ApiClient, count: number, phase: string): Promise<Cycles> => {
+  const out: Cycles = { starts: [], stops: [], cycles: [] }
+  let errors = 0
+  for (let i = 0; i < count; i++) {
+    checkAbort(ctx.run)
+    const org = randomUUID()
+    const began = now()
+    const started = await ctx.allocations.start(api, org)
+    if (started.status !== 200) {
+      errors += 1
+      ctx.errors.answer(phase, started)
+      if (errors > 5) throw new Error(`${phase}: too many failed starts: ${JSON.stringify(started.body).slice(0, 400)}`)
+      continue
+    }
+    const stopped = await ctx.allocations.stopWithRetry(api, org, `stop (${phase})`)
+    out.starts.push(started.ms)
+    out.stops.push(stopped.ms)
+    out.cycles.push(now() - began)
+  }
+  return out
+}
+
+const perCycle = (value: number, cycles: number, digits = 2) => round(value / cycles, digits)
+
+const pgDelta = (before: DatabaseStats, after: DatabaseStats, cycles: number, seconds: number): ProfileFigures["postgres"] => ({
+  database: after.database,
+  transactionsPerCycle: perCycle(after.commits + after.rollbacks - before.commits - before.rollbacks, cycles),
+  rollbacksPerCycle: perCycle(after.rollbacks - before.rollbacks, cycles),
+  tuplesPerCycle: {
+    returned: perCycle(after.returned - before.returned, cycles, 1),
+    fetched: perCycle(after.fetched - before.fetched, cycles, 1),
+    inserted: perCycle(after.inserted - before.inserted, cycles, 1),
+    updated: perCycle(after.updated - before.updated, cycles, 1),
+    deleted: perCycle(after.deleted - before.deleted, cycles, 1)
+  },
+  windowSeconds: round(seconds, 1)
+})
+
+export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome> => {
+  const count = reps(ctx.run, 100)
+  const routes = ctx.allocations.size
+  ctx.run.log(`profile: where a start and a stop go (lua, c=1, ${routes} other routes, ${PROFILE_WARMUP} warm-up + ${count} cycles)`)
+
+  // The bundle the server will run, and its whole source map, before the server starts: the build
+  // in memory takes a core for a second or two.
+  const serverRoot = ctx.fleet.serverRoot
+  const onDisk = ctx.fleet.command.runtime === "compiled" ? readBundle(serverRoot) : undefined
+  const bundle = await bundleSourceMap(projectRoot, serverRoot, onDisk)
+  ctx.run.log(`  ${bundle.note}`)
+
+  // ---- pass 1: server P, profiled ----------------------------------------------------------
+  const profileDir = path.join(ctx.fleet.workDir, "profile")
+  mkdirSync(profileDir, { recursive: true })
+  const profileFile = path.join(profileDir, `server-P-${Date.now()}.cpuprofile`)
+  const { server, api } = await ctx.fleet.launch("lua", "node", {}, [
+    "--cpu-prof",
+    `--cpu-prof-dir=${profileDir}`,
+    `--cpu-prof-name=${path.basename(profileFile)}`,
+    `--cpu-prof-interval=${PROFILE_INTERVAL_US}`
+  ])
+  let running = true
+  let pass1: {
+    readonly timed: Cycles
+    readonly fromUs: number
+    readonly toUs: number
+    readonly sigtermUs: number
+    readonly exitUs: number
+    readonly cpu: ProfileFigures["cpu"]
+    readonly postgres: ProfileFigures["postgres"]
+  }
+  try {
+    await sleep(SETTLE_MS)
+    await runCycles(ctx, api, PROFILE_WARMUP, "profile warm-up")
+    // Postgres publishes a backend's counters up to 10 s late when it is idle (profile/pgStats.ts):
+    // the warm-up's are all in once it has been idle that long.
+    await sleep(PGSTAT_IDLE_FLUSH_MS)
+    const pgBefore = await readDatabaseStats(ctx.stack.databaseUrl)
+    const pgBeforeAt = now()
+    const cpuBefore = cpuNow(ctx)
+    const procBefore = processCpuMs(server.pid)
+    const fromUs = monotonicUs()
+    const timed = await runCycles(ctx, api, count, "profile")
+    const toUs = monotonicUs()
+    const procAfter = processCpuMs(server.pid)
+    const cpuAfter = cpuNow(ctx)
+    // SIGTERM: the graceful shutdown, at whose end node writes the profile; the server's
+    // backends exit with it and publish their counters.
+    const sigtermUs = monotonicUs()
+    running = false
+    await ctx.fleet.shutdown()
+    const exitUs = monotonicUs()
+    const pgAfter = await readDatabaseStatsOnceAlone(ctx.stack.databaseUrl)
+    if (pgAfter.otherBackends > 0) ctx.errors.note("profile", `${pgAfter.otherBackends} other backends still connected when Postgres's counters were read`)
+    if (procBefore === undefined || procAfter === undefined) throw new Error("profile: the server's /proc/PID/stat could not be read")
+    const user = procAfter.userMs - procBefore.userMs
+    const system = procAfter.systemMs - procBefore.systemMs
+    const components = cpuDelta(cpuBefore, cpuAfter)
+    pass1 = {
+      timed,
+      fromUs,
+      toUs,
+      sigtermUs,
+      exitUs,
+      cpu: {
+        userMsPerCycle: perCycle(user, count),
+        systemMsPerCycle: perCycle(system, count),
+        totalMsPerCycle: perCycle(user + system, count),
+        byComponentMsPerCycle: Object.fromEntries(Object.entries(components).map(([name, seconds]) => [name, perCycle(seconds * 1000, count)]))
+      },
+      postgres: pgDelta(pgBefore, pgAfter, count, (now() - pgBeforeAt) / 1000)
+    }
+  } finally {
+    if (running) await ctx.fleet.shutdown()
+  }
+  // The bundle must not have changed under the server (a build meanwhile): else its map is not the one.
+  const bundleAfter = onDisk === undefined ? undefined : readBundle(serverRoot)
+  const bundleChanged = onDisk !== undefined && bundleAfter?.hash !== sha256(onDisk.text)
+  const mapping = bundleChanged ? "dist/main.js not attributed: it was rebuilt while the server ran" : bundle.note
+
+  const { timed, fromUs, toUs } = pass1
+  const windowMs = (toUs - fromUs) / 1000
+  ctx.run.log(
+    `  server P: ${pass1.cpu.totalMsPerCycle} ms CPU per start+stop (user ${pass1.cpu.userMsPerCycle}, system ${pass1.cpu.systemMsPerCycle}); ` +
+      `${pass1.postgres.transactionsPerCycle} Postgres transactions per cycle; cycle p50 ${summarize(timed.cycles).p50} ms`
+  )
+
+  // ---- the profile, restricted to the cycles ---------------------------------------------------
+  let profile: CpuProfile | undefined
+  let alignment = ""
+  if (!existsSync(profileFile)) alignment = `no profile was written (${profileFile}): the server did not exit cleanly`
+  else {
+    profile = readCpuProfile(profileFile)
+    const endAfterSigtermMs = (profile.endTime - pass1.sigtermUs) / 1000
+    const exitAfterEndMs = (pass1.exitUs - profile.endTime) / 1000
+    const ok = profile.startTime <= fromUs && toUs <= profile.endTime && endAfterSigtermMs >= 0 && exitAfterEndMs >= 0
+    alignment = (ok ? "" : "NOT ALIGNED, nothing attributed: ") +
+      `the profile's timestamps and this process's process.hrtime are both CLOCK_MONOTONIC; the profile ended ` +
+      `${round(endAfterSigtermMs, 1)} ms after the SIGTERM and ${round(exitAfterEndMs, 1)} ms before the exit was seen ` +
+      `(${(statSync(profileFile).size / 1024 / 1024).toFixed(1)} MiB, ${profile.samples.length.toLocaleString("en")} samples in all)`
+    if (!ok) profile = undefined
+  }
+
+  let categories: Array<ProfileCategory> = []
+  let topFunctions: Array<ProfileFunction> = []
+  let flameSvg: string | undefined
+  let samples: ProfileFigures["samples"] = {
+    mapping,
+    attributed: false,
+    alignment,
+    inWindow: 0,
+    wallMsPerCycle: Number.NaN,
+    busyMsPerCycle: Number.NaN,
+    idleShare: Number.NaN,
+    maxDepth: 0,
+    depthCap: PROFILE_DEPTH_CAP
+  }
+  if (profile !== undefined) {
+    const frames = resolveFrames(profile, bundleChanged ? { ...bundle, map: undefined } : bundle, serverRoot)
+    const window = selfTimeInWindow(profile, fromUs, toUs)
+    const by = selfTimeBy(frames, window.self)
+    const idleUs = by.categories.get("(idle)")?.us ?? 0
+    const busyUs = window.totalUs - idleUs
+    categories = [...by.categories.entries()]
+      .map(([name, c]) => ({
+        name,
+        kind: c.kind,
+        msPerCycle: round(c.us / 1000 / count, 3),
+        shareOfWall: round(c.us / window.totalUs, 4),
+        shareOfBusy: name === "(idle)" ? Number.NaN : round(c.us / busyUs, 4)
+      }))
+      .sort((a, b) => b.msPerCycle - a.msPerCycle)
+    topFunctions = [...by.functions.values()]
+      .filter((f) => f.frame.kind !== "state")
+      .sort((a, b) => b.us - a.us)
+      .slice(0, TOP_FUNCTIONS)
+      .map((f) => ({
+        name: f.frame.name,
+        file: f.frame.file,
+        line: f.frame.line,
+        category: f.frame.category,
+        selfMsPerCycle: round(f.us / 1000 / count, 3),
+        shareOfBusy: round(f.us / busyUs, 4)
+      }))
+    // The flame graph: busy samples only.
+    const busySelf = new Map([...window.self].filter(([id]) => frames.get(id)?.category !== "(idle)"))
+    const tree = mergedTree(profile, frames, busySelf, PROFILE_DEPTH_CAP)
+    samples = {
+      ...samples,
+      attributed: true,
+      inWindow: window.samples,
+      wallMsPerCycle: round(window.totalUs / 1000 / count, 3),
+      busyMsPerCycle: round(busyUs / 1000 / count, 3),
+      idleShare: round(idleUs / window.totalUs, 4),
+      maxDepth: tree.maxDepth
+    }
+    flameSvg = renderFlameGraph(tree.root, {
+      title: `Server P (lua, c=1, ${routes} other routes): where ${count} starts and their stops went, ` +
+        `${samples.busyMsPerCycle} ms of busy samples per cycle (idle, ${(samples.idleShare * 100).toFixed(1)}% of the window, left out)`,
+      subtitle: `${window.samples.toLocaleString("en")} samples every ${PROFILE_INTERVAL_US} µs over the cycles (${round(windowMs)} ms); ` +
+        `server CPU from /proc ${pass1.cpu.totalMsPerCycle} ms per cycle (user ${pass1.cpu.userMsPerCycle}, system ${pass1.cpu.systemMsPerCycle}); ` +
+        `stacks cut at ${PROFILE_DEPTH_CAP} frames (deepest ${tree.maxDepth}); frames < ${FLAME_MIN_SHARE * 100}% dropped`,
+      cycles: count,
+      depthCap: PROFILE_DEPTH_CAP
+    })
+  }
+
+  // ---- pass 2: server P-traces, the spans --------------------------------------------------
+  const traces = await tracePass(ctx, count).catch((error: unknown): { readonly error: string } => {
+    ctx.errors.exception("profile traces", error)
+    return { error: (error as Error).message ?? String(error) }
+  })
+
+  const figures: ProfileFigures = {
+    routes,
+    cycles: count,
+    warmup: PROFILE_WARMUP,
+    intervalUs: PROFILE_INTERVAL_US,
+    start: summarize(timed.starts),
+    stop: summarize(timed.stops),
+    cycle: summarize(timed.cycles),
+    windowMs: round(windowMs),
+    cpu: pass1.cpu,
+    postgres: pass1.postgres,
+    samples,
+    categories,
+    topFunctions,
+    traces
+  }
+  return { figures, flameSvg, cpuProfileFile: existsSync(profileFile) ? profileFile : undefined }
+}
+
+/** Pass 2: the same cycles on a server exporting its traces to a receiver here. */
+const tracePass = async (ctx: BenchContext, count: number): Promise<TraceBreakdown> => {
+  const receiver = await startOtlpReceiver()
+  try {
+    const { server, api } = await ctx.fleet.launch("lua", "node", {
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      // Metrics only at shutdown; no span dropped by a full queue (the SDK's default holds 2,048).
+      OTEL_METRIC_EXPORT_INTERVAL: "3600000",
+      OTEL_BSP_MAX_QUEUE_SIZE: "200000"
+    })
+    let running = true
+    try {
+      await sleep(SETTLE_MS)
+      await runCycles(ctx, api, PROFILE_WARMUP, "traces warm-up")
+      // A gap on each side, so that a few ms between this process's clock and the service's
+      // cannot put a warm-up request in the window.
+      await sleep(500)
+      const procBefore = processCpuMs(server.pid)
+      const fromMs = epochMs()
+      const timed = await runCycles(ctx, api, count, "profile traces")
+      const toMs = epochMs()
+      const procAfter = processCpuMs(server.pid)
+      await sleep(500)
+      running = false
+      // SIGTERM: the service flushes its batch of spans before it exits.
+      await ctx.fleet.shutdown()
+      const spans = receiver.spans()
+      const breakdown = spanBreakdown(spans, fromMs - 250, toMs + 250, count)
+      if (breakdown.requestTraces !== 2 * timed.cycles.length) {
+        ctx.errors.note("profile traces", `${breakdown.requestTraces} request traces for ${timed.cycles.length} starts and stops`)
+      }
+      ctx.run.log(`  traces: ${spans.length} spans received in ${receiver.stats().traceRequests} requests; ${breakdown.spansPerCycle} spans per cycle`)
+      return {
+        cycles: count,
+        cycle: summarize(timed.cycles),
+        cpuMsPerCycle: {
+          user: perCycle((procAfter?.userMs ?? Number.NaN) - (procBefore?.userMs ?? Number.NaN), count),
+          system: perCycle((procAfter?.systemMs ?? Number.NaN) - (procBefore?.systemMs ?? Number.NaN), count)
+        },
+        ...breakdown,
+        exportRequests: receiver.stats().traceRequests
+      }
+    } finally {
+      if (running) await ctx.fleet.shutdown()
+    }
+  } finally {
+    await receiver.close()
+  }
+}
