@@ -1,4 +1,4 @@
-import { SqlClient, SqlError } from "@effect/sql"
+import { SqlClient, type SqlConnection, SqlError, type Statement } from "@effect/sql"
 import { Data, Effect, Option, type ParseResult, Schema } from "effect"
 import { DatabaseError, sqlState } from "../db/errors.ts"
 import {
@@ -11,6 +11,7 @@ import {
 } from "../domain/allocation.ts"
 import { NoGatewayAvailable } from "../domain/errors.ts"
 import type { AllocationId, OrganizationId } from "../domain/ids.ts"
+import { journalColumns, type JournalRecord } from "../journal/Journal.ts"
 
 export interface AllocationFilter {
   readonly state?: AllocationState | undefined
@@ -33,6 +34,7 @@ const Flag = Schema.Struct({ value: Schema.Boolean })
 /** Whether the live allocation's row names the runner, and whether Postgres sees that runner's lease held. */
 const Ownership = Schema.Struct({ namesRunner: Schema.Boolean, leaseAlive: Schema.Boolean })
 
+type Row = SqlConnection.Row
 const databaseError = (cause: SqlError.SqlError | ParseResult.ParseError) => new DatabaseError({ cause })
 
 /**
@@ -44,6 +46,16 @@ const databaseError = (cause: SqlError.SqlError | ParseResult.ParseError) => new
 export class AllocationStore extends Effect.Service<AllocationStore>()("AllocationStore", {
   effect: Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
+
+    /**
+     * `statement`, with journal rows inserted by the same statement (a data-modifying CTE: they are
+     * written whatever the statement finds). Should it fail, the rows are lost with a warning, as
+     * a failed journal write is (the journal never fails the work; the statement's failure does).
+     */
+    const withJournal = (journal: ReadonlyArray<JournalRecord>, statement: Statement.Statement<Row>) =>
+      journal.length === 0 ? statement : sql<Row>`
+        with journaled as (insert into allocation_steps ${sql.insert(journal.map(journalColumns))} returning 1)
+        ${statement}`.pipe(Effect.tapError((error) => Effect.logWarning("journal write failed", error)))
 
     const claim = Effect.fn("AllocationStore.claim")(function*(
       allocationId: AllocationId,
@@ -79,34 +91,43 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
 
     /**
      * Moves a live allocation its runner owns between live states; false when it was not in
-     * `from`, or another runner owns it.
+     * `from`, or another runner owns it. `journal`: rows written by the same statement, whatever
+     * it finds (the activation carries the last step's closing row).
      */
     const transition = Effect.fn("AllocationStore.transition")(function*(
       allocationId: AllocationId,
       runner: string,
       from: ReadonlyArray<LiveState>,
       to: LiveState,
-      error?: unknown
+      error?: unknown,
+      journal: ReadonlyArray<JournalRecord> = []
     ) {
-      const rows = yield* sql`
+      const update = sql`
         update allocations
            set state = ${to}, updated_at = now(),
                error = coalesce(${error === undefined ? null : JSON.stringify(error)}::jsonb, error)
          where id = ${allocationId} and runner = ${runner} and state in ${sql.in(from)}
         returning id`
+      const rows = yield* withJournal(journal, update)
       return rows.length > 0
     }, Effect.mapError(databaseError))
 
     /**
      * Whether the live allocation's row names `runner`, and whether its lease is held in Postgres
      * right now: the fence checked before every side effect (the runner's own view of its lease
-     * may lag).
+     * may lag). `journal`: rows written by the same statement (a step's opening row rides with
+     * its fence, one round trip), whatever the fence says.
      */
-    const owns = Effect.fn("AllocationStore.owns")(function*(allocationId: AllocationId, runner: string) {
-      const rows = yield* sql`
+    const owns = Effect.fn("AllocationStore.owns")(function*(
+      allocationId: AllocationId,
+      runner: string,
+      journal: ReadonlyArray<JournalRecord> = []
+    ) {
+      const fence = sql`
         select exists (select 1 from allocations where id = ${allocationId} and runner = ${runner}
                           and gateway_allocator_is_live(state)) as "namesRunner",
                gateway_allocator_runner_alive(${runner}) as "leaseAlive"`
+      const rows = yield* withJournal(journal, fence)
       return yield* Schema.decodeUnknown(Ownership)(rows[0])
     }, Effect.mapError(databaseError))
 

@@ -1,6 +1,7 @@
 import { Effect, Option } from "effect"
 import { OwnershipLost } from "../domain/errors.ts"
 import type { AllocationId } from "../domain/ids.ts"
+import type { JournalRecord } from "../journal/Journal.ts"
 import { AllocationStore } from "./AllocationStore.ts"
 import { Runner } from "../pool/Runner.ts"
 
@@ -21,12 +22,13 @@ export class Ownership extends Effect.Service<Ownership>()("Ownership", {
 
     /**
      * Fails with OwnershipLost unless this runner holds its lease (in its own view and in
-     * Postgres's) and the live allocation's row names it.
+     * Postgres's) and the live allocation's row names it. `journal`: rows the check's statement
+     * writes, whatever it finds (a step's opening row).
      */
-    const check = (allocationId: AllocationId) =>
+    const check = (allocationId: AllocationId, journal: ReadonlyArray<JournalRecord> = []) =>
       Effect.gen(function*() {
         const leaseHeld = yield* runner.leaseHeld
-        const { leaseAlive, namesRunner } = yield* allocations.owns(allocationId, runner.id)
+        const { leaseAlive, namesRunner } = yield* allocations.owns(allocationId, runner.id, journal)
         if (leaseHeld && leaseAlive && namesRunner) return
         return yield* new OwnershipLost({ allocationId, leaseHeld: leaseHeld && leaseAlive })
       })

@@ -116,11 +116,14 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
     /** The commit point: the allocation becomes active, or the attempt fails with ActivationFailed. */
     const activate = (allocationId: AllocationId, gatewayId: GatewayId, run: Run) =>
       Effect.gen(function*() {
-        // Alongside it, and independent of it: the last step's journal row, and the gateway's
-        // health (it served a start: healthy, its backoff starts over).
+        // With it, the last step's journal row (one statement); alongside it, and independent of
+        // it, the gateway's health (it served a start: healthy, its backoff starts over).
+        const transition = Effect.flatMap(
+          run.journal.handOver(),
+          (journal) => allocations.transition(allocationId, runner.id, ["starting"], "active", undefined, journal)
+        )
         const [activation] = yield* Effect.all([
-          Effect.either(allocations.transition(allocationId, runner.id, ["starting"], "active")),
-          run.journal.flush,
+          Effect.either(transition),
           gateways.markHealthy(gatewayId, true).pipe(
             Effect.catchAll((error) => Effect.logWarning(`could not mark gateway ${gatewayId} healthy: ${error.message}`))
           )

@@ -1,4 +1,4 @@
-import { Cause, Clock, Duration, Effect, Exit, Fiber, FiberRef, HashMap, Option, Ref, type Scope } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, FiberRef, HashMap, Option, Ref, type Scope } from "effect"
 import { Settings } from "../config.ts"
 import { type ClaimRefused, type StepError, StepTimedOut } from "../domain/errors.ts"
 import {
@@ -88,14 +88,11 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const { stepTimeoutMs, undoTimeoutMs } = yield* Settings
 
     /**
-     * The journal row that opens a step or an undo, and the fence check: independent round trips,
-     * made at once (the row is written whatever the fence says).
+     * The fence check before a step's or an undo's side effect, with the journal row that opens it
+     * (and the rows waiting) written by the same statement, whatever the fence says.
      */
-    const opening = <A, E>(run: Run, step: StepName, event: StepEvent | undefined, check: Effect.Effect<A, E>) =>
-      Effect.gen(function*() {
-        const row = yield* Effect.fork(event === undefined ? Effect.void : run.journal.now({ step, event }))
-        return yield* check.pipe(Effect.ensuring(Fiber.await(row)))
-      })
+    const fenceOpening = (run: Run, step: StepName, event: StepEvent) =>
+      Effect.flatMap(run.journal.handOver({ step, event }), (rows) => ownership.check(run.allocationId, rows))
 
     /**
      * Runs one undo: uninterruptible as a whole, the undo itself bounded by the undo timeout. Only
@@ -112,15 +109,17 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
         const startedAt = yield* Clock.currentTimeMillis
         const owned = Effect.flatMap(Ref.get(lost), Option.match({
           onSome: (why) =>
-            Effect.succeed(new UndoSkipped({ reason: `left to the allocation's owner: an earlier undo found that ${why}` })),
+            run.journal.now({ step, event: "undo_started" }).pipe(
+              Effect.as(new UndoSkipped({ reason: `left to the allocation's owner: an earlier undo found that ${why}` }))
+            ),
           onNone: () =>
-            ownership.check(run.allocationId).pipe(
+            fenceOpening(run, step, "undo_started").pipe(
               Effect.as(undefined),
               Effect.catchTag("OwnershipLost", (error) =>
                 Ref.set(lost, Option.some(error.message)).pipe(Effect.as(new UndoSkipped({ reason: error.message }))))
             )
         }))
-        const fenced = opening(run, step, "undo_started", owned).pipe(
+        const fenced = owned.pipe(
           Effect.flatMap((skipped) => skipped === undefined ? effect : Effect.succeed(skipped))
         )
         // Finalizers are uninterruptible: without `interruptible` the timeout could not stop a hung undo.
@@ -248,8 +247,7 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
 
         const journalForward = options.claims !== true
         const startedAt = yield* Clock.currentTimeMillis
-        const fence = journalForward ? ownership.check(run.allocationId) : Effect.void
-        const fenced = Effect.zipRight(opening(run, name, journalForward ? "started" : undefined, fence), options.run)
+        const fenced = journalForward ? Effect.zipRight(fenceOpening(run, name, "started"), options.run) : options.run
         const exit = yield* fenced.pipe(
           Effect.timeoutFail({
             duration: Duration.millis(stepTimeoutMs),

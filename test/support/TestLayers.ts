@@ -212,16 +212,19 @@ const poolOf = (world: World) => {
         releaseFailures.set(gatewayId, failures)
         return Option.some(failures)
       }),
-    transition: (allocationId, runner, from, to) =>
+    // Journal rows ride with the statement, as in Postgres: written whatever it finds, lost if it fails.
+    transition: (allocationId, runner, from, to, _error, journal = []) =>
       op("pool.transition", Effect.gen(function*() {
+        yield* Ref.update(world.journal, (all) => [...all, ...journal])
         const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
         if (allocation === undefined || !isLive(allocation) || allocation.runner !== runner) return false
         if (!from.includes(allocation.state)) return false
         yield* setState(allocationId, to)
         return true
       })),
-    owns: (allocationId, runner) =>
+    owns: (allocationId, runner, journal = []) =>
       Effect.gen(function*() {
+        yield* Ref.update(world.journal, (all) => [...all, ...journal])
         const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
         const lapsing = yield* Ref.modify(world.leaseLapses, (n) => [n > 0, Math.max(0, n - 1)])
         return {
