@@ -74,14 +74,19 @@ export const renderFlameGraph = (root: MergedNode, options: FlameOptions): strin
   const total = root.total
   const usable = FLAME_WIDTH - 2 * PAD
   const boxes: Array<Box> = []
+  // Self time by category over the whole tree, dropped frames included (the legend's shares).
   const categories = new Map<string, { readonly kind: CategoryKind; us: number }>()
+  const tally = (node: MergedNode) => {
+    const seen = categories.get(node.frame.category) ?? { kind: node.frame.kind, us: 0 }
+    seen.us += node.self
+    categories.set(node.frame.category, seen)
+    for (const child of node.children.values()) tally(child)
+  }
+  tally(root)
   let dropped = 0
   const place = (node: MergedNode, x: number, depth: number) => {
     const width = (node.total / total) * usable
     boxes.push({ node, x, width, depth })
-    const seen = categories.get(node.frame.category) ?? { kind: node.frame.kind, us: 0 }
-    seen.us += node.self
-    categories.set(node.frame.category, seen)
     let cx = x
     for (const child of [...node.children.values()].sort((a, b) => b.total - a.total)) {
       if (child.total / total < FLAME_MIN_SHARE) {
@@ -125,8 +130,8 @@ export const renderFlameGraph = (root: MergedNode, options: FlameOptions): strin
   for (const item of legendItems) {
     out.push(
       `<g><title>${escape(`${item.name}: ${(item.share * 100).toFixed(2)}% of the graph's time in its own frames`)}</title>` +
-        `<rect x="${item.x}" y="${item.y - 10}" width="12" height="12" fill="${categoryColour(item.name, item.kind)}" stroke="#666" stroke-width="0.5"/>` +
-        `<text x="${item.x + 16}" y="${item.y}">${escape(`${item.name} ${(item.share * 100).toFixed(1)}%`)}</text></g>`
+        `<rect x="${item.x.toFixed(1)}" y="${item.y - 10}" width="12" height="12" fill="${categoryColour(item.name, item.kind)}" stroke="#666" stroke-width="0.5"/>` +
+        `<text x="${(item.x + 16).toFixed(1)}" y="${item.y}">${escape(`${item.name} ${(item.share * 100).toFixed(1)}%`)}</text></g>`
     )
   }
   for (const box of boxes) {

@@ -85,14 +85,18 @@ export const profileSection = (results: Results): Array<string> => {
     `${p.intervalUs} µs). Cycle p50 ${ms(p.cycle.p50)} ms (start ${ms(p.start.p50)}, stop ${ms(p.stop.p50)}), p99 ${ms(p.cycle.p99)} ms.`,
     "",
     `- Server CPU per start and stop (/proc, all its threads, the profiler's sampling included): **${ms3(c.totalMsPerCycle)} ms**, ` +
-    `user ${ms3(c.userMsPerCycle)} + system ${ms3(c.systemMsPerCycle)}. The rest of the stack meanwhile, ms per cycle: ` +
+    `user ${ms3(c.userMsPerCycle)} + system ${ms3(c.systemMsPerCycle)}` +
+    (c.idle === undefined ? ". " : `; idle, before the cycles, the same server used ${ms3(c.idle.userMsPerSecond + c.idle.systemMsPerSecond)} ms per second ` +
+      `(user ${ms3(c.idle.userMsPerSecond)}, system ${ms3(c.idle.systemMsPerSecond)}: background work and the profiler's sampling), ` +
+      `~${ms3(((c.idle.userMsPerSecond + c.idle.systemMsPerSecond) * p.windowMs) / 1000 / p.cycles)} ms of each cycle at that rate. `) +
+    "The rest of the stack meanwhile, ms per cycle: " +
     `${others.map(([name, v]) => `${name} ${ms3(v)}`).join(", ")}.`,
     `- Postgres (pg_stat_database of \`${pg.database}\`): **${pg.transactionsPerCycle} transactions per cycle** ` +
     `(xact_commit + xact_rollback: a statement outside a transaction block counts one, a block counts one however many ` +
     `statements it holds; ${pg.rollbacksPerCycle} rolled back); tuples returned ${t.returned}, fetched ${t.fetched}, inserted ` +
     `${t.inserted}, updated ${t.updated}, deleted ${t.deleted} per cycle. Read from before the first cycle to the server's exit ` +
     `(${pg.windowSeconds} s: Postgres publishes a backend's counters late, at the latest when it exits), so the service's ` +
-    "background work meanwhile is in (see the trace pass's background rows).",
+    "background work meanwhile is in." + sqlSpans(p),
     ""
   ]
   const s = p.samples
@@ -162,6 +166,16 @@ export const profileSection = (results: Results): Array<string> => {
 }
 
 const round2 = (value: number) => Math.round(value * 100) / 100
+
+/** The statements the trace pass saw: `sql.execute` spans in the cycles' requests, and in the background. */
+const sqlSpans = (p: NonNullable<Results["profile"]>): string => {
+  const tr = p.traces
+  if (tr === undefined || "error" in tr) return ""
+  const inRequests = tr.bySpan.find((r) => r.name === "sql.execute")
+  const background = tr.background.bySpan.find((r) => r.name === "sql.execute")
+  return ` The trace pass counts ${inRequests?.countPerCycle ?? 0} statements (\`sql.execute\` spans) per cycle in the requests themselves, ` +
+    `${inRequests === undefined ? "-" : ms3(inRequests.msPerCycle)} ms of round trips, and ${background?.perSecond ?? 0} per second in the background.`
+}
 
 const tlsSection = (results: Results): Array<string> => {
   const tls = results.tls

@@ -294,6 +294,8 @@ export interface ProfileFigures {
     readonly userMsPerCycle: number
     readonly systemMsPerCycle: number
     readonly totalMsPerCycle: number
+    /** The same server with no request coming, before the cycles: its background work and the profiler's sampling. */
+    readonly idle?: { readonly seconds: number; readonly userMsPerSecond: number; readonly systemMsPerSecond: number }
     /** CPU ms per cycle of each part of the stack (server, nginx, PowerDNS, Postgres, bench, other), from /proc. */
     readonly byComponentMsPerCycle: Record<string, number>
   }

@@ -34,8 +34,8 @@ import { now, round, sleep, summarize } from "../stats.ts"
 
 /** Cycles before the measured ones, on each server (JIT, connections, caches). */
 export const PROFILE_WARMUP = 10
-/** --cpu-prof-interval, µs. */
-export const PROFILE_INTERVAL_US = 250
+/** --cpu-prof-interval, µs (BENCH_PROFILE_INTERVAL_US: to see what the sampling itself costs). */
+export const PROFILE_INTERVAL_US = Number(process.env.BENCH_PROFILE_INTERVAL_US ?? 250)
 /** The flame graph's deepest frame (Effect's stacks run deep: the fiber runtime's loop under every call). */
 export const PROFILE_DEPTH_CAP = 80
 /** Functions in the top list. */
@@ -135,8 +135,14 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
     await sleep(SETTLE_MS)
     await runCycles(ctx, api, PROFILE_WARMUP, "profile warm-up")
     // Postgres publishes a backend's counters up to 10 s late when it is idle (profile/pgStats.ts):
-    // the warm-up's are all in once it has been idle that long.
+    // the warm-up's are all in once it has been idle that long. Meanwhile, the server's CPU when
+    // no request comes: its background work (health checks, heartbeats, the edge watch), and the
+    // profiler's sampling.
+    const idleFrom = processCpuMs(server.pid)
+    const idleFromAt = now()
     await sleep(PGSTAT_IDLE_FLUSH_MS)
+    const idleTo = processCpuMs(server.pid)
+    const idleSeconds = (now() - idleFromAt) / 1000
     const pgBefore = await readDatabaseStats(ctx.stack.databaseUrl)
     const pgBeforeAt = now()
     const cpuBefore = cpuNow(ctx)
@@ -146,6 +152,8 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
     const toUs = monotonicUs()
     const procAfter = processCpuMs(server.pid)
     const cpuAfter = cpuNow(ctx)
+    // What Postgres had published by the cycles' end: less than after the exit (logged, to see the lag).
+    const pgAtEnd = await readDatabaseStats(ctx.stack.databaseUrl)
     // SIGTERM: the graceful shutdown, at whose end node writes the profile; the server's
     // backends exit with it and publish their counters.
     const sigtermUs = monotonicUs()
@@ -154,7 +162,11 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
     const exitUs = monotonicUs()
     const pgAfter = await readDatabaseStatsOnceAlone(ctx.stack.databaseUrl)
     if (pgAfter.otherBackends > 0) ctx.errors.note("profile", `${pgAfter.otherBackends} other backends still connected when Postgres's counters were read`)
-    if (procBefore === undefined || procAfter === undefined) throw new Error("profile: the server's /proc/PID/stat could not be read")
+    const published = (stats: DatabaseStats) => stats.commits + stats.rollbacks - pgBefore.commits - pgBefore.rollbacks
+    ctx.run.log(`  Postgres transactions published by the cycles' end: ${published(pgAtEnd)}; once the server's backends exited: ${published(pgAfter)}`)
+    if (procBefore === undefined || procAfter === undefined || idleFrom === undefined || idleTo === undefined) {
+      throw new Error("profile: the server's /proc/PID/stat could not be read")
+    }
     const user = procAfter.userMs - procBefore.userMs
     const system = procAfter.systemMs - procBefore.systemMs
     const components = cpuDelta(cpuBefore, cpuAfter)
@@ -168,6 +180,11 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
         userMsPerCycle: perCycle(user, count),
         systemMsPerCycle: perCycle(system, count),
         totalMsPerCycle: perCycle(user + system, count),
+        idle: {
+          seconds: round(idleSeconds, 1),
+          userMsPerSecond: round((idleTo.userMs - idleFrom.userMs) / idleSeconds, 2),
+          systemMsPerSecond: round((idleTo.systemMs - idleFrom.systemMs) / idleSeconds, 2)
+        },
         byComponentMsPerCycle: Object.fromEntries(Object.entries(components).map(([name, seconds]) => [name, perCycle(seconds * 1000, count)]))
       },
       postgres: pgDelta(pgBefore, pgAfter, count, (now() - pgBeforeAt) / 1000)
