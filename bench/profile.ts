@@ -1,5 +1,5 @@
 // `npm run bench:profile`: only the measure of where a start and a stop go (bench/lib/measures/
-// profile.ts: servers P and P-traces), on the local stack `npm run bench` starts (bench/lib/
+// profile.ts: servers P-cpu, P and P-traces), on the local stack `npm run bench` starts (bench/lib/
 // stack.ts) with a small pool (poolSize(0) gateways, filled through a plain lua server first).
 // Prints the Markdown section and writes bench/results/profile.{json,md} and profile.flame.svg
 // (scratch files, ignored by git): for A/B runs of a change to src/, in about a minute.
@@ -12,6 +12,7 @@ import os from "node:os"
 import path from "node:path"
 import { type BenchArtifacts, profileServers, settingsOf } from "./lib/bench.ts"
 import { openContext } from "./lib/context.ts"
+import { prepareProfileBundle } from "./lib/measures/profile.ts"
 import { computeFigures } from "./lib/figures.ts"
 import { fillPool } from "./lib/pool.ts"
 import { renderMarkdown } from "./lib/report.ts"
@@ -39,12 +40,14 @@ const program = Effect.gen(function*() {
       const benchOptions = { poolGateways, projectRoot, serverRoot, workDir, ...options, logsPrefix, signal, log }
       const ctx = await openContext(stack, benchOptions)
       results.settings = settingsOf(ctx, benchOptions)
+      // Right after the fleet built dist/ (if stale): the profile's source map, from the same sources.
+      const bundle = await prepareProfileBundle(ctx)
       try {
         // The pool, as server L fills it in the full run; that server stops before server P starts.
         await ctx.fleet.launch("lua")
         results.setup.pool = await fillPool(ctx)
         await ctx.fleet.shutdown()
-        await profileServers(ctx, results, artifacts)
+        await profileServers(ctx, results, artifacts, bundle)
       } finally {
         results.errors = ctx.errors.toRecord()
         await ctx.fleet.shutdown().catch(() => undefined)

@@ -12,7 +12,7 @@ import { failedStartVsStart, measureFailedStart } from "./measures/failedStart.t
 import { FILL_CONCURRENCY } from "./measures/fill.ts"
 import { measureMemory, noteMemory } from "./measures/memory.ts"
 import { checkPoolConsistency } from "./measures/poolConsistency.ts"
-import { measureProfile } from "./measures/profile.ts"
+import { measureProfile, prepareProfileBundle } from "./measures/profile.ts"
 import { measurePropagation } from "./measures/propagation.ts"
 import { measureRawCalls } from "./measures/rawCalls.ts"
 import { measureRawCallsLua } from "./measures/rawCallsLua.ts"
@@ -24,6 +24,7 @@ import { measureTls } from "./measures/tls.ts"
 import { measureThroughput, THROUGHPUT_MAX_MS, THROUGHPUT_MAX_STARTS, throughputRatio } from "./measures/throughput.ts"
 import { nginxReload, pdnsDelete } from "./outside.ts"
 import { poolSize, fillPool } from "./pool.ts"
+import type { BundleMap } from "./profile/bundleMap.ts"
 import type { LuaFigures, Results } from "./results.ts"
 import { sleep } from "./stats.ts"
 
@@ -41,9 +42,11 @@ export interface BenchArtifacts {
 export const runBench = async (stack: LocalStack, results: Results, options: BenchOptions, artifacts: BenchArtifacts = {}): Promise<void> => {
   const ctx = await openContext(stack, options)
   results.settings = settingsOf(ctx, options)
+  // Right after the fleet built dist/ (if stale): the profile's source map, from the same sources.
+  const profileBundle = await prepareProfileBundle(ctx)
   const runCpu = startWholeRunCpu(ctx)
   try {
-    await luaServer(ctx, results, artifacts)
+    await luaServer(ctx, results, artifacts, profileBundle)
     const coalescePeakMiB = await coalesceServer(ctx, results)
     const eachLeftovers = await eachServer(ctx, results)
     await largestLevelServer(ctx, results, eachLeftovers, coalescePeakMiB)
@@ -69,10 +72,10 @@ export const runBench = async (stack: LocalStack, results: Results, options: Ben
 /**
  * Server L, lua (the default): what a start costs with no reload: raw calls, c=1 start, failed
  * start, propagation to every worker, a bystander's connections, 100 routes. It fills the pool
- * first; its allocations are stopped before the next server. Then servers P and P-traces (where a
- * start and a stop go) and server T (HTTPS), with the same 0 routes.
+ * first; its allocations are stopped before the next server. Then servers P-cpu, P and P-traces
+ * (where a start and a stop go) and server T (HTTPS), with the same 0 routes.
  */
-const luaServer = async (ctx: BenchContext, results: Results, artifacts: BenchArtifacts): Promise<void> => {
+const luaServer = async (ctx: BenchContext, results: Results, artifacts: BenchArtifacts, profileBundle: BundleMap): Promise<void> => {
   const { api } = await ctx.fleet.launch("lua")
   results.setup.pool = await fillPool(ctx)
   noteMemory(ctx, "started, pool filled")
@@ -97,15 +100,15 @@ const luaServer = async (ctx: BenchContext, results: Results, artifacts: BenchAr
   await ctx.allocations.stopAll(api, ctx.allocations.orgs())
   noteMemory(ctx, "end of server L")
   await ctx.fleet.shutdown()
-  // Servers P and P-traces: where a start and a stop go (CPU profile, Postgres, spans), 0 routes.
-  await profileServers(ctx, results, artifacts)
+  // Servers P-cpu, P and P-traces: where a start and a stop go (CPU, Postgres, CPU profile, spans), 0 routes.
+  await profileServers(ctx, results, artifacts, profileBundle)
   // Server T: the same with HTTPS on, against server L's c=1 start (same route count).
   results.tls = await measureTls(ctx, start)
 }
 
-/** Servers P and P-traces (measures/profile.ts): the figures in the results, the flame graph and profile aside. */
-export const profileServers = async (ctx: BenchContext, results: Results, artifacts: BenchArtifacts): Promise<void> => {
-  const outcome = await measureProfile(ctx)
+/** Servers P-cpu, P and P-traces (measures/profile.ts): the figures in the results, the flame graph and profile aside. */
+export const profileServers = async (ctx: BenchContext, results: Results, artifacts: BenchArtifacts, bundle: BundleMap): Promise<void> => {
+  const outcome = await measureProfile(ctx, bundle)
   results.profile = outcome.figures
   if (outcome.flameSvg !== undefined) artifacts.flameSvg = outcome.flameSvg
   if (outcome.cpuProfileFile !== undefined) artifacts.cpuProfileFile = outcome.cpuProfileFile

@@ -74,14 +74,14 @@ export const computeFigures = (results: Results): Array<Figure> => {
     )
   }
 
-  // What a start and its stop cost the server in CPU (the profiled server P, measures/profile.ts).
+  // What a start and its stop cost the server in CPU (server P-cpu, measures/profile.ts).
   const profile = results.profile
   if (profile !== undefined) {
     const c = profile.cpu
     add(
       "lua.cpu.perStartStop",
       `lua: server CPU per start and its stop at c=1, ${count(profile.routes)} routes (user ${ms(c.userMsPerCycle)} + system ${ms(c.systemMsPerCycle)} ms, ` +
-        `${profile.cycles} cycles, profiler on)`,
+        `${profile.cycles} cycles, no profiler)`,
       "ms",
       c.totalMsPerCycle
     )

@@ -33,7 +33,7 @@ const FIXED: Record<string, string> = {
   "pg-protocol": "#7aa7e6",
   "pg-pool": "#94b8ec",
   "dist/main.js (esbuild's helpers)": "#cfcfcf",
-  "dist/main.js (not attributed)": "#cfcfcf"
+  "dist/main.js (not attributed)": "#e6dfc8"
 }
 
 const hash = (text: string) => {
@@ -67,7 +67,11 @@ interface Box {
   readonly x: number
   readonly width: number
   readonly depth: number
+  /** The callees too narrow to draw, summed into one grey box: how many there were. */
+  readonly smaller?: number
 }
+
+const SMALLER = "(smaller frames)"
 
 /** The SVG of `root` (the merged tree without its idle frame: `root.total` is the graph's 100%). */
 export const renderFlameGraph = (root: MergedNode, options: FlameOptions): string => {
@@ -88,13 +92,23 @@ export const renderFlameGraph = (root: MergedNode, options: FlameOptions): strin
     const width = (node.total / total) * usable
     boxes.push({ node, x, width, depth })
     let cx = x
+    let small = 0
+    let smallCount = 0
     for (const child of [...node.children.values()].sort((a, b) => b.total - a.total)) {
       if (child.total / total < FLAME_MIN_SHARE) {
-        dropped += child.total
+        small += child.total
+        smallCount += 1
         continue
       }
       place(child, cx, depth + 1)
       cx += (child.total / total) * usable
+    }
+    dropped += small
+    // The callees too narrow to draw, together, when that is wide enough: the rest of the width
+    // under a frame is then its self time alone.
+    if (small / total >= FLAME_MIN_SHARE) {
+      const frame = { name: `${smallCount} smaller frames`, file: "", line: 0, category: SMALLER, kind: "other" as const }
+      boxes.push({ node: { frame, self: small, total: small, children: new Map(), truncated: false }, x: cx, width: (small / total) * usable, depth: depth + 1, smaller: smallCount })
     }
   }
   if (total > 0) place(root, PAD, 0)
@@ -140,16 +154,19 @@ export const renderFlameGraph = (root: MergedNode, options: FlameOptions): strin
     const where = frame.file === "" ? "" : ` ${frame.file}${frame.line > 0 ? `:${frame.line}` : ""}`
     const isRoot = box.depth === 0
     const name = isRoot ? "all (busy) samples" : frame.name
-    const tooltip = `${name}${where}\n${frame.category}\n` +
+    const tooltip = box.smaller !== undefined
+      ? `${box.smaller} callees of ${box.depth - 1 === 0 ? "the root" : "the frame above"}, each under ${FLAME_MIN_SHARE * 100}% of the graph: ` +
+        `${ms(box.node.total)} ms per cycle together (${((box.node.total / total) * 100).toFixed(2)}%)`
+      : `${name}${where}\n${frame.category}\n` +
       `total ${ms(box.node.total)} ms per cycle (${((box.node.total / total) * 100).toFixed(2)}%), ` +
       `self ${ms(box.node.self)} ms per cycle (${((box.node.self / total) * 100).toFixed(2)}%)` +
       (box.node.truncated ? `\ncallees deeper than ${options.depthCap} frames cut: their time is in this frame's self` : "")
-    const fill = isRoot ? "#e0e0e0" : categoryColour(frame.category, frame.kind)
+    const fill = isRoot ? "#e0e0e0" : box.smaller !== undefined ? "#eeeeee" : categoryColour(frame.category, frame.kind)
     const chars = Math.floor((box.width - 4) / CHAR)
     const label = chars < 3 ? "" : name.length <= chars ? name : `${name.slice(0, chars - 1)}…`
     out.push(
       `<g><title>${escape(tooltip)}</title><rect x="${box.x.toFixed(2)}" y="${y}" width="${Math.max(0.5, box.width - 0.5).toFixed(2)}" ` +
-        `height="${ROW - 1}" fill="${fill}"${box.node.truncated ? ` stroke="#000" stroke-dasharray="2,2"` : ""}/>` +
+        `height="${ROW - 1}" fill="${fill}"${box.node.truncated || box.smaller !== undefined ? ` stroke="#999" stroke-dasharray="2,2"` : ""}/>` +
         (label === "" ? "" : `<text x="${(box.x + 2).toFixed(2)}" y="${y + ROW - 5}">${escape(label)}</text>`) +
         `</g>`
     )
@@ -157,8 +174,9 @@ export const renderFlameGraph = (root: MergedNode, options: FlameOptions): strin
   out.push(
     `<text x="${PAD}" y="${height - 8}" fill="#666">${
       escape(
-        `Frames under ${FLAME_MIN_SHARE * 100}% of the graph dropped (${((dropped / Math.max(1, total)) * 100).toFixed(1)}% of the time in all); ` +
-          `dashed: callees below ${options.depthCap} frames cut. Hover a frame for its file:line and ms.`
+        `Not drawn: frames under ${FLAME_MIN_SHARE * 100}% of the graph (${((dropped / Math.max(1, total)) * 100).toFixed(1)}% of the time); ` +
+          `dashed grey: a frame's callees under ${FLAME_MIN_SHARE * 100}% each, together. Dashed coloured: callees below ${options.depthCap} ` +
+          "frames cut. Hover a frame for its file:line and ms."
       )
     }</text>`,
     `</svg>`

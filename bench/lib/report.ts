@@ -71,7 +71,7 @@ const figuresTable = (figures: ReadonlyArray<Figure>): Array<string> => {
 const pct = (share: number) => (Number.isFinite(share) ? `${(share * 100).toFixed(1)}%` : "-")
 const ms3 = (value: number) => (Number.isFinite(value) ? value.toFixed(value >= 10 ? 1 : value >= 1 ? 2 : 3) : "-")
 
-/** Where a start and a stop go (measures/profile.ts): servers P and P-traces. */
+/** Where a start and a stop go (measures/profile.ts): servers P-cpu, P and P-traces. */
 export const profileSection = (results: Results): Array<string> => {
   const p = results.profile
   if (p === undefined) return []
@@ -80,18 +80,20 @@ export const profileSection = (results: Results): Array<string> => {
   const t = pg.tuplesPerCycle
   const others = Object.entries(c.byComponentMsPerCycle).filter(([name]) => name !== "server" && name !== "total")
   const lines = [
-    `**Where a start and a stop go** (server P: lua, c=1, ${count(p.routes)} other routes; ${p.warmup} warm-up cycles, then ${p.cycles} ` +
-    "cycles of a new org's start and its stop, no journal read; node `--cpu-prof`, a sample every " +
-    `${p.intervalUs} µs). Cycle p50 ${ms(p.cycle.p50)} ms (start ${ms(p.start.p50)}, stop ${ms(p.stop.p50)}), p99 ${ms(p.cycle.p99)} ms.`,
+    `**Where a start and a stop go** (lua, c=1, ${count(p.routes)} other routes; on each of three servers of their own, ` +
+    `${p.warmup} warm-up cycles, then ${p.cycles} cycles of a new org's start and its stop, no journal read). ` +
+    `Server P-cpu, as production runs it: cycle p50 ${ms(p.cycle.p50)} ms (start ${ms(p.start.p50)}, stop ${ms(p.stop.p50)}), p99 ${ms(p.cycle.p99)} ms.`,
     "",
-    `- Server CPU per start and stop (/proc, all its threads, the profiler's sampling included): **${ms3(c.totalMsPerCycle)} ms**, ` +
+    `- Server CPU per start and stop (server P-cpu, /proc, all its threads): **${ms3(c.totalMsPerCycle)} ms**, ` +
     `user ${ms3(c.userMsPerCycle)} + system ${ms3(c.systemMsPerCycle)}` +
-    (c.idle === undefined ? ". " : `; idle, before the cycles, the same server used ${ms3(c.idle.userMsPerSecond + c.idle.systemMsPerSecond)} ms per second ` +
-      `(user ${ms3(c.idle.userMsPerSecond)}, system ${ms3(c.idle.systemMsPerSecond)}: background work and the profiler's sampling), ` +
+    (c.idle === undefined ? ". " : `; idle, before the cycles, it used ${ms3(c.idle.userMsPerSecond + c.idle.systemMsPerSecond)} ms per second ` +
+      `(user ${ms3(c.idle.userMsPerSecond)}, system ${ms3(c.idle.systemMsPerSecond)}: its background work), ` +
       `~${ms3(((c.idle.userMsPerSecond + c.idle.systemMsPerSecond) * p.windowMs) / 1000 / p.cycles)} ms of each cycle at that rate. `) +
-    "The rest of the stack meanwhile, ms per cycle: " +
+    `Under the profiler (server P) ${ms3(p.samples.cpu.totalMsPerCycle)} ms (user ${ms3(p.samples.cpu.userMsPerCycle)} + system ` +
+    `${ms3(p.samples.cpu.systemMsPerCycle)}; cycle p50 ${ms(p.samples.cycle.p50)} ms): the sampling's own cost. ` +
+    "The rest of the stack during server P-cpu's cycles, ms per cycle: " +
     `${others.map(([name, v]) => `${name} ${ms3(v)}`).join(", ")}.`,
-    `- Postgres (pg_stat_database of \`${pg.database}\`): **${pg.transactionsPerCycle} transactions per cycle** ` +
+    `- Postgres (server P-cpu; pg_stat_database of \`${pg.database}\`): **${pg.transactionsPerCycle} transactions per cycle** ` +
     `(xact_commit + xact_rollback: a statement outside a transaction block counts one, a block counts one however many ` +
     `statements it holds; ${pg.rollbacksPerCycle} rolled back); tuples returned ${t.returned}, fetched ${t.fetched}, inserted ` +
     `${t.inserted}, updated ${t.updated}, deleted ${t.deleted} per cycle. Read from before the first cycle to the server's exit ` +
@@ -104,13 +106,22 @@ export const profileSection = (results: Results): Array<string> => {
     lines.push(`CPU profile: **not attributed**. ${s.alignment}. ${s.mapping}.`, "")
   } else {
     lines.push(
-      `CPU profile: ${count(s.inWindow)} samples taken during the cycles: ${ms3(s.wallMsPerCycle)} ms per cycle, of which ` +
+      `CPU profile (server P, node \`--cpu-prof --cpu-prof-interval=${p.intervalUs}\`): ${count(s.inWindow)} samples taken during the cycles: ${ms3(s.wallMsPerCycle)} ms per cycle, of which ` +
         `${ms3(s.busyMsPerCycle)} ms busy (the main thread; /proc counts every thread) and ${pct(s.idleShare)} idle. ` +
         `Samples kept to the cycles: ${s.alignment}. ${s.mapping}.`,
       "",
       "| self time in | ms per cycle | % of the window | % of busy |",
       "|---|---:|---:|---:|",
-      ...p.categories.map((cat) => `| ${cat.name} | ${ms3(cat.msPerCycle)} | ${pct(cat.shareOfWall)} | ${pct(cat.shareOfBusy)} |`),
+      ...p.categories.filter((cat) => !small(cat)).map((cat) => `| ${cat.name} | ${ms3(cat.msPerCycle)} | ${pct(cat.shareOfWall)} | ${pct(cat.shareOfBusy)} |`),
+      ...(() => {
+        const rest = p.categories.filter(small)
+        if (rest.length === 0) return []
+        const sum = (f: (cat: (typeof rest)[number]) => number) => rest.reduce((a, cat) => a + f(cat), 0)
+        return [
+          `| ${rest.length} more under 0.1% of busy each (${rest.map((cat) => cat.name).join(", ")}) | ${ms3(sum((cat) => cat.msPerCycle))} | ` +
+          `${pct(sum((cat) => cat.shareOfWall))} | ${pct(sum((cat) => cat.shareOfBusy))} |`
+        ]
+      })(),
       "",
       `Top ${p.topFunctions.length} functions by self time:`,
       "",
@@ -166,6 +177,9 @@ export const profileSection = (results: Results): Array<string> => {
 }
 
 const round2 = (value: number) => Math.round(value * 100) / 100
+
+/** A category too small for a row of its own (idle is never folded). */
+const small = (cat: { readonly name: string; readonly shareOfBusy: number }) => cat.name !== "(idle)" && cat.shareOfBusy < 0.001
 
 /** The statements the trace pass saw: `sql.execute` spans in the cycles' requests, and in the background. */
 const sqlSpans = (p: NonNullable<Results["profile"]>): string => {

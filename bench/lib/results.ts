@@ -275,8 +275,8 @@ export interface TraceBreakdown {
 }
 
 /**
- * Server P: where a start and its stop go (lua, c=1, 0 other routes): the server's CPU, Postgres's
- * counters, a CPU profile's self time by category and function, and (pass 2) the spans.
+ * Where a start and its stop go (lua, c=1, measures/profile.ts): server P-cpu's CPU and Postgres's
+ * counters, server P's CPU profile by category and function, server P-traces' spans.
  */
 export interface ProfileFigures {
   readonly routes: number
@@ -284,17 +284,19 @@ export interface ProfileFigures {
   readonly warmup: number
   /** --cpu-prof-interval. */
   readonly intervalUs: number
+  /** Server P-cpu (no profiler), client-seen. */
   readonly start: Summary
   readonly stop: Summary
-  /** Client-seen start + stop. */
+  /** Start + stop. */
   readonly cycle: Summary
   /** First cycle's start to the last one's end. */
   readonly windowMs: number
+  /** Server P-cpu's, from /proc: all its threads. */
   readonly cpu: {
     readonly userMsPerCycle: number
     readonly systemMsPerCycle: number
     readonly totalMsPerCycle: number
-    /** The same server with no request coming, before the cycles: its background work and the profiler's sampling. */
+    /** The same server with no request coming, before the cycles: its background work. */
     readonly idle?: { readonly seconds: number; readonly userMsPerSecond: number; readonly systemMsPerSecond: number }
     /** CPU ms per cycle of each part of the stack (server, nginx, PowerDNS, Postgres, bench, other), from /proc. */
     readonly byComponentMsPerCycle: Record<string, number>
@@ -308,12 +310,17 @@ export interface ProfileFigures {
     /** From the read before the first cycle to the server's exit (the counters are published late: see profile/pgStats.ts). */
     readonly windowSeconds: number
   }
+  /** Server P, under the profiler. */
   readonly samples: {
     /** How the bundle's frames were mapped, or why they were not. */
     readonly mapping: string
     /** False: the samples could not be placed in the cycles' window; no table, no flame graph. */
     readonly attributed: boolean
     readonly alignment: string
+    readonly windowMs: number
+    readonly cycle: Summary
+    /** Its CPU from /proc, the sampling's cost included. */
+    readonly cpu: { readonly userMsPerCycle: number; readonly systemMsPerCycle: number; readonly totalMsPerCycle: number }
     readonly inWindow: number
     /** Sampled time ÷ cycles: all of it, and the busy part (not idle). */
     readonly wallMsPerCycle: number

@@ -1,14 +1,18 @@
-// Where a start and a stop go (lua, c=1, the routes the caller left: 0 in the run). Two servers of
-// their own, each after a warm-up running N sequential cycles (start a new org, then stop it):
+// Where a start and a stop go (lua, c=1, the routes the caller left: 0 in the run). Three servers
+// of their own, each after a warm-up running N sequential cycles (start a new org, then stop it):
 //
-// - server P, run with `node --cpu-prof` (a sample every 250 µs): its CPU over the cycles from
-//   /proc (user and system apart), Postgres's counters for the service's database, and, once it
-//   has stopped (gracefully: node writes the profile at exit), the profile's samples taken during
-//   the cycles, their frames mapped through the bundle's whole source map (profile/bundleMap.ts):
-//   self time by category and by function, and the flame graph (flame.ts);
+// - server P-cpu, as production runs it: its CPU over the cycles from /proc (user and system
+//   apart), its CPU when idle (its background work), and Postgres's counters for the service's
+//   database. The CPU figures come from this server: node's sampling profiler at 250 µs costs
+//   about 0.16 s of CPU per second of wall time by itself (measured on an idle script: +0.27 s
+//   user and +0.70 s system over 6 s), which would weigh on a figure of a few ms per cycle;
+// - server P, run with `node --cpu-prof` (a sample every 250 µs): once it has stopped (gracefully:
+//   node writes the profile at exit), the profile's samples taken during the cycles, their frames
+//   mapped through the bundle's whole source map (profile/bundleMap.ts): self time by category and
+//   by function, and the flame graph (flame.ts); its CPU is shown, to see the sampling's cost;
 // - server P-traces, exporting its traces over OTLP/HTTP to a receiver in this process
 //   (profile/otlp.ts): the cycles' spans by name (profile/spans.ts), i.e. where the wall time goes.
-//   Its CPU is shown, not used: exporting costs CPU; the CPU figures are server P's.
+//   Its CPU is shown, not used: exporting costs CPU.
 //
 // Aligning the samples with the cycles: a .cpuprofile's timestamps are µs of CLOCK_MONOTONIC (V8's
 // TimeTicks on Linux), the clock process.hrtime reads, the same in every process of the machine.
@@ -23,7 +27,7 @@ import type { ApiClient } from "../api.ts"
 import { type BenchContext, checkAbort, cpuNow, reps } from "../context.ts"
 import { cpuDelta, processCpuMs } from "../cpu.ts"
 import { FLAME_MIN_SHARE, renderFlameGraph } from "../flame.ts"
-import { bundleSourceMap, readBundle, sha256 } from "../profile/bundleMap.ts"
+import { type BundleMap, bundleSourceMap, readBundle } from "../profile/bundleMap.ts"
 import { type CpuProfile, mergedTree, readCpuProfile, resolveFrames, selfTimeBy, selfTimeInWindow } from "../profile/cpuProfile.ts"
 import { startOtlpReceiver } from "../profile/otlp.ts"
 import { type DatabaseStats, PGSTAT_IDLE_FLUSH_MS, readDatabaseStats, readDatabaseStatsOnceAlone } from "../profile/pgStats.ts"
@@ -99,45 +103,16 @@ const pgDelta = (before: DatabaseStats, after: DatabaseStats, cycles: number, se
   windowSeconds: round(seconds, 1)
 })
 
-export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome> => {
-  const count = reps(ctx.run, 100)
-  const routes = ctx.allocations.size
-  ctx.run.log(`profile: where a start and a stop go (lua, c=1, ${routes} other routes, ${PROFILE_WARMUP} warm-up + ${count} cycles)`)
-
-  // The bundle the server will run, and its whole source map, before the server starts: the build
-  // in memory takes a core for a second or two.
-  const serverRoot = ctx.fleet.serverRoot
-  const onDisk = ctx.fleet.command.runtime === "compiled" ? readBundle(serverRoot) : undefined
-  const bundle = await bundleSourceMap(projectRoot, serverRoot, onDisk)
-  ctx.run.log(`  ${bundle.note}`)
-
-  // ---- pass 1: server P, profiled ----------------------------------------------------------
-  const profileDir = path.join(ctx.fleet.workDir, "profile")
-  mkdirSync(profileDir, { recursive: true })
-  const profileFile = path.join(profileDir, `server-P-${Date.now()}.cpuprofile`)
-  const { server, api } = await ctx.fleet.launch("lua", "node", {}, [
-    "--cpu-prof",
-    `--cpu-prof-dir=${profileDir}`,
-    `--cpu-prof-name=${path.basename(profileFile)}`,
-    `--cpu-prof-interval=${PROFILE_INTERVAL_US}`
-  ])
+/** Server P-cpu: the CPU per cycle as production runs the server, its idle CPU, and Postgres's counters. */
+const cpuPass = async (ctx: BenchContext, count: number) => {
+  const { server, api } = await ctx.fleet.launch("lua")
   let running = true
-  let pass1: {
-    readonly timed: Cycles
-    readonly fromUs: number
-    readonly toUs: number
-    readonly sigtermUs: number
-    readonly exitUs: number
-    readonly cpu: ProfileFigures["cpu"]
-    readonly postgres: ProfileFigures["postgres"]
-  }
   try {
     await sleep(SETTLE_MS)
     await runCycles(ctx, api, PROFILE_WARMUP, "profile warm-up")
     // Postgres publishes a backend's counters up to 10 s late when it is idle (profile/pgStats.ts):
     // the warm-up's are all in once it has been idle that long. Meanwhile, the server's CPU when
-    // no request comes: its background work (health checks, heartbeats, the edge watch), and the
-    // profiler's sampling.
+    // no request comes: its background work (health checks, heartbeats, the edge watch).
     const idleFrom = processCpuMs(server.pid)
     const idleFromAt = now()
     await sleep(PGSTAT_IDLE_FLUSH_MS)
@@ -148,18 +123,15 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
     const cpuBefore = cpuNow(ctx)
     const procBefore = processCpuMs(server.pid)
     const fromUs = monotonicUs()
-    const timed = await runCycles(ctx, api, count, "profile")
+    const timed = await runCycles(ctx, api, count, "profile (CPU)")
     const toUs = monotonicUs()
     const procAfter = processCpuMs(server.pid)
     const cpuAfter = cpuNow(ctx)
     // What Postgres had published by the cycles' end: less than after the exit (logged, to see the lag).
     const pgAtEnd = await readDatabaseStats(ctx.stack.databaseUrl)
-    // SIGTERM: the graceful shutdown, at whose end node writes the profile; the server's
-    // backends exit with it and publish their counters.
-    const sigtermUs = monotonicUs()
     running = false
+    // Its backends exit with it and publish their counters.
     await ctx.fleet.shutdown()
-    const exitUs = monotonicUs()
     const pgAfter = await readDatabaseStatsOnceAlone(ctx.stack.databaseUrl)
     if (pgAfter.otherBackends > 0) ctx.errors.note("profile", `${pgAfter.otherBackends} other backends still connected when Postgres's counters were read`)
     const published = (stats: DatabaseStats) => stats.commits + stats.rollbacks - pgBefore.commits - pgBefore.rollbacks
@@ -170,38 +142,106 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
     const user = procAfter.userMs - procBefore.userMs
     const system = procAfter.systemMs - procBefore.systemMs
     const components = cpuDelta(cpuBefore, cpuAfter)
-    pass1 = {
+    const cpu = {
+      userMsPerCycle: perCycle(user, count),
+      systemMsPerCycle: perCycle(system, count),
+      totalMsPerCycle: perCycle(user + system, count),
+      idle: {
+        seconds: round(idleSeconds, 1),
+        userMsPerSecond: round((idleTo.userMs - idleFrom.userMs) / idleSeconds, 2),
+        systemMsPerSecond: round((idleTo.systemMs - idleFrom.systemMs) / idleSeconds, 2)
+      },
+      byComponentMsPerCycle: Object.fromEntries(Object.entries(components).map(([name, seconds]) => [name, perCycle(seconds * 1000, count)]))
+    }
+    ctx.run.log(
+      `  server P-cpu: ${cpu.totalMsPerCycle} ms CPU per start+stop (user ${cpu.userMsPerCycle}, system ${cpu.systemMsPerCycle}); ` +
+        `idle ${round(cpu.idle.userMsPerSecond + cpu.idle.systemMsPerSecond, 1)} ms/s; cycle p50 ${summarize(timed.cycles).p50} ms`
+    )
+    return { timed, windowMs: (toUs - fromUs) / 1000, cpu, postgres: pgDelta(pgBefore, pgAfter, count, (now() - pgBeforeAt) / 1000) }
+  } finally {
+    if (running) await ctx.fleet.shutdown()
+  }
+}
+
+/** Server P: the same cycles under node's CPU profiler; the profile file, the window, its CPU. */
+const profiledPass = async (ctx: BenchContext, count: number, profileFile: string) => {
+  const { server, api } = await ctx.fleet.launch("lua", "node", {}, [
+    "--cpu-prof",
+    `--cpu-prof-dir=${path.dirname(profileFile)}`,
+    `--cpu-prof-name=${path.basename(profileFile)}`,
+    `--cpu-prof-interval=${PROFILE_INTERVAL_US}`
+  ])
+  let running = true
+  try {
+    await sleep(SETTLE_MS)
+    await runCycles(ctx, api, PROFILE_WARMUP, "profile warm-up")
+    const procBefore = processCpuMs(server.pid)
+    const fromUs = monotonicUs()
+    const timed = await runCycles(ctx, api, count, "profile")
+    const toUs = monotonicUs()
+    const procAfter = processCpuMs(server.pid)
+    // SIGTERM: the graceful shutdown, at whose end node writes the profile.
+    const sigtermUs = monotonicUs()
+    running = false
+    await ctx.fleet.shutdown()
+    const exitUs = monotonicUs()
+    const user = (procAfter?.userMs ?? Number.NaN) - (procBefore?.userMs ?? Number.NaN)
+    const system = (procAfter?.systemMs ?? Number.NaN) - (procBefore?.systemMs ?? Number.NaN)
+    return {
       timed,
       fromUs,
       toUs,
       sigtermUs,
       exitUs,
-      cpu: {
-        userMsPerCycle: perCycle(user, count),
-        systemMsPerCycle: perCycle(system, count),
-        totalMsPerCycle: perCycle(user + system, count),
-        idle: {
-          seconds: round(idleSeconds, 1),
-          userMsPerSecond: round((idleTo.userMs - idleFrom.userMs) / idleSeconds, 2),
-          systemMsPerSecond: round((idleTo.systemMs - idleFrom.systemMs) / idleSeconds, 2)
-        },
-        byComponentMsPerCycle: Object.fromEntries(Object.entries(components).map(([name, seconds]) => [name, perCycle(seconds * 1000, count)]))
-      },
-      postgres: pgDelta(pgBefore, pgAfter, count, (now() - pgBeforeAt) / 1000)
+      cpu: { userMsPerCycle: perCycle(user, count), systemMsPerCycle: perCycle(system, count), totalMsPerCycle: perCycle(user + system, count) }
     }
   } finally {
     if (running) await ctx.fleet.shutdown()
   }
-  // The bundle must not have changed under the server (a build meanwhile): else its map is not the one.
-  const bundleAfter = onDisk === undefined ? undefined : readBundle(serverRoot)
-  const bundleChanged = onDisk !== undefined && bundleAfter?.hash !== sha256(onDisk.text)
-  const mapping = bundleChanged ? "dist/main.js not attributed: it was rebuilt while the server ran" : bundle.note
+}
 
-  const { timed, fromUs, toUs } = pass1
+/**
+ * dist/main.js's whole source map, made when the run begins, just after the fleet built dist/ if
+ * it was stale: the in-memory build reads the sources as they are *now*, and another hand may be
+ * changing src/ while the benchmark runs. Compared with dist/main.js now; server P must then run
+ * that very file (checked by hash before and after it runs).
+ */
+export const prepareProfileBundle = async (ctx: BenchContext): Promise<BundleMap> => {
+  const serverRoot = ctx.fleet.serverRoot
+  const onDisk = ctx.fleet.command.runtime === "compiled" ? readBundle(serverRoot) : undefined
+  const bundle = await bundleSourceMap(projectRoot, serverRoot, onDisk)
+  ctx.run.log(`profile: ${bundle.note}`)
+  return bundle
+}
+
+export const measureProfile = async (ctx: BenchContext, prepared: BundleMap): Promise<ProfileOutcome> => {
+  const count = reps(ctx.run, 100)
+  const routes = ctx.allocations.size
+  ctx.run.log(`profile: where a start and a stop go (lua, c=1, ${routes} other routes, ${PROFILE_WARMUP} warm-up + ${count} cycles on each server)`)
+
+  // ---- server P-cpu: CPU and Postgres, no profiler -------------------------------------------
+  const plain = await cpuPass(ctx, count)
+
+  // ---- server P, profiled ------------------------------------------------------------------
+  // The map is the one of the bundle compared when the run began (prepareProfileBundle): the
+  // server must run that very file, before and after.
+  const serverRoot = ctx.fleet.serverRoot
+  const sameBundle = () => prepared.hash === undefined || readBundle(serverRoot)?.hash === prepared.hash
+  const changedBefore = !sameBundle()
+  const profileDir = path.join(ctx.fleet.workDir, "profile")
+  mkdirSync(profileDir, { recursive: true })
+  const profileFile = path.join(profileDir, `server-P-${Date.now()}.cpuprofile`)
+  const pass1 = await profiledPass(ctx, count, profileFile)
+  const bundleChanged = changedBefore || !sameBundle()
+  const bundle: BundleMap = bundleChanged
+    ? { ...prepared, payload: undefined, note: "dist/main.js not attributed: it was rebuilt after the run began" }
+    : prepared
+  const mapping = bundle.note
+  const { fromUs, toUs } = pass1
   const windowMs = (toUs - fromUs) / 1000
   ctx.run.log(
-    `  server P: ${pass1.cpu.totalMsPerCycle} ms CPU per start+stop (user ${pass1.cpu.userMsPerCycle}, system ${pass1.cpu.systemMsPerCycle}); ` +
-      `${pass1.postgres.transactionsPerCycle} Postgres transactions per cycle; cycle p50 ${summarize(timed.cycles).p50} ms`
+    `  server P (profiled): ${pass1.cpu.totalMsPerCycle} ms CPU per start+stop (user ${pass1.cpu.userMsPerCycle}, ` +
+      `system ${pass1.cpu.systemMsPerCycle}); cycle p50 ${summarize(pass1.timed.cycles).p50} ms`
   )
 
   // ---- the profile, restricted to the cycles ---------------------------------------------------
@@ -227,6 +267,9 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
     mapping,
     attributed: false,
     alignment,
+    windowMs: round(windowMs),
+    cycle: summarize(pass1.timed.cycles),
+    cpu: pass1.cpu,
     inWindow: 0,
     wallMsPerCycle: Number.NaN,
     busyMsPerCycle: Number.NaN,
@@ -235,7 +278,7 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
     depthCap: PROFILE_DEPTH_CAP
   }
   if (profile !== undefined) {
-    const frames = resolveFrames(profile, bundleChanged ? { ...bundle, map: undefined } : bundle, serverRoot)
+    const frames = resolveFrames(profile, bundle, serverRoot)
     const window = selfTimeInWindow(profile, fromUs, toUs)
     const by = selfTimeBy(frames, window.self)
     const idleUs = by.categories.get("(idle)")?.us ?? 0
@@ -274,17 +317,17 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
       maxDepth: tree.maxDepth
     }
     flameSvg = renderFlameGraph(tree.root, {
-      title: `Server P (lua, c=1, ${routes} other routes): where ${count} starts and their stops went, ` +
-        `${samples.busyMsPerCycle} ms of busy samples per cycle (idle, ${(samples.idleShare * 100).toFixed(1)}% of the window, left out)`,
-      subtitle: `${window.samples.toLocaleString("en")} samples every ${PROFILE_INTERVAL_US} µs over the cycles (${round(windowMs)} ms); ` +
-        `server CPU from /proc ${pass1.cpu.totalMsPerCycle} ms per cycle (user ${pass1.cpu.userMsPerCycle}, system ${pass1.cpu.systemMsPerCycle}); ` +
+      title: `Server P (lua, c=1, ${routes} other routes): ${count} starts and their stops, ` +
+        `${ms1(samples.busyMsPerCycle)} ms of busy samples per cycle (idle, ${(samples.idleShare * 100).toFixed(1)}% of the window, left out)`,
+      subtitle: `${window.samples.toLocaleString("en")} samples every ${PROFILE_INTERVAL_US} µs over the cycles (${Math.round(windowMs)} ms); ` +
+        `server CPU (/proc) unprofiled ${ms1(plain.cpu.totalMsPerCycle)} ms per cycle, profiled ${ms1(pass1.cpu.totalMsPerCycle)}; ` +
         `stacks cut at ${PROFILE_DEPTH_CAP} frames (deepest ${tree.maxDepth}); frames < ${FLAME_MIN_SHARE * 100}% dropped`,
       cycles: count,
       depthCap: PROFILE_DEPTH_CAP
     })
   }
 
-  // ---- pass 2: server P-traces, the spans --------------------------------------------------
+  // ---- server P-traces: the spans ------------------------------------------------------------
   const traces = await tracePass(ctx, count).catch((error: unknown): { readonly error: string } => {
     ctx.errors.exception("profile traces", error)
     return { error: (error as Error).message ?? String(error) }
@@ -295,12 +338,12 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
     cycles: count,
     warmup: PROFILE_WARMUP,
     intervalUs: PROFILE_INTERVAL_US,
-    start: summarize(timed.starts),
-    stop: summarize(timed.stops),
-    cycle: summarize(timed.cycles),
-    windowMs: round(windowMs),
-    cpu: pass1.cpu,
-    postgres: pass1.postgres,
+    start: summarize(plain.timed.starts),
+    stop: summarize(plain.timed.stops),
+    cycle: summarize(plain.timed.cycles),
+    windowMs: round(plain.windowMs),
+    cpu: plain.cpu,
+    postgres: plain.postgres,
     samples,
     categories,
     topFunctions,
@@ -308,6 +351,8 @@ export const measureProfile = async (ctx: BenchContext): Promise<ProfileOutcome>
   }
   return { figures, flameSvg, cpuProfileFile: existsSync(profileFile) ? profileFile : undefined }
 }
+
+const ms1 = (value: number) => value.toFixed(1)
 
 /** Pass 2: the same cycles on a server exporting its traces to a receiver here. */
 const tracePass = async (ctx: BenchContext, count: number): Promise<TraceBreakdown> => {

@@ -4,7 +4,7 @@
 // is used only if the JavaScript built in memory is the very file the profiled server ran.
 import { createHash } from "node:crypto"
 import { readFileSync } from "node:fs"
-import { SourceMap, type SourceMapPayload } from "node:module"
+import type { SourceMapPayload } from "node:module"
 import path from "node:path"
 import { pathToFileURL } from "node:url"
 
@@ -12,8 +12,10 @@ import { pathToFileURL } from "node:url"
 export interface BundleMap {
   /** file:// URL of the bundle as the profile names it; undefined when the server did not run one. */
   readonly scriptUrl: string | undefined
-  /** Set only when the in-memory build is the file the server ran. */
-  readonly map: SourceMap | undefined
+  /** Set only when the in-memory build is the file on disk (node:module's SourceMap is made from it when needed). */
+  readonly payload: SourceMapPayload | undefined
+  /** sha256 of dist/main.js as compared: the server must run this very file. */
+  readonly hash: string | undefined
   /** The directory the map's `sources` are relative to (dist/). */
   readonly mapDir: string
   /** What was done, or why the bundle's frames are left unattributed. */
@@ -29,7 +31,7 @@ interface ServiceBundleModule {
 
 export const sha256 = (text: string | Buffer): string => createHash("sha256").update(text).digest("hex")
 
-/** The bundle's bytes as the server will load them: read just before it is launched. */
+/** The bundle's bytes as the server will load them. */
 export const readBundle = (serverRoot: string): { readonly file: string; readonly text: string; readonly hash: string } | undefined => {
   const file = path.join(serverRoot, "dist", "main.js")
   try {
@@ -53,9 +55,12 @@ export const bundleSourceMap = async (
   onDisk: { readonly file: string; readonly text: string } | undefined
 ): Promise<BundleMap> => {
   const mapDir = path.join(serverRoot, "dist")
-  if (onDisk === undefined) return { scriptUrl: undefined, map: undefined, mapDir, note: "no dist/main.js: the server ran through tsx (frames attributed by file)" }
+  if (onDisk === undefined) {
+    return { scriptUrl: undefined, payload: undefined, hash: undefined, mapDir, note: "no dist/main.js: the server ran through tsx (frames attributed by file)" }
+  }
   const scriptUrl = pathToFileURL(onDisk.file).href
-  const refuse = (why: string): BundleMap => ({ scriptUrl, map: undefined, mapDir, note: `dist/main.js not attributed: ${why}` })
+  const hash = sha256(onDisk.text)
+  const refuse = (why: string): BundleMap => ({ scriptUrl, payload: undefined, hash, mapDir, note: `dist/main.js not attributed: ${why}` })
   let built: Awaited<ReturnType<ServiceBundleModule["buildServiceBundleInMemory"]>>
   try {
     const module = (await import(pathToFileURL(path.join(projectRoot, "scripts", "serviceBundle.mjs")).href)) as ServiceBundleModule
@@ -76,7 +81,8 @@ export const bundleSourceMap = async (
   const payload = JSON.parse(built.map) as SourceMapPayload
   return {
     scriptUrl,
-    map: new SourceMap(payload),
+    payload,
+    hash,
     mapDir,
     note: `dist/main.js mapped with its whole source map (${payload.sources.length} sources), built in memory with ` +
       "scripts/serviceBundle.mjs's options and checked equal to the file the server ran"

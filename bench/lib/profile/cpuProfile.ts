@@ -3,6 +3,7 @@
 // samples kept to a time window, self time by category and by function, and the call tree merged
 // by frame for the flame graph (flame.ts).
 import { readFileSync } from "node:fs"
+import { SourceMap } from "node:module"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import type { BundleMap } from "./bundleMap.ts"
@@ -74,6 +75,7 @@ const categoryOfFile = (file: string): { readonly category: string; readonly kin
 
 /** Attributes every frame of the profile once (by node id). */
 export const resolveFrames = (profile: CpuProfile, bundle: BundleMap, serverRoot: string): Map<number, Frame> => {
+  const map = bundle.payload === undefined ? undefined : new SourceMap(bundle.payload)
   const frames = new Map<number, Frame>()
   const cache = new Map<string, Frame>()
   for (const node of profile.nodes) {
@@ -81,7 +83,7 @@ export const resolveFrames = (profile: CpuProfile, bundle: BundleMap, serverRoot
     const key = `${functionName}\0${url}\0${lineNumber}\0${columnNumber}`
     let frame = cache.get(key)
     if (frame === undefined) {
-      frame = resolveFrame(node.callFrame, bundle, serverRoot)
+      frame = resolveFrame(node.callFrame, bundle, map, serverRoot)
       cache.set(key, frame)
     }
     frames.set(node.id, frame)
@@ -89,7 +91,7 @@ export const resolveFrames = (profile: CpuProfile, bundle: BundleMap, serverRoot
   return frames
 }
 
-const resolveFrame = (callFrame: CallFrame, bundle: BundleMap, serverRoot: string): Frame => {
+const resolveFrame = (callFrame: CallFrame, bundle: BundleMap, map: SourceMap | undefined, serverRoot: string): Frame => {
   const { functionName, url, lineNumber, columnNumber } = callFrame
   const name = functionName === "" ? "(anonymous)" : functionName
   if (STATES.has(functionName) && url === "") return { name: functionName, file: "", line: 0, category: functionName, kind: "state" }
@@ -97,8 +99,8 @@ const resolveFrame = (callFrame: CallFrame, bundle: BundleMap, serverRoot: strin
   if (url === "") return { name, file: "", line: 0, category: "native", kind: "native" }
   if (url.startsWith("node:")) return { name, file: url, line: lineNumber + 1, category: "node: internals", kind: "node" }
   if (url === bundle.scriptUrl) {
-    if (bundle.map === undefined) return { name, file: "dist/main.js", line: lineNumber + 1, category: "dist/main.js (not attributed)", kind: "bundle" }
-    const entry = bundle.map.findEntry(lineNumber, columnNumber) as { originalSource?: string; originalLine?: number }
+    if (map === undefined) return { name, file: "dist/main.js", line: lineNumber + 1, category: "dist/main.js (not attributed)", kind: "bundle" }
+    const entry = map.findEntry(lineNumber, columnNumber) as { originalSource?: string; originalLine?: number }
     if (entry.originalSource === undefined) {
       // esbuild's own helpers (__esm, __toESM, ...) and the banner have no source.
       return { name, file: "dist/main.js", line: lineNumber + 1, category: "dist/main.js (esbuild's helpers)", kind: "bundle" }
