@@ -236,7 +236,7 @@ const loopbackListen = /^((127(\.\d{1,3}){3}|localhost|\[::1\]):)?\d{1,5}$/i
  * `lua`: routes live in a `lua_shared_dict` nginx reads per request, written through a route
  * API, never reloaded; `reload`: one route file per org and `nginx -s reload` (any nginx).
  */
-const nginxRouting = Config.literal("lua", "reload")("NGINX_ROUTING").pipe(Config.withDefault("lua" as const))
+export const nginxRouting = Config.literal("lua", "reload")("NGINX_ROUTING").pipe(Config.withDefault("lua" as const))
 
 /**
  * The route table's shared memory (nginx size syntax): routes only. One route takes 256 bytes

@@ -284,7 +284,10 @@ export const DnsPowerDnsOver = Layer.scoped(
   })
 )
 
-/** PowerDNS's HTTP API over Node's HTTP client. */
+/**
+ * PowerDNS's HTTP API over Node's HTTP client. Not kept alive: PowerDNS's webserver closes every
+ * connection after its answer (measured: one connect per call with a kept-alive agent).
+ */
 export const DnsPowerDns = DnsPowerDnsOver.pipe(Layer.provide(NodeHttpClient.layer))
 
 /** Wildcard DNS: nothing to create or delete per org. */

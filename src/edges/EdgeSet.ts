@@ -1,5 +1,4 @@
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Context, Effect, Layer, Redacted, Ref } from "effect"
 import { NginxConfig, routeApiUrl, Settings } from "../config.ts"
 import type { DatabaseError } from "../db/errors.ts"
@@ -12,6 +11,7 @@ import { makeReloadRouting } from "../nginx/ReloadRouting.ts"
 import { type EdgeEndpoint, EdgeRegistry, LOCAL_EDGE_NAME } from "./EdgeRegistry.ts"
 import { makeFanOut } from "./fanOut.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
+import { KeptAliveHttpClient } from "../lib/keptAlive.ts"
 
 /** One edge as this replica works with it: how to reach it, and whether it is up to date. */
 export interface EdgeMember {
@@ -211,4 +211,4 @@ const makeEdgeSet = Effect.gen(function*() {
  */
 export const EdgesLive = Layer.scopedContext(
   Effect.map(makeEdgeSet, ({ nginx, set }) => Context.make(Nginx, nginx).pipe(Context.add(EdgeSet, set)))
-).pipe(Layer.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layer)))
+).pipe(Layer.provide(Layer.merge(NodeContext.layer, KeptAliveHttpClient)))

@@ -1,9 +1,10 @@
-import { HttpClient, HttpClientRequest } from "@effect/platform"
+import { HttpClient, type HttpClientError, HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
-import { Context, Data, Duration, Effect, Layer, Option, Schedule } from "effect"
-import { HandshakeConfig, Settings } from "../config.ts"
+import { Context, Data, Duration, Effect, Layer, Option, Schedule, type Scope } from "effect"
+import { HandshakeConfig, nginxRouting, Settings } from "../config.ts"
 import { type ChangedNothingMarker, ChangedNothingTypeId } from "../domain/changedNothing.ts"
 import type { AllocationId, GatewayId, OrganizationId, Upstream } from "../domain/ids.ts"
+import { makeKeptAliveClient } from "../lib/keptAlive.ts"
 import { describeTransport, neverDelivered } from "../lib/transport.ts"
 
 export class HandshakeError extends Data.TaggedError("HandshakeError")<{
@@ -62,6 +63,12 @@ export class Handshake extends Context.Tag("Handshake")<Handshake, {
   readonly release: (upstream: Upstream, body: ReleaseBody) => Effect.Effect<Released, HandshakeError>
 }>() {}
 
+/** A client for health requests, and whether its connections are kept alive. */
+interface Asker {
+  readonly http: HttpClient.HttpClient.With<HttpClientError.HttpClientError, Scope.Scope>
+  readonly kept: boolean
+}
+
 /** One health request's bound: a gateway that cannot answer a ping this fast is not ready. */
 const HEALTH_REQUEST_TIMEOUT = Duration.seconds(2)
 
@@ -92,20 +99,31 @@ export const HandshakeLive = Layer.scoped(
     // Host header), as browsers go. It does not verify the chain: nginx is this service's own edge
     // on a loopback or private address, and the certificate was checked when the service read it
     // (its key, its dates, its names); what this request proves is that nginx serves the org there.
-    const throughNginx = Option.isSome(tls)
-      ? asking(yield* NodeHttpClient.make.pipe(
+    // In lua mode, over plain HTTP, on kept-alive connections: every nginx worker reads one route
+    // table, so the worker a connection stays with proves as much as a fresh one. In reload mode a
+    // fresh connection each time, to reach the newest workers.
+    const throughNginx: Asker = Option.isSome(tls)
+      ? { http: asking(yield* NodeHttpClient.make.pipe(
         Effect.provideServiceEffect(NodeHttpClient.HttpAgent, NodeHttpClient.makeAgent({ rejectUnauthorized: false }))
-      ))
-      : client
+      )), kept: false }
+      : (yield* nginxRouting) === "lua"
+      ? { http: yield* makeKeptAliveClient, kept: true }
+      : { http: client, kept: false }
 
     // A booting gateway refuses connections or answers 5xx for a while: keep asking.
     const healthSchedule = Schedule.exponential(Duration.millis(10)).pipe(
       Schedule.either(Schedule.spaced(Duration.millis(250)))
     )
 
-    /** One `GET {HEALTH_PATH}`, bounded: 2xx or a HandshakeError saying what answered instead. */
-    const askHealth = (http: typeof client, request: HttpClientRequest.HttpClientRequest, via: string) =>
+    /**
+     * One `GET {HEALTH_PATH}`, bounded: 2xx or a HandshakeError saying what answered instead. On a
+     * kept-alive connection the answer is read to its end, whatever its status, so the connection
+     * serves the next one (one left unread would hold it).
+     */
+    const askHealth = ({ http, kept }: Asker, request: HttpClientRequest.HttpClientRequest, via: string) =>
       http.execute(request).pipe(
+        Effect.tap((response) => kept ? response.arrayBuffer : Effect.void),
+        Effect.flatMap(HttpClientResponse.filterStatusOk),
         Effect.scoped,
         Effect.mapError((cause) =>
           new HandshakeError({
@@ -131,7 +149,7 @@ export const HandshakeLive = Layer.scoped(
         ).pipe(Effect.retry(healthSchedule))
       }),
       checkHealth: Effect.fn("Handshake.checkHealth")(function*(upstream) {
-        yield* askHealth(client, HttpClientRequest.get(`http://${upstream}${healthPath}`), "")
+        yield* askHealth({ http: client, kept: false }, HttpClientRequest.get(`http://${upstream}${healthPath}`), "")
       }),
       handshake: Effect.fn("Handshake.handshake")(function*(upstream, body) {
         yield* client.execute(

@@ -26,3 +26,13 @@ export const neverDelivered = (error: unknown): boolean => {
   const code = transportCode(error)
   return code === "ECONNREFUSED" || code === "ENOTFOUND"
 }
+
+/**
+ * The connection was closed under the request before an answer came (ECONNRESET: "socket hang
+ * up"; EPIPE): what a kept-alive connection the server had just closed looks like. The request
+ * may or may not have been handled: only a call that may be repeated is asked again.
+ */
+export const resetBeforeAnswer = (error: unknown): boolean => {
+  const code = transportCode(error)
+  return code === "ECONNRESET" || code === "EPIPE"
+}

@@ -106,9 +106,12 @@ export const makeEdgeKit = Effect.gen(function*() {
 
   /**
    * The probes of the edge whose org server block is at `baseUrl` and whose secret is `probeSecret`
-   * (this directory's edge: `edgeUrl` and its secret; a registered edge: its own).
+   * (this directory's edge: `edgeUrl` and its secret; a registered edge: its own). `fresh`: each
+   * probe on a new connection, for reload mode, where a kept-alive one would stay with one
+   * worker (of one generation); in lua mode every worker reads one table and a kept-alive
+   * connection proves as much.
    */
-  const probesAt = (baseUrl: string, probeSecret: string) => {
+  const probesAt = (baseUrl: string, probeSecret: string, connection: "fresh" | "kept" = "fresh") => {
     const probeUrl = baseUrl + PROBE_PATH
     const probeTimeout = Duration.min(PROBE_TIMEOUT, callTimeout)
     /** One request through the org server block, answered by nginx: "{allocation served} {worker pid}". */
@@ -117,17 +120,16 @@ export const makeEdgeKit = Effect.gen(function*() {
         HttpClientRequest.get(probeUrl).pipe(
           HttpClientRequest.setHeaders({
             host: orgHostname(organizationId, domain),
-            // A fresh connection each time: a kept-alive one would stay with one worker.
-            connection: "close",
+            ...(connection === "fresh" ? { connection: "close" } : {}),
             [PROBE_SECRET_HEADER]: probeSecret
           })
         )
       ).pipe(
+        // Read whatever the status: an answer left unread would hold its kept-alive connection.
+        Effect.flatMap((response) => Effect.map(response.text, (body) => ({ status: response.status, body }))),
         Effect.mapError((cause) => new NginxError({ operation: "probe", reason: cause.message, cause })),
-        Effect.flatMap((response) =>
-          response.status === 200
-            ? Effect.mapError(response.text, (cause) => new NginxError({ operation: "probe", reason: cause.message, cause }))
-            : Effect.fail(new NginxError({ operation: "probe", reason: `HTTP ${response.status}` }))
+        Effect.flatMap(({ status, body }) =>
+          status === 200 ? Effect.succeed(body) : Effect.fail(new NginxError({ operation: "probe", reason: `HTTP ${status}` }))
         ),
         Effect.map(parseProbe),
         Effect.timeoutFail({

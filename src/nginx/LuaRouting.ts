@@ -2,7 +2,7 @@ import { HttpClientRequest } from "@effect/platform"
 import { Duration, Effect, Option, Ref, Schedule, Schema } from "effect"
 import { Settings } from "../config.ts"
 import { AllocationId, Generation, OrganizationId } from "../domain/ids.ts"
-import { describeTransport, neverDelivered } from "../lib/transport.ts"
+import { describeTransport, neverDelivered, resetBeforeAnswer } from "../lib/transport.ts"
 import { PROBE_SECRET_HEADER } from "./config.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
 import { MAX_FENCE_MS } from "./luaRouteApi.ts"
@@ -38,7 +38,7 @@ export const makeRouteApiClient = (kit: EdgeKit, endpoint: RouteApiEndpoint) =>
     const { fail, http, callTimeout } = kit
     const { stepTimeoutMs } = yield* Settings
     const { apiUrl: api, secret } = endpoint
-    const probes = kit.probesAt(endpoint.probeUrl, secret)
+    const probes = kit.probesAt(endpoint.probeUrl, secret, "kept")
     /** How long a removal fences late writes: the step that sends a write, then the write's own deadline. */
     const fenceMs = stepTimeoutMs + Duration.toMillis(callTimeout)
     if (fenceMs > MAX_FENCE_MS) {
@@ -82,6 +82,10 @@ export const makeRouteApiClient = (kit: EdgeKit, endpoint: RouteApiEndpoint) =>
     const call = (operation: NginxError["operation"], request: HttpClientRequest.HttpClientRequest) =>
       http.execute(HttpClientRequest.setHeader(request, PROBE_SECRET_HEADER, secret)).pipe(
         Effect.flatMap((response) => Effect.map(response.text, (body) => ({ status: response.status, body: body.trim() }))),
+        // A kept-alive connection nginx closed as the request went out (a reload, say) is asked
+        // again, once, on a new one: every call may be repeated (a write names its allocation and
+        // generation, a removal is a compare-and-delete, the rest only read).
+        Effect.retry({ while: (cause) => resetBeforeAnswer(cause), times: 1 }),
         // A connection refused (nginx down) carried nothing: whatever it asked, nothing changed.
         Effect.mapError((cause) => new NginxError({ operation, reason: `route API: ${describeTransport(cause)}`, cause, noEffect: neverDelivered(cause) })),
         Effect.timeoutFail({

@@ -1,11 +1,11 @@
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Effect, Layer } from "effect"
 import { NginxConfig } from "../config.ts"
 import { makeEdgeKit } from "./EdgeKit.ts"
 import { makeLuaRouting } from "./LocalLuaEdge.ts"
 import { Nginx } from "./Nginx.ts"
 import { makeReloadRouting } from "./ReloadRouting.ts"
+import { KeptAliveHttpClient } from "../lib/keptAlive.ts"
 
 /** The implementation NGINX_ROUTING picks. */
 export const NginxLive = Layer.scoped(
@@ -14,4 +14,4 @@ export const NginxLive = Layer.scoped(
     const kit = yield* makeEdgeKit
     return (yield* NginxConfig).routing === "lua" ? yield* makeLuaRouting(kit) : yield* makeReloadRouting(kit)
   })
-).pipe(Layer.provide(Layer.merge(NodeContext.layer, NodeHttpClient.layer)))
+).pipe(Layer.provide(Layer.merge(NodeContext.layer, KeptAliveHttpClient)))
