@@ -114,8 +114,9 @@ export const renderFlameGraph = (root: MergedNode, options: FlameOptions): strin
   if (total > 0) place(root, PAD, 0)
   const depth = boxes.reduce((max, box) => Math.max(max, box.depth), 0)
 
-  // The legend: categories by self time shown, largest first, wrapped over as many lines as needed.
-  const legend = [...categories.entries()].filter(([, c]) => c.us > 0).sort((a, b) => b[1].us - a[1].us)
+  // The legend: categories by self time, largest first, wrapped over as many lines as needed.
+  // (Categories under 0.05% of the graph are left out of it.)
+  const legend = [...categories.entries()].filter(([, c]) => c.us / total >= 0.0005).sort((a, b) => b[1].us - a[1].us)
   const legendItems: Array<{ readonly x: number; readonly y: number; readonly name: string; readonly kind: CategoryKind; readonly share: number }> = []
   let lx = PAD
   let ly = 62
