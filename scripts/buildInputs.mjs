@@ -11,10 +11,20 @@ const files = (dir) =>
     .filter((entry) => entry.isFile())
     .map((entry) => path.relative(root, path.join(entry.parentPath, entry.name)))
 
-/** sha256 over the sources, the lock file and the build script, by path and content. */
+/** What the build reads besides src/: the lock file, the build scripts and the client's tsconfig. */
+const BUILD_FILES = [
+  "package-lock.json",
+  "scripts/build.mjs",
+  "scripts/buildInputs.mjs",
+  "scripts/serviceBundle.mjs",
+  "scripts/buildClient.mjs",
+  "tsconfig.client.json"
+]
+
+/** sha256 over the sources and BUILD_FILES, by path and content. */
 export const inputsHash = () => {
   const hash = createHash("sha256")
-  const inputs = [...files("src"), "package-lock.json", "scripts/build.mjs", "scripts/buildInputs.mjs"].sort()
+  const inputs = [...files("src"), ...BUILD_FILES].sort()
   for (const file of inputs) hash.update(`${file}\0`).update(readFileSync(path.join(root, file))).update("\0")
   return hash.digest("hex")
 }
