@@ -7,11 +7,12 @@ import {
   Claim,
   type FinalState,
   LiveAllocation,
-  type LiveState
+  LiveState
 } from "../domain/allocation.ts"
 import { NoGatewayAvailable } from "../domain/errors.ts"
-import type { AllocationId, OrganizationId } from "../domain/ids.ts"
-import { journalColumns, type JournalRecord } from "../journal/Journal.ts"
+import type { AllocationId, GatewayId, OrganizationId } from "../domain/ids.ts"
+import { journalInsert, type JournalRecord } from "../journal/Journal.ts"
+import { markHealthyUpdate } from "../pool/GatewayStore.ts"
 
 export interface AllocationFilter {
   readonly state?: AllocationState | undefined
@@ -31,6 +32,8 @@ const decodeFirst = <A, I>(schema: Schema.Schema<A, I>) => {
   return (rows: ReadonlyArray<unknown>) => rows.length === 0 ? Effect.succeed(Option.none<A>()) : Effect.map(decode(rows[0]), Option.some)
 }
 const Flag = Schema.Struct({ value: Schema.Boolean })
+/** A stop's takeover row: the org's live allocation's state, and its columns when the stop took it (null otherwise). */
+const Takeover = Schema.Struct({ liveState: LiveState, allocationId: Schema.NullOr(Schema.String) })
 /** Whether the live allocation's row names the runner, and whether Postgres sees that runner's lease held. */
 const Ownership = Schema.Struct({ namesRunner: Schema.Boolean, leaseAlive: Schema.Boolean })
 
@@ -48,14 +51,23 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
     const sql = yield* SqlClient.SqlClient
 
     /**
-     * `statement`, with journal rows inserted by the same statement (a data-modifying CTE: they are
-     * written whatever the statement finds). Should it fail, the rows are lost with a warning, as
-     * a failed journal write is (the journal never fails the work; the statement's failure does).
+     * `statement`, with journal rows inserted and `alongside` writes made by the same statement
+     * (data-modifying CTEs: made whatever the statement finds), one round trip. Should it fail,
+     * the rows are lost with a warning, as a failed journal write is (the journal never fails
+     * the work; the statement's failure does).
      */
-    const withJournal = (journal: ReadonlyArray<JournalRecord>, statement: Statement.Statement<Row>) =>
-      journal.length === 0 ? statement : sql<Row>`
-        with journaled as (insert into allocation_steps ${sql.insert(journal.map(journalColumns))} returning 1)
-        ${statement}`.pipe(Effect.tapError((error) => Effect.logWarning("journal write failed", error)))
+    const withJournal = (
+      journal: ReadonlyArray<JournalRecord>,
+      statement: Statement.Statement<Row>,
+      alongside: ReadonlyArray<Statement.Fragment> = []
+    ) => {
+      const writes = journal.length === 0 ? alongside : [journalInsert(sql, journal), ...alongside]
+      if (writes.length === 0) return statement
+      const ctes = sql.join(",\n", false)(writes.map((write, i) => sql`${sql.literal(`alongside_${i}`)} as (${write})`))
+      return sql<Row>`with ${ctes}\n${statement}`.pipe(
+        Effect.tapError((error) => journal.length === 0 ? Effect.void : Effect.logWarning("journal write failed", error))
+      )
+    }
 
     const claim = Effect.fn("AllocationStore.claim")(function*(
       allocationId: AllocationId,
@@ -99,16 +111,34 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
       runner: string,
       from: ReadonlyArray<LiveState>,
       to: LiveState,
-      error?: unknown,
-      journal: ReadonlyArray<JournalRecord> = []
+      error?: unknown
     ) {
-      const update = sql`
+      const rows = yield* sql`
         update allocations
            set state = ${to}, updated_at = now(),
                error = coalesce(${error === undefined ? null : JSON.stringify(error)}::jsonb, error)
          where id = ${allocationId} and runner = ${runner} and state in ${sql.in(from)}
         returning id`
-      const rows = yield* withJournal(journal, update)
+      return rows.length > 0
+    }, Effect.mapError(databaseError))
+
+    /**
+     * A start's commit point: its allocation, still `starting` and this runner's, becomes
+     * `active` (false when it was not); with it, in one statement, the last step's journal rows
+     * and the gateway marked healthy (it served a start: its backoff starts over), both made
+     * whatever the allocation's row says.
+     */
+    const activate = Effect.fn("AllocationStore.activate")(function*(
+      allocationId: AllocationId,
+      runner: string,
+      gatewayId: GatewayId,
+      journal: ReadonlyArray<JournalRecord>
+    ) {
+      const update = sql`
+        update allocations set state = 'active', updated_at = now()
+         where id = ${allocationId} and runner = ${runner} and state = 'starting'
+        returning id`
+      const rows = yield* withJournal(journal, update, [markHealthyUpdate(sql, gatewayId, true)])
       return rows.length > 0
     }, Effect.mapError(databaseError))
 
@@ -132,18 +162,30 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
     }, Effect.mapError(databaseError))
 
     /**
-     * A stop takes the allocation over (compare-and-set): an active one, or one left `stopping`
-     * by this runner or by a dead one. None when another live runner is moving it.
+     * A stop takes the org's live allocation over (compare-and-set), in one statement: an active
+     * one, or one left `stopping` by this runner or by a dead one. None: the org has no live
+     * allocation; `taken` none: it has one (in `state`) that another live runner is moving.
      */
-    const takeForStop = Effect.fn("AllocationStore.takeForStop")(function*(allocationId: AllocationId, runner: string) {
+    const takeForStop = Effect.fn("AllocationStore.takeForStop")(function*(organizationId: OrganizationId, runner: string) {
       const rows = yield* sql`
-        update allocations
-           set state = 'stopping', runner = ${runner}, updated_at = now()
-         where id = ${allocationId}
-           and (state = 'active'
-                or (state = 'stopping' and (runner = ${runner} or not gateway_allocator_runner_alive(runner))))
-        returning ${sql.literal(allocationColumns)}`
-      return yield* decodeFirst(LiveAllocation)(rows)
+        with live as (
+          select id as live_id, state as live_state from allocations
+           where organization_id = ${organizationId} and gateway_allocator_is_live(state)
+        ), taken as (
+          update allocations
+             set state = 'stopping', runner = ${runner}, updated_at = now()
+            from live
+           where id = live_id
+             and (state = 'active'
+                  or (state = 'stopping' and (runner = ${runner} or not gateway_allocator_runner_alive(runner))))
+          returning ${sql.literal(allocationColumns)}
+        )
+        select live_state as "liveState", taken.* from live left join taken on true`
+      const [row] = rows
+      if (row === undefined) return Option.none()
+      const { liveState, allocationId } = yield* Schema.decodeUnknown(Takeover)(row)
+      const taken = allocationId === null ? Option.none() : Option.some(yield* Schema.decodeUnknown(LiveAllocation)(row))
+      return Option.some({ state: liveState, taken })
     }, Effect.mapError(databaseError))
 
     /** Runs `effect` in one transaction; the transaction's own failures (begin, commit) are DatabaseErrors. */
@@ -285,6 +327,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
       claim,
       release,
       transition,
+      activate,
       owns,
       takeForStop,
       whileActive,

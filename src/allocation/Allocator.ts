@@ -211,8 +211,10 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
         const unfinished = report.find(haltsTeardown)
         if (unfinished !== undefined) return yield* new StopFailed({ allocationId, gatewayId, undo: unfinished })
         // Undos skipped because this runner lost the allocation did not stop it: only a released
-        // row is a stop done (the new owner finishes it otherwise).
-        const after = yield* allocations.getAllocation(allocationId)
+        // row is a stop done (the new owner finishes it otherwise). The `allocate` undo done is
+        // this runner's release of it (a final state: nothing moves it after); otherwise, read it.
+        const releasedHere = report.some((outcome) => outcome.step === "allocate" && outcome.status === "done")
+        const after = releasedHere ? Option.none() : yield* allocations.getAllocation(allocationId)
         if (Option.exists(after, (a) => a.state !== "released")) {
           const last = report.at(-1) ?? { step: "allocate" as const, status: "skipped" as const, duration_ms: 0 }
           return yield* new StopFailed({ allocationId, gatewayId, undo: last })
@@ -244,13 +246,12 @@ export class Allocator extends Effect.Service<Allocator>()("Allocator", {
       yield* Effect.annotateCurrentSpan({ organization_id: organizationId })
       const once = Effect.gen(function*() {
         yield* starts.await(organizationId)
-        const live = yield* allocations.findLive(organizationId)
+        const live = yield* allocations.takeForStop(organizationId, runner.id)
         if (Option.isNone(live)) return yield* new AllocationNotFound({ what: `active allocation of ${organizationId}` })
-        const { allocationId, state } = live.value
-        if (state === "starting" || state === "rolling_back") return yield* new InTransition({ state })
-        // None: another live runner is stopping it; wait for it to finish.
-        const taken = yield* allocations.takeForStop(allocationId, runner.id)
+        // Not taken: it is starting or rolling back, or another live runner is stopping it; wait.
+        const { state, taken } = live.value
         if (Option.isNone(taken)) return yield* new InTransition({ state })
+        const { allocationId } = taken.value
         yield* Effect.annotateCurrentSpan({ allocation_id: allocationId })
         // None: this process's reconciler is finishing it right now; wait for it.
         const stopped = yield* ownership.exclusive(allocationId, teardown(taken.value))

@@ -16,7 +16,6 @@ import { Handshake, HandshakeError } from "../handshake/Handshake.ts"
 import { describeCause } from "../lib/describeCause.ts"
 import { Nginx, type NginxError, type Route, type RouteLost } from "../nginx/Nginx.ts"
 import { GatewayHealth } from "../pool/GatewayHealth.ts"
-import { GatewayStore } from "../pool/GatewayStore.ts"
 import { Runner } from "../pool/Runner.ts"
 import { rollbacksIncompleteTotal } from "../telemetry/Metrics.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
@@ -73,7 +72,6 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
   effect: Effect.gen(function*() {
     const settings = yield* Settings
     const allocations = yield* AllocationStore
-    const gateways = yield* GatewayStore
     const dns = yield* Dns
     const nginx = yield* Nginx
     const handshake = yield* Handshake
@@ -116,18 +114,11 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
     /** The commit point: the allocation becomes active, or the attempt fails with ActivationFailed. */
     const activate = (allocationId: AllocationId, gatewayId: GatewayId, run: Run) =>
       Effect.gen(function*() {
-        // With it, the last step's journal row (one statement); alongside it, and independent of
-        // it, the gateway's health (it served a start: healthy, its backoff starts over).
-        const transition = Effect.flatMap(
-          run.journal.handOver(),
-          (journal) => allocations.transition(allocationId, runner.id, ["starting"], "active", undefined, journal)
+        // With it, in the same statement, the last step's journal row and the gateway's health
+        // (it served a start: healthy, its backoff starts over).
+        const activation = yield* Effect.either(
+          Effect.flatMap(run.journal.handOver(), (journal) => allocations.activate(allocationId, runner.id, gatewayId, journal))
         )
-        const [activation] = yield* Effect.all([
-          Effect.either(transition),
-          gateways.markHealthy(gatewayId, true).pipe(
-            Effect.catchAll((error) => Effect.logWarning(`could not mark gateway ${gatewayId} healthy: ${error.message}`))
-          )
-        ], { concurrency: "unbounded" })
         if (Either.isLeft(activation)) return yield* new ActivationFailed({ reason: activation.left.message, cause: activation.left })
         if (!activation.right) {
           return yield* new ActivationFailed({ reason: "the allocation left the starting state while it ran (another runner took it over)" })

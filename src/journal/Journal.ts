@@ -26,8 +26,8 @@ export interface JournalRecord {
   readonly durationMs?: number | undefined
 }
 
-/** A record as the `allocation_steps` columns take it (one home for the mapping). */
-export const journalColumns = (entry: JournalRecord) => ({
+/** A record as the `allocation_steps` columns take it. */
+const journalColumns = (entry: JournalRecord) => ({
   allocation_id: entry.allocationId,
   step: entry.step,
   event: entry.event,
@@ -35,6 +35,13 @@ export const journalColumns = (entry: JournalRecord) => ({
   detail: entry.detail ?? null,
   duration_ms: entry.durationMs === undefined ? null : Math.round(entry.durationMs)
 })
+
+/**
+ * The insert of journal records, as a statement: Journal.record runs it alone; a fence check or
+ * an activation carries it in its own statement (see AllocationStore).
+ */
+export const journalInsert = (sql: SqlClient.SqlClient, entries: ReadonlyArray<JournalRecord>) =>
+  sql`insert into allocation_steps ${sql.insert(entries.map(journalColumns))}`
 
 /** A row as a writer takes it: the writer knows the allocation and who works on it. */
 export type JournalRow = Omit<JournalRecord, "allocationId" | "actor">
@@ -104,7 +111,7 @@ export class Journal extends Effect.Service<Journal>()("Journal", {
     /** Writes rows in one insert, in their order (ids and `at` follow it). */
     const record = Effect.fn("Journal.record")(function*(entries: ReadonlyArray<JournalRecord>) {
       if (entries.length === 0) return
-      yield* sql`insert into allocation_steps ${sql.insert(entries.map(journalColumns))}`
+      yield* journalInsert(sql, entries)
     }, Effect.mapError((cause) => new DatabaseError({ cause })))
 
     const entries = Effect.fn("Journal.entries")(function*(allocationId: AllocationId) {

@@ -59,19 +59,24 @@ export const makeRouteApiClient = (kit: EdgeKit, endpoint: RouteApiEndpoint) =>
 
     /**
      * The fences this process wrote, while they last: pushed back after an nginx restart emptied
-     * the table (see `refence`). One per org (the latest), pruned as they expire.
+     * the table (see `refence`). One per org (the latest), kept in the order written, which is
+     * the order they expire in (each lasts `fenceMs`): a removal prunes from the oldest and stops
+     * at the first one still due, so it costs the same with 10 fences as with 100,000.
      */
-    const written = yield* Ref.make(new Map<OrganizationId, { readonly key: RouteKey; readonly untilMs: number }>())
+    const written = new Map<OrganizationId, { readonly key: RouteKey; readonly untilMs: number }>()
     const remember = (key: RouteKey) =>
-      Effect.flatMap(wallClock, (now) =>
-        Ref.update(written, (fences) => {
-          const next = new Map([...fences].filter(([, fence]) => fence.untilMs > now))
-          return next.set(key.organizationId, { key, untilMs: now + fenceMs })
-        }))
+      Effect.map(wallClock, (now) => {
+        written.delete(key.organizationId)
+        written.set(key.organizationId, { key, untilMs: now + fenceMs })
+        for (const [organizationId, fence] of written) {
+          if (fence.untilMs > now) break
+          written.delete(organizationId)
+        }
+      })
     /** `fence {org} {allocation} {generation} {ms}` lines for the fences still due. */
     const fenceLines = Effect.gen(function*() {
       const now = yield* wallClock
-      const due = [...(yield* Ref.get(written)).values()].filter((fence) => fence.untilMs > now)
+      const due = [...written.values()].filter((fence) => fence.untilMs > now)
       return due.map(({ key, untilMs }) => `fence ${key.organizationId} ${key.allocationId} ${key.generation} ${Math.ceil(untilMs - now)}\n`)
         .join("")
     })

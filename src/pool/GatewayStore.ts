@@ -43,6 +43,19 @@ const decodeRemoval = Schema.decodeUnknown(Schema.Array(Schema.Struct({ outcome:
 const databaseError = (cause: SqlError.SqlError | ParseResult.ParseError) => new DatabaseError({ cause })
 
 /**
+ * The gateway answered: out of quarantine, healthy; after a successful start (`served`) its backoff
+ * starts over too. A gateway already so is not written. A statement of its own (markHealthy), or
+ * carried by a start's activation (AllocationStore.activate).
+ */
+export const markHealthyUpdate = (sql: SqlClient.SqlClient, gatewayId: GatewayId, served: boolean) =>
+  sql`
+    update gateways
+       set health = 'healthy', quarantined_until = null,
+           consecutive_failures = case when ${served} then 0 else consecutive_failures end
+     where id = ${gatewayId}
+       and (health <> 'healthy' or quarantined_until is not null or (${served} and consecutive_failures > 0))`
+
+/**
  * The gateways in Postgres: the pool's administration (add, drain, remove, list, counts), their
  * health (quarantine with backoff, healthy again, the next ones a health pass asks) and the
  * releases they still owe. Which gateway a claim takes, and freeing it, are the allocations' (see
@@ -129,12 +142,7 @@ export class GatewayStore extends Effect.Service<GatewayStore>()("GatewayStore",
      * backoff starts over too; a health check alone does not reset it.
      */
     const markHealthy = Effect.fn("GatewayStore.markHealthy")(function*(gatewayId: GatewayId, served: boolean) {
-      yield* sql`
-        update gateways
-           set health = 'healthy', quarantined_until = null,
-               consecutive_failures = case when ${served} then 0 else consecutive_failures end
-         where id = ${gatewayId}
-           and (health <> 'healthy' or quarantined_until is not null or (${served} and consecutive_failures > 0))`
+      yield* markHealthyUpdate(sql, gatewayId, served)
     }, Effect.mapError(databaseError))
 
     /**

@@ -127,6 +127,13 @@ const poolOf = (world: World) => {
   const findLive = (organizationId: OrganizationId) =>
     Effect.map(Ref.get(world.allocations), (all) =>
       Option.fromNullable([...all.values()].filter(isLive).find((a) => a.organizationId === organizationId)))
+  const healthy = (gatewayId: GatewayId, served: boolean) =>
+    Ref.update(world.gateways, (gs) =>
+      gs.map((g) =>
+        g.gatewayId === gatewayId
+          ? { ...g, health: "healthy" as const, quarantinedUntil: null, consecutiveFailures: served ? 0 : g.consecutiveFailures }
+          : g
+      ))
   const setState = (allocationId: AllocationId, state: AllocationState) =>
     Ref.update(world.allocations, (all) => {
       const current = all.get(allocationId)
@@ -212,14 +219,23 @@ const poolOf = (world: World) => {
         releaseFailures.set(gatewayId, failures)
         return Option.some(failures)
       }),
-    // Journal rows ride with the statement, as in Postgres: written whatever it finds, lost if it fails.
-    transition: (allocationId, runner, from, to, _error, journal = []) =>
+    transition: (allocationId, runner, from, to) =>
       op("pool.transition", Effect.gen(function*() {
-        yield* Ref.update(world.journal, (all) => [...all, ...journal])
         const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
         if (allocation === undefined || !isLive(allocation) || allocation.runner !== runner) return false
         if (!from.includes(allocation.state)) return false
         yield* setState(allocationId, to)
+        return true
+      })),
+    // Journal rows (and here the gateway's health) ride with the statement, as in Postgres:
+    // written whatever it finds, lost if it fails.
+    activate: (allocationId, runner, gatewayId, journal) =>
+      op("pool.activate", Effect.gen(function*() {
+        yield* Ref.update(world.journal, (all) => [...all, ...journal])
+        yield* healthy(gatewayId, true)
+        const allocation = (yield* Ref.get(world.allocations)).get(allocationId)
+        if (allocation === undefined || allocation.state !== "starting" || allocation.runner !== runner) return false
+        yield* setState(allocationId, "active")
         return true
       })),
     owns: (allocationId, runner, journal = []) =>
@@ -232,17 +248,18 @@ const poolOf = (world: World) => {
           leaseAlive: !lapsing && !(yield* Ref.get(world.deadRunners)).has(runner)
         }
       }),
-    takeForStop: (allocationId, runner) =>
+    takeForStop: (organizationId, runner) =>
       op("pool.takeForStop", Effect.gen(function*() {
-        const current = (yield* Ref.get(world.allocations)).get(allocationId)
-        if (current === undefined || !isLive(current)) return Option.none()
+        const live = yield* findLive(organizationId)
+        if (Option.isNone(live)) return Option.none()
+        const current = live.value
         const dead = yield* Ref.get(world.deadRunners)
         const takeable = current.state === "active" ||
           (current.state === "stopping" && (current.runner === runner || dead.has(current.runner)))
-        if (!takeable) return Option.none()
+        if (!takeable) return Option.some({ state: current.state, taken: Option.none() })
         const taken: LiveAllocation = { ...current, state: "stopping", runner, updatedAt: new Date() }
-        yield* Ref.update(world.allocations, (all) => new Map(all).set(allocationId, taken))
-        return Option.some(taken)
+        yield* Ref.update(world.allocations, (all) => new Map(all).set(current.allocationId, taken))
+        return Option.some({ state: current.state, taken: Option.some(taken) })
       })),
     whileActive: (allocationId, effect) =>
       op("pool.whileActive", Ref.get(world.allocations)).pipe(Effect.flatMap((all) =>
@@ -293,13 +310,7 @@ const poolOf = (world: World) => {
           ))
         return Option.some({ consecutiveFailures, quarantinedUntil })
       })),
-    markHealthy: (gatewayId, served) =>
-      op("pool.markHealthy", Ref.update(world.gateways, (gs) =>
-        gs.map((g) =>
-          g.gatewayId === gatewayId
-            ? { ...g, health: "healthy" as const, quarantinedUntil: null, consecutiveFailures: served ? 0 : g.consecutiveFailures }
-            : g
-        ))),
+    markHealthy: (gatewayId, served) => op("pool.markHealthy", healthy(gatewayId, served)),
     setGatewayState: (gatewayId, state) =>
       Effect.gen(function*() {
         const gateway = (yield* Ref.get(world.gateways)).find((g) => g.gatewayId === gatewayId)
@@ -383,7 +394,7 @@ const poolOf = (world: World) => {
   }
   return {
     gateways: GatewayStore.make({ stats: store.stats, addGateway: store.addGateway, setGatewayState: store.setGatewayState, removeGateway: store.removeGateway, listGateways: store.listGateways, quarantine: store.quarantine, markHealthy: store.markHealthy, healthCandidates: store.healthCandidates, pendingReleases: store.pendingReleases, releaseConfirmed: store.releaseConfirmed, releaseRetryFailed: store.releaseRetryFailed }),
-    allocations: AllocationStore.make({ claim: store.claim, release: store.release, transition: store.transition, owns: store.owns, takeForStop: store.takeForStop, whileActive: store.whileActive, withActiveAllocations: store.withActiveAllocations, whileUnclaimed: store.whileUnclaimed, findLive: store.findLive, getAllocation: store.getAllocation, listAllocations: store.listAllocations, liveAllocations: store.liveAllocations, recoverable: store.recoverable, adopt: store.adopt }),
+    allocations: AllocationStore.make({ claim: store.claim, release: store.release, transition: store.transition, activate: store.activate, owns: store.owns, takeForStop: store.takeForStop, whileActive: store.whileActive, withActiveAllocations: store.withActiveAllocations, whileUnclaimed: store.whileUnclaimed, findLive: store.findLive, getAllocation: store.getAllocation, listAllocations: store.listAllocations, liveAllocations: store.liveAllocations, recoverable: store.recoverable, adopt: store.adopt }),
     database: Database.make({ ping: store.ping, exclusively: store.exclusively })
   }
 }

@@ -20,7 +20,7 @@ describe("failures that are no step's (test layers)", () => {
     Effect.gen(function*() {
       const allocator = yield* Allocator
       const world = yield* TestWorld
-      yield* setFault("pool.transition", "fail")
+      yield* setFault("pool.activate", "fail")
       const error = yield* allocator.start(newOrg()).pipe(Effect.flip)
       expect(error._tag).toBe("StartFailed")
       if (error._tag !== "StartFailed") return

@@ -58,8 +58,7 @@ describe("allocation pipeline (test layers)", () => {
         "nginx.awaitServed",
         "handshake.awaitHealthy",
         "handshake.handshake",
-        "pool.transition",
-        "pool.markHealthy"
+        "pool.activate"
       ])
       const world = yield* TestWorld
       expect((yield* Ref.get(world.served)).get(org)).toBe(started.allocationId)
