@@ -22,15 +22,26 @@ export const runnerLock = (runnerId: string): LockKey => ({
 type Locked<A> = Effect.Effect<A, SqlError.SqlError, SqlClient.SqlClient | Scope.Scope>
 
 /**
- * A session advisory lock on a connection reserved for the Scope. The lock is released before the
- * connection goes back to the pool (a pooled connection must never carry a lock to its next
- * user), and it is gone at once if the connection dies: that is what makes it a lease. The
- * connection is returned for work that must run in the lock's session (a lease's heartbeat).
+ * A session advisory lock on a connection reserved for the Scope. The connection gives up every
+ * advisory lock before it goes back to the pool (a pooled connection must never carry a lock to
+ * its next user), and it is gone at once if the connection dies: that is what makes it a lease.
+ * The connection is returned for work that must run in the lock's session (a lease's heartbeat).
+ *
+ * The release is registered before the lock is asked for, not once it is held: a waiter
+ * interrupted while its `pg_advisory_lock` is pending (a step timing out behind the edge lock) can
+ * be granted the lock before the interruption's cancel reaches Postgres (the cancel needs a pooled
+ * connection, and the holder's, freed, is the one it gets). Released only once held, that lock went
+ * back to the pool held by nobody, and every later taker waited out its timeout behind it (the
+ * reload-mode stalls of bursts of stops; reproduced in test/db/advisoryLock.test.ts). A cancel that
+ * lands on the release itself is answered by asking again.
  */
 const lockOn = (key: LockKey, mode: "wait" | "try"): Locked<Option.Option<SqlConnection.Connection>> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const connection = yield* sql.reserve
+    yield* Effect.addFinalizer(() =>
+      connection.execute("select pg_advisory_unlock_all()", [], undefined).pipe(Effect.retry({ times: 1 }), Effect.ignore)
+    )
     const [row] = yield* connection.execute(
       mode === "wait"
         // Returns (void) only once the lock is held.
@@ -39,11 +50,7 @@ const lockOn = (key: LockKey, mode: "wait" | "try"): Locked<Option.Option<SqlCon
       [key.parameter],
       undefined
     )
-    if (row?.held !== true) return Option.none()
-    yield* Effect.addFinalizer(() =>
-      connection.execute(`select pg_advisory_unlock(${key.expression})`, [key.parameter], undefined).pipe(Effect.ignore)
-    )
-    return Option.some(connection)
+    return row?.held === true ? Option.some(connection) : Option.none()
   })
 
 /** Waits until the lock is held, for the life of the Scope. */
