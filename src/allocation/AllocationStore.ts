@@ -103,8 +103,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
 
     /**
      * Moves a live allocation its runner owns between live states; false when it was not in
-     * `from`, or another runner owns it. `journal`: rows written by the same statement, whatever
-     * it finds (the activation carries the last step's closing row).
+     * `from`, or another runner owns it.
      */
     const transition = Effect.fn("AllocationStore.transition")(function*(
       allocationId: AllocationId,
@@ -126,7 +125,9 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
      * A start's commit point: its allocation, still `starting` and this runner's, becomes
      * `active` (false when it was not); with it, in one statement, the last step's journal rows
      * and the gateway marked healthy (it served a start: its backoff starts over), both made
-     * whatever the allocation's row says.
+     * whatever the allocation's row says. One statement, one outcome: should the gateway's update
+     * fail (a lock it waited on timed out, say), the activation fails with it and the start rolls
+     * back, where the health mark alone used to be logged and let go.
      */
     const activate = Effect.fn("AllocationStore.activate")(function*(
       allocationId: AllocationId,

@@ -31,9 +31,9 @@ type Locked<A> = Effect.Effect<A, SqlError.SqlError, SqlClient.SqlClient | Scope
  * interrupted while its `pg_advisory_lock` is pending (a step timing out behind the edge lock) can
  * be granted the lock before the interruption's cancel reaches Postgres (the cancel needs a pooled
  * connection, and the holder's, freed, is the one it gets). Released only once held, that lock went
- * back to the pool held by nobody, and every later taker waited out its timeout behind it (the
- * reload-mode stalls of bursts of stops; reproduced in test/db/advisoryLock.test.ts). A cancel that
- * lands on the release itself is answered by asking again.
+ * back to the pool held by nobody, and every later taker waited out its timeout behind it
+ * (reproduced in test/db/advisoryLock.test.ts). A cancel that lands on the release itself is
+ * answered by asking again.
  */
 const lockOn = (key: LockKey, mode: "wait" | "try"): Locked<Option.Option<SqlConnection.Connection>> =>
   Effect.gen(function*() {

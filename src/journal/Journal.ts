@@ -48,12 +48,13 @@ export type JournalRow = Omit<JournalRecord, "allocationId" | "actor">
 
 /**
  * One worker's journal for one allocation (a start's attempt, a stop, a recovery). A step's or
- * undo's closing row waits (`later`) for the next write and goes out in the same insert, so a
- * start makes one journal round trip per step, not two; what still waits when the writer's scope
- * closes is written then. Writes never fail the work: each is bounded by UNDO_TIMEOUT_MS, and a
- * lost row is logged. The journal is what the API and the console show, never what recovery
- * reads (the reconciler compares the outside systems with the allocations), so a crash can cost a
- * waiting row, not a repair.
+ * undo's closing row waits (`later`) for the next write, and the next opening row is handed over
+ * with it to the fence check's statement (`handOver`), so the journal costs a start and a stop no
+ * round trip of its own; what still waits when the writer's scope closes is written then. Writes
+ * never fail the work: a write of its own is bounded by UNDO_TIMEOUT_MS, rows handed over are
+ * bounded with their statement, and a lost row is logged. The journal is what the API and the
+ * console show, never what recovery reads (the reconciler compares the outside systems with the
+ * allocations), so a crash can cost a waiting row, not a repair.
  */
 export interface JournalWriter {
   /** Writes the rows waiting, then this one, in one insert. */
