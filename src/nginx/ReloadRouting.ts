@@ -1,7 +1,7 @@
 import { FileSystem } from "@effect/platform"
 import { Duration, Effect, Either, Metric, Option, Schedule, Schema } from "effect"
 import { AllocationId, Generation, OrganizationId, parseOrgLabel } from "../domain/ids.ts"
-import { makeGroupCommit } from "../lib/GroupCommit.ts"
+import { makeGroupCommit, makeGroupCommitPerMember } from "../lib/GroupCommit.ts"
 import { nginxReloadBatchSize, nginxReloadsTotal } from "../telemetry/Metrics.ts"
 import { renderMainConfig, renderRoute, routeFileName, routeOf } from "./config.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
@@ -111,6 +111,32 @@ export const makeReloadRouting = (kit: EdgeKit) =>
       return lock === undefined ? <A, E, R>(effect: Effect.Effect<A, E, R>) => effect : lock.withPermits(1)
     }
 
+    const routeFile = (organizationId: OrganizationId) => path.join(routesDir, routeFileName(organizationId))
+
+    /** Compare-and-delete of one route file, under its org's lock (no write of a newer route in between). */
+    const removeOne = ({ allocationId, organizationId }: RouteKey) =>
+      Effect.gen(function*() {
+        const file = routeFile(organizationId)
+        const named = yield* readRoute(file)
+        if (Option.isNone(named)) return "absent" as const
+        if (named.value.allocationId !== allocationId) return "other" as const
+        yield* fs.remove(file)
+        return "removed" as const
+      }).pipe(Effect.mapError(fail("remove")), routeLock(organizationId))
+
+    /**
+     * Removals, grouped like reloads: the removals waiting when the reload lock comes free go
+     * together, under the edge lock taken once (route files are removed only between reloads, see
+     * `reloadOnce`), each answered with its own outcome. One lock turn and one edge lock per
+     * removal made 64 concurrent stops queue behind each other and the reloads between them, and
+     * the last ones waited out their undo timeout (30 s in the benchmark).
+     */
+    const removeCoalesced = yield* makeGroupCommitPerMember<RouteKey, "removed" | "absent" | "other", NginxError>({
+      flush: (routes) => underEdgeLock(Effect.forEach(routes, (route) => Effect.either(removeOne(route)))),
+      onInterrupt: () => new NginxError({ operation: "remove", reason: "interrupted: shutting down" }),
+      lock: reloadLock
+    })
+
     /** Probes until `accept` holds of what nginx serves, then waits out the older workers. */
     const awaitProbe = (organizationId: OrganizationId, accept: (served: string) => boolean) =>
       Effect.gen(function*() {
@@ -159,26 +185,17 @@ export const makeReloadRouting = (kit: EdgeKit) =>
       name: "local",
       writeRoute: Effect.fn("Nginx.writeRoute")(function*(route) {
         yield* routeLock(route.organizationId)(writeAtomically(
-          path.join(routesDir, routeFileName(route.organizationId)),
+          routeFile(route.organizationId),
           renderRoute({ ...route, domain })
         )).pipe(Effect.mapError(fail("write", true)))
       }),
-      removeRoute: Effect.fn("Nginx.removeRoute")(function*({ allocationId, organizationId }: RouteKey) {
-        const file = path.join(routesDir, routeFileName(organizationId))
-        // Read and removed under the org's lock (no write of a newer route in between), and
-        // between reloads (see `reloadOnce`).
-        return yield* Effect.gen(function*() {
-          const named = yield* readRoute(file)
-          if (Option.isNone(named)) return "absent" as const
-          if (named.value.allocationId !== allocationId) return "other" as const
-          yield* fs.remove(file)
-          return "removed" as const
-        }).pipe(
-          Effect.mapError(fail("remove")),
-          underEdgeLock,
-          reloadLock.withPermits(1),
-          routeLock(organizationId)
-        )
+      removeRoute: Effect.fn("Nginx.removeRoute")(function*(route: RouteKey) {
+        // No file, or another allocation's: nothing of this allocation's to remove, and only its
+        // owner (the caller) could write it again. Answered without waiting for the locks.
+        const named = yield* readRoute(routeFile(route.organizationId)).pipe(Effect.mapError(fail("remove")))
+        if (Option.isNone(named)) return "absent" as const
+        if (named.value.allocationId !== route.allocationId) return "other" as const
+        return yield* removeCoalesced(route)
       }),
       awaitServed: Effect.fn("Nginx.awaitServed")(function*({ allocationId, organizationId }: RouteKey) {
         yield* reload
