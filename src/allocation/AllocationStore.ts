@@ -56,7 +56,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
      * the rows are lost with a warning, as a failed journal write is (the journal never fails
      * the work; the statement's failure does).
      */
-    const withJournal = (
+    const withWritesAlongside = (
       journal: ReadonlyArray<JournalRecord>,
       statement: Statement.Statement<Row>,
       alongside: ReadonlyArray<Statement.Fragment> = []
@@ -139,7 +139,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
         update allocations set state = 'active', updated_at = now()
          where id = ${allocationId} and runner = ${runner} and state = 'starting'
         returning id`
-      const rows = yield* withJournal(journal, update, [markHealthyUpdate(sql, gatewayId, true)])
+      const rows = yield* withWritesAlongside(journal, update, [markHealthyUpdate(sql, gatewayId, true)])
       return rows.length > 0
     }, Effect.mapError(databaseError))
 
@@ -158,7 +158,7 @@ export class AllocationStore extends Effect.Service<AllocationStore>()("Allocati
         select exists (select 1 from allocations where id = ${allocationId} and runner = ${runner}
                           and gateway_allocator_is_live(state)) as "namesRunner",
                gateway_allocator_runner_alive(${runner}) as "leaseAlive"`
-      const rows = yield* withJournal(journal, fence)
+      const rows = yield* withWritesAlongside(journal, fence)
       return yield* Schema.decodeUnknown(Ownership)(rows[0])
     }, Effect.mapError(databaseError))
 

@@ -103,13 +103,43 @@ const pgDelta = (before: DatabaseStats, after: DatabaseStats, cycles: number, se
   windowSeconds: round(seconds, 1)
 })
 
-/** Server P-cpu: the CPU per cycle as production runs the server, its idle CPU, and Postgres's counters. */
-const cpuPass = async (ctx: BenchContext, count: number) => {
-  const { server, api } = await ctx.fleet.launch("lua")
+/**
+ * A lua server of its own for one pass: launched, settled, warmed up, then `body`; stopped after
+ * it, unless `body` stopped it itself (`stop`: where the pass needs the exit at a given moment).
+ */
+const onWarmServer = async <A>(
+  ctx: BenchContext,
+  launch: { readonly env?: Readonly<Record<string, string>>; readonly nodeArgs?: ReadonlyArray<string> },
+  body: (server: { readonly pid: number }, api: ApiClient, stop: () => Promise<void>) => Promise<A>
+): Promise<A> => {
+  const { server, api } = await ctx.fleet.launch("lua", "node", launch.env ?? {}, launch.nodeArgs ?? [])
   let running = true
+  const stop = async () => {
+    if (!running) return
+    running = false
+    await ctx.fleet.shutdown()
+  }
   try {
     await sleep(SETTLE_MS)
     await runCycles(ctx, api, PROFILE_WARMUP, "profile warm-up")
+    return await body(server, api, stop)
+  } finally {
+    await stop()
+  }
+}
+
+type ProcCpu = ReturnType<typeof processCpuMs>
+
+/** CPU per cycle between two /proc readings (NaN where one could not be read). */
+const cpuPerCycle = (before: ProcCpu, after: ProcCpu, count: number) => {
+  const user = (after?.userMs ?? Number.NaN) - (before?.userMs ?? Number.NaN)
+  const system = (after?.systemMs ?? Number.NaN) - (before?.systemMs ?? Number.NaN)
+  return { userMsPerCycle: perCycle(user, count), systemMsPerCycle: perCycle(system, count), totalMsPerCycle: perCycle(user + system, count) }
+}
+
+/** Server P-cpu: the CPU per cycle as production runs the server, its idle CPU, and Postgres's counters. */
+const cpuPass = (ctx: BenchContext, count: number) =>
+  onWarmServer(ctx, {}, async (server, api, stop) => {
     // Postgres publishes a backend's counters up to 10 s late when it is idle (profile/pgStats.ts):
     // the warm-up's are all in once it has been idle that long. Meanwhile, the server's CPU when
     // no request comes: its background work (health checks, heartbeats, the edge watch).
@@ -129,9 +159,8 @@ const cpuPass = async (ctx: BenchContext, count: number) => {
     const cpuAfter = cpuNow(ctx)
     // What Postgres had published by the cycles' end: less than after the exit (logged, to see the lag).
     const pgAtEnd = await readDatabaseStats(ctx.stack.databaseUrl)
-    running = false
     // Its backends exit with it and publish their counters.
-    await ctx.fleet.shutdown()
+    await stop()
     const pgAfter = await readDatabaseStatsOnceAlone(ctx.stack.databaseUrl)
     if (pgAfter.otherBackends > 0) ctx.errors.note("profile", `${pgAfter.otherBackends} other backends still connected when Postgres's counters were read`)
     const published = (stats: DatabaseStats) => stats.commits + stats.rollbacks - pgBefore.commits - pgBefore.rollbacks
@@ -139,13 +168,9 @@ const cpuPass = async (ctx: BenchContext, count: number) => {
     if (procBefore === undefined || procAfter === undefined || idleFrom === undefined || idleTo === undefined) {
       throw new Error("profile: the server's /proc/PID/stat could not be read")
     }
-    const user = procAfter.userMs - procBefore.userMs
-    const system = procAfter.systemMs - procBefore.systemMs
     const components = cpuDelta(cpuBefore, cpuAfter)
     const cpu = {
-      userMsPerCycle: perCycle(user, count),
-      systemMsPerCycle: perCycle(system, count),
-      totalMsPerCycle: perCycle(user + system, count),
+      ...cpuPerCycle(procBefore, procAfter, count),
       idle: {
         seconds: round(idleSeconds, 1),
         userMsPerSecond: round((idleTo.userMs - idleFrom.userMs) / idleSeconds, 2),
@@ -158,23 +183,18 @@ const cpuPass = async (ctx: BenchContext, count: number) => {
         `idle ${round(cpu.idle.userMsPerSecond + cpu.idle.systemMsPerSecond, 1)} ms/s; cycle p50 ${summarize(timed.cycles).p50} ms`
     )
     return { timed, windowMs: (toUs - fromUs) / 1000, cpu, postgres: pgDelta(pgBefore, pgAfter, count, (now() - pgBeforeAt) / 1000) }
-  } finally {
-    if (running) await ctx.fleet.shutdown()
-  }
-}
+  })
 
 /** Server P: the same cycles under node's CPU profiler; the profile file, the window, its CPU. */
-const profiledPass = async (ctx: BenchContext, count: number, profileFile: string) => {
-  const { server, api } = await ctx.fleet.launch("lua", "node", {}, [
-    "--cpu-prof",
-    `--cpu-prof-dir=${path.dirname(profileFile)}`,
-    `--cpu-prof-name=${path.basename(profileFile)}`,
-    `--cpu-prof-interval=${PROFILE_INTERVAL_US}`
-  ])
-  let running = true
-  try {
-    await sleep(SETTLE_MS)
-    await runCycles(ctx, api, PROFILE_WARMUP, "profile warm-up")
+const profiledPass = (ctx: BenchContext, count: number, profileFile: string) =>
+  onWarmServer(ctx, {
+    nodeArgs: [
+      "--cpu-prof",
+      `--cpu-prof-dir=${path.dirname(profileFile)}`,
+      `--cpu-prof-name=${path.basename(profileFile)}`,
+      `--cpu-prof-interval=${PROFILE_INTERVAL_US}`
+    ]
+  }, async (server, api, stop) => {
     const procBefore = processCpuMs(server.pid)
     const fromUs = monotonicUs()
     const timed = await runCycles(ctx, api, count, "profile")
@@ -182,23 +202,10 @@ const profiledPass = async (ctx: BenchContext, count: number, profileFile: strin
     const procAfter = processCpuMs(server.pid)
     // SIGTERM: the graceful shutdown, at whose end node writes the profile.
     const sigtermUs = monotonicUs()
-    running = false
-    await ctx.fleet.shutdown()
+    await stop()
     const exitUs = monotonicUs()
-    const user = (procAfter?.userMs ?? Number.NaN) - (procBefore?.userMs ?? Number.NaN)
-    const system = (procAfter?.systemMs ?? Number.NaN) - (procBefore?.systemMs ?? Number.NaN)
-    return {
-      timed,
-      fromUs,
-      toUs,
-      sigtermUs,
-      exitUs,
-      cpu: { userMsPerCycle: perCycle(user, count), systemMsPerCycle: perCycle(system, count), totalMsPerCycle: perCycle(user + system, count) }
-    }
-  } finally {
-    if (running) await ctx.fleet.shutdown()
-  }
-}
+    return { timed, fromUs, toUs, sigtermUs, exitUs, cpu: cpuPerCycle(procBefore, procAfter, count) }
+  })
 
 /**
  * dist/main.js's whole source map, made when the run begins, just after the fleet built dist/ if
@@ -358,16 +365,13 @@ const ms1 = (value: number) => value.toFixed(1)
 const tracePass = async (ctx: BenchContext, count: number): Promise<TraceBreakdown> => {
   const receiver = await startOtlpReceiver()
   try {
-    const { server, api } = await ctx.fleet.launch("lua", "node", {
+    const env = {
       OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
       // Metrics only at shutdown; no span dropped by a full queue (the SDK's default holds 2,048).
       OTEL_METRIC_EXPORT_INTERVAL: "3600000",
       OTEL_BSP_MAX_QUEUE_SIZE: "200000"
-    })
-    let running = true
-    try {
-      await sleep(SETTLE_MS)
-      await runCycles(ctx, api, PROFILE_WARMUP, "traces warm-up")
+    }
+    return await onWarmServer(ctx, { env }, async (server, api, stop) => {
       // A gap on each side, so that a few ms between this process's clock and the service's
       // cannot put a warm-up request in the window.
       await sleep(500)
@@ -375,11 +379,10 @@ const tracePass = async (ctx: BenchContext, count: number): Promise<TraceBreakdo
       const fromMs = epochMs()
       const timed = await runCycles(ctx, api, count, "profile traces")
       const toMs = epochMs()
-      const procAfter = processCpuMs(server.pid)
+      const cpu = cpuPerCycle(procBefore, processCpuMs(server.pid), count)
       await sleep(500)
-      running = false
       // SIGTERM: the service flushes its batch of spans before it exits.
-      await ctx.fleet.shutdown()
+      await stop()
       const spans = receiver.spans()
       const breakdown = spanBreakdown(spans, fromMs - 250, toMs + 250, count)
       if (breakdown.requestTraces !== 2 * timed.cycles.length) {
@@ -389,16 +392,11 @@ const tracePass = async (ctx: BenchContext, count: number): Promise<TraceBreakdo
       return {
         cycles: count,
         cycle: summarize(timed.cycles),
-        cpuMsPerCycle: {
-          user: perCycle((procAfter?.userMs ?? Number.NaN) - (procBefore?.userMs ?? Number.NaN), count),
-          system: perCycle((procAfter?.systemMs ?? Number.NaN) - (procBefore?.systemMs ?? Number.NaN), count)
-        },
+        cpuMsPerCycle: { user: cpu.userMsPerCycle, system: cpu.systemMsPerCycle },
         ...breakdown,
         exportRequests: receiver.stats().traceRequests
       }
-    } finally {
-      if (running) await ctx.fleet.shutdown()
-    }
+    })
   } finally {
     await receiver.close()
   }
