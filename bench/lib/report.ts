@@ -71,6 +71,19 @@ const figuresTable = (figures: ReadonlyArray<Figure>): Array<string> => {
 const pct = (share: number) => (Number.isFinite(share) ? `${(share * 100).toFixed(1)}%` : "-")
 const ms3 = (value: number) => (Number.isFinite(value) ? value.toFixed(value >= 10 ? 1 : value >= 1 ? 2 : 3) : "-")
 
+/** A profile's top functions: name, source line, category, self ms (per cycle or per second), share of busy. */
+const functionTable = (
+  unit: string,
+  functions: ReadonlyArray<{ readonly name: string; readonly file: string; readonly line: number; readonly category: string; readonly ms: number; readonly shareOfBusy: number }>
+): Array<string> => [
+  `| function | where | category | ${unit} | % of busy |`,
+  "|---|---|---|---:|---:|",
+  ...functions.map((f) =>
+    `| \`${f.name.replace(/\|/g, "\\|")}\` | ${f.file === "" ? "-" : `${f.file}${f.line > 0 ? `:${f.line}` : ""}`} | ${f.category} | ` +
+    `${ms3(f.ms)} | ${pct(f.shareOfBusy)} |`
+  )
+]
+
 /** Where a start and a stop go (measures/profile.ts): servers P-cpu, P and P-traces. */
 export const profileSection = (results: Results): Array<string> => {
   const p = results.profile
@@ -125,12 +138,7 @@ export const profileSection = (results: Results): Array<string> => {
       "",
       `Top ${p.topFunctions.length} functions by self time:`,
       "",
-      "| function | where | category | self ms per cycle | % of busy |",
-      "|---|---|---|---:|---:|",
-      ...p.topFunctions.map((f) =>
-        `| \`${f.name.replace(/\|/g, "\\|")}\` | ${f.file === "" ? "-" : `${f.file}${f.line > 0 ? `:${f.line}` : ""}`} | ${f.category} | ` +
-        `${ms3(f.selfMsPerCycle)} | ${pct(f.shareOfBusy)} |`
-      ),
+      ...functionTable("self ms per cycle", p.topFunctions.map((f) => ({ ...f, ms: f.selfMsPerCycle }))),
       ""
     )
     if (p.flameGraph !== undefined) {
@@ -140,6 +148,18 @@ export const profileSection = (results: Results): Array<string> => {
         ""
       )
     }
+  }
+  const idle = p.background
+  if (idle !== undefined) {
+    const shown = idle.categories.filter((cat) => cat.shareOfBusy >= 0.01)
+    lines.push(
+      `The background (server P's ${idle.seconds} s idle window after its warm-up, sampled the same way): ${ms3(idle.busyMsPerSecond)} ms ` +
+        `of busy samples per second; by category, ms per second: ${shown.map((cat) => `${cat.name} ${ms3(cat.msPerSecond)}`).join(", ")}` +
+        `${idle.categories.length > shown.length ? `, ${idle.categories.length - shown.length} more under 1% each` : ""}. Top functions:`,
+      "",
+      ...functionTable("self ms per second", idle.topFunctions.map((f) => ({ ...f, ms: f.selfMsPerSecond }))),
+      ""
+    )
   }
   const tr = p.traces
   if (tr === undefined) return lines

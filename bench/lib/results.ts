@@ -331,6 +331,21 @@ export interface ProfileFigures {
   }
   readonly categories: ReadonlyArray<ProfileCategory>
   readonly topFunctions: ReadonlyArray<ProfileFunction>
+  /** Server P's idle window before the cycles (its background work), sampled the same way, per second. */
+  readonly background?: {
+    readonly seconds: number
+    /** Busy samples (not idle) per second of the window. */
+    readonly busyMsPerSecond: number
+    readonly categories: ReadonlyArray<{ readonly name: string; readonly msPerSecond: number; readonly shareOfBusy: number }>
+    readonly topFunctions: ReadonlyArray<{
+      readonly name: string
+      readonly file: string
+      readonly line: number
+      readonly category: string
+      readonly selfMsPerSecond: number
+      readonly shareOfBusy: number
+    }>
+  }
   readonly traces?: TraceBreakdown | { readonly error: string }
   /** The flame graph's file name, beside the results (set when it is written). */
   flameGraph?: string

@@ -28,7 +28,7 @@ import { type BenchContext, checkAbort, cpuNow, reps } from "../context.ts"
 import { cpuDelta, processCpuMs } from "../cpu.ts"
 import { FLAME_MIN_SHARE, renderFlameGraph } from "../flame.ts"
 import { type BundleMap, bundleSourceMap, readBundle } from "../profile/bundleMap.ts"
-import { type CpuProfile, mergedTree, readCpuProfile, resolveFrames, selfTimeBy, selfTimeInWindow } from "../profile/cpuProfile.ts"
+import { type CpuProfile, type Frame, mergedTree, readCpuProfile, resolveFrames, selfTimeBy, selfTimeInWindow } from "../profile/cpuProfile.ts"
 import { startOtlpReceiver } from "../profile/otlp.ts"
 import { type DatabaseStats, PGSTAT_IDLE_FLUSH_MS, readDatabaseStats, readDatabaseStatsOnceAlone } from "../profile/pgStats.ts"
 import { spanBreakdown } from "../profile/spans.ts"
@@ -46,6 +46,13 @@ export const PROFILE_DEPTH_CAP = 80
 const TOP_FUNCTIONS = 25
 /** After start-up: its first reconcile pass and lazy imports happen before the warm-up. */
 const SETTLE_MS = 3000
+/**
+ * Server P's idle window after the warm-up, profiled like the cycles: its background work. A bit
+ * over GATEWAY_HEALTH_INTERVAL_MS's default (10 s), so that it holds one health pass.
+ */
+const IDLE_WINDOW_MS = 10_500
+/** Functions in the idle window's top list. */
+const TOP_IDLE_FUNCTIONS = 12
 
 const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n)
 const epochMs = (): number => performance.timeOrigin + performance.now()
@@ -195,6 +202,9 @@ const profiledPass = (ctx: BenchContext, count: number, profileFile: string) =>
       `--cpu-prof-interval=${PROFILE_INTERVAL_US}`
     ]
   }, async (server, api, stop) => {
+    const idleFromUs = monotonicUs()
+    await sleep(IDLE_WINDOW_MS)
+    const idleToUs = monotonicUs()
     const procBefore = processCpuMs(server.pid)
     const fromUs = monotonicUs()
     const timed = await runCycles(ctx, api, count, "profile")
@@ -204,7 +214,7 @@ const profiledPass = (ctx: BenchContext, count: number, profileFile: string) =>
     const sigtermUs = monotonicUs()
     await stop()
     const exitUs = monotonicUs()
-    return { timed, fromUs, toUs, sigtermUs, exitUs, cpu: cpuPerCycle(procBefore, procAfter, count) }
+    return { timed, idleFromUs, idleToUs, fromUs, toUs, sigtermUs, exitUs, cpu: cpuPerCycle(procBefore, procAfter, count) }
   })
 
 /**
@@ -259,7 +269,7 @@ export const measureProfile = async (ctx: BenchContext, prepared: BundleMap): Pr
     profile = readCpuProfile(profileFile)
     const endAfterSigtermMs = (profile.endTime - pass1.sigtermUs) / 1000
     const exitAfterEndMs = (pass1.exitUs - profile.endTime) / 1000
-    const ok = profile.startTime <= fromUs && toUs <= profile.endTime && endAfterSigtermMs >= 0 && exitAfterEndMs >= 0
+    const ok = profile.startTime <= pass1.idleFromUs && toUs <= profile.endTime && endAfterSigtermMs >= 0 && exitAfterEndMs >= 0
     alignment = (ok ? "" : "NOT ALIGNED, nothing attributed: ") +
       `the profile's timestamps and this process's process.hrtime are both CLOCK_MONOTONIC; the profile ended ` +
       `${round(endAfterSigtermMs, 1)} ms after the SIGTERM and ${round(exitAfterEndMs, 1)} ms before the exit was seen ` +
@@ -284,33 +294,38 @@ export const measureProfile = async (ctx: BenchContext, prepared: BundleMap): Pr
     maxDepth: 0,
     depthCap: PROFILE_DEPTH_CAP
   }
+  let background: ProfileFigures["background"]
   if (profile !== undefined) {
     const frames = resolveFrames(profile, bundle, serverRoot)
     const window = selfTimeInWindow(profile, fromUs, toUs)
-    const by = selfTimeBy(frames, window.self)
-    const idleUs = by.categories.get("(idle)")?.us ?? 0
-    const busyUs = window.totalUs - idleUs
-    categories = [...by.categories.entries()]
-      .map(([name, c]) => ({
-        name,
-        kind: c.kind,
-        msPerCycle: round(c.us / 1000 / count, 3),
-        shareOfWall: round(c.us / window.totalUs, 4),
-        shareOfBusy: name === "(idle)" ? Number.NaN : round(c.us / busyUs, 4)
-      }))
-      .sort((a, b) => b.msPerCycle - a.msPerCycle)
-    topFunctions = [...by.functions.values()]
-      .filter((f) => f.frame.kind !== "state")
-      .sort((a, b) => b.us - a.us)
-      .slice(0, TOP_FUNCTIONS)
-      .map((f) => ({
-        name: f.frame.name,
-        file: f.frame.file,
-        line: f.frame.line,
-        category: f.frame.category,
-        selfMsPerCycle: round(f.us / 1000 / count, 3),
-        shareOfBusy: round(f.us / busyUs, 4)
-      }))
+    const cycles = attribute(frames, window.self, count, TOP_FUNCTIONS)
+    const idleUs = window.totalUs - cycles.busyUs
+    const busyUs = cycles.busyUs
+    categories = cycles.categories.map(({ kind, msPer, name, shareOfBusy, us }) => ({
+      name,
+      kind,
+      msPerCycle: msPer,
+      shareOfWall: round(us / window.totalUs, 4),
+      shareOfBusy
+    }))
+    topFunctions = cycles.functions.map(({ category, file, line, msPer, name, shareOfBusy }) => ({
+      name,
+      file,
+      line,
+      category,
+      selfMsPerCycle: msPer,
+      shareOfBusy
+    }))
+    // The idle window before the cycles, per second: the background a cycle shares the server with.
+    const idleWindow = selfTimeInWindow(profile, pass1.idleFromUs, pass1.idleToUs)
+    const seconds = idleWindow.totalUs / 1e6
+    const idle = attribute(frames, idleWindow.self, seconds, TOP_IDLE_FUNCTIONS)
+    background = {
+      seconds: round(seconds, 1),
+      busyMsPerSecond: round(idle.busyUs / 1000 / seconds, 2),
+      categories: idle.categories.filter((c) => c.name !== "(idle)").map(({ name, msPer, shareOfBusy }) => ({ name, msPerSecond: msPer, shareOfBusy })),
+      topFunctions: idle.functions.map(({ name, file, line, category, msPer, shareOfBusy }) => ({ name, file, line, category, selfMsPerSecond: msPer, shareOfBusy }))
+    }
     // The flame graph: busy samples only.
     const busySelf = new Map([...window.self].filter(([id]) => frames.get(id)?.category !== "(idle)"))
     const tree = mergedTree(profile, frames, busySelf, PROFILE_DEPTH_CAP)
@@ -354,12 +369,46 @@ export const measureProfile = async (ctx: BenchContext, prepared: BundleMap): Pr
     samples,
     categories,
     topFunctions,
+    ...(background === undefined ? {} : { background }),
     traces
   }
   return { figures, flameSvg, cpuProfileFile: existsSync(profileFile) ? profileFile : undefined }
 }
 
 const ms1 = (value: number) => value.toFixed(1)
+
+/**
+ * A window's self time by category and its top functions, in ms per `divisor` (cycles, or
+ * seconds); shares of the busy time (the idle samples left out).
+ */
+const attribute = (frames: Map<number, Frame>, self: Map<number, number>, divisor: number, top: number) => {
+  const by = selfTimeBy(frames, self)
+  const idleUs = by.categories.get("(idle)")?.us ?? 0
+  const totalUs = [...by.categories.values()].reduce((sum, c) => sum + c.us, 0)
+  const busyUs = totalUs - idleUs
+  const categories = [...by.categories.entries()]
+    .map(([name, c]) => ({
+      name,
+      kind: c.kind,
+      us: c.us,
+      msPer: round(c.us / 1000 / divisor, 3),
+      shareOfBusy: name === "(idle)" ? Number.NaN : round(c.us / busyUs, 4)
+    }))
+    .sort((a, b) => b.us - a.us)
+  const functions = [...by.functions.values()]
+    .filter((f) => f.frame.kind !== "state")
+    .sort((a, b) => b.us - a.us)
+    .slice(0, top)
+    .map((f) => ({
+      name: f.frame.name,
+      file: f.frame.file,
+      line: f.frame.line,
+      category: f.frame.category,
+      msPer: round(f.us / 1000 / divisor, 3),
+      shareOfBusy: round(f.us / busyUs, 4)
+    }))
+  return { busyUs, categories, functions }
+}
 
 /** Pass 2: the same cycles on a server exporting its traces to a receiver here. */
 const tracePass = async (ctx: BenchContext, count: number): Promise<TraceBreakdown> => {
