@@ -159,7 +159,7 @@ export class Pipeline extends Effect.Service<Pipeline>()("Pipeline", {
               undo: () => undos.removeRecord(organizationId, allocationId),
               skipped: dns.provider === "none" ? "DNS_PROVIDER=none: wildcard DNS" : undefined
             },
-            { name: "nginx-config", run: nginx.writeRoute(route), undo: () => undos.removeRoute(route) },
+            { name: "nginx-config", run: nginx.writeRoute(route), undo: undos.removeConfig(route) },
             {
               name: "nginx-reload",
               run: proveRoute(route, ROUTE_REWRITES),

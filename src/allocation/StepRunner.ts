@@ -15,7 +15,7 @@ import { Journal, openJournal } from "../journal/Journal.ts"
 import { describeCause } from "../lib/describeCause.ts"
 import { recordStep, recordUndo } from "../telemetry/Metrics.ts"
 import { Ownership } from "./Ownership.ts"
-import { type Run, type RunKey, type TableStep, type Undo, UndoSkipped } from "./runs.ts"
+import { type Run, type RunKey, type TableStep, type Undo, UndoSettled, UndoSkipped } from "./runs.ts"
 import { hadNoEffect, stepOutcome, toStepError } from "./stepExits.ts"
 
 /** A rollback in the making, made by `attempt` for the steps of one start. */
@@ -94,6 +94,40 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const fenceOpening = (run: Run, step: StepName, event: StepEvent) =>
       Effect.flatMap(run.journal.handOver({ step, event }), (rows) => ownership.check(run.allocationId, rows))
 
+    /** An undo's outcome from its exit: journaled (with the next row), counted, logged, on its span. */
+    const settle = <E extends { readonly message: string }>(
+      run: Run,
+      step: StepName,
+      exit: Exit.Exit<void | UndoSkipped | UndoSettled, E | Cause.TimeoutException>,
+      startedAt: number
+    ) =>
+      Effect.gen(function*() {
+        const durationMs = (yield* Clock.currentTimeMillis) - startedAt
+        const [status, message]: readonly [UndoStatus, string | undefined] = Exit.match(exit, {
+          onSuccess: (result) => result instanceof UndoSkipped ? ["skipped", result.reason] : ["done", undefined],
+          onFailure: (cause) =>
+            Option.exists(Cause.failureOption(cause), Cause.isTimeoutException)
+              ? ["timed_out", `undo timed out after ${undoTimeoutMs} ms`]
+              : ["failed", describeCause(cause)]
+        })
+        const outcome: UndoOutcome = message === undefined
+          ? { step, status, duration_ms: durationMs }
+          : { step, status, message, duration_ms: durationMs }
+        // What did a settled undo's work: in its journal row and its log line, not in the report.
+        const settledBy = Exit.isSuccess(exit) && exit.value instanceof UndoSettled ? exit.value.by : undefined
+        // Like a step's closing row, it goes out with the allocation's next row (the next undo's
+        // opening, or the flush that ends the rollback or the stop).
+        yield* run.journal.later({ step, event: undoEvent[status], detail: message ?? settledBy, durationMs })
+        yield* recordUndo(step, status, run.actor)
+        yield* Effect.annotateCurrentSpan({ "undo.status": status, outcome: status })
+        if (status === "failed" || status === "timed_out") {
+          yield* Effect.logError(`undo of ${step} ${status === "failed" ? "failed" : "timed out"}: ${message}`)
+        } else {
+          yield* Effect.logInfo(`undo of ${step} ${status === "done" ? `done${settledBy === undefined ? "" : `: ${settledBy}`}` : `skipped: ${message}`}`)
+        }
+        return outcome
+      })
+
     /**
      * Runs one undo: uninterruptible as a whole, the undo itself bounded by the undo timeout. Only
      * the allocation's owner undoes anything: a runner that lost it skips, and so does every later
@@ -102,11 +136,16 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
     const undo = <E extends { readonly message: string }, R>(
       run: Run,
       step: StepName,
-      effect: Effect.Effect<void | UndoSkipped, E, R>,
+      work: Effect.Effect<void | UndoSkipped, E, R> | UndoSettled,
       lost: OwnershipLostMark
     ): Effect.Effect<UndoOutcome, never, R> =>
       Effect.gen(function*() {
         const startedAt = yield* Clock.currentTimeMillis
+        if (work instanceof UndoSettled) {
+          // Done by an undo before it: nothing to fence, nothing to time.
+          yield* run.journal.later({ step, event: "undo_started" })
+          return yield* settle(run, step, Exit.succeed(work), startedAt)
+        }
         const owned = Effect.flatMap(Ref.get(lost), Option.match({
           onSome: (why) =>
             run.journal.now({ step, event: "undo_started" }).pipe(
@@ -120,36 +159,16 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
             )
         }))
         const fenced = owned.pipe(
-          Effect.flatMap((skipped) => skipped === undefined ? effect : Effect.succeed(skipped))
+          Effect.flatMap((skipped) => skipped === undefined ? work : Effect.succeed(skipped))
         )
         // Finalizers are uninterruptible: without `interruptible` the timeout could not stop a hung undo.
         const exit = yield* fenced.pipe(Effect.interruptible, Effect.timeout(Duration.millis(undoTimeoutMs)), Effect.exit)
-        const durationMs = (yield* Clock.currentTimeMillis) - startedAt
-        const [status, message]: readonly [UndoStatus, string | undefined] = Exit.match(exit, {
-          onSuccess: (result) => result instanceof UndoSkipped ? ["skipped", result.reason] : ["done", undefined],
-          onFailure: (cause) =>
-            Option.exists(Cause.failureOption(cause), Cause.isTimeoutException)
-              ? ["timed_out", `undo timed out after ${undoTimeoutMs} ms`]
-              : ["failed", describeCause(cause)]
-        })
-        const outcome: UndoOutcome = message === undefined
-          ? { step, status, duration_ms: durationMs }
-          : { step, status, message, duration_ms: durationMs }
-        // Like a step's closing row, it goes out with the allocation's next row (the next undo's
-        // opening, or the flush that ends the rollback or the stop).
-        yield* run.journal.later({ step, event: undoEvent[status], detail: message, durationMs })
-        yield* recordUndo(step, status, run.actor)
-        yield* Effect.annotateCurrentSpan({ "undo.status": status, outcome: status })
-        if (status === "failed" || status === "timed_out") {
-          yield* Effect.logError(`undo of ${step} ${status === "failed" ? "failed" : "timed out"}: ${message}`)
-        } else {
-          yield* Effect.logInfo(`undo of ${step} ${status === "done" ? "done" : `skipped: ${message}`}`)
-        }
-        return outcome
+        return yield* settle(run, step, exit, startedAt)
       }).pipe(
         Effect.annotateLogs(annotations(run, step)),
         Effect.withSpan(`undo ${step}`, { attributes: { ...annotations(run, step), "undo.step": step } })
       )
+
 
     /**
      * Runs undos one after the other, each told what the ones before it did; with `haltOnBlocking`

@@ -21,10 +21,18 @@ export interface Run extends RunKey {
 export class UndoSkipped extends Data.TaggedClass("UndoSkipped")<{ readonly reason: string }> {}
 
 /**
- * An undo: given the outcomes of the undos that ran before it in the same rollback, it does its
- * work, says it skipped it, or fails with its own typed error.
+ * An undo whose work an undo before it in the same rollback did (say, the route removed and its
+ * withdrawal proven): it is done, and says by what. It touches no outside system.
  */
-export type Undo<E, R> = (before: RollbackReport) => Effect.Effect<void | UndoSkipped, E, R>
+export class UndoSettled extends Data.TaggedClass("UndoSettled")<{ readonly by: string }> {}
+
+/**
+ * An undo: given the outcomes of the undos that ran before it in the same rollback, it does its
+ * work, says it skipped it, or fails with its own typed error; or, when those outcomes show its
+ * work done already, it is that UndoSettled, not an effect: journaled and reported as done
+ * without a fence check, since it acts on nothing.
+ */
+export type Undo<E, R> = (before: RollbackReport) => Effect.Effect<void | UndoSkipped, E, R> | UndoSettled
 
 /**
  * One row of a pipeline's table (`runSteps`): the step, what it does, and its undo; or a step

@@ -3,13 +3,13 @@ import type { DatabaseError } from "../db/errors.ts"
 import type { FinalState, LiveAllocation } from "../domain/allocation.ts"
 import { GatewayKept } from "../domain/errors.ts"
 import type { AllocationId, GatewayId, OrganizationId, Upstream } from "../domain/ids.ts"
-import { releaseLeft, routingLeft, type StepName, undoOrder } from "../domain/steps.ts"
+import { releaseLeft, routeWithdrawn, routingLeft, type StepName, undoOrder } from "../domain/steps.ts"
 import { Dns, type DnsError } from "../dns/Dns.ts"
 import { Handshake, type HandshakeError } from "../handshake/Handshake.ts"
 import { Nginx, type NginxError, type RouteKey } from "../nginx/Nginx.ts"
 import { Runner } from "../pool/Runner.ts"
 import { AllocationStore } from "./AllocationStore.ts"
-import { type Undo, UndoSkipped } from "./runs.ts"
+import { type Undo, UndoSettled, UndoSkipped } from "./runs.ts"
 
 /** What an undo can fail with: the outside system's own error, or the gateway deliberately kept. */
 export type UndoError = NginxError | DnsError | HandshakeError | DatabaseError | GatewayKept
@@ -62,6 +62,15 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
         if (found === "absent") return Effect.void
         return Effect.asVoid(awaitWithdrawn(route))
       })
+
+    /**
+     * nginx-config in a rollback, a stop or a recovery: done already when the nginx-reload undo
+     * before it removed this allocation's route and proved it withdrawn (that removal fenced late
+     * writes of it in lua mode; in reload mode only the owner's own steps, over before any undo
+     * runs, write its file). Otherwise `removeRoute`.
+     */
+    const removeConfig = (route: RouteKey): Undo<NginxError, never> => (before) =>
+      routeWithdrawn(before) ? new UndoSettled({ by: "the nginx-reload undo removed the route and proved it withdrawn" }) : removeRoute(route)
 
     /**
      * dns: delete the org's record, unless a newer live allocation of the org holds it (the
@@ -120,7 +129,7 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
       const { allocationId, organizationId } = allocation
       const undoOf: Record<StepName, Undo<UndoError, never>> = {
         "nginx-reload": () => unroute(allocation),
-        "nginx-config": () => removeRoute(allocation),
+        "nginx-config": removeConfig(allocation),
         handshake: () => releaseGateway(allocation),
         dns: () => removeRecord(organizationId, allocationId),
         allocate: release(allocationId, finalState)
@@ -128,6 +137,6 @@ export class Undos extends Effect.Service<Undos>()("Undos", {
       return undoOrder.map((step) => [step, undoOf[step]] as const)
     }
 
-    return { unroute, removeRoute, removeRecord, releaseGateway, release, teardown }
+    return { unroute, removeRoute, removeConfig, removeRecord, releaseGateway, release, teardown }
   })
 }) {}

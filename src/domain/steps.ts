@@ -35,6 +35,10 @@ export const isUnfinished = (outcome: UndoOutcome): boolean => outcome.status ==
 export const routingLeft = (report: RollbackReport): Option.Option<UndoOutcome> =>
   Option.fromNullable(report.find((outcome) => routingSteps.has(outcome.step) && isUnfinished(outcome)))
 
+/** The nginx-reload undo of this rollback removed the allocation's route and proved nginx no longer serves it. */
+export const routeWithdrawn = (report: RollbackReport): boolean =>
+  report.some((outcome) => outcome.step === "nginx-reload" && outcome.status === "done")
+
 /**
  * The release of this rollback that did not finish, if any: the gateway may still hold the org's
  * connections, so it is freed (the allocation is over) but held back until a retry succeeds.

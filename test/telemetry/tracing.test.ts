@@ -149,10 +149,13 @@ describe("tracing", () => {
         if (span !== undefined && span !== start && spanStep !== undefined) expect(line.step).toBe(spanStep)
       }
       for (const step of ["nginx-reload", "nginx-config", "dns", "allocate"]) {
-        const line = ofStart.find((l) => l.message === `undo of ${step} done`)
+        // nginx-config's undo is done by nginx-reload's (the route removed, its withdrawal proven): it says so.
+        const line = ofStart.find((l) => typeof l.message === "string" && l.message.startsWith(`undo of ${step} done`))
         expect(line, `undo of ${step}`).toMatchObject({ step, level: "INFO" })
         expect(spanById.get(line!.span_id as string)?.name).toBe(`undo ${step}`)
       }
+      expect(ofStart.find((l) => typeof l.message === "string" && l.message.startsWith("undo of nginx-config"))?.message)
+        .toBe("undo of nginx-config done: the nginx-reload undo removed the route and proved it withdrawn")
       expect(ofStart.find((l) => typeof l.message === "string" && l.message.startsWith("step handshake failed")))
         .toMatchObject({ step: "handshake", level: "WARN" })
       const summaries = ofStart.filter((l) => typeof l.message === "string" && l.message.startsWith("rollback "))

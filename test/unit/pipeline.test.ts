@@ -191,6 +191,8 @@ describe("allocation pipeline (test layers)", () => {
       yield* advance(STEP_TIMEOUT_MS + 200)
       const error = yield* Fiber.join(fiber)
       expect(reportSteps(error)).toEqual(expected.rollback(undoOrder, { "nginx-reload": "failed", allocate: "failed" }))
+      // nginx-reload's undo did not finish: nginx-config's asks nginx itself (a second removal).
+      expect((yield* calls).filter((call) => call === "nginx.removeRoute")).toHaveLength(2)
       const stats = yield* Effect.flatMap(GatewayStore, (pool) => pool.stats())
       expect(stats.allocated).toBe(1)
       const world = yield* TestWorld
@@ -267,7 +269,7 @@ describe("allocation pipeline (test layers)", () => {
         "nginx.removeRoute",
         "nginx.reload",
         "nginx.awaitWithdrawn",
-        "nginx.removeRoute",
+        // No second removal: nginx-config's undo is done by nginx-reload's.
         "handshake.release",
         "dns.remove",
         "pool.release"
