@@ -173,6 +173,7 @@ export const makeEdgeKit = Effect.gen(function*() {
     listen: nginxListen,
     edgeUrl,
     confDir,
+    edgeFile,
     edge,
     secret,
     currentTls,
