@@ -38,9 +38,14 @@ export const makeEdgeKit = Effect.gen(function*() {
   const { id: edgeId, probeSecret: secret } = yield* Effect.gen(function*() {
     yield* fs.makeDirectory(confDir, { recursive: true })
     const fresh = { id: crypto.randomUUID(), probeSecret: crypto.randomBytes(24).toString("hex") }
-    // Exclusive create: of replicas starting together on a new directory, one writes it.
-    yield* fs.writeFileString(edgeFile, JSON.stringify(fresh), { flag: "wx", mode: 0o600 }).pipe(
-      Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "AlreadyExists", () => Effect.void)
+    // Written whole under a name of its own, then linked in place (a link fails if the name
+    // exists): of replicas starting together on a new directory, one writes it, and none reads a
+    // file another is still writing.
+    const draft = `${edgeFile}.${fresh.id}`
+    yield* fs.writeFileString(draft, JSON.stringify(fresh), { flag: "wx", mode: 0o600 })
+    yield* fs.link(draft, edgeFile).pipe(
+      Effect.catchIf((error) => error._tag === "SystemError" && error.reason === "AlreadyExists", () => Effect.void),
+      Effect.ensuring(fs.remove(draft).pipe(Effect.ignore))
     )
     return yield* Effect.flatMap(fs.readFileString(edgeFile), Schema.decodeUnknown(EdgeFile))
   }).pipe(Effect.mapError(fail("install")))
