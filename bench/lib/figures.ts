@@ -85,6 +85,17 @@ export const computeFigures = (results: Results): Array<Figure> => {
       "ms",
       c.totalMsPerCycle
     )
+    const floor = profile.ioFloor
+    if (floor !== undefined && !("error" in floor) && floor.lowerMsPerCycle > 0) {
+      add(
+        "lua.cpu.vsIoFloor",
+        `lua: server CPU per start and its stop ÷ the same I/O in plain Node (${floor.perCycle.clientRequests} requests, ` +
+          `${floor.perCycle.statements} statements, ${floor.perCycle.servedRequests} served: ${ms(floor.lowerMsPerCycle)}-${ms(floor.upperMsPerCycle)} ms; ` +
+          "the lower bound)",
+        "x",
+        round(c.totalMsPerCycle / floor.lowerMsPerCycle, 2)
+      )
+    }
   }
 
   // A failed start and its rollback.

@@ -2,7 +2,7 @@
 // figures with their targets first (figures.ts, targets.ts), then one section per measure, in the
 // order the run takes them. The chart is chart.ts.
 import { computeFigures, otherProcessesShare, startupsOf } from "./figures.ts"
-import type { Figure, RawFigures, Results } from "./results.ts"
+import type { Figure, ProfileFigures, RawFigures, Results } from "./results.ts"
 import type { Summary } from "./stats.ts"
 
 export { renderSvg } from "./chart.ts"
@@ -112,6 +112,7 @@ export const profileSection = (results: Results): Array<string> => {
     `${t.inserted}, updated ${t.updated}, deleted ${t.deleted} per cycle. Read from before the first cycle to the server's exit ` +
     `(${pg.windowSeconds} s: Postgres publishes a backend's counters late, at the latest when it exits), so the service's ` +
     "background work meanwhile is in." + sqlSpans(p),
+    ...ioFloorLine(p),
     ""
   ]
   const s = p.samples
@@ -200,6 +201,22 @@ const round2 = (value: number) => Math.round(value * 100) / 100
 
 /** A category too small for a row of its own (idle is never folded). */
 const small = (cat: { readonly name: string; readonly shareOfBusy: number }) => cat.name !== "(idle)" && cat.shareOfBusy < 0.001
+
+/** The same I/O in plain Node (measures/ioFloor.ts): what the service's CPU compares with. */
+const ioFloorLine = (p: ProfileFigures): Array<string> => {
+  const f = p.ioFloor
+  if (f === undefined) return []
+  if ("error" in f) return [`- The same I/O in plain Node: not measured (${f.error}).`]
+  const o = f.perOperationMs
+  return [
+    `- The same I/O in plain Node (a process of its own, no Effect, the same \`pg\`; ${count(f.reps)} of each): ` +
+    `**${ms3(f.lowerMsPerCycle)}-${ms3(f.upperMsPerCycle)} ms of CPU per cycle** for the ${f.perCycle.clientRequests} requests, ` +
+    `${f.perCycle.statements} statements and ${f.perCycle.servedRequests} served requests the trace pass counts per cycle ` +
+    `(ms each: a request on a connection of its own ${ms3(o.freshRequest)}, on a kept-alive one ${ms3(o.keptRequest)}, ` +
+    `a statement ${ms3(o.statement)}, a request served ${ms3(o.servedRequest)}; the lower bound with every request kept-alive). ` +
+    `The service's CPU is ${(p.cpu.totalMsPerCycle / f.lowerMsPerCycle).toFixed(1)}x the lower bound.`
+  ]
+}
 
 /** The statements the trace pass saw: `sql.execute` spans in the cycles' requests, and in the background. */
 const sqlSpans = (p: NonNullable<Results["profile"]>): string => {

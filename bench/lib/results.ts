@@ -274,6 +274,22 @@ export interface TraceBreakdown {
   readonly orphans: number
 }
 
+/** The I/O of a start and a stop made by plain Node in a process of its own: CPU per operation and per cycle. */
+export interface IoFloorFigures {
+  readonly reps: number
+  readonly perOperationMs: {
+    readonly freshRequest: number
+    readonly keptRequest: number
+    readonly statement: number
+    readonly servedRequest: number
+  }
+  /** From the trace pass's spans per cycle. */
+  readonly perCycle: { readonly clientRequests: number; readonly statements: number; readonly servedRequests: number }
+  /** Every client request kept-alive / every one on a connection of its own. */
+  readonly lowerMsPerCycle: number
+  readonly upperMsPerCycle: number
+}
+
 /**
  * Where a start and its stop go (lua, c=1, measures/profile.ts): server P-cpu's CPU and Postgres's
  * counters, server P's CPU profile by category and function, server P-traces' spans.
@@ -347,6 +363,8 @@ export interface ProfileFigures {
     }>
   }
   readonly traces?: TraceBreakdown | { readonly error: string }
+  /** The same I/O in plain Node (measures/ioFloor.ts), counted from the trace pass. */
+  readonly ioFloor?: IoFloorFigures | { readonly error: string }
   /** The flame graph's file name, beside the results (set when it is written). */
   flameGraph?: string
 }

@@ -32,6 +32,7 @@ import { type CpuProfile, type Frame, mergedTree, readCpuProfile, resolveFrames,
 import { startOtlpReceiver } from "../profile/otlp.ts"
 import { type DatabaseStats, PGSTAT_IDLE_FLUSH_MS, readDatabaseStats, readDatabaseStatsOnceAlone } from "../profile/pgStats.ts"
 import { spanBreakdown } from "../profile/spans.ts"
+import { measureIoFloor } from "./ioFloor.ts"
 import type { ProfileCategory, ProfileFigures, ProfileFunction, TraceBreakdown } from "../results.ts"
 import { projectRoot } from "../stack.ts"
 import { now, round, sleep, summarize } from "../stats.ts"
@@ -354,6 +355,13 @@ export const measureProfile = async (ctx: BenchContext, prepared: BundleMap): Pr
     ctx.errors.exception("profile traces", error)
     return { error: (error as Error).message ?? String(error) }
   })
+  // ---- the same I/O in plain Node, counted from the trace pass ------------------------------------
+  const ioFloor = "error" in traces
+    ? { error: "no trace pass to count the I/O from" }
+    : await measureIoFloor(ctx, traces).catch((error: unknown): { readonly error: string } => {
+      ctx.errors.exception("profile io floor", error)
+      return { error: (error as Error).message ?? String(error) }
+    })
 
   const figures: ProfileFigures = {
     routes,
@@ -370,7 +378,8 @@ export const measureProfile = async (ctx: BenchContext, prepared: BundleMap): Pr
     categories,
     topFunctions,
     ...(background === undefined ? {} : { background }),
-    traces
+    traces,
+    ioFloor
   }
   return { figures, flameSvg, cpuProfileFile: existsSync(profileFile) ? profileFile : undefined }
 }
