@@ -2,16 +2,13 @@ import { SqlClient } from "@effect/sql"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Layer, Redacted } from "effect"
 import { randomUUID } from "node:crypto"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
 import { DatabaseLive } from "../../src/db/Database.ts"
 import { type EdgeName, edgeStatus } from "../../src/domain/edge.ts"
 import type { AllocationId, EdgeId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { EdgeRegistry } from "../../src/edges/EdgeRegistry.ts"
 import { GatewayStore } from "../../src/pool/GatewayStore.ts"
-import { configFrom } from "../support/stack.ts"
+import { configWithDataDir } from "../support/stack.ts"
 
 // The edge registry as Postgres keeps it (database/0010_edges.sql, src/edges/EdgeRegistry.ts): a
 // removal an edge owes holds its gateway out of every claim and out of `available` (the view
@@ -21,7 +18,7 @@ const Registry = Layer.unwrapEffect(
   Effect.sync(() =>
     Layer.mergeAll(GatewayStore.Default, AllocationStore.Default, EdgeRegistry.Default).pipe(
       Layer.provideMerge(DatabaseLive),
-      Layer.provide(configFrom({ DATA_DIR: mkdtempSync(path.join(tmpdir(), "ga-edges-")) }))
+      Layer.provide(configWithDataDir("ga-edges-"))
     )
   )
 )

@@ -2,12 +2,9 @@ import { SqlClient, type SqlError } from "@effect/sql"
 import { expect, layer } from "@effect/vitest"
 import { Deferred, Effect, Fiber, Layer, Predicate } from "effect"
 import { randomUUID } from "node:crypto"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { DatabaseLive } from "../../src/db/Database.ts"
 import { AllocationState, LiveState, TransitionalState } from "../../src/domain/allocation.ts"
-import { configFrom } from "../support/stack.ts"
+import { configWithDataDir } from "../support/stack.ts"
 
 // The schema's shared definitions (database/0009): the live states, defined once by
 // gateway_allocator_is_live and agreeing with the domain and with every index that lists them;
@@ -15,7 +12,7 @@ import { configFrom } from "../support/stack.ts"
 // gateway through, locking (FOR UPDATE SKIP LOCKED) as it goes.
 const Database = Layer.unwrapEffect(
   Effect.sync(() =>
-    DatabaseLive.pipe(Layer.provide(configFrom({ DATA_DIR: mkdtempSync(path.join(tmpdir(), "ga-shared-")) })))
+    DatabaseLive.pipe(Layer.provide(configWithDataDir("ga-shared-")))
   )
 )
 

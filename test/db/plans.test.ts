@@ -1,11 +1,8 @@
 import { SqlClient } from "@effect/sql"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { DatabaseLive } from "../../src/db/Database.ts"
-import { configFrom } from "../support/stack.ts"
+import { configWithDataDir } from "../support/stack.ts"
 
 // An embedded Postgres with the real migrations, 10,000 gateways (2,000 of them allocated) and
 // 20,000 finished allocations: the queries on the start path must stay index-backed at that size.
@@ -14,7 +11,7 @@ import { configFrom } from "../support/stack.ts"
 // `gateway_allocator_is_live`. The claim's own statement is read from the procedure.
 const Database = Layer.unwrapEffect(
   Effect.sync(() =>
-    DatabaseLive.pipe(Layer.provide(configFrom({ DATA_DIR: mkdtempSync(path.join(tmpdir(), "ga-db-")) })))
+    DatabaseLive.pipe(Layer.provide(configWithDataDir("ga-db-")))
   )
 )
 

@@ -2,15 +2,12 @@ import { SqlClient } from "@effect/sql"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
 import { randomUUID } from "node:crypto"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { DatabaseLive } from "../../src/db/Database.ts"
 import { QUARANTINE_CAP_MS } from "../../src/domain/gateway.ts"
 import type { AllocationId, GatewayId, GatewayName, OrganizationId, Upstream } from "../../src/domain/ids.ts"
 import { AllocationStore } from "../../src/allocation/AllocationStore.ts"
 import { GatewayStore } from "../../src/pool/GatewayStore.ts"
-import { configFrom } from "../support/stack.ts"
+import { configWithDataDir } from "../support/stack.ts"
 
 // The quarantine and the claim as Postgres does them: the backoff doubles and caps, and a claim
 // hands out only an available gateway, least recently allocated first.
@@ -18,7 +15,7 @@ const Pool = Layer.unwrapEffect(
   Effect.sync(() =>
     Layer.merge(GatewayStore.Default, AllocationStore.Default).pipe(
       Layer.provideMerge(DatabaseLive),
-      Layer.provide(configFrom({ DATA_DIR: mkdtempSync(path.join(tmpdir(), "ga-quarantine-")) }))
+      Layer.provide(configWithDataDir("ga-quarantine-"))
     )
   )
 )

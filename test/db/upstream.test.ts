@@ -5,19 +5,16 @@ import { SqlClient } from "@effect/sql"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Either, Layer, Schema } from "effect"
 import { randomUUID } from "node:crypto"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { DatabaseLive } from "../../src/db/Database.ts"
 import { type GatewayName, normaliseUpstream, Upstream } from "../../src/domain/ids.ts"
 import { GatewayStore } from "../../src/pool/GatewayStore.ts"
-import { configFrom } from "../support/stack.ts"
+import { configWithDataDir } from "../support/stack.ts"
 
 const Pool = Layer.unwrapEffect(
   Effect.sync(() =>
     GatewayStore.Default.pipe(
       Layer.provideMerge(DatabaseLive),
-      Layer.provide(configFrom({ DATA_DIR: mkdtempSync(path.join(tmpdir(), "ga-upstream-")) }))
+      Layer.provide(configWithDataDir("ga-upstream-"))
     )
   )
 )

@@ -3,27 +3,23 @@ import { NodeContext, NodeHttpClient } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { Context, Effect, Either, Layer, Logger, Option, Redacted, Schema } from "effect"
 import { randomUUID } from "node:crypto"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { listRecords, type PowerDnsHandle, startPowerDns } from "../../src/dev/PowerDnsProcess.ts"
 import { Settings } from "../../src/config.ts"
 import { Dns, DnsPowerDnsOver } from "../../src/dns/Dns.ts"
 import type { OrganizationId } from "../../src/domain/ids.ts"
 import { pollUntil } from "../support/poll.ts"
-import { configFrom } from "../support/stack.ts"
+import { configFrom, temporaryDirectory } from "../support/stack.ts"
 
 class RealPowerDns extends Context.Tag("test/RealPowerDns")<RealPowerDns, PowerDnsHandle>() {}
 
 const RealPowerDnsLive = Layer.scoped(
   RealPowerDns,
-  Effect.suspend(() =>
+  Effect.flatMap(temporaryDirectory("ga-pdns-"), (dir) =>
     startPowerDns({
-      dir: mkdtempSync(path.join(tmpdir(), "ga-pdns-")),
+      dir,
       zone: "domain.local.",
       apiKey: Redacted.make("test-key")
-    })
-  )
+    }))
 ).pipe(Layer.provide(NodeContext.layer))
 
 const dnsLayer = (client: Layer.Layer<HttpClient.HttpClient> = NodeHttpClient.layer) =>

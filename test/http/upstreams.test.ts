@@ -7,14 +7,11 @@ import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel } from "effect"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { makeServices } from "../../src/app.ts"
 import { DatabaseLive } from "../../src/db/Database.ts"
 import { HttpAppLive } from "../../src/http/server.ts"
 import { GatewayStore } from "../../src/pool/GatewayStore.ts"
-import { configFrom } from "../support/stack.ts"
+import { configWithDataDir } from "../support/stack.ts"
 import { OutsideTest } from "../support/TestLayers.ts"
 
 const API_TOKEN = "upstreams-http-test-token"
@@ -25,9 +22,8 @@ const API_TOKEN = "upstreams-http-test-token"
  */
 const Served = Layer.unwrapEffect(
   Effect.sync(() => {
-    const config = configFrom({
+    const config = configWithDataDir("ga-upstreams-http-", {
       API_TOKEN,
-      DATA_DIR: mkdtempSync(path.join(tmpdir(), "ga-upstreams-http-")),
       RECONCILE_INTERVAL_MS: "3600000",
       GATEWAY_HEALTH_INTERVAL_MS: "3600000"
     })

@@ -2,22 +2,19 @@
 // installed: for the tests of nginx alone (test/nginx).
 import { NodeContext } from "@effect/platform-node"
 import { Context, Effect, Layer } from "effect"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { Settings } from "../../src/config.ts"
 import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
 import { EdgeLockLocal } from "../../src/nginx/Edge.ts"
 import { Nginx } from "../../src/nginx/Nginx.ts"
 import { NginxLive } from "../../src/nginx/NginxLive.ts"
-import { configFrom } from "./stack.ts"
+import { configFrom, temporaryDirectory } from "./stack.ts"
 
 export class RealNginx extends Context.Tag("test/RealNginx")<RealNginx, NginxHandle>() {}
 
 export const RealNginxLive = (options: { readonly workers?: number; readonly luaModule?: boolean } = {}) =>
   Layer.scoped(
     RealNginx,
-    Effect.suspend(() => startNginx({ dir: mkdtempSync(path.join(tmpdir(), "ga-nginx-")), ...options }))
+    Effect.flatMap(temporaryDirectory("ga-nginx-"), (dir) => startNginx({ dir, ...options }))
   ).pipe(Layer.provide(NodeContext.layer))
 
 /** The service's Nginx layer over the RealNginx, configured by `env` (NGINX_ROUTING and the rest), installed. */

@@ -1,8 +1,6 @@
+import { FileSystem } from "@effect/platform"
 import { NodeContext } from "@effect/platform-node"
 import { ConfigProvider, Context, Effect, Layer } from "effect"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { makeServices, OutsideLive, ServicesLive as AppServicesLive } from "../../src/app.ts"
 import { Nginx } from "../../src/nginx/Nginx.ts"
 import type { Behaviour } from "../../src/dev/SampleGateway.ts"
@@ -24,17 +22,23 @@ export const StackLive = (
 ) =>
   Layer.scoped(
     Stack,
-    Effect.suspend(() => {
-      const dataDir = mkdtempSync(path.join(tmpdir(), "gateway-allocator-"))
-      return startLocalStack({
+    Effect.flatMap(temporaryDirectory("gateway-allocator-"), (dataDir) =>
+      startLocalStack({
         dataDir,
         gateways: options.gateways ?? 3,
         routing: options.routing ?? "lua",
         ...(options.nginxWorkers === undefined ? {} : { nginxWorkers: options.nginxWorkers }),
         ...(options.tls === undefined ? {} : { tls: options.tls })
-      })
-    })
+      }))
   ).pipe(Layer.provide(NodeContext.layer))
+
+/**
+ * A temporary directory, removed when the scope closes: after what was started in it (its
+ * finalizer runs last). An embedded Postgres cluster kept for it elsewhere (as root, under
+ * /var/lib/gateway-allocator) is then swept by the next embedded start, which removes the clusters
+ * whose DATA_DIR is gone: test runs do not pile up clusters.
+ */
+export const temporaryDirectory = (prefix: string) => Effect.flatMap(FileSystem.FileSystem, (fs) => fs.makeTempDirectoryScoped({ prefix }))
 
 export const setAllGateways = (stack: LocalStack, behaviour: Partial<Behaviour>) =>
   Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(behaviour), { discard: true })
@@ -55,6 +59,12 @@ export const withStack = <A, E, R>(body: (stack: LocalStack) => Effect.Effect<A,
 
 export const configFrom = (env: Readonly<Record<string, string>>) =>
   Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+/** `configFrom(env)` with DATA_DIR a temporary directory of its own, removed when the layer is released. */
+export const configWithDataDir = (prefix: string, env: Readonly<Record<string, string>> = {}) =>
+  Layer.unwrapScoped(Effect.map(temporaryDirectory(prefix), (dataDir) => configFrom({ ...env, DATA_DIR: dataDir }))).pipe(
+    Layer.provide(NodeContext.layer)
+  )
 
 /**
  * The service's own layers (allocator, pool, journal, PowerDNS, nginx, handshake) configured for
