@@ -1,5 +1,5 @@
 import { SqlClient, type SqlError } from "@effect/sql"
-import { Data, Effect, Option, type ParseResult, Redacted, Schema } from "effect"
+import { Data, Effect, type ParseResult, Redacted, Schema } from "effect"
 import * as crypto from "node:crypto"
 import { DatabaseError } from "../db/errors.ts"
 import { Edge, type EdgeName, type EdgeState, OwedRemoval } from "../domain/edge.ts"
@@ -9,22 +9,6 @@ export class EdgeNotFound extends Data.TaggedError("EdgeNotFound")<{ readonly ed
 export class EdgeNameTaken extends Data.TaggedError("EdgeNameTaken")<{ readonly name: string }> {}
 /** Two edges at one route API address would be one nginx counted twice. */
 export class EdgeAddressTaken extends Data.TaggedError("EdgeAddressTaken")<{ readonly routeApiUrl: string }> {}
-/**
- * This replica's edge file names another local edge than the registry's: replicas of one database
- * share one NGINX_CONF_DIR (one nginx), and a second nginx is registered as an edge of its own.
- */
-export class LocalEdgeElsewhere extends Data.TaggedError("LocalEdgeElsewhere")<{
-  readonly edgeId: EdgeId
-  readonly edgeFile: string
-  readonly registeredId: string
-  readonly registeredRouteApiUrl: string
-}> {
-  override get message() {
-    return `the database's local edge is ${this.registeredId} (route API ${this.registeredRouteApiUrl}), but ${this.edgeFile} ` +
-      `names ${this.edgeId}: replicas sharing a database share one NGINX_CONF_DIR (a second nginx is added through ` +
-      `POST /edges). If that directory was recreated, write ${this.registeredId} back as the "id" in that file`
-  }
-}
 /** The local edge (NGINX_CONF_DIR) registers itself at every start-up: it is not removed through the API. */
 export class EdgeIsLocal extends Data.TaggedError("EdgeIsLocal")<{ readonly edgeId: EdgeId }> {}
 
@@ -40,16 +24,6 @@ export interface EdgeEndpoint {
   readonly behind: boolean
   /** The mark a catch-up started from (see `markCaughtUp`). */
   readonly behindMark: number
-}
-
-/** The local edge as a replica registers it: its edge file's id and secret, its configured addresses. */
-export interface LocalEdge {
-  readonly edgeId: EdgeId
-  /** Where the id comes from (NGINX_CONF_DIR's edge file), for the operator. */
-  readonly edgeFile: string
-  readonly routeApiUrl: string
-  readonly probeUrl: string
-  readonly secret: Redacted.Redacted<string>
 }
 
 /** Each gateway some edge still owes a removal for, with those edges' names (`holds`). */
@@ -76,7 +50,6 @@ const EndpointRow = Schema.Struct({
 const decodeEndpoints = Schema.decodeUnknown(Schema.Array(EndpointRow))
 const decodeOwed = Schema.decodeUnknown(Schema.Array(OwedRemoval))
 const decodeHolds = Schema.decodeUnknown(Schema.Array(Schema.Struct({ gatewayId: GatewayId, edges: Schema.Array(Schema.String) })))
-const decodeLocalElsewhere = Schema.decodeUnknown(Schema.Array(Schema.Struct({ edgeId: Schema.String, routeApiUrl: Schema.String })))
 const decodeCount = Schema.decodeUnknown(Schema.Array(Schema.Struct({ count: Schema.Number })))
 
 const databaseError = (cause: SqlError.SqlError | ParseResult.ParseError) => new DatabaseError({ cause })
@@ -141,37 +114,28 @@ export class EdgeRegistry extends Effect.Service<EdgeRegistry>()("EdgeRegistry",
 
     /**
      * The local edge at start-up: its id and secret are its edge file's, its addresses this
-     * replica's configuration. Behind until the watcher has checked its table. Replicas starting
-     * together register one after the other (a transaction lock): two inserts of one id racing
-     * each other would trip the name's unique index, which `on conflict (id)` does not arbitrate.
-     * A local edge of another id is another NGINX_CONF_DIR's: refused, naming both.
+     * replica's configuration. Behind until the watcher has checked its table. Replicas sharing
+     * one NGINX_CONF_DIR start together: they register one after the other (a transaction lock),
+     * since two inserts of one id racing each other trip the name's unique index, which
+     * `on conflict (id)` does not arbitrate. (A replica whose edge file is another's never gets
+     * here: EdgeCheckLive refused its directory.)
      */
-    const registerLocal: (edge: LocalEdge) => Effect.Effect<void, DatabaseError | LocalEdgeElsewhere> = Effect.fn(
-      "EdgeRegistry.registerLocal"
-    )(function*(edge: LocalEdge) {
-      const registered = yield* sql.withTransaction(Effect.gen(function*() {
+    const registerLocal = Effect.fn("EdgeRegistry.registerLocal")(function*(edge: {
+      readonly edgeId: EdgeId
+      readonly routeApiUrl: string
+      readonly probeUrl: string
+      readonly secret: Redacted.Redacted<string>
+    }) {
+      yield* sql.withTransaction(Effect.gen(function*() {
         yield* sql`select pg_advisory_xact_lock(hashtextextended(${"gateway-allocator:edges:local"}, 0))`
-        const [other] = yield* sql`
-          select id as "edgeId", route_api_url as "routeApiUrl" from edges
-           where (local or name = ${LOCAL_EDGE_NAME}) and id <> ${edge.edgeId}`.pipe(Effect.flatMap(decodeLocalElsewhere))
-        if (other !== undefined) return Option.some(other)
         yield* sql`
           insert into edges (id, name, route_api_url, probe_url, secret, local)
           values (${edge.edgeId}, ${LOCAL_EDGE_NAME}, ${edge.routeApiUrl}, ${edge.probeUrl}, ${Redacted.value(edge.secret)}, true)
           on conflict (id) do update
             set route_api_url = excluded.route_api_url, probe_url = excluded.probe_url, secret = excluded.secret,
                 updated_at = now()`
-        return Option.none()
-      })).pipe(Effect.mapError(databaseError))
-      if (Option.isSome(registered)) {
-        return yield* new LocalEdgeElsewhere({
-          edgeId: edge.edgeId,
-          edgeFile: edge.edgeFile,
-          registeredId: registered.value.edgeId,
-          registeredRouteApiUrl: registered.value.routeApiUrl
-        })
-      }
-    })
+      }))
+    }, Effect.mapError(databaseError))
 
     const setState = Effect.fn("EdgeRegistry.setState")(function*(edgeId: EdgeId, state: EdgeState) {
       const rows = yield* sql`

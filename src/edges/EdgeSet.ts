@@ -8,7 +8,7 @@ import { makeLocalLuaEdge } from "../nginx/LocalLuaEdge.ts"
 import { makeRouteApiClient } from "../nginx/LuaRouting.ts"
 import { type EdgeRoutes, Nginx } from "../nginx/Nginx.ts"
 import { makeReloadRouting } from "../nginx/ReloadRouting.ts"
-import { type EdgeEndpoint, EdgeRegistry, LOCAL_EDGE_NAME, type LocalEdgeElsewhere } from "./EdgeRegistry.ts"
+import { type EdgeEndpoint, EdgeRegistry, LOCAL_EDGE_NAME } from "./EdgeRegistry.ts"
 import { makeFanOut } from "./fanOut.ts"
 import { Notifier } from "../telemetry/Notifier.ts"
 import { KeptAliveHttpClient } from "../lib/keptAlive.ts"
@@ -42,7 +42,7 @@ export interface EdgeMember {
 export class EdgeSet extends Context.Tag("EdgeSet")<EdgeSet, {
   readonly members: Effect.Effect<ReadonlyArray<EdgeMember>>
   /** Registers this replica's own edge (at start-up, once its directory was checked), then reads the registry. */
-  readonly registerLocal: Effect.Effect<void, DatabaseError | LocalEdgeElsewhere>
+  readonly registerLocal: Effect.Effect<void, DatabaseError>
   /** Reads the registry again (every second, and after an API change). */
   readonly refresh: Effect.Effect<void, DatabaseError>
   /** This replica found the edge missed a change: behind here at once, and in the registry. */
@@ -61,7 +61,6 @@ const makeEdgeSet = Effect.gen(function*() {
   /** This replica's own edge in the registry: its edge file's id and secret, its configured addresses. */
   const registerLocal = registry.registerLocal({
     edgeId: localId,
-    edgeFile: kit.edgeFile,
     routeApiUrl: routeApiUrl(config.routeApiListen),
     probeUrl: kit.edgeUrl,
     secret: Redacted.make(kit.secret)

@@ -178,7 +178,6 @@ export const makeEdgeKit = Effect.gen(function*() {
     listen: nginxListen,
     edgeUrl,
     confDir,
-    edgeFile,
     edge,
     secret,
     currentTls,

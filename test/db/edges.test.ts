@@ -209,18 +209,12 @@ layer(Registry, { excludeTestServices: true, timeout: 120_000 })("edges in Postg
       const localId = randomUUID() as EdgeId
       const local = {
         edgeId: localId,
-        edgeFile: "/etc/nginx/gateways/.gateway-allocator-edge.json",
         routeApiUrl: "http://127.0.0.1:8089",
         probeUrl: "http://127.0.0.1:80",
         secret: Redacted.make("feedface")
       }
       const together = yield* Effect.all([1, 2, 3, 4].map(() => Effect.either(registry.registerLocal(local))), { concurrency: "unbounded" })
       expect(together.filter((result) => result._tag === "Left")).toEqual([])
-      // An edge file of another id is another nginx's directory: refused, naming both.
-      const elsewhere = yield* registry.registerLocal({ ...local, edgeId: randomUUID() as EdgeId }).pipe(Effect.flip)
-      expect(elsewhere._tag).toBe("LocalEdgeElsewhere")
-      expect(elsewhere.message).toContain(`the database's local edge is ${localId}`)
-      expect(elsewhere.message).toContain(local.edgeFile)
       expect((yield* registry.add({ name: "local" as EdgeName, routeApiUrl: "http://10.0.2.9:8089", probeUrl: "http://10.0.2.9:8080" })
         .pipe(Effect.flip))._tag).toBe("EdgeNameTaken")
       expect((yield* registry.remove(localId).pipe(Effect.flip))._tag).toBe("EdgeIsLocal")

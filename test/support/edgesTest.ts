@@ -2,9 +2,10 @@
 // what src/edges/EdgeRegistry.ts does in Postgres, over Refs, with the same rules (taken names and
 // addresses, the local edge kept, a catch-up that clears `behind` only from the latest mark, owed
 // removals resolved through the world's allocations and dropped with their edge or gateway).
+import { SqlError } from "@effect/sql"
 import { Clock, Effect, Redacted, Ref } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
-import type { DatabaseError } from "../../src/db/errors.ts"
+import { DatabaseError } from "../../src/db/errors.ts"
 import type { Edge, EdgeName, EdgeState, OwedRemoval } from "../../src/domain/edge.ts"
 import type { AllocationId, EdgeId, GatewayId } from "../../src/domain/ids.ts"
 import {
@@ -13,15 +14,13 @@ import {
   EdgeNameTaken,
   EdgeNotFound,
   EdgeRegistry,
-  LOCAL_EDGE_NAME,
-  LocalEdgeElsewhere
+  LOCAL_EDGE_NAME
 } from "../../src/edges/EdgeRegistry.ts"
 import type { World } from "./TestLayers.ts"
 
 /** The local edge every in-memory world starts with, registered as the service registers it at start-up. */
 export const TEST_LOCAL_EDGE = {
   edgeId: "00000000-0000-4000-8000-000000000ed9" as EdgeId,
-  edgeFile: "/test/nginx/.gateway-allocator-edge.json",
   routeApiUrl: "http://127.0.0.1:8089",
   probeUrl: "http://127.0.0.1:80",
   secret: Redacted.make("0123456789abcdef0123456789abcdef")
@@ -33,6 +32,10 @@ interface EdgeRow {
   readonly secret: Redacted.Redacted<string>
   readonly behindMark: number
 }
+
+/** Postgres refusing a statement (it has a SQLSTATE): nothing changed. */
+const refused = (code: string, message: string) =>
+  new DatabaseError({ cause: new SqlError.SqlError({ message, cause: { code } }) })
 
 const newEdge = (fields: Pick<Edge, "edgeId" | "name" | "routeApiUrl" | "probeUrl" | "local">, now: Date): Edge => ({
   ...fields,
@@ -113,20 +116,15 @@ export const edgeRegistryTest = (world: World) => {
         }))),
     registerLocal: (local) =>
       Effect.flatMap(now, (at) =>
-        Effect.flatten(Ref.modify(rows, (all): [Effect.Effect<void, DatabaseError | LocalEdgeElsewhere>, ReadonlyMap<EdgeId, EdgeRow>] => {
+        Effect.flatten(Ref.modify(rows, (all): [Effect.Effect<void, DatabaseError>, ReadonlyMap<EdgeId, EdgeRow>] => {
           const known = all.get(local.edgeId)
           if (known !== undefined) {
             const edge = { ...known.edge, routeApiUrl: local.routeApiUrl, probeUrl: local.probeUrl }
             return [Effect.void, new Map(all).set(local.edgeId, { ...known, edge, secret: local.secret })]
           }
-          const other = [...all.values()].find((row) => row.edge.local || row.edge.name === LOCAL_EDGE_NAME)
-          if (other !== undefined) {
-            return [Effect.fail(new LocalEdgeElsewhere({
-              edgeId: local.edgeId,
-              edgeFile: local.edgeFile,
-              registeredId: other.edge.edgeId,
-              registeredRouteApiUrl: other.edge.routeApiUrl
-            })), all]
+          // Another local edge (edges_one_local), or the name taken.
+          if ([...all.values()].some((row) => row.edge.local || row.edge.name === LOCAL_EDGE_NAME)) {
+            return [Effect.fail(refused("23505", "duplicate key value violates unique constraint")), all]
           }
           const edge = newEdge({ ...local, name: LOCAL_EDGE_NAME as EdgeName, local: true }, at)
           return [Effect.void, new Map(all).set(local.edgeId, { edge, secret: local.secret, behindMark: 0 })]
