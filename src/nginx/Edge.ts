@@ -1,6 +1,7 @@
 import { SqlClient } from "@effect/sql"
 import { Context, Data, Effect, Layer, Schema } from "effect"
 import { holdLock, namedLock } from "../db/advisoryLock.ts"
+import { EDGE_FILE } from "./config.ts"
 import { Nginx } from "./Nginx.ts"
 
 /**
@@ -48,7 +49,11 @@ export class EdgeMismatch extends Data.TaggedError("EdgeMismatch")<{
     return `NGINX_CONF_DIR ${this.mine.confDir} belongs to edge ${this.mine.id}, but this database's allocations are ` +
       `routed by edge ${this.recorded.id} (NGINX_CONF_DIR ${this.recorded.confDir} when it was recorded). Every replica ` +
       `must share one NGINX_CONF_DIR and one nginx: point NGINX_CONF_DIR at that directory (or, for a new edge, ` +
-      `use a new database)`
+      `use a new database)` +
+      (this.mine.confDir === this.recorded.confDir
+        ? `. The path is the same: if its ${EDGE_FILE} was deleted or recreated on this same nginx, write ` +
+          `${this.recorded.id} back as the id in it (its probeSecret may stay) and start again`
+        : "")
   }
 }
 

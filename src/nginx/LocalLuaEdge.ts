@@ -4,6 +4,7 @@ import { transportCode } from "../lib/transport.ts"
 import type { EdgeKit } from "./EdgeKit.ts"
 import { renderLuaConfig } from "./luaConfig.ts"
 import { makeRouteApiClient } from "./LuaRouting.ts"
+import { SECRET_REFUSED } from "./luaRouteApi.ts"
 import { NginxError, singleEdge } from "./Nginx.ts"
 
 /**
@@ -33,7 +34,10 @@ export const makeLocalLuaEdge = (kit: EdgeKit) =>
     const occupantOf = (first: Either.Either<{ readonly status: number; readonly body: string }, NginxError>) =>
       Either.match(first, {
         onRight: (answer) =>
-          answer.status === 200 && answer.body.startsWith("boot ")
+          (answer.status === 200 && answer.body.startsWith("boot ")) ||
+            // This service's route API with another secret: the edge file was recreated since
+            // nginx last loaded it; the reload below gives it this one.
+            (answer.status === 401 && answer.body.startsWith(SECRET_REFUSED))
             ? Option.none<string>()
             : Option.some(`it answered HTTP ${answer.status}: ${answer.body.slice(0, 100)}`),
         onLeft: (error) => {

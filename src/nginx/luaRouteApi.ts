@@ -43,6 +43,13 @@ const LUA_UUID = `^${"[0-9a-f]".repeat(8)}%-${"[0-9a-f]".repeat(4)}%-${"[0-9a-f]
  *   up to date; its readiness (READY_PATH) holds for `ttl_ms` (`serving=0`: draining, not ready);
  *   409 when the table's boot id is another
  */
+/**
+ * The route API's answer to a request without this edge's secret (401): how an install knows it
+ * is this service's route API, rendered with another secret (an edge file recreated), and not
+ * another process holding the address.
+ */
+export const SECRET_REFUSED = "the edge secret is missing or wrong"
+
 export const routeApiLua = (secret: string) => `local routes = ngx.shared.${SHARED_DICT}
 local fences = ngx.shared.${FENCES_DICT}
 local locks = ngx.shared.${LOCKS_DICT}
@@ -55,7 +62,7 @@ end
 -- Digests compared, so the time taken does not depend on how much of the secret was right.
 local given = ngx.var.http_${PROBE_SECRET_HEADER.replace(/-/g, "_")}
 if not given or ngx.sha1_bin(given) ~= ngx.sha1_bin("${secret}") then
-    return answer(401, "the edge secret is missing or wrong\\n")
+    return answer(401, "${SECRET_REFUSED}\\n")
 end
 
 local function now_ms()

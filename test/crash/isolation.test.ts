@@ -3,13 +3,13 @@
 // another org's gateway, or a hole beside them, reproduced as an operator would meet it.
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Schedule } from "effect"
-import { randomUUID } from "node:crypto"
-import { mkdtempSync, readFileSync } from "node:fs"
+import { randomBytes, randomUUID } from "node:crypto"
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import { undoOrder } from "../../src/domain/steps.ts"
-import { PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
+import { EDGE_FILE, PROBE_PATH, PROBE_SECRET_HEADER } from "../../src/nginx/config.ts"
 import { allocationsOf, edgeFileOf, edgeRouteOf, hasRoute, journalOf, nginxRoutes, openDb } from "../support/invariants.ts"
 import { expected, reportOf } from "../support/journal.ts"
 import { pollUntil } from "../support/poll.ts"
@@ -245,6 +245,28 @@ layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true 
       expect(refused.message).toMatch(/exited/)
       expect(refused.message).toMatch(/belongs to edge .* but this database's allocations are routed by edge/)
       expect(refused.message).toContain(edgeFileOf(stack).id)
+    }).pipe(Effect.scoped))
+
+  it.effect("an edge file recreated in the same NGINX_CONF_DIR stops the next start-up, naming the id to write back; written back, it starts", () =>
+    Effect.gen(function*() {
+      const stack = yield* Stack
+      // A first start records the edge (if none of this file's did yet).
+      yield* Effect.scoped(startServer(stack, { name: "edge-recorded" }))
+      const edgeFile = path.join(stack.nginx.confDir, EDGE_FILE)
+      const original = readFileSync(edgeFile, "utf8")
+      const recorded = edgeFileOf(stack)
+      const write = (id: string) => writeFileSync(edgeFile, JSON.stringify({ id, probeSecret: randomBytes(24).toString("hex") }), { mode: 0o600 })
+      yield* Effect.gen(function*() {
+        // What a deleted directory, or a tool purging it, leaves behind: a new file, a new id.
+        write(randomUUID())
+        const refused = yield* startServer(stack, { name: "edge-recreated" }).pipe(Effect.flip, Effect.timeout(Duration.seconds(60)))
+        expect(refused.message).toMatch(/belongs to edge .* but this database's allocations are routed by edge/)
+        expect(refused.message).toContain(`if its ${EDGE_FILE} was deleted or recreated on this same nginx, write ${recorded.id} back as the id in it`)
+        // Done as it says (the secret stays the new one): the service starts and serves.
+        write(recorded.id)
+        const server = yield* startServer(stack, { name: "edge-restored" })
+        expect((yield* request(server, "GET", "/pool")).status).toBe(200)
+      }).pipe(Effect.ensuring(Effect.sync(() => writeFileSync(edgeFile, original, { mode: 0o600 }))))
     }).pipe(Effect.scoped))
 
   it.effect("an API_TOKEN shorter than 16 characters (or empty) stops the service at start-up", () =>
