@@ -1,11 +1,11 @@
 // Tenant isolation against the real stack: the service as child processes (replicas) over one
 // Postgres, one nginx and one PowerDNS. Each case is one of the ways a hostname could reach
 // another org's gateway, or a hole beside them, reproduced as an operator would meet it.
+import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Schedule } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { readFileSync, writeFileSync } from "node:fs"
 import path from "node:path"
 import type { LocalStack } from "../../src/dev/stack.ts"
 import { undoOrder } from "../../src/domain/steps.ts"
@@ -25,7 +25,7 @@ import {
   startServer,
   stopGateway
 } from "../support/server.ts"
-import { Stack, StackLive } from "../support/stack.ts"
+import { Stack, StackLive, temporaryDirectory } from "../support/stack.ts"
 
 const gatewayNameOf = (stack: LocalStack, upstream: string) =>
   stack.gateways.find((gateway) => gateway.upstream === upstream)?.name
@@ -237,7 +237,7 @@ layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true 
     Effect.gen(function*() {
       const stack = yield* Stack
       yield* startServer(stack, { name: "edge-first" })
-      const otherDir = mkdtempSync(path.join(tmpdir(), "other-edge-"))
+      const otherDir = yield* temporaryDirectory("other-edge-").pipe(Effect.provide(NodeContext.layer))
       const refused = yield* startServer(stack, { name: "edge-other", env: { NGINX_CONF_DIR: otherDir } }).pipe(
         Effect.flip,
         Effect.timeout(Duration.seconds(60))

@@ -5,12 +5,12 @@ import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { X509Certificate } from "node:crypto"
-import { mkdtempSync, readFileSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { readFileSync } from "node:fs"
 import path from "node:path"
 import type { TlsListener } from "../../src/config.ts"
 import { signCertificate } from "../../src/dev/certificate.ts"
 import { certificateDigest, readCertificate } from "../../src/nginx/tls.ts"
+import { temporaryDirectory } from "../support/stack.ts"
 
 const listenerOf = (pair: { readonly certPath: string; readonly keyPath: string }): TlsListener => ({
   certPath: pair.certPath,
@@ -27,9 +27,9 @@ const refusal = (tls: TlsListener) =>
   )
 
 describe("readCertificate (real certificates)", () => {
-  it.effect("accepts a wildcard for the domain with its key: its digest, expiry and fingerprint; no OCSP responder", () =>
+  it.scoped("accepts a wildcard for the domain with its key: its digest, expiry and fingerprint; no OCSP responder", () =>
     Effect.gen(function*() {
-      const dir = mkdtempSync(path.join(tmpdir(), "ga-tls-"))
+      const dir = yield* temporaryDirectory("ga-tls-").pipe(Effect.provide(NodeContext.layer))
       const pair = yield* signCertificate({ dir, domain: "domain.local", days: 30 })
       const certificate = yield* readCertificate(listenerOf(pair), "domain.local", new Date()).pipe(Effect.provide(NodeContext.layer))
       const x509 = new X509Certificate(readFileSync(pair.certPath))
@@ -42,9 +42,9 @@ describe("readCertificate (real certificates)", () => {
       expect(yield* certificateDigest(listenerOf(renewed)).pipe(Effect.provide(NodeContext.layer))).not.toBe(certificate.digest)
     }), 30_000)
 
-  it.effect("refuses an unreadable file, another key, an expired certificate and one for other names, naming the file", () =>
+  it.scoped("refuses an unreadable file, another key, an expired certificate and one for other names, naming the file", () =>
     Effect.gen(function*() {
-      const dir = mkdtempSync(path.join(tmpdir(), "ga-tls-"))
+      const dir = yield* temporaryDirectory("ga-tls-").pipe(Effect.provide(NodeContext.layer))
       const good = yield* signCertificate({ dir, domain: "domain.local" })
       const other = yield* signCertificate({ dir, domain: "domain.local", name: "other" })
       const expired = yield* signCertificate({ dir, domain: "domain.local", name: "expired", days: 0 })

@@ -3,17 +3,16 @@
 // file the API renders for it (GET /edges/{id}/config), as an operator would install it.
 // A partitionable edge has a dropping TCP proxy (startDroppingProxy) in front of its route API:
 // the replicas lose the route API while the edge keeps serving org traffic.
+import { NodeContext } from "@effect/platform-node"
 import { Data, Effect, type Scope } from "effect"
-import { mkdtempSync } from "node:fs"
 import * as net from "node:net"
-import { tmpdir } from "node:os"
-import path from "node:path"
 import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
 import { freePort } from "../../src/lib/ports.ts"
 import { READY_PATH } from "../../src/nginx/config.ts"
 import { pollUntil } from "./poll.ts"
 import { rawGet } from "./rawHttp.ts"
 import { type Endpoint, nginxPidsOf, request, signalPid } from "./server.ts"
+import { temporaryDirectory } from "./stack.ts"
 
 export class EdgeSetupError extends Data.TaggedError("EdgeSetupError")<{ readonly message: string }> {}
 
@@ -127,7 +126,10 @@ export const startRemoteEdge = (
       return yield* new EdgeSetupError({ message: `the config of ${name} does not listen on 127.0.0.1:${proxy.port} for its route API` })
     }
     const nginx = yield* startNginx({
-      dir: mkdtempSync(path.join(tmpdir(), `ga-edge-${name}-`)),
+      dir: yield* temporaryDirectory(`ga-edge-${name}-`).pipe(
+        Effect.provide(NodeContext.layer),
+        Effect.mapError((error) => new EdgeSetupError({ message: `a directory for ${name}: ${error.message}` }))
+      ),
       listenPort: port,
       routeApiPort: apiPort,
       workers: 2,
