@@ -169,7 +169,6 @@ export class StepRunner extends Effect.Service<StepRunner>()("StepRunner", {
         Effect.withSpan(`undo ${step}`, { attributes: { ...annotations(run, step), "undo.step": step } })
       )
 
-
     /**
      * Runs undos one after the other, each told what the ones before it did; with `haltOnBlocking`
      * it stops at the first unfinished one that halts a teardown (a stop: the rest waits for a retry).
