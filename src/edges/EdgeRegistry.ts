@@ -1,6 +1,7 @@
 import { SqlClient, type SqlError } from "@effect/sql"
 import { Data, Effect, type ParseResult, Redacted, Schema } from "effect"
 import * as crypto from "node:crypto"
+import { holdLock, namedLock } from "../db/advisoryLock.ts"
 import { DatabaseError } from "../db/errors.ts"
 import { Edge, type EdgeName, type EdgeState, OwedRemoval } from "../domain/edge.ts"
 import { type AllocationId, type EdgeId, GatewayId } from "../domain/ids.ts"
@@ -115,7 +116,7 @@ export class EdgeRegistry extends Effect.Service<EdgeRegistry>()("EdgeRegistry",
     /**
      * The local edge at start-up: its id and secret are its edge file's, its addresses this
      * replica's configuration. Behind until the watcher has checked its table. Replicas sharing
-     * one NGINX_CONF_DIR start together: they register one after the other (a transaction lock),
+     * one NGINX_CONF_DIR start together: they register one after the other (an advisory lock),
      * since two inserts of one id racing each other trip the name's unique index, which
      * `on conflict (id)` does not arbitrate. (A replica whose edge file is another's never gets
      * here: EdgeCheckLive refused its directory.)
@@ -126,15 +127,15 @@ export class EdgeRegistry extends Effect.Service<EdgeRegistry>()("EdgeRegistry",
       readonly probeUrl: string
       readonly secret: Redacted.Redacted<string>
     }) {
-      yield* sql.withTransaction(Effect.gen(function*() {
-        yield* sql`select pg_advisory_xact_lock(hashtextextended(${"gateway-allocator:edges:local"}, 0))`
-        yield* sql`
+      yield* Effect.scoped(Effect.zipRight(
+        holdLock(namedLock("edges:local")).pipe(Effect.provideService(SqlClient.SqlClient, sql)),
+        sql`
           insert into edges (id, name, route_api_url, probe_url, secret, local)
           values (${edge.edgeId}, ${LOCAL_EDGE_NAME}, ${edge.routeApiUrl}, ${edge.probeUrl}, ${Redacted.value(edge.secret)}, true)
           on conflict (id) do update
             set route_api_url = excluded.route_api_url, probe_url = excluded.probe_url, secret = excluded.secret,
                 updated_at = now()`
-      }))
+      ))
     }, Effect.mapError(databaseError))
 
     const setState = Effect.fn("EdgeRegistry.setState")(function*(edgeId: EdgeId, state: EdgeState) {

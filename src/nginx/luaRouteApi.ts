@@ -24,6 +24,13 @@ export const MAX_FENCE_MS = 600_000
 const LUA_UUID = `^${"[0-9a-f]".repeat(8)}%-${"[0-9a-f]".repeat(4)}%-${"[0-9a-f]".repeat(4)}%-${"[0-9a-f]".repeat(4)}%-${"[0-9a-f]".repeat(12)}$`
 
 /**
+ * The route API's answer to a request without this edge's secret (401): how an install knows it
+ * is this service's route API, rendered with another secret (an edge file recreated), and not
+ * another process holding the address.
+ */
+export const SECRET_REFUSED = "the edge secret is missing or wrong"
+
+/**
  * The route API, one handler:
  * - `GET /boot` -> `boot {id} ready {0|1} version {config version}`
  * - `GET /routes` -> that line, then `{org} {upstream} {allocation} {generation}` per route
@@ -43,13 +50,6 @@ const LUA_UUID = `^${"[0-9a-f]".repeat(8)}%-${"[0-9a-f]".repeat(4)}%-${"[0-9a-f]
  *   up to date; its readiness (READY_PATH) holds for `ttl_ms` (`serving=0`: draining, not ready);
  *   409 when the table's boot id is another
  */
-/**
- * The route API's answer to a request without this edge's secret (401): how an install knows it
- * is this service's route API, rendered with another secret (an edge file recreated), and not
- * another process holding the address.
- */
-export const SECRET_REFUSED = "the edge secret is missing or wrong"
-
 export const routeApiLua = (secret: string) => `local routes = ngx.shared.${SHARED_DICT}
 local fences = ngx.shared.${FENCES_DICT}
 local locks = ngx.shared.${LOCKS_DICT}

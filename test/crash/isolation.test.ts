@@ -1,7 +1,6 @@
 // Tenant isolation against the real stack: the service as child processes (replicas) over one
 // Postgres, one nginx and one PowerDNS. Each case is one of the ways a hostname could reach
 // another org's gateway, or a hole beside them, reproduced as an operator would meet it.
-import { NodeContext } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Fiber, Schedule } from "effect"
 import { randomBytes, randomUUID } from "node:crypto"
@@ -237,7 +236,7 @@ layer(StackLive({ gateways: 1 }), { timeout: 180_000, excludeTestServices: true 
     Effect.gen(function*() {
       const stack = yield* Stack
       yield* startServer(stack, { name: "edge-first" })
-      const otherDir = yield* temporaryDirectory("other-edge-").pipe(Effect.provide(NodeContext.layer))
+      const otherDir = yield* temporaryDirectory("other-edge-")
       const refused = yield* startServer(stack, { name: "edge-other", env: { NGINX_CONF_DIR: otherDir } }).pipe(
         Effect.flip,
         Effect.timeout(Duration.seconds(60))

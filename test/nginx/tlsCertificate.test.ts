@@ -29,7 +29,7 @@ const refusal = (tls: TlsListener) =>
 describe("readCertificate (real certificates)", () => {
   it.scoped("accepts a wildcard for the domain with its key: its digest, expiry and fingerprint; no OCSP responder", () =>
     Effect.gen(function*() {
-      const dir = yield* temporaryDirectory("ga-tls-").pipe(Effect.provide(NodeContext.layer))
+      const dir = yield* temporaryDirectory("ga-tls-")
       const pair = yield* signCertificate({ dir, domain: "domain.local", days: 30 })
       const certificate = yield* readCertificate(listenerOf(pair), "domain.local", new Date()).pipe(Effect.provide(NodeContext.layer))
       const x509 = new X509Certificate(readFileSync(pair.certPath))
@@ -44,7 +44,7 @@ describe("readCertificate (real certificates)", () => {
 
   it.scoped("refuses an unreadable file, another key, an expired certificate and one for other names, naming the file", () =>
     Effect.gen(function*() {
-      const dir = yield* temporaryDirectory("ga-tls-").pipe(Effect.provide(NodeContext.layer))
+      const dir = yield* temporaryDirectory("ga-tls-")
       const good = yield* signCertificate({ dir, domain: "domain.local" })
       const other = yield* signCertificate({ dir, domain: "domain.local", name: "other" })
       const expired = yield* signCertificate({ dir, domain: "domain.local", name: "expired", days: 0 })

@@ -3,7 +3,6 @@
 // file the API renders for it (GET /edges/{id}/config), as an operator would install it.
 // A partitionable edge has a dropping TCP proxy (startDroppingProxy) in front of its route API:
 // the replicas lose the route API while the edge keeps serving org traffic.
-import { NodeContext } from "@effect/platform-node"
 import { Data, Effect, type Scope } from "effect"
 import * as net from "node:net"
 import { type NginxHandle, startNginx } from "../../src/dev/NginxProcess.ts"
@@ -127,7 +126,6 @@ export const startRemoteEdge = (
     }
     const nginx = yield* startNginx({
       dir: yield* temporaryDirectory(`ga-edge-${name}-`).pipe(
-        Effect.provide(NodeContext.layer),
         Effect.mapError((error) => new EdgeSetupError({ message: `a directory for ${name}: ${error.message}` }))
       ),
       listenPort: port,

@@ -38,7 +38,8 @@ export const StackLive = (
  * /var/lib/gateway-allocator) is then swept by the next embedded start, which removes the clusters
  * whose DATA_DIR is gone: test runs do not pile up clusters.
  */
-export const temporaryDirectory = (prefix: string) => Effect.flatMap(FileSystem.FileSystem, (fs) => fs.makeTempDirectoryScoped({ prefix }))
+export const temporaryDirectory = (prefix: string) =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) => fs.makeTempDirectoryScoped({ prefix })).pipe(Effect.provide(NodeContext.layer))
 
 export const setAllGateways = (stack: LocalStack, behaviour: Partial<Behaviour>) =>
   Effect.forEach(stack.gateways, (gateway) => gateway.setBehaviour(behaviour), { discard: true })
@@ -62,9 +63,7 @@ export const configFrom = (env: Readonly<Record<string, string>>) =>
 
 /** `configFrom(env)` with DATA_DIR a temporary directory of its own, removed when the layer is released. */
 export const configWithDataDir = (prefix: string, env: Readonly<Record<string, string>> = {}) =>
-  Layer.unwrapScoped(Effect.map(temporaryDirectory(prefix), (dataDir) => configFrom({ ...env, DATA_DIR: dataDir }))).pipe(
-    Layer.provide(NodeContext.layer)
-  )
+  Layer.unwrapScoped(Effect.map(temporaryDirectory(prefix), (dataDir) => configFrom({ ...env, DATA_DIR: dataDir })))
 
 /**
  * The service's own layers (allocator, pool, journal, PowerDNS, nginx, handshake) configured for

@@ -351,17 +351,11 @@ export const measureProfile = async (ctx: BenchContext, prepared: BundleMap): Pr
   }
 
   // ---- server P-traces: the spans ------------------------------------------------------------
-  const traces = await tracePass(ctx, count).catch((error: unknown): { readonly error: string } => {
-    ctx.errors.exception("profile traces", error)
-    return { error: (error as Error).message ?? String(error) }
-  })
+  const traces = await tracePass(ctx, count).catch(failedPart(ctx, "profile traces"))
   // ---- the same I/O in plain Node, counted from the trace pass ------------------------------------
   const ioFloor = "error" in traces
     ? { error: "no trace pass to count the I/O from" }
-    : await measureIoFloor(ctx, traces).catch((error: unknown): { readonly error: string } => {
-      ctx.errors.exception("profile io floor", error)
-      return { error: (error as Error).message ?? String(error) }
-    })
+    : await measureIoFloor(ctx, traces).catch(failedPart(ctx, "profile io floor"))
 
   const figures: ProfileFigures = {
     routes,
@@ -385,6 +379,12 @@ export const measureProfile = async (ctx: BenchContext, prepared: BundleMap): Pr
 }
 
 const ms1 = (value: number) => value.toFixed(1)
+
+/** A part of the measure that failed: counted with the run's errors, its figures say why. */
+const failedPart = (ctx: BenchContext, phase: string) => (error: unknown): { readonly error: string } => {
+  ctx.errors.exception(phase, error)
+  return { error: (error as Error).message ?? String(error) }
+}
 
 /**
  * A window's self time by category and its top functions, in ms per `divisor` (cycles, or
